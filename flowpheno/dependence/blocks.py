@@ -1,0 +1,95 @@
+"""Equicorrelated blocks (repeated measurements): ``Sigma_k = (1 - rho_k) I + rho_k 1 1^T``.
+
+Closed forms, no matrices: ``log det Sigma_k = (m-1) log(1-rho) + log(1+(m-1) rho)``,
+``tr(Z_k^T Sigma_k^-1 Z_k) = (sum |z_i|^2 - rho/(1+(m-1) rho) |sum z_i|^2) / (1-rho)``,
+precision diagonal ``(1+(m-2) rho)/((1-rho)(1+(m-1) rho))``, off-diagonal
+``-rho/((1-rho)(1+(m-1) rho))``. ``rho_k = sigmoid(t_k)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from flowpheno.dependence.base import DependenceModel
+
+
+class EquicorrelatedBlocks(DependenceModel):
+    """Block-diagonal ``Sigma`` with one ``rho`` shared by all blocks or one per block.
+
+    Args:
+        block_ids: length-n integer labels (0..B-1) of each row's block.
+        rho: initial correlation(s) in [0, 1).
+        shared: one ``rho`` for every block (grid search) instead of one per block.
+        learn_rho: whether ``rho`` receives gradients (joint training).
+    """
+
+    def __init__(
+        self,
+        block_ids: Tensor,
+        rho: float | Tensor = 0.0,
+        shared: bool = False,
+        learn_rho: bool = False,
+    ) -> None:
+        super().__init__()
+        block_ids = torch.as_tensor(block_ids, dtype=torch.long)
+        _, block_ids = torch.unique(block_ids, return_inverse=True)
+        self.n = int(block_ids.shape[0])
+        self.shared = shared
+        self.register_buffer("block_ids", block_ids)
+        self.register_buffer("sizes", torch.bincount(block_ids).to(torch.get_default_dtype()))
+        n_params = 1 if shared else int(self.sizes.shape[0])
+        rho_init = torch.as_tensor(rho, dtype=torch.get_default_dtype()).clamp(1e-6, 1 - 1e-6)
+        logits = torch.logit(rho_init.expand(n_params).clone())
+        self.logit_rho = nn.Parameter(logits, requires_grad=learn_rho)
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.sizes.shape[0])
+
+    @property
+    def rho(self) -> Tensor:
+        """Correlation per block (length B, repeated when shared)."""
+        return torch.sigmoid(self.logit_rho).expand(self.n_blocks)
+
+    def set_rho(self, rho: float | Tensor) -> None:
+        with torch.no_grad():
+            value = torch.as_tensor(rho, dtype=self.logit_rho.dtype).clamp(1e-6, 1 - 1e-6)
+            self.logit_rho.copy_(torch.logit(value).expand_as(self.logit_rho))
+
+    def log_det(self) -> Tensor:
+        rho, m = self.rho, self.sizes
+        return ((m - 1) * torch.log1p(-rho) + torch.log1p((m - 1) * rho)).sum()
+
+    def quad_form(self, z: Tensor) -> Tensor:
+        rho, m = self.rho, self.sizes
+        sum_sq = torch.zeros(self.n_blocks, dtype=z.dtype, device=z.device).index_add_(
+            0, self.block_ids, z.square().sum(dim=1)
+        )
+        block_sums = torch.zeros(self.n_blocks, z.shape[1], dtype=z.dtype, device=z.device).index_add_(
+            0, self.block_ids, z
+        )
+        shrink = rho / (1 + (m - 1) * rho)
+        return ((sum_sq - shrink * block_sums.square().sum(dim=1)) / (1 - rho)).sum()
+
+    def precision_entries(self) -> tuple[Tensor, Tensor]:
+        """Per-block diagonal and off-diagonal entries of ``Sigma_k^-1``."""
+        rho, m = self.rho, self.sizes
+        denom = (1 - rho) * (1 + (m - 1) * rho)
+        return (1 + (m - 2) * rho) / denom, -rho / denom
+
+    def precision_block(self, idx: Tensor) -> Tensor:
+        diagonal, off_diagonal = self.precision_entries()
+        blocks = self.block_ids[idx]
+        same_block = blocks[:, None] == blocks[None, :]
+        block_off = off_diagonal[blocks]
+        entries = torch.where(same_block, block_off[:, None].expand(-1, len(idx)), torch.zeros((), dtype=block_off.dtype, device=block_off.device))
+        eye = torch.eye(len(idx), dtype=torch.bool, device=entries.device)
+        return torch.where(eye, diagonal[blocks][:, None].expand(-1, len(idx)), entries)
+
+    def describe(self) -> dict[str, float | list[float]]:
+        rho = torch.sigmoid(self.logit_rho).detach().cpu()
+        if self.shared:
+            return {"rho": float(rho[0])}
+        return {"rho": [float(r) for r in rho], "block_sizes": [int(m) for m in self.sizes.cpu()]}
+

@@ -1,0 +1,5 @@
+"""User-facing errors: one line that names the file, row or ID and the fix."""
+
+
+class FlowphenoError(Exception):
+    """A problem with the user's input; the CLI prints it as one line and exits 1."""

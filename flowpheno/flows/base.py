@@ -1,0 +1,74 @@
+"""A flow as a zuko lazy transform, plus ActNorm and the config that rebuilds it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Transform
+from zuko.lazy import LazyComposedTransform, LazyTransform
+from zuko.transforms import DependentTransform, MonotonicAffineTransform
+
+ACTNORM_SLOPE = 1e-3
+"""Smallest scale of an ActNorm layer; zuko bounds ``|log scale| < -log(slope)``."""
+
+
+class ActNorm(LazyTransform):
+    """Per-feature affine ``y = exp(a) x + b`` initialised from data to zero mean, unit variance."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(features))
+        self.scale = nn.Parameter(torch.zeros(features))
+
+    def forward(self, c: Tensor | None = None) -> Transform:
+        return DependentTransform(MonotonicAffineTransform(self.shift, self.scale, slope=ACTNORM_SLOPE), 1)
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set ``a = -log std(x)`` and ``b = -mean(x) exp(a)`` (inverting zuko's bound)."""
+        bound = -math.log(ACTNORM_SLOPE)
+        log_scale = -torch.log(x.std(dim=0).clamp_min(1e-6)).clamp(-0.9 * bound, 0.9 * bound)
+        self.scale.copy_(log_scale / (1 - log_scale.abs() / bound))
+        self.shift.copy_(-x.mean(dim=0) * torch.exp(log_scale))
+
+
+class LatentFlow(nn.Module):
+    """``g = f^-1`` mapping data rows to latent rows, with ``log |det J_g(x)|`` per row.
+
+    ``config`` holds what :func:`build_flow` needs to rebuild the same architecture
+    from saved weights (no pickled code).
+    """
+
+    def __init__(self, layers: list[LazyTransform], config: dict[str, Any]) -> None:
+        super().__init__()
+        self.transform = LazyComposedTransform(*layers)
+        self.config = config
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Latent ``z = g(x)`` and ``log |det J_g(x)|`` (one value per row)."""
+        return self.transform().call_and_ladj(x)
+
+    def inverse(self, z: Tensor) -> Tensor:
+        """Data ``x = f(z)``."""
+        return self.transform().inv(z)
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Data-dependent initialisation of every ActNorm layer, in order."""
+        for layer in self.transform.transforms:
+            if isinstance(layer, ActNorm):
+                layer.initialize(x)
+            x = layer()(x)
+
+
+def build_flow(config: dict[str, Any]) -> LatentFlow:
+    """Rebuild a flow from its ``config`` (as saved next to the weights)."""
+    from flowpheno.flows.coupling import affine_coupling_flow
+    from flowpheno.flows.spline import spline_coupling_flow
+
+    builders = {"affine_coupling": affine_coupling_flow, "spline_coupling": spline_coupling_flow}
+    options = {key: value for key, value in config.items() if key != "kind"}
+    return builders[config["kind"]](**options)

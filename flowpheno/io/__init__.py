@@ -1,0 +1,1 @@
+"""Reading and writing the formats users have: phenotype tables, kinships, PLINK, GEMMA."""

@@ -1,0 +1,166 @@
+"""Kinship matrices from ``.npz``, GEMMA ``.cXX/.sXX.txt``, GCTA ``.grm.bin`` or PLINK files.
+
+Also the spectral decomposition of the (training) kinship, cached on disk beside the
+kinship file under a content hash, so a second ``fit`` on the same matrix skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+
+from flowpheno.errors import FlowphenoError
+from flowpheno.io.atomic import atomic_path
+from flowpheno.io.plink import centred_grm, plink_prefix, read_fam
+
+NEGATIVE_EIGENVALUE_TOLERANCE = 1e-6
+"""Eigenvalues below ``-tol * largest`` make a kinship invalid; smaller negatives are clipped."""
+
+
+@dataclass
+class Kinship:
+    """A symmetric kinship matrix and the IIDs of its rows, with where it came from."""
+
+    matrix: np.ndarray
+    ids: np.ndarray
+    source: str
+
+    def subset(self, ids: np.ndarray) -> np.ndarray:
+        """The sub-matrix for ``ids`` (each must be present), in that order."""
+        position = pd.Index(self.ids).get_indexer(ids)
+        return self.matrix[np.ix_(position, position)]
+
+
+def _ids_from_file(path: Path) -> np.ndarray:
+    """IIDs from a ``.fam`` (column 2), a two-column FID IID file, or one ID per line."""
+    if path.suffix == ".fam":
+        return read_fam(path)["IID"].to_numpy(dtype=str)
+    table = pd.read_csv(path, sep=r"\s+", header=None, dtype=str, engine="python", comment="#")
+    return table.iloc[:, 1 if table.shape[1] >= 2 else 0].to_numpy(dtype=str)
+
+
+def _read_gcta(prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    ids_path = Path(prefix + ".grm.id")
+    if not ids_path.exists():
+        raise FlowphenoError(f"{prefix}.grm.bin: the IDs file {ids_path} is missing")
+    ids = _ids_from_file(ids_path)
+    n = len(ids)
+    values = np.fromfile(prefix + ".grm.bin", dtype=np.float32).astype(np.float64)
+    if values.size != n * (n + 1) // 2:
+        raise FlowphenoError(
+            f"{prefix}.grm.bin: holds {values.size} values, but {n} IDs in {ids_path} need {n * (n + 1) // 2}"
+        )
+    matrix = np.zeros((n, n))
+    rows, cols = np.tril_indices(n)
+    matrix[rows, cols] = values
+    matrix[cols, rows] = values
+    return matrix, ids
+
+
+def read_kinship(path: str | Path, ids_path: str | Path | None = None) -> Kinship:
+    """Read a kinship in any supported format and check that it is square and symmetric.
+
+    ``ids_path`` (``--grm-ids`` or a ``.fam``) gives the row order of GEMMA text matrices,
+    which carry no IDs. A PLINK prefix computes the centred GRM (GEMMA ``-gk 1``).
+    """
+    path = Path(path)
+    name = str(path)
+    if name.endswith(".npz"):
+        if not path.exists():
+            raise FlowphenoError(f"{path}: file not found")
+        with np.load(path, allow_pickle=False) as archive:
+            if "K" not in archive or "ids" not in archive:
+                raise FlowphenoError(f"{path}: .npz kinship needs arrays 'K' and 'ids' (found: {', '.join(archive.files)})")
+            matrix, ids = archive["K"].astype(np.float64), archive["ids"].astype(str)
+    elif name.endswith(".grm.bin") or Path(name + ".grm.bin").exists():
+        prefix = name[: -len(".grm.bin")] if name.endswith(".grm.bin") else name
+        if not Path(prefix + ".grm.bin").exists():
+            raise FlowphenoError(f"{path}: file not found")
+        matrix, ids = _read_gcta(prefix)
+    elif name.endswith(".txt"):
+        if not path.exists():
+            raise FlowphenoError(f"{path}: file not found")
+        if ids_path is None:
+            raise FlowphenoError(f"{path}: a GEMMA kinship has no IDs; give --grm-ids FILE or --fam FILE in the order GEMMA read them")
+        matrix = np.loadtxt(path, ndmin=2)
+        ids = _ids_from_file(Path(ids_path))
+        if len(ids) != matrix.shape[0]:
+            raise FlowphenoError(f"{path}: {matrix.shape[0]} rows but {ids_path} lists {len(ids)} IDs; use the .fam GEMMA read")
+    elif any(Path(name + s).exists() for s in (".bed", ".bim", ".fam")) or path.suffix in {".bed", ".bim", ".fam"}:
+        matrix, ids, _ = centred_grm(plink_prefix(path))
+    else:
+        raise FlowphenoError(f"{path}: not a kinship file (.npz, GEMMA .cXX.txt/.sXX.txt, GCTA .grm.bin) or PLINK prefix")
+    return validated(Kinship(matrix, np.asarray(ids, dtype=str), name))
+
+
+def validated(kinship: Kinship) -> Kinship:
+    """Check shape, finiteness, symmetry and unique IDs; symmetrise round-off."""
+    matrix, source = kinship.matrix, kinship.source
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise FlowphenoError(f"{source}: kinship must be square, got shape {matrix.shape}")
+    if len(kinship.ids) != matrix.shape[0]:
+        raise FlowphenoError(f"{source}: {matrix.shape[0]} rows but {len(kinship.ids)} IDs")
+    if not np.isfinite(matrix).all():
+        raise FlowphenoError(f"{source}: kinship contains NaN or infinite values")
+    asymmetry = np.abs(matrix - matrix.T).max()
+    if asymmetry > 1e-6 * max(1.0, np.abs(matrix).max()):
+        i, j = np.unravel_index(np.argmax(np.abs(matrix - matrix.T)), matrix.shape)
+        raise FlowphenoError(
+            f"{source}: kinship is not symmetric (K[{kinship.ids[i]},{kinship.ids[j]}] - K[{kinship.ids[j]},{kinship.ids[i]}] = "
+            f"{matrix[i, j] - matrix[j, i]:.3g}); pass the full matrix, not one triangle"
+        )
+    duplicated = pd.Index(kinship.ids).duplicated()
+    if duplicated.any():
+        raise FlowphenoError(f"{source}: IID {kinship.ids[duplicated][0]!r} appears more than once in the kinship IDs")
+    kinship.matrix = (matrix + matrix.T) / 2
+    return kinship
+
+
+def write_npz(path: str | Path, matrix: np.ndarray, ids: np.ndarray) -> None:
+    """Save a kinship as ``.npz`` with arrays ``K`` and ``ids`` (atomic)."""
+    with atomic_path(path) as tmp:
+        with tmp.open("wb") as handle:
+            np.savez_compressed(handle, K=matrix, ids=np.asarray(ids, dtype=str))
+
+
+def spectral_decomposition(
+    matrix: np.ndarray, source: str, cache_dir: str | Path | None = None
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``K = U diag(k) U^T`` with ``k >= 0``; cached under a content hash of ``matrix``.
+
+    Eigenvalues below ``-1e-6`` times the largest are an error (the matrix is not a
+    valid kinship); smaller negatives are round-off and clipped to 0 with a warning.
+    Returns ``(k, U, cache_hit)``.
+    """
+    digest = hashlib.sha256(np.ascontiguousarray(matrix, dtype=np.float64).tobytes()).hexdigest()[:20]
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f".{Path(source).name}.eig-{matrix.shape[0]}-{digest}.npz"
+        if cache.exists():
+            with np.load(cache, allow_pickle=False) as archive:
+                return archive["eigenvalues"], archive["eigenvectors"], True
+    eigenvalues, eigenvectors = scipy.linalg.eigh(matrix, overwrite_a=False, check_finite=False, driver="evr")
+    largest = max(float(eigenvalues.max()), 0.0)
+    negative = eigenvalues < -NEGATIVE_EIGENVALUE_TOLERANCE * largest
+    if negative.any():
+        raise FlowphenoError(
+            f"{source}: kinship has {int(negative.sum())} eigenvalues below -{NEGATIVE_EIGENVALUE_TOLERANCE:g} x the largest "
+            f"(smallest {eigenvalues.min():.3g}); it is not positive semi-definite: recompute it (e.g. flowpheno grm) or bend it"
+        )
+    if (eigenvalues < 0).any():
+        warnings.warn(f"{source}: clipped {int((eigenvalues < 0).sum())} tiny negative eigenvalues to 0", stacklevel=2)
+        eigenvalues = np.clip(eigenvalues, 0.0, None)
+    if cache is not None:
+        try:
+            with atomic_path(cache) as tmp:
+                with tmp.open("wb") as handle:
+                    np.savez(handle, eigenvalues=eigenvalues, eigenvectors=eigenvectors)
+        except OSError as error:
+            warnings.warn(f"could not cache the eigendecomposition in {cache.parent}: {error}", stacklevel=2)
+    return eigenvalues, eigenvectors, False

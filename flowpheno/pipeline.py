@@ -1,0 +1,351 @@
+"""The main job as a library call: read and align -> residualise -> decompose -> fit -> write.
+
+A notebook user gets the CLI's power from :func:`fit_phenotypes` and
+:func:`transform_phenotypes`; the CLI only parses arguments and draws progress.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from flowpheno import __version__
+from flowpheno.dependence import KinshipCovariance
+from flowpheno.errors import FlowphenoError
+from flowpheno.flows import affine_coupling_flow
+from flowpheno.io.atomic import atomic_directory, atomic_path
+from flowpheno.io.kinship import Kinship, read_kinship, spectral_decomposition
+from flowpheno.io.outputs import write_phenotypes
+from flowpheno.io.tables import covariate_matrix, default_traits, numeric_columns, read_table
+from flowpheno.model import PhenotypeModel, least_squares_residuals
+from flowpheno.train import FitOutcome, TrainConfig, fit_alternating, fit_grid, fit_iid, fit_joint
+from flowpheno.train.schedules import Callback
+
+MODES = ("iid", "grid", "alternating", "joint")
+MIN_COMPLETE_ROWS = 50
+
+
+@dataclass
+class FitConfig:
+    """Everything ``fit`` needs besides the input files (written to ``fit.json``)."""
+
+    traits: list[str] | None = None
+    mode: str = "alternating"
+    s2_grid: list[float] = field(default_factory=lambda: [0.0, 0.01, 0.1, 0.25, 0.5])
+    layers: int = 16
+    hidden: int = 128
+    val_frac: float = 0.15
+    device: str = "cpu"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class Phenotypes:
+    """Traits (and covariates) aligned on IID, in input order, with NaN for missing."""
+
+    ids: pd.DataFrame
+    values: np.ndarray
+    traits: list[str]
+    covariates: np.ndarray | None
+    covariate_names: list[str]
+    covariate_columns: list[str]
+    source: str
+    skipped_columns: list[str] = field(default_factory=list)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions that decide the numbers (recorded next to every output)."""
+    versions = {"python": platform.python_version(), "flowpheno": __version__}
+    for name in ("torch", "zuko", "numpy", "scipy", "pandas", "pandas-plink", "safetensors"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def read_phenotypes(
+    pheno: str | Path,
+    traits: list[str] | None = None,
+    covar: str | Path | None = None,
+) -> Phenotypes:
+    """Read traits (default: every numeric column) and covariates aligned on IID."""
+    table = read_table(pheno)
+    skipped: list[str] = []
+    if traits is None:
+        traits, skipped = default_traits(table)
+    if not traits:
+        raise FlowphenoError(f"{pheno}: no numeric trait columns besides FID/IID")
+    values = numeric_columns(table, traits, pheno, "trait").to_numpy()
+    covariates, names, columns = None, [], []
+    if covar is not None:
+        covariate_table = read_table(covar)
+        matrix = covariate_matrix(covariate_table, covar)
+        matrix.index = covariate_table["IID"].to_numpy()
+        aligned = matrix.reindex(table["IID"].to_numpy())
+        covariates, names = aligned.to_numpy(dtype=float), list(matrix.columns)
+        columns = [c for c in covariate_table.columns if c not in ("FID", "IID")]
+    return Phenotypes(table[["FID", "IID"]].copy(), values, list(traits), covariates, names, columns, str(pheno), skipped)
+
+
+def _complete_rows(phenotypes: Phenotypes, covar: str | Path | None) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """Rows usable for fitting, and the IIDs dropped for each reason."""
+    iids = phenotypes.ids["IID"].to_numpy()
+    dropped: dict[str, list[str]] = {}
+    keep = np.isfinite(phenotypes.values).all(axis=1)
+    if (~keep).any():
+        dropped["missing trait value"] = iids[~keep].tolist()
+    if phenotypes.covariates is not None:
+        covariate_ok = np.isfinite(phenotypes.covariates).all(axis=1)
+        newly = keep & ~covariate_ok
+        if newly.any():
+            dropped[f"missing or absent in {covar}"] = iids[newly].tolist()
+        keep &= covariate_ok
+    return keep, dropped
+
+
+def _align_kinship(kinship: Kinship, iids: np.ndarray, keep: np.ndarray, pheno: str, dropped: dict[str, list[str]]) -> np.ndarray:
+    in_kinship = pd.Index(iids).isin(kinship.ids)
+    if not in_kinship.any():
+        raise FlowphenoError(
+            f"{pheno} and {kinship.source} share no IID (e.g. {iids[0]!r} vs {kinship.ids[0]!r}); "
+            "the kinship must be computed on the same individuals"
+        )
+    missing = keep & ~in_kinship
+    if missing.any():
+        dropped[f"not in {kinship.source}"] = iids[missing].tolist()
+    return keep & in_kinship
+
+
+def _check_traits(values: np.ndarray, traits: list[str], pheno: str) -> None:
+    spread = values.std(axis=0)
+    for trait, sd in zip(traits, spread):
+        if not sd > 1e-12 * max(1.0, float(np.abs(values).max())):
+            raise FlowphenoError(f"{pheno}: trait {trait!r} has zero variance among the complete rows; drop it with --traits")
+
+
+def _split(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(val_frac * n))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _kinship_model(kinship: Kinship, train_ids: np.ndarray, device: str, timings: dict[str, float]) -> tuple[KinshipCovariance, bool]:
+    started = time.perf_counter()
+    source = Path(kinship.source)
+    cache_dir = source.parent if source.parent.exists() else None
+    eigenvalues, eigenvectors, hit = spectral_decomposition(kinship.subset(train_ids), kinship.source, cache_dir)
+    timings["eigendecomposition"] = time.perf_counter() - started
+    model = KinshipCovariance(
+        torch.as_tensor(eigenvalues, dtype=torch.float32), torch.as_tensor(eigenvectors, dtype=torch.float32)
+    )
+    return model.to(device), hit
+
+
+def fit_phenotypes(
+    pheno: str | Path,
+    grm: str | Path | Kinship | None = None,
+    covar: str | Path | None = None,
+    config: FitConfig | None = None,
+    out: str | Path | None = None,
+    grm_ids: str | Path | None = None,
+    callback: Callback | None = None,
+    command: list[str] | None = None,
+) -> tuple[PhenotypeModel, pd.DataFrame, dict[str, Any]]:
+    """Fit the relatedness-aware flow and Gaussianize every complete row.
+
+    Returns ``(model, gaussianized table, report)``; with ``out`` also writes the
+    model, ``fit.json``, ``gaussianized.tsv`` and ``diagnostics.png`` atomically.
+    """
+    config = config or FitConfig()
+    if config.mode not in MODES:
+        raise FlowphenoError(f"unknown --mode {config.mode!r}; choose one of {', '.join(MODES)}")
+    if config.mode != "iid" and grm is None:
+        raise FlowphenoError(f"--mode {config.mode} models relatedness and needs --grm (or use --mode iid)")
+    if not 0 <= config.val_frac < 0.9:
+        raise FlowphenoError(f"--val-frac must be in [0, 0.9), got {config.val_frac}")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    phenotypes = read_phenotypes(pheno, config.traits, covar)
+    keep, dropped = _complete_rows(phenotypes, covar)
+    iids = phenotypes.ids["IID"].to_numpy()
+    kinship = None
+    if grm is not None and config.mode != "iid":
+        kinship = grm if isinstance(grm, Kinship) else read_kinship(grm, grm_ids)
+        keep = _align_kinship(kinship, iids, keep, str(pheno), dropped)
+    n_complete = int(keep.sum())
+    if n_complete < MIN_COMPLETE_ROWS:
+        raise FlowphenoError(
+            f"{pheno}: only {n_complete} individuals have every trait, covariate and kinship entry; "
+            f"at least {MIN_COMPLETE_ROWS} are needed (check IDs and missing values)"
+        )
+    _check_traits(phenotypes.values[keep], phenotypes.traits, str(pheno))
+    fit_covariates = phenotypes.covariates[keep] if phenotypes.covariates is not None else None
+    residuals, beta = least_squares_residuals(phenotypes.values[keep], fit_covariates)
+    center, scale = residuals.mean(axis=0), residuals.std(axis=0)
+    _check_traits(residuals, phenotypes.traits, f"{pheno} (after removing covariates)")
+    standardised = (residuals - center) / scale
+    timings["read_and_align"] = time.perf_counter() - started
+
+    train_rows, val_rows = _split(n_complete, config.val_frac, config.train.seed)
+    fit_iids = iids[keep]
+    device = config.device
+    torch.manual_seed(config.train.seed)
+    x_train = torch.as_tensor(standardised[train_rows], dtype=torch.float32, device=device)
+    x_val = torch.as_tensor(standardised[val_rows], dtype=torch.float32, device=device) if len(val_rows) else None
+    d = len(phenotypes.traits)
+
+    def make_flow() -> torch.nn.Module:
+        torch.manual_seed(config.train.seed)
+        return affine_coupling_flow(d, layers=config.layers, hidden=config.hidden, seed=config.train.seed).to(device)
+
+    cache_hit = None
+    kinship_model = None
+    if kinship is not None:
+        kinship_model, cache_hit = _kinship_model(kinship, fit_iids[train_rows], device, timings)
+    if callback:
+        grid_runs = len(config.s2_grid) if config.mode == "grid" else 1
+        callback({"event": "plan", "stages": config.train.stages, "epochs": config.train.epochs, "runs": grid_runs})
+    started = time.perf_counter()
+    outcome = _run_mode(config, make_flow, kinship_model, x_train, x_val, callback)
+    timings["training"] = time.perf_counter() - started
+
+    model = PhenotypeModel(
+        flow=outcome.flow.cpu(),
+        traits=phenotypes.traits,
+        covariates=phenotypes.covariate_names,
+        beta=beta,
+        center=center,
+        scale=scale,
+        covariance=outcome.dependence.describe(),
+        covariate_columns=phenotypes.covariate_columns,
+    )
+    started = time.perf_counter()
+    latent = model.gaussianize(phenotypes.values, phenotypes.covariates)
+    gaussianized = pd.concat([phenotypes.ids.reset_index(drop=True), pd.DataFrame(latent, columns=phenotypes.traits)], axis=1)
+    timings["transform"] = time.perf_counter() - started
+    report = {
+        "command": command or sys.argv,
+        "inputs": {"pheno": str(pheno), "grm": None if kinship is None else kinship.source, "covar": None if covar is None else str(covar)},
+        "config": {**{k: v for k, v in asdict(config).items() if k != "train"}, "train": asdict(config.train)},
+        "seed": config.train.seed,
+        "versions": package_versions(),
+        "device": device,
+        "n_rows": int(len(iids)),
+        "n_used": n_complete,
+        "n_train": int(len(train_rows)),
+        "n_validation": int(len(val_rows)),
+        "d": d,
+        "traits": phenotypes.traits,
+        "skipped_columns": phenotypes.skipped_columns,
+        "covariates": phenotypes.covariate_names,
+        "dropped": {reason: {"count": len(ids), "iids": ids} for reason, ids in dropped.items()},
+        "kinship": None if kinship_model is None else {
+            "scale_to_unit_mean_diagonal": kinship_model.scale,
+            "eigendecomposition_cached": cache_hit,
+        },
+        "covariance": model.covariance,
+        "stages": outcome.stages,
+        "grid": outcome.grid,
+        "epochs": outcome.epochs,
+        "best_validation_nll": outcome.best_val_nll,
+        "seconds": timings,
+    }
+    if out is not None:
+        write_fit_outputs(out, model, gaussianized, report, phenotypes, keep, latent)
+    return model, gaussianized, report
+
+
+def _run_mode(
+    config: FitConfig,
+    make_flow: Any,
+    kinship: KinshipCovariance | None,
+    x_train: torch.Tensor,
+    x_val: torch.Tensor | None,
+    callback: Callback | None,
+) -> FitOutcome:
+    if config.mode == "iid":
+        return fit_iid(make_flow(), x_train, x_val, config.train, callback)
+    assert kinship is not None
+    if config.mode == "alternating":
+        return fit_alternating(make_flow(), kinship, x_train, x_val, config.train, callback)
+    if config.mode == "joint":
+        return fit_joint(make_flow(), kinship, x_train, x_val, config.train, callback)
+
+    def with_s2(s2: float) -> KinshipCovariance:
+        kinship.release_cache()
+        kinship.set_s2(s2)
+        return kinship
+
+    return fit_grid(make_flow, with_s2, config.s2_grid, x_train, x_val, config.train, callback)
+
+
+def write_fit_outputs(
+    out: str | Path,
+    model: PhenotypeModel,
+    gaussianized: pd.DataFrame,
+    report: dict[str, Any],
+    phenotypes: Phenotypes,
+    keep: np.ndarray,
+    latent: np.ndarray,
+) -> None:
+    """Write the run directory as a whole: nothing appears unless everything was written."""
+    from flowpheno.plots import diagnostics_figure
+
+    started = time.perf_counter()
+    with atomic_directory(out) as tmp:
+        model.save(tmp)
+        write_phenotypes(gaussianized, tmp / "gaussianized.tsv")
+        before = phenotypes.values[keep]
+        figure = diagnostics_figure(before, latent[keep], model.traits, report)
+        figure.savefig(tmp / "diagnostics.png", dpi=110)
+        report["seconds"]["write"] = time.perf_counter() - started
+        with atomic_path(tmp / "fit.json") as path:
+            path.write_text(json.dumps(report, indent=2, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def transform_phenotypes(
+    model: str | Path | PhenotypeModel,
+    pheno: str | Path,
+    covar: str | Path | None = None,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Gaussianize a phenotype table with a fitted model; rows in input order, NaN where incomplete."""
+    if not isinstance(model, PhenotypeModel):
+        model = PhenotypeModel.load(model)
+    table = read_table(pheno)
+    missing = [trait for trait in model.traits if trait not in table.columns]
+    if missing:
+        raise FlowphenoError(f"{pheno}: missing trait column(s) {', '.join(missing)} that the model was fitted on")
+    values = numeric_columns(table, model.traits, pheno, "trait").to_numpy()
+    covariates = None
+    if model.covariates:
+        if covar is None:
+            raise FlowphenoError(f"the model was fitted with covariates ({', '.join(model.covariates)}); pass --covar FILE")
+        covariate_table = read_table(covar)
+        matrix = covariate_matrix(covariate_table, covar)
+        absent = [c for c in model.covariate_columns if c not in covariate_table.columns]
+        if absent:
+            raise FlowphenoError(f"{covar}: missing covariate column(s) {', '.join(absent)} used by the model")
+        matrix.index = covariate_table["IID"].to_numpy()
+        covariates = matrix.reindex(columns=model.covariates, fill_value=0.0).reindex(table["IID"].to_numpy()).to_numpy(dtype=float)
+    latent = model.gaussianize(values, covariates, device=device)
+    return pd.concat([table[["FID", "IID"]].reset_index(drop=True), pd.DataFrame(latent, columns=model.traits)], axis=1)

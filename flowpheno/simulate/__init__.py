@@ -1,0 +1,6 @@
+"""Simulated cohorts with known truth: msprime genotypes through real pedigrees, and phenotypes."""
+
+from flowpheno.simulate.genotypes import SimulatedGenotypes, simulate_genotypes
+from flowpheno.simulate.phenotypes import SimulatedPhenotypes, simulate_phenotypes
+
+__all__ = ["SimulatedGenotypes", "SimulatedPhenotypes", "simulate_genotypes", "simulate_phenotypes"]
