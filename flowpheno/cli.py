@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from flowpheno import __version__
@@ -182,10 +183,11 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 1."""
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    warnings.showwarning = lambda message, *_, **__: console.print(Text("warning: ", "yellow") + Text(str(message)))
     try:
         app(standalone_mode=False)
     except FlowphenoError as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        console.print(Text("error: ", "bold red") + Text(str(error)), soft_wrap=True)
         sys.exit(1)
     except (typer.Exit, SystemExit) as done:
         sys.exit(getattr(done, "exit_code", getattr(done, "code", 0)))

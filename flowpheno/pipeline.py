@@ -10,6 +10,7 @@ import json
 import platform
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -167,7 +168,25 @@ def fit_phenotypes(
     Returns ``(model, gaussianized table, report)``; with ``out`` also writes the
     model, ``fit.json``, ``gaussianized.tsv`` and ``diagnostics.png`` atomically.
     """
-    config = config or FitConfig()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, gaussianized, report = _fit(pheno, grm, covar, config or FitConfig(), out, grm_ids, callback, command, caught)
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return model, gaussianized, report
+
+
+def _fit(
+    pheno: str | Path,
+    grm: str | Path | Kinship | None,
+    covar: str | Path | None,
+    config: FitConfig,
+    out: str | Path | None,
+    grm_ids: str | Path | None,
+    callback: Callback | None,
+    command: list[str] | None,
+    caught: list[warnings.WarningMessage],
+) -> tuple[PhenotypeModel, pd.DataFrame, dict[str, Any]]:
     if config.mode not in MODES:
         raise FlowphenoError(f"unknown --mode {config.mode!r}; choose one of {', '.join(MODES)}")
     if config.mode != "iid" and grm is None:
@@ -260,6 +279,7 @@ def fit_phenotypes(
         "epochs": outcome.epochs,
         "best_validation_nll": outcome.best_val_nll,
         "seconds": timings,
+        "warnings": [str(warning.message) for warning in caught],
     }
     if out is not None:
         write_fit_outputs(out, model, gaussianized, report, phenotypes, keep, latent)
@@ -282,12 +302,7 @@ def _run_mode(
     if config.mode == "joint":
         return fit_joint(make_flow(), kinship, x_train, x_val, config.train, callback)
 
-    def with_s2(s2: float) -> KinshipCovariance:
-        kinship.release_cache()
-        kinship.set_s2(s2)
-        return kinship
-
-    return fit_grid(make_flow, with_s2, config.s2_grid, x_train, x_val, config.train, callback)
+    return fit_grid(make_flow, kinship.with_s2, config.s2_grid, x_train, x_val, config.train, callback)
 
 
 def write_fit_outputs(

@@ -37,9 +37,11 @@ class EquicorrelatedBlocks(DependenceModel):
         self.n = int(block_ids.shape[0])
         self.shared = shared
         self.register_buffer("block_ids", block_ids)
-        self.register_buffer("sizes", torch.bincount(block_ids).to(torch.get_default_dtype()))
+        rho_init = torch.as_tensor(rho)
+        dtype = rho_init.dtype if rho_init.is_floating_point() else torch.get_default_dtype()
+        self.register_buffer("sizes", torch.bincount(block_ids).to(dtype))
         n_params = 1 if shared else int(self.sizes.shape[0])
-        rho_init = torch.as_tensor(rho, dtype=torch.get_default_dtype()).clamp(1e-6, 1 - 1e-6)
+        rho_init = rho_init.to(dtype).clamp(1e-6, 1 - 1e-6)
         logits = torch.logit(rho_init.expand(n_params).clone())
         self.logit_rho = nn.Parameter(logits, requires_grad=learn_rho)
 

@@ -67,6 +67,12 @@ class KinshipCovariance(DependenceModel):
         eigenvalues, eigenvectors = torch.linalg.eigh(kinship)
         return cls(eigenvalues.clamp_min(0.0), eigenvectors, **kwargs)
 
+    def with_s2(self, s2: float) -> KinshipCovariance:
+        """A separate model over the same decomposition (eigenvectors shared, not copied)."""
+        twin = KinshipCovariance(self.eigenvalues, self.eigenvectors, s2=s2, scale=1.0)
+        twin.scale = self.scale
+        return twin
+
     @property
     def learn_s2(self) -> bool:
         return self.logit_s2.requires_grad

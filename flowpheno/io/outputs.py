@@ -17,9 +17,9 @@ FORMATS = ("tsv", "gemma", "parquet")
 def order_like_fam(table: pd.DataFrame, fam_path: str | Path) -> pd.DataFrame:
     """Rows in ``.fam`` order (what GEMMA ``-p`` expects); individuals without a row get NA."""
     fam = read_fam(fam_path)
-    ordered = table.set_index("IID").reindex(fam["IID"].to_numpy())
-    ordered.insert(0, "FID", fam["FID"].to_numpy())
-    return ordered.reset_index(names="IID")[["FID", "IID", *[c for c in table.columns if c not in ("FID", "IID")]]]
+    traits = [column for column in table.columns if column not in ("FID", "IID")]
+    ordered = table.set_index("IID")[traits].reindex(fam["IID"].to_numpy())
+    return pd.concat([fam[["FID", "IID"]].reset_index(drop=True), ordered.reset_index(drop=True)], axis=1)
 
 
 def write_phenotypes(table: pd.DataFrame, path: str | Path, fmt: str = "tsv", fam: str | Path | None = None) -> None:

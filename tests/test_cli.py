@@ -1,0 +1,180 @@
+"""The command line end to end on the embedded example, and its errors on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import EXAMPLES, family_kinship, run_cli, write_table
+from flowpheno.io.kinship import write_npz
+
+FAST = ["--epochs", "2", "--stages", "2", "--layers", "4", "--hidden", "32", "--device", "cpu", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory: pytest.TempPathFactory, example_kinship: Path) -> Path:
+    out = tmp_path_factory.mktemp("fit") / "run"
+    result = run_cli(
+        "fit", "--pheno", str(EXAMPLES / "pheno.tsv"), "--covar", str(EXAMPLES / "covar.tsv"),
+        "--grm", str(example_kinship), "--out", str(out), *FAST,
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_fit_writes_everything(example_run: Path) -> None:
+    for name in ("model.safetensors", "model.json", "fit.json", "gaussianized.tsv", "diagnostics.png"):
+        assert (example_run / name).stat().st_size > 0, name
+    report = json.loads((example_run / "fit.json").read_text())
+    pheno = pd.read_csv(EXAMPLES / "pheno.tsv", sep="\t")
+    assert report["traits"] == ["trait1", "trait2", "trait3", "trait4"]
+    assert report["covariates"] == ["age", "sex", "batch_b2", "batch_b3"]
+    incomplete = int(pheno.drop(columns=["FID", "IID"]).isna().any(axis=1).sum())
+    assert report["dropped"]["missing trait value"]["count"] == incomplete
+    assert report["n_used"] == len(pheno) - incomplete
+    assert 0.0 <= report["covariance"]["s2"] < 1.0
+    assert [s["stage"] for s in report["stages"]] == [0, 1, 2, "final"]
+    assert len(report["epochs"]) == 4 and all(e["val_nll"] is not None for e in report["epochs"])
+    assert {"torch", "zuko", "numpy"} <= set(report["versions"]) and report["seed"] == 3
+    assert {"read_and_align", "eigendecomposition", "training", "transform", "write"} <= set(report["seconds"])
+
+    out = pd.read_csv(example_run / "gaussianized.tsv", sep="\t")
+    assert list(out["IID"]) == list(pheno["IID"])  # input order
+    traits = out.drop(columns=["FID", "IID"])
+    assert (traits.isna().any(axis=1) == pheno.drop(columns=["FID", "IID"]).isna().any(axis=1)).all()
+    complete = traits.dropna()
+    assert np.allclose(complete.mean(), 0, atol=0.25) and np.allclose(complete.std(), 1, atol=0.3)
+
+
+def test_transform_reproduces_fit(example_run: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        "transform", "--model", str(example_run), "--pheno", str(EXAMPLES / "pheno.tsv"),
+        "--covar", str(EXAMPLES / "covar.tsv"), "--out", str(tmp_path / "z.tsv"), "--device", "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    fitted = pd.read_csv(example_run / "gaussianized.tsv", sep="\t")
+    again = pd.read_csv(tmp_path / "z.tsv", sep="\t")
+    pd.testing.assert_frame_equal(fitted, again, atol=1e-6)
+
+    result = run_cli(
+        "transform", "--model", str(example_run), "--pheno", str(EXAMPLES / "pheno.tsv"),
+        "--covar", str(EXAMPLES / "covar.tsv"), "--out", str(tmp_path / "z.gemma.txt"),
+        "--format", "gemma", "--fam", str(EXAMPLES / "cohort.fam"),
+    )
+    assert result.returncode == 0, result.stderr
+    gemma = pd.read_csv(tmp_path / "z.gemma.txt", sep="\t", header=None, na_values="NA")
+    fam = pd.read_csv(EXAMPLES / "cohort.fam", sep=" ", header=None, dtype=str)
+    expected = fitted.set_index("IID").loc[fam[1]].drop(columns="FID").to_numpy()
+    np.testing.assert_allclose(gemma.to_numpy(), expected, atol=1e-6)
+
+    result = run_cli("transform", "--model", str(example_run), "--pheno", str(EXAMPLES / "pheno.tsv"), "--out", str(tmp_path / "x.tsv"))
+    assert result.returncode == 1 and "--covar" in result.stderr and not (tmp_path / "x.tsv").exists()
+
+
+def test_same_seed_same_numbers_and_cached_eigendecomposition(example_run: Path, example_kinship: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    result = run_cli(
+        "fit", "--pheno", str(EXAMPLES / "pheno.tsv"), "--covar", str(EXAMPLES / "covar.tsv"),
+        "--grm", str(example_kinship), "--out", str(again), *FAST,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (again / "gaussianized.tsv").read_text() == (example_run / "gaussianized.tsv").read_text()
+    assert json.loads((again / "fit.json").read_text())["kinship"]["eigendecomposition_cached"] is True
+
+
+@pytest.mark.parametrize("mode", ["iid", "grid", "joint"])
+def test_other_modes(mode: str, tmp_path: Path) -> None:
+    pheno, kinship = _small_cohort(tmp_path)
+    args = ["fit", "--pheno", str(pheno), "--out", str(tmp_path / "run"), "--mode", mode, "--epochs", "1", "--stages", "1",
+            "--layers", "2", "--hidden", "8", "--s2-grid", "0,0.5"]
+    if mode != "iid":
+        args += ["--grm", str(kinship)]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "run" / "fit.json").read_text())
+    if mode == "grid":
+        assert [g["value"] for g in report["grid"]] == [0.0, 0.5]
+        assert report["covariance"]["s2"] == pytest.approx(min(report["grid"], key=lambda g: g["val_nll"])["value"], abs=1e-5)
+    if mode == "iid":
+        assert report["covariance"] == {} and report["kinship"] is None
+
+
+def _small_cohort(tmp_path: Path, n: int = 80) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    ids = [f"i{k}" for k in range(n)]
+    table = pd.DataFrame({"FID": "f", "IID": ids, "a": rng.gamma(2.0, size=n), "b": rng.normal(size=n)})
+    write_npz(tmp_path / "kin.npz", family_kinship(n, rng), np.array(ids))
+    return write_table(tmp_path / "pheno.tsv", table), tmp_path / "kin.npz"
+
+
+def _broken_inputs(tmp_path: Path, case: str) -> tuple[list[str], str]:
+    """(fit arguments, text the one-line error must contain) for each kind of bad input."""
+    pheno, kinship = _small_cohort(tmp_path)
+    table = pd.read_csv(pheno, sep="\t", dtype={"IID": str})
+    n = len(table)
+    ids = table["IID"].to_numpy()
+    matrix = np.load(kinship)["K"]
+    if case == "no_overlap":
+        write_npz(kinship, matrix, np.array([f"x{k}" for k in range(n)]))
+        return [], "share no IID"
+    if case == "duplicate_id":
+        table.loc[5, "IID"] = "i2"
+        write_table(pheno, table)
+        return [], "IID 'i2' appears more than once (lines 4, 7)"
+    if case == "non_numeric":
+        table["b"] = table["b"].astype(object)
+        table.loc[9, "b"] = "high"
+        write_table(pheno, table)
+        return [], "trait column 'b' is not numeric (line 11, IID i9: 'high')"
+    if case == "not_square":
+        write_npz(kinship, matrix[:, :-1], ids)
+        return [], "kinship must be square"
+    if case == "not_symmetric":
+        matrix[3, 4] += 0.2
+        write_npz(kinship, matrix, ids)
+        return [], "kinship is not symmetric (K[i3,i4]"
+    if case == "negative_eigenvalues":
+        write_npz(kinship, matrix - 0.8 * np.eye(n) + 0.5 * (np.arange(n)[:, None] % 2 == np.arange(n) % 2), ids)
+        return [], "eigenvalues below -1e-06 x the largest"
+    if case == "too_few_rows":
+        table.loc[: n - 40, "a"] = np.nan
+        write_table(pheno, table)
+        return [], "only 39 individuals have every trait"
+    if case == "zero_variance":
+        table["b"] = 1.25
+        write_table(pheno, table)
+        return [], "trait 'b' has zero variance"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["no_overlap", "duplicate_id", "non_numeric", "not_square", "not_symmetric", "negative_eigenvalues", "too_few_rows", "zero_variance"],
+)
+def test_bad_input_is_one_clear_line(case: str, tmp_path: Path) -> None:
+    extra, message = _broken_inputs(tmp_path, case)
+    out = tmp_path / "run"
+    result = run_cli(
+        "fit", "--pheno", str(tmp_path / "pheno.tsv"), "--grm", str(tmp_path / "kin.npz"), "--out", str(out),
+        "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "8", *extra,
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
+
+
+def test_failed_refit_keeps_previous_run(tmp_path: Path) -> None:
+    pheno, kinship = _small_cohort(tmp_path)
+    args = ["fit", "--pheno", str(pheno), "--grm", str(kinship), "--out", str(tmp_path / "run"), "--epochs", "1", "--stages", "1",
+            "--layers", "2", "--hidden", "8"]
+    assert run_cli(*args).returncode == 0
+    before = (tmp_path / "run" / "gaussianized.tsv").read_text()
+    assert run_cli(*args, "--traits", "a,missing_column").returncode == 1
+    assert (tmp_path / "run" / "gaussianized.tsv").read_text() == before

@@ -1,0 +1,53 @@
+"""The mini-batch trace estimator (Proposition 2.2) is unbiased: averages over batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import family_kinship
+from flowpheno.dependence import EquicorrelatedBlocks, IIDCovariance, KinshipCovariance
+
+
+def _average_estimate(model, z: torch.Tensor, batch: int, draws: int, seed: int) -> tuple[float, float]:  # noqa: ANN001
+    generator = torch.Generator().manual_seed(seed)
+    estimates = []
+    n = z.shape[0]
+    for _ in range(draws):
+        idx = torch.randperm(n, generator=generator)[:batch]
+        estimates.append(float(model.minibatch_quad_form(z[idx], idx)))
+    values = np.array(estimates)
+    return values.mean(), values.std(ddof=1) / np.sqrt(draws)
+
+
+@pytest.mark.parametrize("batch", [2, 16])
+def test_kinship_estimator_unbiased(batch: int) -> None:
+    rng = np.random.default_rng(10)
+    n = 60
+    kinship = family_kinship(n, rng, relatedness=0.6)
+    model = KinshipCovariance.from_matrix(torch.tensor(kinship, dtype=torch.float64), s2=0.7)
+    # correlated latents, so off-diagonal terms matter
+    z = torch.tensor(np.linalg.cholesky(0.7 * kinship + 0.3 * np.eye(n)) @ rng.normal(size=(n, 3)))
+    exact = float(model.quad_form(z))
+    mean, se = _average_estimate(model, z, batch, draws=20000, seed=1)
+    assert abs(mean - exact) < 3 * se, (mean, exact, se)
+    # and the estimate is not trivially exact: it varies from batch to batch
+    assert se > 1e-3 * abs(exact)
+
+
+def test_blocks_estimator_unbiased() -> None:
+    rng = np.random.default_rng(11)
+    block_ids = np.repeat(np.arange(8), [1, 3, 5, 8, 2, 6, 4, 11])
+    model = EquicorrelatedBlocks(torch.tensor(block_ids), rho=torch.tensor(rng.uniform(0.2, 0.9, 8))).double()
+    z = torch.tensor(rng.normal(size=(len(block_ids), 2)) + np.repeat(rng.normal(size=(8, 2)), [1, 3, 5, 8, 2, 6, 4, 11], axis=0))
+    exact = float(model.quad_form(z))
+    mean, se = _average_estimate(model, z, 10, draws=20000, seed=2)
+    assert abs(mean - exact) < 3 * se, (mean, exact, se)
+
+
+def test_iid_estimator_unbiased() -> None:
+    z = torch.tensor(np.random.default_rng(12).normal(size=(50, 2)))
+    model = IIDCovariance(50).double()
+    mean, se = _average_estimate(model, z, 7, draws=5000, seed=3)
+    assert abs(mean - float(model.quad_form(z))) < 3 * se
