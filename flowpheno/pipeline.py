@@ -209,6 +209,13 @@ def _fit(
             f"at least {MIN_COMPLETE_ROWS} are needed (check IDs and missing values)"
         )
     _check_traits(phenotypes.values[keep], phenotypes.traits, str(pheno))
+    d = len(phenotypes.traits)
+    if n_complete < 100 * d * d:
+        warnings.warn(
+            f"{n_complete} individuals for {d} traits: GEMMA's mvLMM is unstable below about 100 d^2 = {100 * d * d}; "
+            "test smaller trait groups",
+            stacklevel=2,
+        )
     fit_covariates = phenotypes.covariates[keep] if phenotypes.covariates is not None else None
     residuals, beta = least_squares_residuals(phenotypes.values[keep], fit_covariates)
     center, scale = residuals.mean(axis=0), residuals.std(axis=0)
@@ -222,7 +229,6 @@ def _fit(
     torch.manual_seed(config.train.seed)
     x_train = torch.as_tensor(standardised[train_rows], dtype=torch.float32, device=device)
     x_val = torch.as_tensor(standardised[val_rows], dtype=torch.float32, device=device) if len(val_rows) else None
-    d = len(phenotypes.traits)
 
     def make_flow() -> torch.nn.Module:
         torch.manual_seed(config.train.seed)

@@ -142,6 +142,18 @@ def test_plink_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read[~np.isnan(read)], dosage[~np.isnan(dosage)])
 
 
+def test_plink_prefix_as_kinship(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    dosage = rng.binomial(2, 0.3, size=(20, 60)).astype(float)
+    fam = pd.DataFrame({"FID": "f", "IID": [f"s{i}" for i in range(20)], "PAT": "0", "MAT": "0", "SEX": "1", "PHENO": "-9"})
+    bim = pd.DataFrame({"chrom": "1", "snp": [f"rs{j}" for j in range(60)], "cm": 0.0, "pos": np.arange(60) + 1, "a0": "A", "a1": "C"})
+    write_plink(tmp_path / "c", dosage, fam, bim)
+    kinship = read_kinship(tmp_path / "c")
+    centred = dosage - dosage.mean(axis=0)
+    np.testing.assert_allclose(kinship.matrix, centred @ centred.T / 60, atol=1e-10)
+    assert list(kinship.ids) == list(fam["IID"])
+
+
 def test_output_formats(tmp_path: Path) -> None:
     table = pd.DataFrame({"FID": ["f", "f"], "IID": ["b", "a"], "t1": [0.5, np.nan], "t2": [1.0, 2.0]})
     write_phenotypes(table, tmp_path / "z.tsv")

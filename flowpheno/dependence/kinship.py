@@ -57,7 +57,9 @@ class KinshipCovariance(DependenceModel):
         self.scale = scale
         self.register_buffer("eigenvalues", eigenvalues * scale)
         self.register_buffer("eigenvectors", eigenvectors)
-        self.logit_s2 = nn.Parameter(torch.tensor(_logit(s2), dtype=eigenvalues.dtype), requires_grad=learn_s2)
+        self.logit_s2 = nn.Parameter(
+            torch.tensor(_logit(s2), dtype=eigenvalues.dtype, device=eigenvalues.device), requires_grad=learn_s2
+        )
         self._cached_precision: Tensor | None = None
         self._cached_for: float | None = None
 
@@ -116,7 +118,7 @@ class KinshipCovariance(DependenceModel):
             with torch.no_grad():
                 self._cached_precision = self.precision()
             self._cached_for = current
-        return self._cached_precision[idx][:, idx]
+        return self._cached_precision[idx[:, None], idx[None, :]]
 
     def release_cache(self) -> None:
         """Free the dense precision (n x n) once a flow stage is over."""

@@ -145,7 +145,7 @@ def spectral_decomposition(
         if cache.exists():
             with np.load(cache, allow_pickle=False) as archive:
                 return archive["eigenvalues"], archive["eigenvectors"], True
-    eigenvalues, eigenvectors = scipy.linalg.eigh(matrix, overwrite_a=False, check_finite=False, driver="evr")
+    eigenvalues, eigenvectors = scipy.linalg.eigh(matrix, overwrite_a=False, check_finite=False, driver="evd")
     largest = max(float(eigenvalues.max()), 0.0)
     negative = eigenvalues < -NEGATIVE_EIGENVALUE_TOLERANCE * largest
     if negative.any():

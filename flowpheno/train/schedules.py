@@ -52,7 +52,11 @@ class FitOutcome:
 
 
 class _BestState:
-    """Snapshot of the flow and dependence parameters with the lowest validation NLL."""
+    """Snapshot of the flow and covariance parameters with the lowest validation NLL.
+
+    Only the dependence model's parameters are copied, never its buffers (the
+    kinship eigenvectors are n x n and do not change).
+    """
 
     def __init__(self) -> None:
         self.value: float | None = None
@@ -61,16 +65,19 @@ class _BestState:
     def offer(self, value: float | None, flow: LatentFlow, dependence: DependenceModel) -> None:
         if value is not None and (self.value is None or value < self.value):
             self.value = value
-            self.state = (copy.deepcopy(flow.state_dict()), copy.deepcopy(dependence.state_dict()))
+            covariance = {name: p.detach().clone() for name, p in dependence.named_parameters()}
+            self.state = (copy.deepcopy(flow.state_dict()), covariance)
 
     def restore(self, flow: LatentFlow, dependence: DependenceModel) -> None:
         if self.state is not None:
             flow.load_state_dict(self.state[0])
-            dependence.load_state_dict(self.state[1])
+            with torch.no_grad():
+                for name, parameter in dependence.named_parameters():
+                    parameter.copy_(self.state[1][name])
 
 
-class _Trainer:
-    """Mini-batch training of one flow against one dependence model."""
+class EpochTrainer:
+    """Mini-batch training of one flow against one dependence model, one epoch at a time."""
 
     def __init__(
         self,
@@ -155,7 +162,7 @@ def fit_schedule(
     Covers ``iid`` (``IIDCovariance``), one grid value (fixed ``s2`` or ``rho``) and
     ``joint`` (covariance parameters with ``requires_grad`` join the optimiser).
     """
-    trainer = _Trainer(flow, dependence, x_train, x_val, config, callback)
+    trainer = EpochTrainer(flow, dependence, x_train, x_val, config, callback)
     stages: list[dict[str, Any]] = []
     for stage in range(1, config.stages + 1):
         started = time.perf_counter()
@@ -230,7 +237,7 @@ def fit_alternating(
     kinship.fit_s2(push_forward(flow, x_train))
     stages = [{"stage": 0, "s2_seconds": time.perf_counter() - started, **kinship.describe()}]
     _emit(callback, {"event": "stage", **stages[0]})
-    trainer = _Trainer(flow, kinship, x_train, x_val, config, callback)
+    trainer = EpochTrainer(flow, kinship, x_train, x_val, config, callback)
     for stage in range(1, config.stages + 1):
         started = time.perf_counter()
         trainer.run(config.epochs, stage)
