@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +32,8 @@ def family_kinship(n: int, rng: np.random.Generator, relatedness: float = 0.5) -
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the installed console script the way a user would."""
-    executable = shutil.which("flowpheno")
-    command = [executable, *args] if executable else [sys.executable, "-m", "flowpheno.cli", *args]
+    script = Path(sys.executable).parent / "flowpheno"  # the console script of this environment
+    command = [str(script), *args] if script.exists() else [sys.executable, "-m", "flowpheno.cli", *args]
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
