@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from flowpheno import __version__
 from flowpheno.errors import FlowphenoError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Relatedness-aware normalizing flows for multivariate GWAS.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Relatedness-aware normalizing flows for multivariate GWAS.")
 console = Console(stderr=True)
 
 
@@ -167,6 +167,121 @@ def transform(
     write_phenotypes(table, out, fmt, fam)
     complete = int(table.drop(columns=["FID", "IID"]).notna().all(axis=1).sum())
     console.print(f"wrote {out} ({fmt}): {complete} of {len(table)} individuals Gaussianized")
+
+
+@app.command()
+def simulate(
+    out: Path = typer.Option(..., "--out", help="directory for cohort.bed/bim/fam, pheno.tsv, covar.tsv, truth.tsv"),
+    n: int = typer.Option(2000, "--n", min=20, help="individuals (three-generation families)"),
+    snps: int = typer.Option(20000, "--snps", min=100, help="SNPs kept (MAF >= 0.05, thinned at random)"),
+    traits: int = typer.Option(4, "--traits", min=1, help="traits"),
+    causal: int = typer.Option(30, "--causal", min=0, help="causal SNPs (pleiotropic)"),
+    null: bool = typer.Option(False, "--null", help="no causal SNPs: a calibration cohort"),
+    populations: int = typer.Option(3, "--populations", min=1, help="populations split from one ancestor"),
+    chromosomes: int = typer.Option(5, "--chromosomes", min=1, help="chromosomes of 10 Mb"),
+    causal_variance: float = typer.Option(0.2, "--causal-variance", help="share of latent variance from causal SNPs"),
+    seed: int = typer.Option(1, "--seed", help="random seed"),
+) -> None:
+    """Simulate a related, structured cohort with non-Gaussian pleiotropic traits and known truth."""
+    from flowpheno.simulate.cohort import write_simulated_cohort
+
+    with console.status(f"simulating {n} individuals with msprime"):
+        structure = write_simulated_cohort(
+            out, n=n, snps=snps, traits=traits, causal=0 if null else causal, populations=populations,
+            chromosomes=chromosomes, causal_variance=causal_variance, seed=seed,
+        )
+    console.print(
+        f"wrote {out}: {structure['individuals']} individuals in {structure['families']} families, "
+        f"{structure['snps']} SNPs, {structure['causal_snps']} causal, "
+        f"{structure['share_pairs_kinship_ge_0.1']:.1%} of pairs with kinship >= 0.1"
+    )
+
+
+gwas_app = typer.Typer(no_args_is_help=True, help="GWAS workflow steps: GEMMA, baseline, clumping, report.")
+app.add_typer(gwas_app, name="gwas")
+
+
+def _columns(text: str) -> list[int]:
+    try:
+        return [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise FlowphenoError(f"--columns {text!r}: give 1-based column numbers, e.g. 1,2,3") from None
+
+
+@gwas_app.command("grm")
+def gwas_grm(
+    bfile: Path = typer.Option(..., "--bfile", help="PLINK 1 prefix"),
+    out: Path = typer.Option(..., "--out", help="GEMMA kinship to write (.cXX.txt)"),
+) -> None:
+    """Centred GRM with GEMMA -gk 1 over every individual of the fileset."""
+    from flowpheno.gwas.gemma import gemma_grm
+
+    gemma_grm(bfile, out)
+    console.print(f"wrote {out}")
+
+
+@gwas_app.command("rint")
+def gwas_rint(
+    pheno: Path = typer.Option(..., "--pheno"),
+    fam: Path = typer.Option(..., "--fam", help="row order of the GEMMA phenotype file"),
+    out: Path = typer.Option(..., "--out", help="GEMMA -p file to write"),
+    covar: Optional[Path] = typer.Option(None, "--covar"),
+    traits: Optional[str] = typer.Option(None, "--traits", help="comma-separated trait columns"),
+) -> None:
+    """Baseline: covariates out, then rank-inverse-normal per trait, as a GEMMA -p file."""
+    from flowpheno.gwas.steps import write_rint_phenotypes
+
+    chosen = [t.strip() for t in traits.split(",")] if traits else None
+    table = write_rint_phenotypes(pheno, out, fam, covar, chosen)
+    console.print(f"wrote {out}: {table.shape[1] - 2} traits")
+
+
+@gwas_app.command("assoc")
+def gwas_assoc(
+    bfile: Path = typer.Option(..., "--bfile"),
+    kinship: Path = typer.Option(..., "--kinship", help="GEMMA kinship (.cXX.txt)"),
+    pheno: Path = typer.Option(..., "--pheno", help="GEMMA -p file"),
+    columns: str = typer.Option(..., "--columns", help="1-based phenotype columns, e.g. 1,2,3,4"),
+    out: Path = typer.Option(..., "--out", help="association table to write (SNP, CHR, BP, P)"),
+    per_trait: bool = typer.Option(False, "--per-trait", help="one univariate LMM per column, min p x d (the single baseline)"),
+) -> None:
+    """GEMMA -lmm 3: multivariate over the columns, or per trait with --per-trait."""
+    from flowpheno.gwas.steps import association
+
+    result = association(bfile, kinship, pheno, _columns(columns), out, per_trait=per_trait)
+    console.print(f"wrote {out}: {len(result)} SNPs")
+
+
+@gwas_app.command("evaluate")
+def gwas_evaluate(
+    bfile: Path = typer.Option(..., "--bfile"),
+    assoc: Path = typer.Option(..., "--assoc", help="association table (SNP, CHR, BP, P)"),
+    out_dir: Path = typer.Option(..., "--out-dir"),
+    name: str = typer.Option(..., "--name", help="method name for tables and plots"),
+    truth: Optional[Path] = typer.Option(None, "--truth", help="truth.tsv of a simulated cohort"),
+    threshold: str = typer.Option("bonferroni", "--threshold", help="p threshold, or 'bonferroni' (alpha / SNPs tested)"),
+    alpha: float = typer.Option(0.05, "--alpha"),
+    r2: float = typer.Option(0.1, "--r2", help="clumping r2"),
+    kb: int = typer.Option(250, "--kb", help="clumping window (kb)"),
+    window_kb: float = typer.Option(250, "--truth-window-kb", help="a locus within this of a causal SNP is true"),
+) -> None:
+    """PLINK clumping, loci counts (true/false with a truth file), lambda GC, Manhattan and QQ plots."""
+    from flowpheno.gwas.steps import evaluate_method
+
+    summary = evaluate_method(bfile, assoc, out_dir, name, truth, threshold, alpha, r2, kb, window_kb)
+    console.print(f"{name}: {summary['loci']} loci, lambda GC {summary['lambda_gc']:.3f}")
+
+
+@gwas_app.command("report")
+def gwas_report(
+    methods: list[Path] = typer.Argument(..., help="directories written by flowpheno gwas evaluate"),
+    out_dir: Path = typer.Option(..., "--out-dir"),
+) -> None:
+    """loci.tsv and report.md comparing the methods."""
+    from flowpheno.gwas.steps import write_report
+
+    write_report(methods, out_dir)
+    console.print(f"wrote {out_dir}/report.md and {out_dir}/loci.tsv")
 
 
 def _version(value: bool) -> None:

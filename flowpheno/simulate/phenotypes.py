@@ -58,14 +58,15 @@ def simulate_phenotypes(
     polygenic_variance: float = 0.40,
     polygenic_snps: int = 1000,
     pleiotropy: float = 0.5,
+    population_variance: float = 0.05,
     missing_rate: float = 0.01,
     seed: int = 1,
 ) -> SimulatedPhenotypes:
     """Phenotypes for the individuals of ``genotypes`` (see module docstring).
 
-    ``causal_variance`` and ``polygenic_variance`` are shares of each latent trait's
-    variance; each causal SNP acts on one trait, or on several with probability
-    ``pleiotropy``.
+    ``causal_variance``, ``polygenic_variance`` and ``population_variance`` (mean shifts
+    between populations) are shares of each latent trait's variance; each causal SNP
+    acts on one trait, and on each other trait with probability ``pleiotropy``.
     """
     rng = np.random.default_rng(seed)
     n, m = genotypes.dosage.shape
@@ -86,10 +87,15 @@ def simulate_phenotypes(
     if causal:
         causal_part = _standardise(causal_part) * np.sqrt(causal_variance)
 
-    noise_variance = 1.0 - polygenic_variance - causal_variance
+    offsets = rng.normal(size=(int(genotypes.population.max()) + 1, traits))
+    population_part = _standardise(offsets[genotypes.population]) * np.sqrt(population_variance)
+
+    noise_variance = 1.0 - polygenic_variance - causal_variance - population_variance
+    if noise_variance <= 0:
+        raise ValueError("causal, polygenic and population variance shares must sum to less than 1")
     noise_correlation = np.full((traits, traits), 0.2) + 0.8 * np.eye(traits)
     noise = rng.normal(size=(n, traits)) @ np.linalg.cholesky(noise_correlation).T * np.sqrt(noise_variance)
-    latent = _standardise(background + causal_part + noise)
+    latent = _standardise(background + causal_part + population_part + noise)
     observed = nonlinear_map(latent)
 
     age = rng.uniform(20, 80, n).round(1)

@@ -1,0 +1,1 @@
+"""The GWAS path: GEMMA (GRM, univariate and multivariate LMM), PLINK clumping, evaluation."""

@@ -1,0 +1,35 @@
+"""Find and run the external binaries (GEMMA, PLINK 1.9) with errors a user can act on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from flowpheno.errors import FlowphenoError
+
+PACKAGES = {"gemma": "gemma", "plink1.9": "plink1.9"}
+ALTERNATIVE_NAMES = {"plink1.9": ["plink1.9", "plink"], "gemma": ["gemma"]}
+
+
+def require(tool: str) -> str:
+    """Path of ``tool``; a missing binary names the Debian package that provides it."""
+    for name in ALTERNATIVE_NAMES.get(tool, [tool]):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise FlowphenoError(f"{tool} not found on PATH: install the Debian package {PACKAGES.get(tool, tool)} (apt-get install {PACKAGES.get(tool, tool)})")
+
+
+def run_logged(command: list[str], log: Path, cwd: Path | None = None, tail_lines: int = 15) -> None:
+    """Run ``command`` with stdout and stderr in ``log``; on failure show the log's tail."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as handle:
+        handle.write("$ " + " ".join(command) + "\n")
+        handle.flush()
+        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, check=False)
+    text = log.read_text(errors="replace")
+    failed = result.returncode != 0 or any(mark in text for mark in ("ERROR:", "error!", "FAILED:"))
+    if failed:
+        tail = "\n".join(line for line in text.splitlines()[-tail_lines:] if line.strip() and "%" not in line)
+        raise FlowphenoError(f"{Path(command[0]).name} failed (exit {result.returncode}; log {log}):\n{tail}")

@@ -1,0 +1,119 @@
+"""GWAS pieces (baseline transform, calibration, truth matching, tool errors) and the whole
+Snakemake workflow on a tiny simulated cohort with the real GEMMA and PLINK binaries."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import norm, shapiro
+
+from conftest import EXAMPLES, ROOT
+from flowpheno.errors import FlowphenoError
+from flowpheno.gwas.baseline import rank_inverse_normal, rint_after_covariates
+from flowpheno.gwas.evaluate import genome_wide_threshold, lambda_gc, match_truth
+from flowpheno.gwas.gemma import gemma_lmm, min_p_over_traits
+from flowpheno.gwas.tools import require
+
+needs_binaries = pytest.mark.skipif(
+    shutil.which("gemma") is None or shutil.which("plink1.9") is None, reason="apt-get install gemma plink1.9"
+)
+
+
+def test_rank_inverse_normal() -> None:
+    rng = np.random.default_rng(0)
+    skewed = rng.exponential(size=500) ** 3
+    skewed[[3, 40]] = np.nan
+    out = rank_inverse_normal(skewed)
+    assert np.isnan(out[[3, 40]]).all()
+    present = out[np.isfinite(out)]
+    assert np.argsort(present).tolist() == np.argsort(skewed[np.isfinite(skewed)]).tolist()  # monotone
+    assert abs(present.mean()) < 1e-9 and shapiro(present).pvalue > 0.5
+
+
+def test_rint_removes_covariates() -> None:
+    rng = np.random.default_rng(1)
+    age = rng.uniform(20, 80, 400)
+    trait = 0.05 * age + rng.exponential(size=400)  # additive covariate effect, skewed noise
+    out = rint_after_covariates(trait[:, None], age[:, None])
+    assert abs(np.corrcoef(out[:, 0], age)[0, 1]) < 0.1 < np.corrcoef(trait, age)[0, 1]
+
+
+def test_lambda_gc_and_threshold() -> None:
+    rng = np.random.default_rng(2)
+    assert lambda_gc(rng.uniform(size=20000)) == pytest.approx(1.0, abs=0.05)
+    inflated = 2 * norm.sf(np.abs(rng.normal(size=20000) * 1.2))
+    assert lambda_gc(inflated) == pytest.approx(1.44, abs=0.08)
+    assert genome_wide_threshold("bonferroni", 1_000_000) == pytest.approx(5e-8)
+    assert genome_wide_threshold("1e-6", 10) == 1e-6
+
+
+def test_match_truth() -> None:
+    truth = pd.DataFrame({"snp": ["a", "b", "c"], "chrom": ["1", "1", "2"], "pos": [1_000_000, 5_000_000, 1_000_000]})
+    loci = pd.DataFrame({"CHR": ["1", "1", "2", "2"], "BP": [1_200_000, 3_000_000, 1_000_100, 1_100_000]})
+    is_true, found = match_truth(loci, truth, window_kb=250)
+    assert is_true.tolist() == [True, False, True, True] and found == 2
+
+
+def test_min_p_over_traits() -> None:
+    base = pd.DataFrame({"SNP": ["s1", "s2"], "CHR": ["1", "1"], "BP": [1, 2]})
+    combined = min_p_over_traits([base.assign(P=[0.01, 0.5]), base.assign(P=[0.2, 0.4]), base.assign(P=[0.3, 0.9])])
+    assert combined["P"].tolist() == pytest.approx([0.03, 1.0])
+    assert combined["P_2"].tolist() == [0.2, 0.4]
+
+
+def test_missing_binary_names_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(FlowphenoError, match=r"install the Debian package plink1\.9"):
+        require("plink1.9")
+
+
+@needs_binaries
+def test_gemma_failure_shows_log_tail(tmp_path: Path) -> None:
+    (tmp_path / "p.txt").write_text("1\n" * 1000)
+    (tmp_path / "k.txt").write_text("1 0\n0 1\n")  # a kinship of the wrong size
+    with pytest.raises(FlowphenoError, match=r"gemma failed \(exit -?\d+; log .*\):\n[\s\S]*kinship file does not match"):
+        gemma_lmm(EXAMPLES / "cohort", tmp_path / "k.txt", tmp_path / "p.txt", [1], tmp_path / "assoc.tsv")
+    assert not (tmp_path / "assoc.tsv").exists()
+
+
+@needs_binaries
+@pytest.mark.skipif(shutil.which("snakemake") is None and not (Path(sys.executable).parent / "snakemake").exists(),
+                    reason="pip install snakemake")
+def test_workflow_end_to_end(tmp_path: Path) -> None:
+    config = tmp_path / "test.yaml"
+    config.write_text(
+        f"outdir: {tmp_path / 'out'}\n"
+        "simulate: {n: 300, snps: 3000, traits: 3, causal: 10, chromosomes: 2, seed: 3, causal_variance: 0.3}\n"
+        "trait_groups: {all: [trait1, trait2, trait3]}\n"
+        "fit: {epochs: 2, stages: 2, layers: 4, hidden: 32, batch_size: 128, seed: 1, device: cpu, extra: ''}\n"
+    )
+    local = Path(sys.executable).parent / "snakemake"
+    snakemake = str(local) if local.exists() else shutil.which("snakemake")
+    result = subprocess.run(
+        [snakemake, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(config), "-c2", "gwas_all"],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = tmp_path / "out"
+    report = (out / "report.md").read_text()
+    for method in ("single:all", "flow_iid:all", "flow_kinship:all"):
+        assert f"| {method} |" in report
+        summary = json.loads((out / "all" / method.split(":")[0] / "evaluation" / "summary.json").read_text())
+        assert summary["snps_tested"] == 3000 and summary["causal_snps"] == 10
+        assert 0.7 < summary["lambda_gc"] < 1.3
+        assert summary["true_loci"] + summary["false_loci"] == summary["loci"]
+        for plot in ("manhattan.png", "qq.png"):
+            assert (out / "all" / method.split(":")[0] / "evaluation" / plot).stat().st_size > 10_000
+    loci = pd.read_csv(out / "loci.tsv", sep="\t")
+    assert set(loci.columns) >= {"CHR", "SNP", "BP", "P", "method", "true_locus"}
+    fit = json.loads((out / "all" / "flow_kinship" / "run" / "fit.json").read_text())
+    assert fit["config"]["mode"] == "alternating" and fit["n_used"] > 250
+    gemma_pheno = pd.read_csv(out / "all" / "flow_kinship" / "pheno.gemma.txt", sep="\t", header=None, na_values="NA")
+    assert gemma_pheno.shape == (300, 3)

@@ -1,0 +1,16 @@
+# One table of loci and a Markdown report comparing every method and trait group.
+
+
+rule report:
+    input:
+        expand(f"{OUT}/{{group}}/{{method}}/evaluation/summary.json", group=GROUPS, method=METHODS),
+    output:
+        report=f"{OUT}/report.md",
+        loci=f"{OUT}/loci.tsv",
+    params:
+        dirs=" ".join(f"{OUT}/{group}/{method}/evaluation" for group in GROUPS for method in METHODS),
+    log:
+        f"{OUT}/logs/report.log",
+    threads: 1
+    shell:
+        "flowpheno gwas report {params.dirs} --out-dir {OUT} > {log} 2>&1"
