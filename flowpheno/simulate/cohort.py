@@ -35,7 +35,8 @@ def write_simulated_cohort(
     seed: int = 1,
 ) -> dict[str, Any]:
     """Simulate (see :mod:`flowpheno.simulate`) and write ``cohort.*``, ``pheno.tsv``,
-    ``covar.tsv``, ``truth.tsv`` (causal SNPs and effects) and ``structure.json``."""
+    ``covar.tsv``, ``truth.tsv`` (causal SNPs and effects), ``populations.tsv`` (each
+    individual's population; FID is the family) and ``structure.json`` (counts)."""
     out = Path(out)
     genotypes = simulate_genotypes(n, populations=populations, chromosomes=chromosomes, snps=snps, seed=seed)
     phenotypes = simulate_phenotypes(
@@ -43,7 +44,9 @@ def write_simulated_cohort(
     )
     out.mkdir(parents=True, exist_ok=True)
     write_plink(out / "cohort", genotypes.dosage, genotypes.fam, genotypes.bim)
-    for name, table in (("pheno", phenotypes.pheno), ("covar", phenotypes.covar), ("truth", phenotypes.truth)):
+    members = genotypes.fam[["FID", "IID"]].assign(population=[f"pop{p}" for p in genotypes.population])
+    tables = (("pheno", phenotypes.pheno), ("covar", phenotypes.covar), ("truth", phenotypes.truth), ("populations", members))
+    for name, table in tables:
         with atomic_path(out / f"{name}.tsv") as tmp:
             table.to_csv(tmp, sep="\t", index=False, na_rep="NA", float_format="%.6g")
     structure = {
