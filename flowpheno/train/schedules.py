@@ -247,10 +247,10 @@ def fit_alternating(
         kinship.fit_s2(push_forward(flow, x_train))
         stages.append({"stage": stage, "flow_seconds": flow_seconds, "s2_seconds": time.perf_counter() - started, **kinship.describe()})
         _emit(callback, {"event": "stage", **stages[-1]})
-    s2_at_best = dict(kinship.describe())
     trainer.best.restore(flow, kinship)
+    s2_of_best_stage = kinship.describe()["s2"]
     kinship.fit_s2(push_forward(flow, x_train))
-    stages.append({"stage": "final", "s2_before_refit": s2_at_best["s2"], **kinship.describe()})
+    stages.append({"stage": "final", "s2_before_refit": s2_of_best_stage, **kinship.describe()})
     return FitOutcome(flow, kinship, trainer.epochs, stages, trainer.best.value)
 
 
