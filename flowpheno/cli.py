@@ -121,6 +121,7 @@ def fit(
     val_frac: float = typer.Option(0.15, "--val-frac", help="share of individuals held out for validation NLL"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)"),
     seed: int = typer.Option(0, "--seed", help="random seed (same seed on CPU gives the same numbers)"),
+    patience: Optional[int] = typer.Option(None, "--patience", min=1, help="stop after this many epochs without a better validation NLL"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Train the flow and write Gaussianized phenotypes, model, fit.json and diagnostics."""
@@ -135,7 +136,9 @@ def fit(
         hidden=hidden,
         val_frac=val_frac,
         device=_device(device),
-        train=TrainConfig(epochs=epochs, stages=stages, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed),
+        train=TrainConfig(
+            epochs=epochs, stages=stages, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, patience=patience
+        ),
     )
     with _progress() as progress:
         callback = None if quiet else _FitProgress(progress)
@@ -282,6 +285,68 @@ def gwas_report(
 
     write_report(methods, out_dir)
     console.print(f"wrote {out_dir}/report.md and {out_dir}/loci.tsv")
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="The paper's experiments, reproducible.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("synthetic")
+def bench_synthetic(
+    out: Path = typer.Option(..., "--out", help="results directory (finished runs are kept: the command resumes)"),
+    shapes: str = typer.Option("abs,crescent,crescentcubed,sign,sinewave", "--shapes"),
+    setting: str = typer.Option("blocks,kinship", "--setting", help="blocks, kinship or both"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="subset of baseline,grid,joint (blocks) / baseline,grid,alternating (kinship)"),
+    seeds: int = typer.Option(10, "--seeds", min=1, help="seeds 0..N-1"),
+    quick: bool = typer.Option(False, "--quick", help="CI size: small n, few epochs, 1 seed, crescent and sinewave"),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="parallel processes"),
+) -> None:
+    """Table 1 of the paper: 2-D shapes with dependent training data (blocks, kinship)."""
+    import json
+    import time
+
+    from flowpheno.bench.report import figure, table1
+    from flowpheno.bench.synthetic import METHODS, SETTINGS, BenchSizes, make_data, run_all, sizes_dict
+    from flowpheno.bench.shapes import SHAPES
+    from flowpheno.io.atomic import atomic_path
+    from flowpheno.pipeline import package_versions
+
+    chosen_settings = [s.strip() for s in setting.split(",") if s.strip()]
+    chosen_shapes = ["crescent", "sinewave"] if quick else [s.strip().lower() for s in shapes.split(",") if s.strip()]
+    for name in chosen_settings:
+        if name not in SETTINGS:
+            raise FlowphenoError(f"--setting {name!r}: choose blocks and/or kinship")
+    for name in chosen_shapes:
+        if name not in SHAPES:
+            raise FlowphenoError(f"--shapes {name!r}: choose from {', '.join(sorted(SHAPES))}")
+    wanted = {s: list(METHODS[s]) for s in chosen_settings}
+    if methods:
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        wanted = {s: [m for m in METHODS[s] if m in names] for s in chosen_settings}
+    sizes = BenchSizes.quick() if quick else BenchSizes()
+    seed_list = list(range(1 if quick else seeds))
+    total = sum(len(wanted[s]) for s in chosen_settings) * len(chosen_shapes) * len(seed_list)
+    started = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("runs (setting x shape x method x seed)", total=total)
+        done_before = len(list((out / "runs").glob("*.json"))) if (out / "runs").exists() else 0
+        progress.update(task, completed=min(done_before, total))
+        results = run_all(out, chosen_settings, chosen_shapes, wanted, seed_list, sizes, jobs,
+                          on_result=lambda record: progress.update(task, advance=1))
+    wall = time.perf_counter() - started
+    results = [r for r in results if r["setting"] in chosen_settings and r["shape"] in chosen_shapes and r["seed"] in seed_list]
+    command = "flowpheno bench synthetic " + " ".join(sys.argv[3:])
+    with atomic_path(out / "table1.md") as tmp:
+        tmp.write_text(table1(results, wall, command))
+    slim = [{k: v for k, v in r.items() if k != "flow_state"} for r in results]
+    with atomic_path(out / "results.json") as tmp:
+        tmp.write_text(json.dumps({"sizes": sizes_dict(sizes), "versions": package_versions(), "wall_seconds_this_call": wall,
+                                   "runs": slim}, indent=2))
+    for name in chosen_settings:
+        shape = "crescent" if "crescent" in chosen_shapes else chosen_shapes[0]
+        train = make_data(name, shape, 0, sizes, out / "cache")["x"]
+        figure(name, shape, results, train, out / f"figure_{name}_{shape}.png")
+    console.print(f"wrote {out}/table1.md, results.json and figures ({len(results)} runs, {wall / 60:.1f} min this call)")
 
 
 def _version(value: bool) -> None:

@@ -37,6 +37,8 @@ class TrainConfig:
     lr_decay: float = 0.99
     covariance_lr: float = 0.03
     seed: int = 0
+    patience: int | None = None
+    """Stop after this many epochs without a better validation NLL (None: never)."""
 
 
 @dataclass
@@ -103,6 +105,8 @@ class EpochTrainer:
         self.best = _BestState()
         self.epochs: list[dict[str, Any]] = []
         self.epoch_count = 0
+        self.best_epoch = 0
+        self.stopped = False
 
     def validation_nll(self) -> float | None:
         if self.x_val is None or self.x_val.shape[0] == 0:
@@ -112,31 +116,38 @@ class EpochTrainer:
         self.flow.train()
         return value
 
-    def run(self, epochs: int, stage: int, label: str = "") -> None:
+    def run(self, epochs: int, stage: int) -> None:
+        """Up to ``epochs`` epochs; sets ``stopped`` when early stopping triggers."""
         n = self.x_train.shape[0]
         device = self.x_train.device
         for _ in range(epochs):
+            if self.stopped:
+                return
             started = time.perf_counter()
             order = torch.randperm(n, generator=self.generator).to(device)
-            losses: list[float] = []
+            loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per batch
             for start in range(0, n, self.config.batch_size):
                 idx = order[start : start + self.config.batch_size]
                 loss = minibatch_nll(self.flow, self.dependence, self.x_train[idx], idx)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                losses.append(float(loss.detach()) * len(idx))
+                loss_sum += loss.detach() * len(idx)
             self.scheduler.step()
             val = self.validation_nll()
-            self.best.offer(val, self.flow, self.dependence)
             self.epoch_count += 1
+            previous_best = self.best.value
+            self.best.offer(val, self.flow, self.dependence)
+            if self.best.value != previous_best:
+                self.best_epoch = self.epoch_count
+            patience = self.config.patience
+            self.stopped = patience is not None and val is not None and self.epoch_count - self.best_epoch >= patience
             record = {
                 "stage": stage,
                 "epoch": self.epoch_count,
-                "train_nll": sum(losses) / n,
+                "train_nll": float(loss_sum) / n,
                 "val_nll": val,
                 "seconds": time.perf_counter() - started,
-                **({"grid_value": label} if label else {}),
                 **self.dependence.describe(),
             }
             self.epochs.append(record)
@@ -169,6 +180,8 @@ def fit_schedule(
         trainer.run(config.epochs, stage)
         stages.append({"stage": stage, "flow_seconds": time.perf_counter() - started, **dependence.describe()})
         _emit(callback, {"event": "stage", **stages[-1]})
+        if trainer.stopped:
+            break
     trainer.best.restore(flow, dependence)
     if isinstance(dependence, KinshipCovariance):
         dependence.release_cache()
@@ -247,6 +260,8 @@ def fit_alternating(
         kinship.fit_s2(push_forward(flow, x_train))
         stages.append({"stage": stage, "flow_seconds": flow_seconds, "s2_seconds": time.perf_counter() - started, **kinship.describe()})
         _emit(callback, {"event": "stage", **stages[-1]})
+        if trainer.stopped:
+            break
     trainer.best.restore(flow, kinship)
     s2_of_best_stage = kinship.describe()["s2"]
     kinship.fit_s2(push_forward(flow, x_train))

@@ -1,0 +1,112 @@
+"""Table 1 (mean +- SE over seeds beside the paper, paired t-tests) and Figure-1-style plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import ttest_rel  # noqa: E402
+
+from flowpheno.bench.shapes import true_log_density  # noqa: E402
+from flowpheno.bench.synthetic import METHODS, SETTINGS  # noqa: E402
+from flowpheno.flows import build_flow  # noqa: E402
+
+PAPER_TABLE1 = {
+    ("blocks", "baseline"): {"abs": 1.513, "crescent": 2.021, "crescentcubed": 3.010, "sign": 1.519, "sinewave": 2.070},
+    ("blocks", "grid"): {"abs": 1.379, "crescent": 1.885, "crescentcubed": 2.938, "sign": 1.420, "sinewave": 1.983},
+    ("blocks", "joint"): {"abs": 1.475, "crescent": 2.005, "crescentcubed": 3.067, "sign": 1.501, "sinewave": 2.087},
+    ("kinship", "baseline"): {"abs": 1.898, "crescent": 2.070, "crescentcubed": 3.253, "sign": 1.748, "sinewave": 2.130},
+    ("kinship", "grid"): {"abs": 1.454, "crescent": 1.886, "crescentcubed": 2.983, "sign": 1.490, "sinewave": 1.980},
+    ("kinship", "alternating"): {"abs": 1.537, "crescent": 1.905, "crescentcubed": 3.076, "sign": 1.580, "sinewave": 2.020},
+}
+
+
+def table1(results: list[dict[str, Any]], wall_seconds: float | None = None, command: str = "") -> str:
+    """Markdown: ours (mean +- SE) beside the paper per setting/method/shape, and paired one-sided
+    t-tests of the best adjusted method against the baseline per shape."""
+    frame = pd.DataFrame([{k: r[k] for k in ("setting", "shape", "method", "seed", "test_nll")} for r in results])
+    shapes = sorted(frame["shape"].unique())
+    lines = ["# Table 1: test NLL (nats per observation, lower is better)", ""]
+    if command:
+        lines += [f"`{command}`" + (f" — wall time {wall_seconds / 60:.1f} min" if wall_seconds else ""), ""]
+    lines += ["Ours: mean +- standard error over seeds (number of seeds in brackets); paper in italics.", "",
+              "| setting | method | " + " | ".join(shapes) + " |", "|---|---|" + "---|" * len(shapes)]
+    order = [(s, m) for s in SETTINGS for m in METHODS[s]]
+    for setting, method in [key for key in order if key in set(zip(frame["setting"], frame["method"]))]:
+        group = frame[(frame["setting"] == setting) & (frame["method"] == method)]
+        cells = []
+        for shape in shapes:
+            values = group.loc[group["shape"] == shape, "test_nll"].to_numpy()
+            paper = PAPER_TABLE1.get((setting, method), {}).get(shape)
+            ours = "-" if len(values) == 0 else (
+                f"{values.mean():.3f} +- {values.std(ddof=1) / np.sqrt(len(values)):.3f} ({len(values)})" if len(values) > 1
+                else f"{values.mean():.3f} (1)")
+            cells.append(ours + (f" / *{paper:.3f}*" if paper is not None else ""))
+        lines.append(f"| {setting} | {method} | " + " | ".join(cells) + " |")
+    lines += ["", "## Best adjusted method vs baseline (paired over seeds, one-sided t-test)", "",
+              "| setting | shape | best adjusted | mean difference | p |", "|---|---|---|---|---|"]
+    for setting, setting_frame in frame.groupby("setting", sort=False):
+        for shape in shapes:
+            wide = setting_frame[setting_frame["shape"] == shape].pivot(index="seed", columns="method", values="test_nll").dropna()
+            adjusted = [m for m in wide.columns if m != "baseline"]
+            if "baseline" not in wide.columns or not adjusted:
+                continue
+            best = min(adjusted, key=lambda m: wide[m].mean())
+            difference = (wide[best] - wide["baseline"]).mean()
+            p = ttest_rel(wide[best], wide["baseline"], alternative="less").pvalue if len(wide) > 1 else float("nan")
+            lines.append(f"| {setting} | {shape} | {best} | {difference:+.3f} | {p:.3g} |")
+    rho = [r for r in results if "rho_mse" in r]
+    if rho:
+        lines += ["", "## Learned vs true rho (blocks, joint): MSE and MAE over blocks, mean over seeds", "",
+                  "| shape | MSE | MAE |", "|---|---|---|"]
+        rho_frame = pd.DataFrame(rho).groupby("shape")[["rho_mse", "rho_mae"]].mean()
+        for shape, row in rho_frame.iterrows():
+            lines.append(f"| {shape} | {row['rho_mse']:.4f} | {row['rho_mae']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _density(record: dict[str, Any], grid: np.ndarray) -> np.ndarray:
+    flow = build_flow(record["flow_config"])
+    flow.load_state_dict({k: torch.as_tensor(v) for k, v in record["flow_state"].items()})
+    flow.eval()
+    with torch.no_grad():
+        z, ladj = flow(torch.as_tensor(grid, dtype=torch.float32))
+        log_p = -0.5 * (z.square().sum(dim=1) + 2 * np.log(2 * np.pi)) + ladj
+    return np.exp(log_p.numpy())
+
+
+def figure(setting: str, shape: str, results: list[dict[str, Any]], train_x: np.ndarray, path: Path) -> None:
+    """True density, the dependent training sample, baseline density, best adjusted density."""
+    chosen = {r["method"]: r for r in results if r["setting"] == setting and r["shape"] == shape and r.get("flow_state")}
+    if "baseline" not in chosen:
+        return
+    adjusted = min((m for m in chosen if m != "baseline"), key=lambda m: chosen[m]["test_nll"], default=None)
+    lo, hi = np.percentile(train_x, [0.5, 99.5], axis=0)
+    pad = 0.15 * (hi - lo)
+    xs, ys = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 160), np.linspace(lo[1] - pad[1], hi[1] + pad[1], 160))
+    grid = np.column_stack([xs.ravel(), ys.ravel()])
+    panels = [("true density", np.exp(true_log_density(shape, grid)))]
+    panels.append((f"baseline (test NLL {chosen['baseline']['test_nll']:.3f})", _density(chosen["baseline"], grid)))
+    if adjusted:
+        panels.append((f"{adjusted} (test NLL {chosen[adjusted]['test_nll']:.3f})", _density(chosen[adjusted], grid)))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.3 * (len(panels) + 1), 3.2))
+    axes[0].imshow(panels[0][1].reshape(xs.shape), origin="lower", extent=(xs.min(), xs.max(), ys.min(), ys.max()), aspect="auto")
+    axes[0].set_title(panels[0][0], fontsize=9)
+    axes[1].scatter(train_x[:, 0], train_x[:, 1], s=2, alpha=0.3)
+    axes[1].set_xlim(xs.min(), xs.max())
+    axes[1].set_ylim(ys.min(), ys.max())
+    axes[1].set_title(f"dependent training sample ({setting})", fontsize=9)
+    for axis, (title, density) in zip(axes[2:], panels[1:]):
+        axis.imshow(density.reshape(xs.shape), origin="lower", extent=(xs.min(), xs.max(), ys.min(), ys.max()), aspect="auto")
+        axis.set_title(title, fontsize=9)
+    fig.suptitle(f"{shape}, {setting} setting, seed 0", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
