@@ -107,6 +107,7 @@ def fit(
     out: Path = typer.Option(..., "--out", help="run directory to write"),
     grm: Optional[Path] = typer.Option(None, "--grm", help="kinship: .npz, GEMMA .cXX/.sXX.txt, GCTA .grm.bin, or PLINK prefix"),
     grm_ids: Optional[Path] = typer.Option(None, "--grm-ids", "--fam", help="row IDs of a GEMMA kinship (.fam or ID list)"),
+    grm_pcs: Optional[Path] = typer.Option(None, "--grm-pcs", help="low-rank kinship: correlation of individuals' PCs (FID, IID, PC1..PCr)"),
     covar: Optional[Path] = typer.Option(None, "--covar", help="covariates projected out by least squares before the flow"),
     traits: Optional[str] = typer.Option(None, "--traits", help="comma-separated trait columns (default: every numeric column)"),
     mode: str = typer.Option("alternating", "--mode", help="iid | grid | alternating | joint"),
@@ -143,7 +144,7 @@ def fit(
     with _progress() as progress:
         callback = None if quiet else _FitProgress(progress)
         _, table, report = fit_phenotypes(
-            pheno, grm, covar, config, out=out, grm_ids=grm_ids, callback=callback, command=sys.argv
+            pheno, grm, covar, config, out=out, grm_ids=grm_ids, callback=callback, command=sys.argv, grm_pcs=grm_pcs
         )
     dropped = sum(entry["count"] for entry in report["dropped"].values())
     summary = f"fitted {report['d']} traits on {report['n_used']} individuals ({dropped} dropped, see fit.json)"

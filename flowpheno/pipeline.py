@@ -25,7 +25,7 @@ from flowpheno.dependence import KinshipCovariance
 from flowpheno.errors import FlowphenoError
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.atomic import atomic_directory, atomic_path
-from flowpheno.io.kinship import Kinship, read_kinship, spectral_decomposition
+from flowpheno.io.kinship import Kinship, KinshipFactor, read_kinship, read_pcs, spectral_decomposition
 from flowpheno.io.outputs import write_phenotypes
 from flowpheno.io.tables import covariate_matrix, default_traits, numeric_columns, read_table
 from flowpheno.model import PhenotypeModel, least_squares_residuals
@@ -141,8 +141,15 @@ def _split(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def _kinship_model(kinship: Kinship, train_ids: np.ndarray, device: str, timings: dict[str, float]) -> tuple[KinshipCovariance, bool]:
+def _kinship_model(
+    kinship: Kinship | KinshipFactor, train_ids: np.ndarray, device: str, timings: dict[str, float]
+) -> tuple[KinshipCovariance, bool | None]:
     started = time.perf_counter()
+    if isinstance(kinship, KinshipFactor):  # thin SVD of the factor: O(n r^2), no n x n matrix
+        factor = torch.as_tensor(kinship.subset(train_ids), dtype=torch.float64)
+        model = KinshipCovariance.from_factor(factor).float()
+        timings["thin_svd"] = time.perf_counter() - started
+        return model.to(device), None
     source = Path(kinship.source)
     cache_dir = source.parent if source.parent.exists() else None
     eigenvalues, eigenvectors, hit = spectral_decomposition(kinship.subset(train_ids), kinship.source, cache_dir)
@@ -155,21 +162,29 @@ def _kinship_model(kinship: Kinship, train_ids: np.ndarray, device: str, timings
 
 def fit_phenotypes(
     pheno: str | Path,
-    grm: str | Path | Kinship | None = None,
+    grm: str | Path | Kinship | KinshipFactor | None = None,
     covar: str | Path | None = None,
     config: FitConfig | None = None,
     out: str | Path | None = None,
     grm_ids: str | Path | None = None,
     callback: Callback | None = None,
     command: list[str] | None = None,
+    grm_pcs: str | Path | None = None,
 ) -> tuple[PhenotypeModel, pd.DataFrame, dict[str, Any]]:
     """Fit the relatedness-aware flow and Gaussianize every complete row.
+
+    The kinship is ``grm`` (a dense matrix or its file) or ``grm_pcs`` (a PC table:
+    low rank, no ``n x n`` matrix is ever formed).
 
     Returns ``(model, gaussianized table, report)``; with ``out`` also writes the
     model, ``fit.json``, ``gaussianized.tsv`` and ``diagnostics.png`` atomically.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        if grm_pcs is not None:
+            if grm is not None:
+                raise FlowphenoError("give either --grm or --grm-pcs, not both")
+            grm = read_pcs(grm_pcs)
         model, gaussianized, report = _fit(pheno, grm, covar, config or FitConfig(), out, grm_ids, callback, command, caught)
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
@@ -178,7 +193,7 @@ def fit_phenotypes(
 
 def _fit(
     pheno: str | Path,
-    grm: str | Path | Kinship | None,
+    grm: str | Path | Kinship | KinshipFactor | None,
     covar: str | Path | None,
     config: FitConfig,
     out: str | Path | None,
@@ -190,7 +205,7 @@ def _fit(
     if config.mode not in MODES:
         raise FlowphenoError(f"unknown --mode {config.mode!r}; choose one of {', '.join(MODES)}")
     if config.mode != "iid" and grm is None:
-        raise FlowphenoError(f"--mode {config.mode} models relatedness and needs --grm (or use --mode iid)")
+        raise FlowphenoError(f"--mode {config.mode} models relatedness and needs --grm or --grm-pcs (or use --mode iid)")
     if not 0 <= config.val_frac < 0.9:
         raise FlowphenoError(f"--val-frac must be in [0, 0.9), got {config.val_frac}")
     timings: dict[str, float] = {}
@@ -200,7 +215,7 @@ def _fit(
     iids = phenotypes.ids["IID"].to_numpy()
     kinship = None
     if grm is not None and config.mode != "iid":
-        kinship = grm if isinstance(grm, Kinship) else read_kinship(grm, grm_ids)
+        kinship = grm if isinstance(grm, (Kinship, KinshipFactor)) else read_kinship(grm, grm_ids)
         keep = _align_kinship(kinship, iids, keep, str(pheno), dropped)
     n_complete = int(keep.sum())
     if n_complete < MIN_COMPLETE_ROWS:
@@ -277,6 +292,8 @@ def _fit(
         "dropped": {reason: {"count": len(ids), "iids": ids} for reason, ids in dropped.items()},
         "kinship": None if kinship_model is None else {
             "scale_to_unit_mean_diagonal": kinship_model.scale,
+            "rank": kinship_model.rank,
+            "low_rank": kinship_model.complement > 0,
             "eigendecomposition_cached": cache_hit,
         },
         "covariance": model.covariance,

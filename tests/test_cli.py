@@ -178,3 +178,31 @@ def test_failed_refit_keeps_previous_run(tmp_path: Path) -> None:
     before = (tmp_path / "run" / "gaussianized.tsv").read_text()
     assert run_cli(*args, "--traits", "a,missing_column").returncode == 1
     assert (tmp_path / "run" / "gaussianized.tsv").read_text() == before
+
+
+def test_low_rank_pcs_agree_with_dense_kinship(tmp_path: Path) -> None:
+    """--grm-pcs (thin SVD, no n x n matrix) and the same kinship as a dense .npz give one s2."""
+    rng = np.random.default_rng(7)
+    n = 400
+    ids = np.array([f"i{k}" for k in range(n)])
+    pcs = rng.normal(size=(n, 6)) + np.repeat(rng.normal(size=(8, 6)) * 2, n // 8, axis=0)  # 8 clusters
+    pd.DataFrame({"FID": "f", "IID": ids, **{f"PC{j + 1}": pcs[:, j] for j in range(6)}}).to_csv(tmp_path / "pcs.tsv", sep="\t", index=False)
+    centred = pcs - pcs.mean(axis=1, keepdims=True)
+    factor = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    kinship = factor @ factor.T
+    write_npz(tmp_path / "dense.npz", kinship, ids)
+    latent = np.linalg.cholesky(0.5 * kinship + 0.5 * np.eye(n) + 1e-9 * np.eye(n)) @ rng.normal(size=(n, 2))
+    write_table(tmp_path / "pheno.tsv", pd.DataFrame({"FID": "f", "IID": ids, "a": np.exp(latent[:, 0]), "b": latent[:, 1]}))
+    common = ["fit", "--pheno", str(tmp_path / "pheno.tsv"), "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "8"]
+    low = run_cli(*common, "--grm-pcs", str(tmp_path / "pcs.tsv"), "--out", str(tmp_path / "low"))
+    dense = run_cli(*common, "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "dense"))
+    assert low.returncode == 0 and dense.returncode == 0, low.stderr + dense.stderr
+    low_report = json.loads((tmp_path / "low" / "fit.json").read_text())
+    dense_report = json.loads((tmp_path / "dense" / "fit.json").read_text())
+    assert low_report["kinship"]["low_rank"] and low_report["kinship"]["rank"] <= 6
+    assert not dense_report["kinship"]["low_rank"]
+    assert low_report["stages"][0]["s2"] == pytest.approx(dense_report["stages"][0]["s2"], abs=1e-4)
+    assert low_report["stages"][0]["s2"] > 0.2  # the simulated relatedness is found
+    low_z = pd.read_csv(tmp_path / "low" / "gaussianized.tsv", sep="\t")
+    dense_z = pd.read_csv(tmp_path / "dense" / "gaussianized.tsv", sep="\t")
+    np.testing.assert_allclose(low_z[["a", "b"]], dense_z[["a", "b"]], atol=1e-3)

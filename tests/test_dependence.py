@@ -83,3 +83,24 @@ def test_iid_is_standard_normal() -> None:
     assert float(IIDCovariance(10).double().gaussian_nll(torch.tensor(z))) == pytest.approx(
         dense_matrix_normal_nll(z, np.eye(10)), abs=1e-8
     )
+
+
+def test_low_rank_matches_dense_and_scipy() -> None:
+    rng = np.random.default_rng(6)
+    n, r, d = 40, 5, 2
+    factor = rng.normal(size=(n, r))
+    kinship = factor @ factor.T
+    low = KinshipCovariance.from_factor(torch.tensor(factor), s2=0.6)
+    dense = KinshipCovariance.from_matrix(torch.tensor(kinship), s2=0.6)
+    assert (low.rank, low.complement) == (r, n - r)
+    assert low.scale == pytest.approx(dense.scale)
+    z = torch.tensor(rng.normal(size=(n, d)))
+    sigma = 0.6 * kinship * low.scale + 0.4 * np.eye(n)
+    assert float(low.gaussian_nll(z)) == pytest.approx(dense_matrix_normal_nll(z.numpy(), sigma), abs=1e-6)
+    assert float(low.log_det()) == pytest.approx(float(dense.log_det()), abs=1e-6)
+    assert float(low.quad_form(z)) == pytest.approx(float(dense.quad_form(z)), rel=1e-8)
+    idx = torch.tensor([1, 5, 9, 33])
+    np.testing.assert_allclose(
+        low.precision_block(idx).numpy(), np.linalg.inv(sigma)[np.ix_(idx.numpy(), idx.numpy())], atol=1e-8
+    )
+    assert low.fit_s2(z) == pytest.approx(dense.fit_s2(z), abs=1e-4)

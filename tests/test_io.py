@@ -167,3 +167,18 @@ def test_output_formats(tmp_path: Path) -> None:
     with pytest.raises(FlowphenoError, match="needs --fam"):
         write_phenotypes(table, tmp_path / "no.txt", "gemma")
     assert not (tmp_path / "no.txt").exists()
+
+
+def test_read_pcs(tmp_path: Path) -> None:
+    from flowpheno.io.kinship import read_pcs
+
+    pcs = pd.DataFrame({"FID": "f", "IID": ["a", "b", "c"], "PC1": [1.0, 2.0, -1.0], "PC2": [0.5, -1.0, 2.0], "PC3": [0.0, 1.0, 1.0]})
+    pcs.to_csv(tmp_path / "pcs.tsv", sep="\t", index=False)
+    factor = read_pcs(tmp_path / "pcs.tsv")
+    kinship = factor.factor @ factor.factor.T
+    expected = np.corrcoef(pcs[["PC1", "PC2", "PC3"]].to_numpy())
+    np.testing.assert_allclose(kinship, expected, atol=1e-12)
+    pcs.loc[1, "PC2"] = np.nan
+    pcs.to_csv(tmp_path / "bad.tsv", sep="\t", index=False, na_rep="NA")
+    with pytest.raises(FlowphenoError, match="IID b has missing PC values"):
+        read_pcs(tmp_path / "bad.tsv")

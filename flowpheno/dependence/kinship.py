@@ -1,8 +1,15 @@
 """Known kinship, one variance component: ``Sigma(s2) = s2 K + (1 - s2) I``.
 
-One spectral decomposition ``K = U diag(k) U^T`` makes every term cheap:
-``D = s2 k + (1 - s2)``, ``log det Sigma = sum log D`` and
-``tr(Z^T Sigma^-1 Z) = sum_j |(U^T Z)_j|^2 / D_j``. ``s2 = sigmoid(t)``.
+One spectral decomposition ``K = U diag(k) U^T`` makes every term cheap. ``U`` is
+``n x r``: ``r = n`` for a dense kinship, ``r << n`` for a low-rank one (``K = W W^T``
+from ``r`` principal components or ``M < n`` SNPs), whose other ``n - r`` eigenvalues
+are 0. With ``D = s2 k + (1 - s2)`` and ``R = U^T Z`` (``O(n r d)``)::
+
+    log det Sigma      = sum_j log D_j + (n - r) log(1 - s2)
+    tr(Z^T Sigma^-1 Z) = sum_j |R_j|^2 / D_j + (|Z|^2 - |R|^2) / (1 - s2)
+    Sigma^-1           = I / (1 - s2) + U diag(1/D - 1/(1 - s2)) U^T
+
+No ``n x n`` matrix is formed on the low-rank path. ``s2 = sigmoid(t)``.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from flowpheno.dependence.base import DependenceModel
 S2_MAX = 1.0 - 1e-4
 """Largest s2 allowed: keeps ``Sigma`` well conditioned when ``K`` is singular."""
 
+DENSE_PRECISION_MAX_N = 30_000
+"""Above this n the dense precision (n^2 floats) is never cached."""
+
 
 def _logit(p: float) -> float:
     p = min(max(p, 1e-6), S2_MAX)
@@ -26,19 +36,19 @@ def _logit(p: float) -> float:
 
 
 class KinshipCovariance(DependenceModel):
-    """``s2 K + (1 - s2) I`` from the eigenvalues and eigenvectors of ``K``.
+    """``s2 K + (1 - s2) I`` from the (possibly truncated) eigendecomposition of ``K``.
 
     ``K`` is rescaled to unit mean diagonal (``n / trace K``) so that ``s2`` is the
     share of latent variance explained by relatedness; ``scale`` records the factor.
-    For a fixed ``s2`` (flow stages) the dense precision is computed once and batch
-    entries are gathered from it; with ``learn_s2=True`` the batch precision is
-    rebuilt from ``U[idx]`` so gradients reach ``s2`` (joint training).
+    Batch precision entries come from a cached dense precision when the kinship is
+    dense and ``s2`` fixed (one ``O(n^2 r)`` product per stage, gathers per batch), and
+    otherwise from ``U[idx]`` (``O(b^2 r)`` per batch, differentiable in ``s2`` for joint
+    training).
 
-    Example:
-        >>> K = torch.eye(4) + 0.5 * (torch.ones(4, 4) - torch.eye(4)) * (torch.arange(4)[:, None] // 2 == torch.arange(4) // 2)
-        >>> model = KinshipCovariance.from_matrix(K, s2=0.3)
-        >>> round(float(model.s2), 3)
-        0.3
+    Args:
+        eigenvalues: the ``r`` eigenvalues of ``K`` that are not known to be zero.
+        eigenvectors: ``n x r`` orthonormal columns.
+        n: number of rows (default: ``eigenvectors.shape[0]``).
     """
 
     def __init__(
@@ -50,10 +60,11 @@ class KinshipCovariance(DependenceModel):
         scale: float | None = None,
     ) -> None:
         super().__init__()
-        n = eigenvalues.shape[0]
+        n, rank = eigenvectors.shape
         if scale is None:
             scale = n / float(eigenvalues.sum())
         self.n = n
+        self.rank = rank
         self.scale = scale
         self.register_buffer("eigenvalues", eigenvalues * scale)
         self.register_buffer("eigenvectors", eigenvectors)
@@ -69,6 +80,17 @@ class KinshipCovariance(DependenceModel):
         eigenvalues, eigenvectors = torch.linalg.eigh(kinship)
         return cls(eigenvalues.clamp_min(0.0), eigenvectors, **kwargs)
 
+    @classmethod
+    def from_factor(cls, factor: Tensor, tolerance: float = 1e-10, **kwargs: object) -> KinshipCovariance:
+        """``K = W W^T`` from an ``n x r`` factor by its thin SVD (``O(n r^2)``; no ``n x n`` matrix).
+
+        Singular values below ``tolerance`` times the largest are dropped (their
+        eigenvalues are 0 and join the complement).
+        """
+        left, singular, _ = torch.linalg.svd(factor, full_matrices=False)
+        keep = singular > tolerance * singular.max()
+        return cls(singular[keep].square(), left[:, keep], **kwargs)
+
     def with_s2(self, s2: float) -> KinshipCovariance:
         """A separate model over the same decomposition (eigenvectors shared, not copied)."""
         twin = KinshipCovariance(self.eigenvalues, self.eigenvectors, s2=s2, scale=1.0)
@@ -83,18 +105,23 @@ class KinshipCovariance(DependenceModel):
     def s2(self) -> Tensor:
         return torch.sigmoid(self.logit_s2)
 
+    @property
+    def complement(self) -> int:
+        """Number of eigenvalues of ``K`` that are exactly 0 and not stored (``n - r``)."""
+        return self.n - self.rank
+
     def set_s2(self, s2: float) -> None:
         """Fix ``s2`` (the cached precision is rebuilt on next use)."""
         with torch.no_grad():
             self.logit_s2.fill_(_logit(s2))
 
     def spectrum(self) -> Tensor:
-        """``D = s2 k + (1 - s2)``, the eigenvalues of ``Sigma``."""
+        """``D = s2 k + (1 - s2)`` for the stored eigenvalues."""
         s2 = self.s2
         return s2 * self.eigenvalues + (1 - s2)
 
     def log_det(self) -> Tensor:
-        return torch.log(self.spectrum()).sum()
+        return torch.log(self.spectrum()).sum() + self.complement * torch.log1p(-self.s2)
 
     def rotate(self, z: Tensor) -> Tensor:
         """``U^T Z``: the latent in the eigenbasis, where rows are independent."""
@@ -102,17 +129,31 @@ class KinshipCovariance(DependenceModel):
 
     def quad_form(self, z: Tensor) -> Tensor:
         rotated = self.rotate(z)
-        return (rotated.square().sum(dim=1) / self.spectrum()).sum()
+        rotated_sq = rotated.square().sum(dim=1)
+        total = (rotated_sq / self.spectrum()).sum()
+        if self.complement:
+            total = total + (z.square().sum() - rotated_sq.sum()) / (1 - self.s2)
+        return total
+
+    def _precision_from_rows(self, u_rows: Tensor, u_cols: Tensor) -> Tensor:
+        weights = 1 / self.spectrum()
+        if not self.complement:
+            return (u_rows * weights) @ u_cols.T
+        inside = 1 / (1 - self.s2)
+        block = (u_rows * (weights - inside)) @ u_cols.T
+        if u_rows is u_cols:
+            block = block + inside * torch.eye(u_rows.shape[0], dtype=block.dtype, device=block.device)
+        return block
 
     def precision(self) -> Tensor:
-        """Dense ``Sigma^-1 = U diag(1/D) U^T`` for the current ``s2``."""
-        u = self.eigenvectors
-        return (u / self.spectrum()) @ u.T
+        """Dense ``Sigma^-1`` for the current ``s2`` (``n x n``: only for moderate n)."""
+        return self._precision_from_rows(self.eigenvectors, self.eigenvectors)
 
     def precision_block(self, idx: Tensor) -> Tensor:
-        if self.learn_s2:
-            u_batch = self.eigenvectors[idx]
-            return (u_batch / self.spectrum()) @ u_batch.T
+        dense_cache = not self.learn_s2 and self.rank >= 256 and self.n <= DENSE_PRECISION_MAX_N
+        if not dense_cache:
+            rows = self.eigenvectors[idx]
+            return self._precision_from_rows(rows, rows)
         current = float(self.s2)
         if self._cached_precision is None or self._cached_for != current:
             with torch.no_grad():
@@ -129,15 +170,18 @@ class KinshipCovariance(DependenceModel):
     def fit_s2(self, z: Tensor) -> float:
         """Set ``s2`` to the exact maximiser of the full Gaussian likelihood of ``z``.
 
-        Rotates once (``O(n^2 d)``), then a bounded Brent search on the 1-D
-        objective (``O(n d)`` per evaluation). Returns the new ``s2``.
+        Rotates once (``O(n r d)``), then a bounded Brent search on the 1-D
+        objective (``O(r)`` per evaluation). Returns the new ``s2``.
         """
-        rotated = self.rotate(z)
-        s2 = optimise_s2(
-            rotated.square().sum(dim=1).double().cpu().numpy(),
-            self.eigenvalues.double().cpu().numpy(),
-            z.shape[1],
-        )
+        rotated_sq = self.rotate(z).square().sum(dim=1).double().cpu().numpy()
+        eigenvalues = self.eigenvalues.double().cpu().numpy()
+        multiplicity = np.ones_like(eigenvalues)
+        if self.complement:
+            rest = float(z.double().square().sum()) - rotated_sq.sum()
+            rotated_sq = np.append(rotated_sq, max(rest, 0.0))
+            eigenvalues = np.append(eigenvalues, 0.0)
+            multiplicity = np.append(multiplicity, self.complement)
+        s2 = optimise_s2(rotated_sq, eigenvalues, z.shape[1], multiplicity)
         self.set_s2(s2)
         return s2
 
@@ -145,19 +189,26 @@ class KinshipCovariance(DependenceModel):
         return {"s2": float(self.s2.detach()), "kinship_scale": float(self.scale)}
 
 
-def s2_objective(s2: float, rotated_sq: np.ndarray, eigenvalues: np.ndarray, d: int) -> float:
-    """``(d/2) sum log D + (1/2) sum r_j / D_j``: the s2-dependent part of the NLL."""
+def s2_objective(
+    s2: float, rotated_sq: np.ndarray, eigenvalues: np.ndarray, d: int, multiplicity: np.ndarray | None = None
+) -> float:
+    """``(d/2) sum m_j log D_j + (1/2) sum r_j / D_j``: the s2-dependent part of the NLL.
+
+    ``multiplicity`` lets one entry stand for many equal eigenvalues (the zero
+    eigenvalues of a low-rank kinship, with their summed ``r_j``).
+    """
     spectrum = s2 * eigenvalues + (1.0 - s2)
-    return 0.5 * (d * np.log(spectrum).sum() + (rotated_sq / spectrum).sum())
+    weights = 1.0 if multiplicity is None else multiplicity
+    return 0.5 * (d * (weights * np.log(spectrum)).sum() + (rotated_sq / spectrum).sum())
 
 
-def optimise_s2(rotated_sq: np.ndarray, eigenvalues: np.ndarray, d: int) -> float:
+def optimise_s2(rotated_sq: np.ndarray, eigenvalues: np.ndarray, d: int, multiplicity: np.ndarray | None = None) -> float:
     """Exact 1-D minimisation of :func:`s2_objective` over ``[0, S2_MAX]``.
 
     The objective is smooth in ``s2``; bounded Brent finds the interior optimum and
     the two end points are checked explicitly so a boundary optimum (s2 = 0) is exact.
     """
-    args = (rotated_sq, eigenvalues, d)
+    args = (rotated_sq, eigenvalues, d, multiplicity)
     result = minimize_scalar(s2_objective, bounds=(0.0, S2_MAX), args=args, method="bounded", options={"xatol": 1e-6})
     candidates = [float(result.x), 0.0, S2_MAX]
     return min(candidates, key=lambda s: s2_objective(s, *args))

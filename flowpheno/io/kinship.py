@@ -37,6 +37,43 @@ class Kinship:
         return self.matrix[np.ix_(position, position)]
 
 
+@dataclass
+class KinshipFactor:
+    """A low-rank kinship ``K = W W^T`` kept as its ``n x r`` factor (no ``n x n`` matrix)."""
+
+    factor: np.ndarray
+    ids: np.ndarray
+    source: str
+
+    def subset(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of ``W`` for ``ids`` (each must be present), in that order."""
+        return self.factor[pd.Index(self.ids).get_indexer(ids)]
+
+
+def read_pcs(path: str | Path) -> KinshipFactor:
+    """Kinship as the correlation between individuals' principal-component vectors.
+
+    ``path`` is a FID/IID table with PC columns (``PC1 .. PCr``, or every numeric
+    column). Each individual's PC vector is centred and scaled to unit length, so
+    ``K = W W^T`` is that correlation (unit diagonal, rank at most ``r``).
+    """
+    from flowpheno.io.tables import numeric_columns, read_table
+
+    table = read_table(path)
+    columns = [c for c in table.columns if str(c).upper().startswith("PC")] or [c for c in table.columns if c not in ("FID", "IID")]
+    if len(columns) < 2:
+        raise FlowphenoError(f"{path}: need at least two PC columns (PC1, PC2, ...) besides FID and IID")
+    values = numeric_columns(table, columns, path, "PC").to_numpy()
+    incomplete = ~np.isfinite(values).all(axis=1)
+    if incomplete.any():
+        raise FlowphenoError(f"{path}: IID {table['IID'][incomplete].iloc[0]} has missing PC values; remove the row or impute")
+    centred = values - values.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise FlowphenoError(f"{path}: IID {table['IID'][(norms == 0)[:, 0]].iloc[0]} has identical PC values; its correlation is undefined")
+    return KinshipFactor(centred / norms, table["IID"].to_numpy(dtype=str), str(path))
+
+
 def _ids_from_file(path: Path) -> np.ndarray:
     """IIDs from a ``.fam`` (column 2), a two-column FID IID file, or one ID per line."""
     if path.suffix == ".fam":
