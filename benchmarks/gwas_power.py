@@ -50,7 +50,8 @@ def run_cohort(workdir: Path, name: str, simulate: dict, fit: dict, cores: int) 
     rows = []
     for method in METHODS:
         summary = json.loads((workdir / name / "all" / method / "evaluation" / "summary.json").read_text())
-        rows.append({"cohort": name, "method": method, **{k: v for k, v in summary.items() if not isinstance(v, list)}})
+        values = {k: v for k, v in summary.items() if not isinstance(v, list) and k != "method"}
+        rows.append({"cohort": name, "method": method, **values})
     return pd.DataFrame(rows), seconds
 
 

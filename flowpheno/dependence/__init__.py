@@ -8,6 +8,7 @@ unbiased estimate of the same trace from a uniformly drawn batch. No I/O here.
 
 from flowpheno.dependence.base import DependenceModel, trace_estimate
 from flowpheno.dependence.blocks import EquicorrelatedBlocks
+from flowpheno.dependence.control_variate import LatentControlVariate
 from flowpheno.dependence.iid import IIDCovariance
 from flowpheno.dependence.kinship import KinshipCovariance, optimise_s2
 
@@ -15,6 +16,7 @@ __all__ = [
     "DependenceModel",
     "EquicorrelatedBlocks",
     "IIDCovariance",
+    "LatentControlVariate",
     "KinshipCovariance",
     "optimise_s2",
     "trace_estimate",

@@ -46,6 +46,16 @@ class DependenceModel(nn.Module):
         """``Sigma^-1[idx][:, idx]``, the precision entries a batch needs."""
         raise NotImplementedError
 
+    def precision_times(self, z: Tensor) -> Tensor:
+        """``Sigma^-1 Z`` for all ``n`` rows."""
+        raise NotImplementedError
+
+    def precision_columns_times(self, idx: Tensor, values: Tensor) -> Tensor:
+        """``Sigma^-1[:, idx] @ values`` (``n x d``): how ``Sigma^-1 Z`` changes when rows ``idx`` do."""
+        scattered = torch.zeros(self.n, values.shape[1], dtype=values.dtype, device=values.device)
+        scattered[idx] = values
+        return self.precision_times(scattered)
+
     def minibatch_quad_form(self, z_batch: Tensor, idx: Tensor) -> Tensor:
         """Unbiased estimate of ``tr(Z^T Sigma^-1 Z)`` from the batch rows ``idx``."""
         return trace_estimate(z_batch, self.precision_block(idx), self.n)
@@ -58,13 +68,11 @@ class DependenceModel(nn.Module):
 
     def minibatch_gaussian_nll(self, z_batch: Tensor, idx: Tensor) -> Tensor:
         """Unbiased estimate of :meth:`gaussian_nll` from one batch."""
-        d = z_batch.shape[1]
-        total = 0.5 * (
-            self.n * d * math.log(2 * math.pi)
-            + d * self.log_det()
-            + self.minibatch_quad_form(z_batch, idx)
-        )
-        return total / self.n
+        return self.gaussian_nll_from_trace(self.minibatch_quad_form(z_batch, idx), z_batch.shape[1])
+
+    def gaussian_nll_from_trace(self, trace: Tensor, d: int) -> Tensor:
+        """:meth:`gaussian_nll` given (an estimate of) ``tr(Z^T Sigma^-1 Z)``."""
+        return 0.5 * (self.n * d * math.log(2 * math.pi) + d * self.log_det() + trace) / self.n
 
     def describe(self) -> dict[str, float | list[float]]:
         """The fitted covariance parameters, for logs and ``fit.json``."""

@@ -74,6 +74,13 @@ class EquicorrelatedBlocks(DependenceModel):
         shrink = rho / (1 + (m - 1) * rho)
         return ((sum_sq - shrink * block_sums.square().sum(dim=1)) / (1 - rho)).sum()
 
+    def precision_times(self, z: Tensor) -> Tensor:
+        """Per block: ``diag_k z_i + off_k (sum_block z - z_i)``; ``O(n d)``."""
+        diagonal, off_diagonal = self.precision_entries()
+        block_sums = torch.zeros(self.n_blocks, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, self.block_ids, z)
+        own_diag, own_off = diagonal[self.block_ids][:, None], off_diagonal[self.block_ids][:, None]
+        return own_diag * z + own_off * (block_sums[self.block_ids] - z)
+
     def precision_entries(self) -> tuple[Tensor, Tensor]:
         """Per-block diagonal and off-diagonal entries of ``Sigma_k^-1``."""
         rho, m = self.rho, self.sizes

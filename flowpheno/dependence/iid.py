@@ -22,6 +22,9 @@ class IIDCovariance(DependenceModel):
     def quad_form(self, z: Tensor) -> Tensor:
         return z.square().sum()
 
+    def precision_times(self, z: Tensor) -> Tensor:
+        return z
+
     def precision_block(self, idx: Tensor) -> Tensor:
         return torch.eye(len(idx), dtype=self._anchor.dtype, device=self._anchor.device)
 

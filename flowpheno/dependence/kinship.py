@@ -145,6 +145,29 @@ class KinshipCovariance(DependenceModel):
             block = block + inside * torch.eye(u_rows.shape[0], dtype=block.dtype, device=block.device)
         return block
 
+    def precision_times(self, z: Tensor) -> Tensor:
+        """``Sigma^-1 Z`` through the spectrum: ``O(n r d)``."""
+        z = z.to(self.eigenvectors.dtype)
+        rotated = self.rotate(z)
+        if not self.complement:
+            return self.eigenvectors @ (rotated / self.spectrum()[:, None])
+        inside = 1 / (1 - self.s2)
+        return inside * z + self.eigenvectors @ (rotated * (1 / self.spectrum() - inside)[:, None])
+
+    def precision_columns_times(self, idx: Tensor, values: Tensor) -> Tensor:
+        """``Sigma^-1[:, idx] @ values``: from the cached dense precision when there is one
+        (``O(n b d)``), else through the spectrum (``O(n r d)``)."""
+        if self._cached_precision is not None and self._cached_for == float(self.s2):
+            return self._cached_precision[:, idx] @ values.to(self._cached_precision.dtype)
+        values = values.to(self.eigenvectors.dtype)
+        rows = self.eigenvectors[idx]
+        inside = 1 / (1 - self.s2) if self.complement else 0.0
+        weights = 1 / self.spectrum() - inside
+        out = self.eigenvectors @ ((rows.T @ values) * weights[:, None])
+        if self.complement:
+            out[idx] += inside * values
+        return out
+
     def precision(self) -> Tensor:
         """Dense ``Sigma^-1`` for the current ``s2`` (``n x n``: only for moderate n)."""
         return self._precision_from_rows(self.eigenvectors, self.eigenvectors)

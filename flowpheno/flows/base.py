@@ -64,6 +64,18 @@ class LatentFlow(nn.Module):
             x = layer()(x)
 
 
+def zero_last_layers(layers: list[LazyTransform]) -> None:
+    """Zero the output layer of every conditioner, so the flow starts as the identity
+    (after ActNorm): training begins from the standardised data, not from a random
+    map that can throw outlying rows far out."""
+    for layer in layers:
+        hyper = getattr(layer, "hyper", None)
+        if hyper is not None:
+            last = [m for m in hyper.modules() if isinstance(getattr(m, "weight", None), nn.Parameter)][-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+
 def build_flow(config: dict[str, Any]) -> LatentFlow:
     """Rebuild a flow from its ``config`` (as saved next to the weights)."""
     from flowpheno.flows.coupling import affine_coupling_flow

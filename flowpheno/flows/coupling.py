@@ -8,7 +8,7 @@ from zuko.flows.coupling import GeneralCouplingTransform
 from zuko.lazy import LazyTransform, UnconditionalTransform
 from zuko.transforms import PermutationTransform
 
-from flowpheno.flows.base import ActNorm, LatentFlow
+from flowpheno.flows.base import ActNorm, LatentFlow, zero_last_layers
 
 
 def affine_coupling_flow(
@@ -46,4 +46,5 @@ def affine_coupling_flow(
         )
     stack.append(ActNorm(features))
     config = {"kind": "affine_coupling", "features": features, "layers": layers, "hidden": hidden, "depth": depth, "seed": seed}
+    zero_last_layers(stack)
     return LatentFlow(stack, config)

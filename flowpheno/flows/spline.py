@@ -8,7 +8,7 @@ from zuko.flows.autoregressive import MaskedAutoregressiveTransform
 from zuko.lazy import LazyTransform, UnconditionalTransform
 from zuko.transforms import MonotonicRQSTransform, PermutationTransform
 
-from flowpheno.flows.base import ActNorm, LatentFlow
+from flowpheno.flows.base import ActNorm, LatentFlow, zero_last_layers
 
 
 def spline_coupling_flow(
@@ -41,4 +41,5 @@ def spline_coupling_flow(
         )
     stack.append(ActNorm(features))
     config = {"kind": "spline_coupling", "features": features, "layers": layers, "hidden": hidden, "depth": depth, "bins": bins, "seed": seed}
+    zero_last_layers(stack)
     return LatentFlow(stack, config)

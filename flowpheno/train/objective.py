@@ -12,14 +12,25 @@ import math
 import torch
 from torch import Tensor
 
-from flowpheno.dependence import DependenceModel
+from flowpheno.dependence import DependenceModel, LatentControlVariate
 from flowpheno.flows import LatentFlow
 
 
-def minibatch_nll(flow: LatentFlow, dependence: DependenceModel, x_batch: Tensor, idx: Tensor) -> Tensor:
-    """Unbiased estimate of the full per-row NLL from the batch of rows ``idx``."""
+def minibatch_nll(
+    flow: LatentFlow,
+    dependence: DependenceModel,
+    x_batch: Tensor,
+    idx: Tensor,
+    control: LatentControlVariate | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Unbiased estimate of the full per-row NLL from the batch of rows ``idx``, and the
+    batch latents. With ``control`` the trace term uses the control variate."""
     z, ladj = flow(x_batch)
-    return dependence.minibatch_gaussian_nll(z, idx) - ladj.mean()
+    if control is None:
+        gaussian = dependence.minibatch_gaussian_nll(z, idx)
+    else:
+        gaussian = dependence.gaussian_nll_from_trace(control.quad_form_estimate(z, idx), z.shape[1])
+    return gaussian - ladj.mean(), z
 
 
 def exact_nll(flow: LatentFlow, dependence: DependenceModel, x: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowpheno.dependence import DependenceModel, IIDCovariance, KinshipCovariance
+from flowpheno.dependence import DependenceModel, IIDCovariance, KinshipCovariance, LatentControlVariate
 from flowpheno.errors import FlowphenoError
 from flowpheno.flows import LatentFlow
 from flowpheno.train.objective import iid_nll, minibatch_nll, push_forward
@@ -39,6 +39,10 @@ class TrainConfig:
     seed: int = 0
     patience: int | None = None
     """Stop after this many epochs without a better validation NLL (None: never)."""
+    max_grad_norm: float | None = 10.0
+    """Clip the gradient norm: one outlying batch must not poison Adamax's running maximum."""
+    estimator: str = "plain"
+    """Trace term for a fixed covariance: ``plain`` (Proposition 2.2) or ``control_variate`` (lower variance, opt-in)."""
 
 
 @dataclass
@@ -99,6 +103,7 @@ class EpochTrainer:
         covariance_params = [p for p in dependence.parameters() if p.requires_grad]
         if covariance_params:
             groups.append({"params": covariance_params, "weight_decay": 0.0, "lr": config.covariance_lr})
+        self.parameters = [p for group in groups for p in group["params"]]
         self.optimizer = torch.optim.Adamax(groups)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=config.lr_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -116,10 +121,18 @@ class EpochTrainer:
         self.flow.train()
         return value
 
+    def _control_variate(self) -> LatentControlVariate | None:
+        """For a fixed, non-identity covariance: latents of every row, refreshed once per call."""
+        fixed = not any(p.requires_grad for p in self.dependence.parameters())
+        if self.config.estimator != "control_variate" or not fixed or isinstance(self.dependence, IIDCovariance):
+            return None
+        return LatentControlVariate(self.dependence, push_forward(self.flow, self.x_train))
+
     def run(self, epochs: int, stage: int) -> None:
         """Up to ``epochs`` epochs; sets ``stopped`` when early stopping triggers."""
         n = self.x_train.shape[0]
         device = self.x_train.device
+        control = self._control_variate()
         for _ in range(epochs):
             if self.stopped:
                 return
@@ -128,11 +141,15 @@ class EpochTrainer:
             loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per batch
             for start in range(0, n, self.config.batch_size):
                 idx = order[start : start + self.config.batch_size]
-                loss = minibatch_nll(self.flow, self.dependence, self.x_train[idx], idx)
+                loss, z = minibatch_nll(self.flow, self.dependence, self.x_train[idx], idx, control)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
                 self.optimizer.step()
                 loss_sum += loss.detach() * len(idx)
+                if control is not None:
+                    control.update(z, idx)
             self.scheduler.step()
             val = self.validation_nll()
             self.epoch_count += 1
