@@ -103,7 +103,7 @@ class EpochTrainer:
         covariance_params = [p for p in dependence.parameters() if p.requires_grad]
         if covariance_params:
             groups.append({"params": covariance_params, "weight_decay": 0.0, "lr": config.covariance_lr})
-        self.parameters = [p for group in groups for p in group["params"]]
+        self.trainable = [p for group in groups for p in group["params"]]
         self.optimizer = torch.optim.Adamax(groups)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=config.lr_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -145,7 +145,7 @@ class EpochTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.config.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
                 self.optimizer.step()
                 loss_sum += loss.detach() * len(idx)
                 if control is not None:
