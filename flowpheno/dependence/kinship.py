@@ -72,7 +72,7 @@ class KinshipCovariance(DependenceModel):
             torch.tensor(_logit(s2), dtype=eigenvalues.dtype, device=eigenvalues.device), requires_grad=learn_s2
         )
         self._cached_precision: Tensor | None = None
-        self._cached_for: float | None = None
+        self._cached_for: int | None = None
 
     @classmethod
     def from_matrix(cls, kinship: Tensor, **kwargs: object) -> KinshipCovariance:
@@ -157,7 +157,7 @@ class KinshipCovariance(DependenceModel):
     def precision_columns_times(self, idx: Tensor, values: Tensor) -> Tensor:
         """``Sigma^-1[:, idx] @ values``: from the cached dense precision when there is one
         (``O(n b d)``), else through the spectrum (``O(n r d)``)."""
-        if self._cached_precision is not None and self._cached_for == float(self.s2):
+        if self._cached_precision is not None and self._cached_for == self._s2_version():
             return self._cached_precision[:, idx] @ values.to(self._cached_precision.dtype)
         values = values.to(self.eigenvectors.dtype)
         rows = self.eigenvectors[idx]
@@ -177,12 +177,17 @@ class KinshipCovariance(DependenceModel):
         if not dense_cache:
             rows = self.eigenvectors[idx]
             return self._precision_from_rows(rows, rows)
-        current = float(self.s2)
+        current = self._s2_version()
         if self._cached_precision is None or self._cached_for != current:
             with torch.no_grad():
                 self._cached_precision = self.precision()
             self._cached_for = current
         return self._cached_precision[idx[:, None], idx[None, :]]
+
+    def _s2_version(self) -> int:
+        """Changes whenever ``s2`` is written (set, optimiser step, restore): a cache key that
+        needs no device-to-host copy of ``s2`` per batch."""
+        return self.logit_s2._version
 
     def release_cache(self) -> None:
         """Free the dense precision (n x n) once a flow stage is over."""
