@@ -10,7 +10,6 @@ iid test NLL. Finished runs are stored one JSON each, so a repeated command resu
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -186,7 +185,3 @@ def run_all(
 
 def sizes_dict(sizes: BenchSizes) -> dict[str, Any]:
     return asdict(sizes)
-
-
-def default_jobs() -> int:
-    return max(1, min(4, os.cpu_count() or 1))

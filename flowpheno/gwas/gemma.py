@@ -19,9 +19,6 @@ from flowpheno.gwas.tools import require, run_logged
 from flowpheno.io.atomic import atomic_path
 from flowpheno.io.plink import plink_prefix, read_fam
 
-ASSOC_COLUMNS = ["SNP", "CHR", "BP", "P"]
-
-
 def gemma_grm(bfile: str | Path, out: str | Path) -> Path:
     """``gemma -gk 1`` over every individual of ``bfile``; writes ``out`` (a ``.cXX.txt``)."""
     gemma = require("gemma")
