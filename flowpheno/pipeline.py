@@ -90,13 +90,19 @@ def read_phenotypes(
     values = numeric_columns(table, traits, pheno, "trait").to_numpy()
     covariates, names, columns = None, [], []
     if covar is not None:
-        covariate_table = read_table(covar)
-        matrix = covariate_matrix(covariate_table, covar)
-        matrix.index = covariate_table["IID"].to_numpy()
-        aligned = matrix.reindex(table["IID"].to_numpy())
-        covariates, names = aligned.to_numpy(dtype=float), list(matrix.columns)
-        columns = [c for c in covariate_table.columns if c not in ("FID", "IID")]
+        aligned, columns = aligned_covariates(covar, table["IID"].to_numpy())
+        covariates, names = aligned.to_numpy(dtype=float), list(aligned.columns)
     return Phenotypes(table[["FID", "IID"]].copy(), values, list(traits), covariates, names, columns, str(pheno), skipped)
+
+
+def aligned_covariates(covar: str | Path, iids: np.ndarray) -> tuple[pd.DataFrame, list[str]]:
+    """The covariate design (text columns one-hot) with rows in the order of ``iids``
+    (NaN where an IID is absent), and the covariate file's own column names."""
+    covariate_table = read_table(covar)
+    matrix = covariate_matrix(covariate_table, covar)
+    matrix.index = covariate_table["IID"].to_numpy()
+    columns = [c for c in covariate_table.columns if c not in ("FID", "IID")]
+    return matrix.reindex(iids), columns
 
 
 def _complete_rows(phenotypes: Phenotypes, covar: str | Path | None) -> tuple[np.ndarray, dict[str, list[str]]]:
@@ -369,21 +375,16 @@ def transform_phenotypes(
     """Gaussianize a phenotype table with a fitted model; rows in input order, NaN where incomplete."""
     if not isinstance(model, PhenotypeModel):
         model = PhenotypeModel.load(model)
-    table = read_table(pheno)
-    missing = [trait for trait in model.traits if trait not in table.columns]
-    if missing:
-        raise FlowphenoError(f"{pheno}: missing trait column(s) {', '.join(missing)} that the model was fitted on")
-    values = numeric_columns(table, model.traits, pheno, "trait").to_numpy()
+    if model.covariates and covar is None:
+        raise FlowphenoError(f"the model was fitted with covariates ({', '.join(model.covariates)}); pass --covar FILE")
+    phenotypes = read_phenotypes(pheno, model.traits)
     covariates = None
     if model.covariates:
-        if covar is None:
-            raise FlowphenoError(f"the model was fitted with covariates ({', '.join(model.covariates)}); pass --covar FILE")
-        covariate_table = read_table(covar)
-        matrix = covariate_matrix(covariate_table, covar)
-        absent = [c for c in model.covariate_columns if c not in covariate_table.columns]
+        aligned, columns = aligned_covariates(covar, phenotypes.ids["IID"].to_numpy())
+        absent = [c for c in model.covariate_columns if c not in columns]
         if absent:
             raise FlowphenoError(f"{covar}: missing covariate column(s) {', '.join(absent)} used by the model")
-        matrix.index = covariate_table["IID"].to_numpy()
-        covariates = matrix.reindex(columns=model.covariates, fill_value=0.0).reindex(table["IID"].to_numpy()).to_numpy(dtype=float)
-    latent = model.gaussianize(values, covariates, device=device)
-    return pd.concat([table[["FID", "IID"]].reset_index(drop=True), pd.DataFrame(latent, columns=model.traits)], axis=1)
+        # a level absent from this file is a zero column, as it would be after one-hot encoding
+        covariates = aligned.reindex(columns=model.covariates, fill_value=0.0).to_numpy(dtype=float)
+    latent = model.gaussianize(phenotypes.values, covariates, device=device)
+    return pd.concat([phenotypes.ids.reset_index(drop=True), pd.DataFrame(latent, columns=model.traits)], axis=1)
