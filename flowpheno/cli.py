@@ -108,6 +108,7 @@ def fit(
     grm: Optional[Path] = typer.Option(None, "--grm", help="kinship: .npz, GEMMA .cXX/.sXX.txt, GCTA .grm.bin, or PLINK prefix"),
     grm_ids: Optional[Path] = typer.Option(None, "--grm-ids", "--fam", help="row IDs of a GEMMA kinship (.fam or ID list)"),
     grm_pcs: Optional[Path] = typer.Option(None, "--grm-pcs", help="low-rank kinship: correlation of individuals' PCs (FID, IID, PC1..PCr)"),
+    grm_factor: Optional[Path] = typer.Option(None, "--grm-factor", help="low-rank kinship: standardised genotypes of a PLINK prefix with fewer SNPs than individuals"),
     covar: Optional[Path] = typer.Option(None, "--covar", help="covariates projected out by least squares before the flow"),
     traits: Optional[str] = typer.Option(None, "--traits", help="comma-separated trait columns (default: every numeric column)"),
     mode: str = typer.Option("alternating", "--mode", help="iid | grid | alternating | joint"),
@@ -123,6 +124,7 @@ def fit(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)"),
     seed: int = typer.Option(0, "--seed", help="random seed (same seed on CPU gives the same numbers)"),
     patience: Optional[int] = typer.Option(None, "--patience", min=1, help="stop after this many epochs without a better validation NLL"),
+    objective: str = typer.Option("minibatch", "--objective", help="minibatch (unbiased batch estimator) | exact (one full-data step per epoch, no estimator variance)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Train the flow and write Gaussianized phenotypes, model, fit.json and diagnostics."""
@@ -138,13 +140,15 @@ def fit(
         val_frac=val_frac,
         device=_device(device),
         train=TrainConfig(
-            epochs=epochs, stages=stages, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, patience=patience
+            epochs=epochs, stages=stages, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, patience=patience,
+            objective=objective,
         ),
     )
     with _progress() as progress:
         callback = None if quiet else _FitProgress(progress)
         _, table, report = fit_phenotypes(
-            pheno, grm, covar, config, out=out, grm_ids=grm_ids, callback=callback, command=sys.argv, grm_pcs=grm_pcs
+            pheno, grm, covar, config, out=out, grm_ids=grm_ids, callback=callback, command=sys.argv, grm_pcs=grm_pcs,
+            grm_factor=grm_factor,
         )
     dropped = sum(entry["count"] for entry in report["dropped"].values())
     summary = f"fitted {report['d']} traits on {report['n_used']} individuals ({dropped} dropped, see fit.json)"
@@ -297,7 +301,7 @@ def bench_synthetic(
     out: Path = typer.Option(..., "--out", help="results directory (finished runs are kept: the command resumes)"),
     shapes: str = typer.Option("abs,crescent,crescentcubed,sign,sinewave", "--shapes"),
     setting: str = typer.Option("blocks,kinship", "--setting", help="blocks, kinship or both"),
-    methods: Optional[str] = typer.Option(None, "--methods", help="subset of baseline,grid,joint (blocks) / baseline,grid,alternating (kinship)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="subset of baseline,grid,joint,joint_blockbatch (blocks) / baseline,grid,alternating (kinship)"),
     seeds: int = typer.Option(10, "--seeds", min=1, help="seeds 0..N-1"),
     quick: bool = typer.Option(False, "--quick", help="CI size: small n, few epochs, 1 seed, crescent and sinewave"),
     jobs: int = typer.Option(1, "--jobs", min=1, help="parallel processes"),
@@ -348,6 +352,145 @@ def bench_synthetic(
         train = make_data(name, shape, 0, sizes, out / "cache")["x"]
         figure(name, shape, results, train, out / f"figure_{name}_{shape}.png")
     console.print(f"wrote {out}/table1.md, results.json and figures ({len(results)} runs, {wall / 60:.1f} min this call)")
+
+
+@bench_app.command("stocks")
+def bench_stocks(
+    out: Path = typer.Option(..., "--out", help="results directory"),
+    prices: list[Path] = typer.Option(..., "--prices", help="price files or folders (Huge Stock Market Dataset or Yahoo CSV); repeatable"),
+    pairs: str = typer.Option("AAPL-MSFT,MA-V", "--pairs", help="comma-separated TICKER-TICKER pairs (case-insensitive)"),
+    start: Optional[str] = typer.Option(None, "--start", help="first date used (YYYY-MM-DD)"),
+    end: Optional[str] = typer.Option(None, "--end", help="last date used (YYYY-MM-DD)"),
+    seeds: int = typer.Option(5, "--seeds", min=1, help="seeds 0..N-1 (flow initialisation and batch order)"),
+    methods: str = typer.Option("baseline,grid,joint", "--methods"),
+    quick: bool = typer.Option(False, "--quick", help="CI size: small flow, few epochs, 1 seed"),
+) -> None:
+    """Stocks experiment: daily log-return pairs, one equicorrelated block per pair."""
+    import json
+    import time
+
+    from flowpheno.bench.stocks import METHODS, StocksSizes, figure, load_pairs, run_method, sizes_dict, table
+    from flowpheno.io.atomic import atomic_directory
+    from flowpheno.io.prices import marked_synthetic
+    from flowpheno.pipeline import package_versions
+
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    for name in chosen:
+        if name not in METHODS:
+            raise FlowphenoError(f"--methods {name!r}: choose from {', '.join(METHODS)}")
+    sizes = StocksSizes.quick() if quick else StocksSizes()
+    seed_list = list(range(1 if quick else seeds))
+    data = load_pairs(list(prices), [p.strip() for p in pairs.split(",") if p.strip()], start, end)
+    synthetic = marked_synthetic(list(prices))
+    started = time.perf_counter()
+    records, flows = [], {}
+    with _progress() as progress:
+        task = progress.add_task("runs (method x seed)", total=len(chosen) * len(seed_list))
+        for seed in seed_list:
+            for method in chosen:
+                record, flow = run_method(method, data, seed, sizes)
+                records.append(record)
+                if seed == 0:
+                    flows[method] = flow
+                progress.update(task, advance=1)
+    wall = time.perf_counter() - started
+    command = "flowpheno bench stocks " + " ".join(sys.argv[3:])
+    with atomic_directory(out) as tmp:
+        (tmp / "table.md").write_text(table(records, data, command, wall, synthetic))
+        (tmp / "results.json").write_text(json.dumps({
+            "command": command, "sizes": sizes_dict(sizes), "pairs": data.days, "synthetic_data": synthetic,
+            "versions": package_versions(), "wall_seconds": wall, "runs": records}, indent=2))
+        figure(flows, data, tmp / "density_regions.png")
+    console.print(f"wrote {out}/table.md, results.json, density_regions.png ({len(records)} runs, {wall / 60:.1f} min)")
+
+
+@bench_app.command("stocks-data")
+def bench_stocks_data(
+    out: Path = typer.Option(..., "--out", help="folder to write"),
+    layout: str = typer.Option("huge", "--layout", help="huge (Stocks/aapl.us.txt) or yahoo (AAPL.csv)"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write SYNTHETIC daily prices for AAPL, MSFT, MA and V (no download is possible)."""
+    from flowpheno.simulate.prices import write_prices
+
+    if layout not in ("huge", "yahoo"):
+        raise FlowphenoError(f"--layout {layout!r}: choose huge or yahoo")
+    written = write_prices(out, layout, seed)
+    console.print(f"wrote {len(written)} SYNTHETIC price files under {out} ({layout} layout)")
+
+
+@bench_app.command("images")
+def bench_images(
+    out: Path = typer.Option(..., "--out", help="results directory"),
+    images: Optional[Path] = typer.Option(None, "--images", help="folder with one sub-folder per individual (LFW layout); default: the embedded digits dataset"),
+    size: int = typer.Option(16, "--size", min=4, help="images are resized to SIZE x SIZE (divisible by 4)"),
+    grayscale: bool = typer.Option(False, "--grayscale", help="convert to one channel (the embedded dataset always is)"),
+    seeds: int = typer.Option(2, "--seeds", min=1),
+    methods: str = typer.Option("baseline,grid,joint", "--methods"),
+    quick: bool = typer.Option(False, "--quick", help="CI size: 8x8, a tiny Glow, 3 epochs, 1 seed"),
+) -> None:
+    """Images experiment: repeated images of individuals, one equicorrelated block each."""
+    import json
+    import tempfile
+    import time
+
+    from flowpheno.bench.images import METHODS, ImageSizes, run_method, sample_figure, sizes_dict, split_images, table
+    from flowpheno.io.atomic import atomic_directory
+    from flowpheno.io.images import read_image_folder
+    from flowpheno.pipeline import package_versions
+
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    for name in chosen:
+        if name not in METHODS:
+            raise FlowphenoError(f"--methods {name!r}: choose from {', '.join(METHODS)}")
+    size = 8 if quick else size
+    if size % 4:
+        raise FlowphenoError(f"--size {size}: the two-level flow needs a size divisible by 4 (for example 16 or 32)")
+    sizes = ImageSizes.quick() if quick else ImageSizes()
+    embedded = images is None
+    with tempfile.TemporaryDirectory() as scratch:
+        if embedded:
+            from flowpheno.simulate.digits import make_digit_individuals
+
+            images = Path(scratch) / "digits"
+            make_digit_individuals(images, size=size)
+        image_set = read_image_folder(images, size, grayscale or embedded)
+    splits = split_images(image_set)
+    seed_list = list(range(1 if quick else seeds))
+    started = time.perf_counter()
+    records, flows = [], {}
+    with _progress() as progress:
+        task = progress.add_task("runs (method x seed)", total=len(chosen) * len(seed_list))
+        for seed in seed_list:
+            for method in chosen:
+                record, flow = run_method(method, splits, seed, sizes)
+                records.append(record)
+                if seed == 0:
+                    flows[method] = flow
+                progress.update(task, advance=1)
+    wall = time.perf_counter() - started
+    command = "flowpheno bench images " + " ".join(sys.argv[3:])
+    with atomic_directory(out) as tmp:
+        (tmp / "table.md").write_text(table(records, splits, command, wall, embedded))
+        (tmp / "results.json").write_text(json.dumps({
+            "command": command, "sizes": sizes_dict(sizes), "image_size": size, "data": splits.counts, "embedded_data": embedded,
+            "versions": package_versions(), "wall_seconds": wall, "runs": records}, indent=2))
+        sample_figure(flows, splits, tmp / "samples.png")
+    console.print(f"wrote {out}/table.md, results.json, samples.png ({len(records)} runs, {wall / 60:.1f} min)")
+
+
+@bench_app.command("images-data")
+def bench_images_data(
+    out: Path = typer.Option(..., "--out", help="folder to write (LFW layout)"),
+    individuals: int = typer.Option(250, "--individuals", min=2),
+    size: int = typer.Option(16, "--size", min=8),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write the embedded image dataset: scikit-learn's digits as individuals with Pareto repeats."""
+    from flowpheno.simulate.digits import make_digit_individuals
+
+    written = make_digit_individuals(out, individuals=individuals, size=size, seed=seed)
+    console.print(f"wrote {written} images of {individuals} individuals under {out}")
 
 
 def _version(value: bool) -> None:

@@ -25,7 +25,7 @@ from flowpheno.dependence import KinshipCovariance
 from flowpheno.errors import FlowphenoError
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.atomic import atomic_directory, atomic_path
-from flowpheno.io.kinship import Kinship, KinshipFactor, read_kinship, read_pcs, spectral_decomposition
+from flowpheno.io.kinship import Kinship, KinshipFactor, read_genotype_factor, read_kinship, read_pcs, spectral_decomposition
 from flowpheno.io.outputs import write_phenotypes
 from flowpheno.io.tables import covariate_matrix, default_traits, numeric_columns, read_table
 from flowpheno.model import PhenotypeModel, least_squares_residuals
@@ -176,21 +176,25 @@ def fit_phenotypes(
     callback: Callback | None = None,
     command: list[str] | None = None,
     grm_pcs: str | Path | None = None,
+    grm_factor: str | Path | None = None,
 ) -> tuple[PhenotypeModel, pd.DataFrame, dict[str, Any]]:
     """Fit the relatedness-aware flow and Gaussianize every complete row.
 
-    The kinship is ``grm`` (a dense matrix or its file) or ``grm_pcs`` (a PC table:
-    low rank, no ``n x n`` matrix is ever formed).
+    The kinship is ``grm`` (a dense matrix or its file), ``grm_pcs`` (a PC table) or
+    ``grm_factor`` (a PLINK prefix with fewer SNPs than individuals); the last two are
+    low rank and no ``n x n`` matrix is ever formed.
 
     Returns ``(model, gaussianized table, report)``; with ``out`` also writes the
     model, ``fit.json``, ``gaussianized.tsv`` and ``diagnostics.png`` atomically.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        if sum(source is not None for source in (grm, grm_pcs, grm_factor)) > 1:
+            raise FlowphenoError("give one kinship: --grm, --grm-pcs or --grm-factor")
         if grm_pcs is not None:
-            if grm is not None:
-                raise FlowphenoError("give either --grm or --grm-pcs, not both")
             grm = read_pcs(grm_pcs)
+        elif grm_factor is not None:
+            grm = read_genotype_factor(grm_factor)
         model, gaussianized, report = _fit(pheno, grm, covar, config or FitConfig(), out, grm_ids, callback, command, caught)
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
@@ -211,7 +215,7 @@ def _fit(
     if config.mode not in MODES:
         raise FlowphenoError(f"unknown --mode {config.mode!r}; choose one of {', '.join(MODES)}")
     if config.mode != "iid" and grm is None:
-        raise FlowphenoError(f"--mode {config.mode} models relatedness and needs --grm or --grm-pcs (or use --mode iid)")
+        raise FlowphenoError(f"--mode {config.mode} models relatedness and needs --grm, --grm-pcs or --grm-factor (or use --mode iid)")
     if not 0 <= config.val_frac < 0.9:
         raise FlowphenoError(f"--val-frac must be in [0, 0.9), got {config.val_frac}")
     timings: dict[str, float] = {}

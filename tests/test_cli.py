@@ -206,3 +206,41 @@ def test_low_rank_pcs_agree_with_dense_kinship(tmp_path: Path) -> None:
     low_z = pd.read_csv(tmp_path / "low" / "gaussianized.tsv", sep="\t")
     dense_z = pd.read_csv(tmp_path / "dense" / "gaussianized.tsv", sep="\t")
     np.testing.assert_allclose(low_z[["a", "b"]], dense_z[["a", "b"]], atol=1e-3)
+
+
+def test_grm_factor_agrees_with_dense_and_trains_exactly(tmp_path: Path) -> None:
+    """--grm-factor (standardised genotypes, M < n) equals the dense GRM of the same panel;
+    --objective exact runs joint training on it."""
+    from flowpheno.io.kinship import read_genotype_factor
+    from flowpheno.io.plink import write_plink
+
+    rng = np.random.default_rng(8)
+    n, m = 300, 40
+    founders = rng.binomial(2, rng.uniform(0.1, 0.5, size=m), size=(n // 3, m))
+    dosage = np.repeat(founders, 3, axis=0).astype(float)  # trios of identical genotypes: strong relatedness
+    ids = np.array([f"i{k}" for k in range(n)])
+    fam = pd.DataFrame({"FID": "f", "IID": ids, "PAT": "0", "MAT": "0", "SEX": "1", "PHENO": "-9"})
+    bim = pd.DataFrame({"chrom": "1", "snp": [f"rs{j}" for j in range(m)], "cm": 0.0, "pos": np.arange(m) + 1, "a0": "A", "a1": "C"})
+    write_plink(tmp_path / "panel", dosage, fam, bim)
+    factor = read_genotype_factor(tmp_path / "panel").factor.astype(np.float64)
+    kinship = factor @ factor.T
+    write_npz(tmp_path / "dense.npz", kinship, ids)
+    scaled = kinship * n / np.trace(kinship)
+    latent = np.linalg.cholesky(0.5 * scaled + 0.5 * np.eye(n)) @ rng.normal(size=(n, 2))
+    write_table(tmp_path / "pheno.tsv", pd.DataFrame({"FID": "f", "IID": ids, "a": np.exp(latent[:, 0]), "b": latent[:, 1]}))
+    common = ["fit", "--pheno", str(tmp_path / "pheno.tsv"), "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "8"]
+    low = run_cli(*common, "--grm-factor", str(tmp_path / "panel"), "--out", str(tmp_path / "low"))
+    dense = run_cli(*common, "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "dense"))
+    assert low.returncode == 0 and dense.returncode == 0, low.stderr + dense.stderr
+    low_report = json.loads((tmp_path / "low" / "fit.json").read_text())
+    dense_report = json.loads((tmp_path / "dense" / "fit.json").read_text())
+    assert low_report["kinship"]["low_rank"] and low_report["kinship"]["rank"] <= m
+    assert low_report["stages"][0]["s2"] == pytest.approx(dense_report["stages"][0]["s2"], abs=1e-4)
+    assert low_report["stages"][0]["s2"] > 0.2
+    exact = run_cli(*common, "--grm-factor", str(tmp_path / "panel"), "--mode", "joint", "--objective", "exact",
+                    "--epochs", "5", "--out", str(tmp_path / "exact"))
+    assert exact.returncode == 0, exact.stderr
+    exact_report = json.loads((tmp_path / "exact" / "fit.json").read_text())
+    assert len(exact_report["epochs"]) == 5 and 0 < exact_report["covariance"]["s2"] < 1
+    both = run_cli(*common, "--grm-factor", str(tmp_path / "panel"), "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "both"))
+    assert both.returncode == 1 and "give one kinship" in both.stderr + both.stdout

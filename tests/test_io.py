@@ -182,3 +182,30 @@ def test_read_pcs(tmp_path: Path) -> None:
     pcs.to_csv(tmp_path / "bad.tsv", sep="\t", index=False, na_rep="NA")
     with pytest.raises(FlowphenoError, match="IID b has missing PC values"):
         read_pcs(tmp_path / "bad.tsv")
+
+
+def _panel(n: int, m: int, seed: int) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    dosage = rng.binomial(2, rng.uniform(0.05, 0.5, size=m), size=(n, m)).astype(float)
+    dosage[rng.random(dosage.shape) < 0.01] = np.nan
+    fam = pd.DataFrame({"FID": "f", "IID": [f"s{i}" for i in range(n)], "PAT": "0", "MAT": "0", "SEX": "1", "PHENO": "-9"})
+    bim = pd.DataFrame({"chrom": "1", "snp": [f"rs{j}" for j in range(m)], "cm": 0.0, "pos": np.arange(m) + 1, "a0": "A", "a1": "C"})
+    return dosage, fam, bim
+
+
+def test_genotype_factor_is_the_standardised_grm(tmp_path: Path) -> None:
+    from flowpheno.io.kinship import read_genotype_factor
+
+    dosage, fam, bim = _panel(80, 30, 5)
+    dosage[:, 0] = 0.0  # monomorphic: filtered like GEMMA
+    write_plink(tmp_path / "c", dosage, fam, bim)
+    factor = read_genotype_factor(tmp_path / "c")
+    kept = dosage[:, 1:]
+    frequency = np.nanmean(kept, axis=0) / 2
+    standardised = np.nan_to_num((kept - 2 * frequency) / np.sqrt(2 * frequency * (1 - frequency)))
+    np.testing.assert_allclose(factor.factor @ factor.factor.T, standardised @ standardised.T / 29, atol=1e-5)
+    assert factor.factor.shape == (80, 29) and list(factor.ids) == list(fam["IID"])
+    dosage, fam, bim = _panel(20, 30, 6)
+    write_plink(tmp_path / "wide", dosage, fam, bim)
+    with pytest.raises(FlowphenoError, match=r"\d+ SNPs pass the filters for 20 individuals.*LD-prune"):
+        read_genotype_factor(tmp_path / "wide")

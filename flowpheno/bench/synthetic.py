@@ -29,8 +29,11 @@ from flowpheno.train import TrainConfig, fit_alternating, fit_grid, fit_joint, f
 from flowpheno.train.objective import iid_nll
 
 SETTINGS = ("blocks", "kinship")
-METHODS = {"blocks": ("baseline", "grid", "joint"), "kinship": ("baseline", "grid", "alternating")}
-GRIDS = {"blocks": (0.3, 0.5, 0.7, 0.9), "kinship": (0.1, 0.25, 0.5, 0.75)}
+METHODS = {"blocks": ("baseline", "grid", "joint", "joint_blockbatch"), "kinship": ("baseline", "grid", "alternating")}
+"""``joint_blockbatch`` is ours, not the paper's: ``joint`` with batches of whole blocks, so the
+Gaussian term of every batch is exact and every within-block pair informs its ``rho``.
+``alternating`` uses an exact 1-D search for ``s2`` (the paper took gradient steps)."""
+GRIDS = {"blocks": (0.5, 0.7, 0.9), "kinship": (0.25, 0.5, 0.75)}
 
 
 @dataclass
@@ -40,11 +43,11 @@ class BenchSizes:
     n_blocks: int = 10_000
     n_kinship: int = 5_000
     n_eval: int = 5_000
-    epochs: int = 60
+    epochs: int = 25
     stages: int = 4
-    patience: int = 10
-    batch_size: int = 256
-    optimisers: list[tuple[float, float]] = field(default_factory=lambda: [(1e-3, 0.0), (3e-4, 1e-5)])
+    patience: int = 12
+    batch_size: int = 512
+    optimisers: list[tuple[float, float]] = field(default_factory=lambda: [(1e-3, 0.0)])
     layers: int = 3
     hidden: int = 64
     bins: int = 16
@@ -109,6 +112,9 @@ def run_one(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes,
             outcome = fit_grid(make_flow, make_dependence, GRIDS[setting], x, x_val, config)
         elif method == "joint" and setting == "blocks":
             outcome = fit_joint(make_flow(), blocks(0.5, per_block=True), x, x_val, config)
+        elif method == "joint_blockbatch" and setting == "blocks":
+            config.batching = "blocks"
+            outcome = fit_joint(make_flow(), blocks(0.5, per_block=True), x, x_val, config)
         elif method == "alternating" and setting == "kinship":
             outcome = fit_alternating(make_flow(), kinship(), x, x_val, config)
         else:
@@ -126,10 +132,12 @@ def run_one(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes,
         "epochs_trained": len(outcome.epochs), "covariance": outcome.dependence.describe(),
         "grid": outcome.grid, "n_train": n, "seconds": time.perf_counter() - started,
     }
-    if setting == "blocks" and method == "joint":
+    if setting == "blocks" and method.startswith("joint"):
         learned = np.array(outcome.dependence.describe()["rho"])
         record["rho_mse"] = float(np.mean((learned - data["rho"]) ** 2))
         record["rho_mae"] = float(np.mean(np.abs(learned - data["rho"])))
+        repeated = np.bincount(data["block_ids"]) > 1  # a singleton block carries no information on its rho
+        record["rho_mae_repeated"] = float(np.mean(np.abs(learned - data["rho"])[repeated]))
     record["flow_state"] = {k: v.tolist() for k, v in outcome.flow.state_dict().items()} if seed == 0 else None
     record["flow_config"] = outcome.flow.config
     return record

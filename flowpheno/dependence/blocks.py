@@ -8,6 +8,8 @@ precision diagonal ``(1+(m-2) rho)/((1-rho)(1+(m-1) rho))``, off-diagonal
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -95,6 +97,48 @@ class EquicorrelatedBlocks(DependenceModel):
         entries = torch.where(same_block, block_off[:, None].expand(-1, len(idx)), torch.zeros((), dtype=block_off.dtype, device=block_off.device))
         eye = torch.eye(len(idx), dtype=torch.bool, device=entries.device)
         return torch.where(eye, diagonal[blocks][:, None].expand(-1, len(idx)), entries)
+
+    def block_batches(self, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+        """Batches of whole blocks in a random order, packed to about ``batch_size`` rows.
+
+        A block larger than ``batch_size`` is a batch of its own. With such batches the
+        Gaussian term of every batch is exact (:meth:`whole_blocks_gaussian_nll`): no
+        estimator, and every within-block pair informs ``rho``.
+        """
+        rows_by_block = torch.argsort(self.block_ids.cpu(), stable=True)
+        starts = torch.cumsum(self.sizes.cpu().long(), 0) - self.sizes.cpu().long()
+        batches: list[Tensor] = []
+        current: list[Tensor] = []
+        filled = 0
+        for block in torch.randperm(self.n_blocks, generator=generator).tolist():
+            start, size = int(starts[block]), int(self.sizes[block])
+            current.append(rows_by_block[start : start + size])
+            filled += size
+            if filled >= batch_size:
+                batches.append(torch.cat(current))
+                current, filled = [], 0
+        if current:
+            batches.append(torch.cat(current))
+        return [batch.to(self.block_ids.device) for batch in batches]
+
+    def whole_blocks_gaussian_nll(self, z_batch: Tensor, idx: Tensor, n_batches: int) -> Tensor:
+        """Exact Gaussian term of the blocks that ``idx`` holds completely, scaled so that
+        the mean over an epoch's ``n_batches`` batches is :meth:`gaussian_nll`."""
+        rho, m = self.rho, self.sizes
+        blocks = self.block_ids[idx]
+        present = torch.zeros(self.n_blocks, dtype=z_batch.dtype, device=z_batch.device).index_fill_(0, blocks, 1.0)
+        sum_sq = torch.zeros(self.n_blocks, dtype=z_batch.dtype, device=z_batch.device).index_add_(
+            0, blocks, z_batch.square().sum(dim=1)
+        )
+        block_sums = torch.zeros(self.n_blocks, z_batch.shape[1], dtype=z_batch.dtype, device=z_batch.device).index_add_(
+            0, blocks, z_batch
+        )
+        shrink = rho / (1 + (m - 1) * rho)
+        quad = ((sum_sq - shrink * block_sums.square().sum(dim=1)) / (1 - rho)).sum()
+        log_det = (present * ((m - 1) * torch.log1p(-rho) + torch.log1p((m - 1) * rho))).sum()
+        d = z_batch.shape[1]
+        total = 0.5 * (z_batch.shape[0] * d * math.log(2 * math.pi) + d * log_det + quad)
+        return total * n_batches / self.n
 
     def describe(self) -> dict[str, float | list[float]]:
         rho = torch.sigmoid(self.logit_rho).detach().cpu()

@@ -17,7 +17,7 @@ import scipy.linalg
 
 from flowpheno.errors import FlowphenoError
 from flowpheno.io.atomic import atomic_path
-from flowpheno.io.plink import centred_grm, plink_prefix, read_fam
+from flowpheno.io.plink import centred_grm, plink_prefix, read_fam, standardised_genotype_factor
 
 NEGATIVE_EIGENVALUE_TOLERANCE = 1e-6
 """Eigenvalues below ``-tol * largest`` make a kinship invalid; smaller negatives are clipped."""
@@ -72,6 +72,12 @@ def read_pcs(path: str | Path) -> KinshipFactor:
     if (norms == 0).any():
         raise FlowphenoError(f"{path}: IID {table['IID'][(norms == 0)[:, 0]].iloc[0]} has identical PC values; its correlation is undefined")
     return KinshipFactor(centred / norms, table["IID"].to_numpy(dtype=str), str(path))
+
+
+def read_genotype_factor(prefix: str | Path, maf: float = 0.01, max_missing: float = 0.05) -> KinshipFactor:
+    """Kinship factor ``W`` (standardised genotypes / sqrt(M)) from a PLINK fileset with ``M < n`` SNPs."""
+    factor, ids = standardised_genotype_factor(plink_prefix(prefix), maf, max_missing)
+    return KinshipFactor(factor, ids, str(prefix))
 
 
 def _ids_from_file(path: Path) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,30 @@ def read_genotypes(prefix: str | Path):  # noqa: ANN201 - xarray.DataArray
         )
 
 
+def _filtered_chunks(
+    prefix: str | Path, maf: float, max_missing: float, chunk_variants: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Chunks of SNPs passing GEMMA's filters: (counts minus mean with missing calls at 0,
+    allele frequency), each ``n x chunk``."""
+    genotypes = read_genotypes(prefix)
+    m = genotypes.shape[1]
+    for start in range(0, m, chunk_variants):
+        block = np.asarray(genotypes[:, start : start + chunk_variants].values, dtype=np.float64)
+        missing = np.isnan(block)
+        called = (~missing).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.nansum(block, axis=0) / called
+        frequency = mean / 2
+        keep = (called > 0) & (missing.mean(axis=0) <= max_missing) & (np.minimum(frequency, 1 - frequency) >= maf)
+        block = block[:, keep] - mean[keep]
+        block[np.isnan(block)] = 0.0
+        yield block, frequency[keep]
+
+
+def _sample_ids(prefix: str | Path) -> np.ndarray:
+    return read_fam(_member(plink_prefix(prefix), ".fam"))["IID"].to_numpy(dtype=str)
+
+
 def centred_grm(
     prefix: str | Path,
     maf: float = 0.01,
@@ -58,25 +83,44 @@ def centred_grm(
     ``max_missing`` are skipped (GEMMA's defaults). Read in chunks of variants, so
     memory is ``O(n^2 + n * chunk)``. Returns ``(K, IIDs, SNPs used)``.
     """
-    genotypes = read_genotypes(prefix)
-    n, m = genotypes.shape
-    kinship = np.zeros((n, n))
+    ids = _sample_ids(prefix)
+    kinship = np.zeros((len(ids), len(ids)))
     used = 0
-    for start in range(0, m, chunk_variants):
-        block = np.asarray(genotypes[:, start : start + chunk_variants].values, dtype=np.float64)
-        missing = np.isnan(block)
-        called = (~missing).sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.nansum(block, axis=0) / called
-        frequency = mean / 2
-        keep = (called > 0) & (missing.mean(axis=0) <= max_missing) & (np.minimum(frequency, 1 - frequency) >= maf)
-        block = block[:, keep] - mean[keep]
-        block[np.isnan(block)] = 0.0
+    for block, _ in _filtered_chunks(prefix, maf, max_missing, chunk_variants):
         kinship += block @ block.T
-        used += int(keep.sum())
+        used += block.shape[1]
     if used == 0:
         raise FlowphenoError(f"{prefix}: no SNP passes MAF >= {maf} and missingness <= {max_missing}; cannot compute a GRM")
-    return kinship / used, np.asarray(genotypes.iid.values, dtype=str), used
+    return kinship / used, ids, used
+
+
+def standardised_genotype_factor(
+    prefix: str | Path,
+    maf: float = 0.01,
+    max_missing: float = 0.05,
+    chunk_variants: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Low-rank kinship factor ``W = G_std / sqrt(M)`` (``n x M``, float32) from a ``.bed``.
+
+    Each SNP passing the filters of :func:`centred_grm` is standardised,
+    ``(g - 2p) / sqrt(2p(1-p))`` with missing calls at 0, so ``K = W W^T`` is the
+    standardised GRM. Read in chunks; no ``n x n`` matrix. Meant for ``M < n`` SNPs
+    (for example an LD-pruned panel): ``K`` then has rank at most ``M``.
+    Returns ``(W, IIDs)``.
+    """
+    ids = _sample_ids(prefix)
+    chunks = []
+    for block, frequency in _filtered_chunks(prefix, maf, max_missing, chunk_variants):
+        chunks.append((block / np.sqrt(2 * frequency * (1 - frequency))).astype(np.float32))
+    used = sum(chunk.shape[1] for chunk in chunks)
+    if used == 0:
+        raise FlowphenoError(f"{prefix}: no SNP passes MAF >= {maf} and missingness <= {max_missing}; cannot build a kinship factor")
+    if used >= len(ids):
+        raise FlowphenoError(
+            f"{prefix}: {used} SNPs pass the filters for {len(ids)} individuals; a genotype factor is low rank only with "
+            "fewer SNPs than individuals: LD-prune the panel (plink --indep-pairwise) or pass the prefix as --grm"
+        )
+    return np.concatenate(chunks, axis=1) / np.float32(np.sqrt(used)), ids
 
 
 _BED_MAGIC = bytes([0x6C, 0x1B, 0x01])

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from flowpheno.dependence import DependenceModel, LatentControlVariate
+from flowpheno.dependence import DependenceModel, EquicorrelatedBlocks, LatentControlVariate
 from flowpheno.flows import LatentFlow
 
 
@@ -31,6 +31,16 @@ def minibatch_nll(
     else:
         gaussian = dependence.gaussian_nll_from_trace(control.quad_form_estimate(z, idx), z.shape[1])
     return gaussian - ladj.mean(), z
+
+
+def whole_blocks_nll(
+    flow: LatentFlow, blocks: EquicorrelatedBlocks, x_batch: Tensor, idx: Tensor, n_batches: int
+) -> tuple[Tensor, Tensor]:
+    """Per-row NLL of a batch of whole blocks, scaled so an epoch's mean batch loss is the
+    exact objective (block-aware batching: no trace estimator)."""
+    z, ladj = flow(x_batch)
+    gaussian = blocks.whole_blocks_gaussian_nll(z, idx, n_batches)
+    return gaussian - ladj.sum() * n_batches / blocks.n, z
 
 
 def exact_nll(flow: LatentFlow, dependence: DependenceModel, x: Tensor) -> Tensor:

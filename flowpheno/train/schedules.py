@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowpheno.dependence import DependenceModel, IIDCovariance, KinshipCovariance, LatentControlVariate
+from flowpheno.dependence import DependenceModel, EquicorrelatedBlocks, IIDCovariance, KinshipCovariance, LatentControlVariate
 from flowpheno.errors import FlowphenoError
 from flowpheno.flows import LatentFlow
-from flowpheno.train.objective import iid_nll, minibatch_nll, push_forward
+from flowpheno.train.exact import exact_backward
+from flowpheno.train.objective import iid_nll, minibatch_nll, push_forward, whole_blocks_nll
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -43,6 +44,12 @@ class TrainConfig:
     """Clip the gradient norm: one outlying batch must not poison Adamax's running maximum."""
     estimator: str = "plain"
     """Trace term for a fixed covariance: ``plain`` (Proposition 2.2) or ``control_variate`` (lower variance, opt-in)."""
+    objective: str = "minibatch"
+    """``minibatch`` (Proposition 2.2 per batch) or ``exact``: one full-data step per epoch, exact gradient."""
+    chunk_size: int = 16_384
+    """Rows per chunk of the exact objective's passes (autograd memory)."""
+    batching: str = "uniform"
+    """``uniform`` random rows, or ``blocks``: whole equicorrelated blocks per batch, exact Gaussian term."""
 
 
 @dataclass
@@ -97,6 +104,12 @@ class EpochTrainer:
         self.flow, self.dependence = flow, dependence
         self.x_train, self.x_val = x_train, x_val
         self.config, self.callback = config, callback
+        if config.objective not in ("minibatch", "exact"):
+            raise FlowphenoError(f"unknown objective {config.objective!r}: use 'minibatch' or 'exact'")
+        if config.batching not in ("uniform", "blocks"):
+            raise FlowphenoError(f"unknown batching {config.batching!r}: use 'uniform' or 'blocks'")
+        if config.batching == "blocks" and not isinstance(dependence, EquicorrelatedBlocks):
+            raise FlowphenoError("block-aware batching needs equicorrelated blocks (--blocks), not a kinship or iid model")
         groups: list[dict[str, Any]] = [
             {"params": list(flow.parameters()), "weight_decay": config.weight_decay, "lr": config.lr}
         ]
@@ -128,6 +141,43 @@ class EpochTrainer:
             return None
         return LatentControlVariate(self.dependence, push_forward(self.flow, self.x_train))
 
+    def _batches(self, n: int, device: torch.device) -> list[Tensor]:
+        if self.config.batching == "blocks":
+            return self.dependence.block_batches(self.config.batch_size, self.generator)
+        order = torch.randperm(n, generator=self.generator).to(device)
+        return list(order.split(self.config.batch_size))
+
+    def _step(self, loss: Tensor | None = None) -> None:
+        """Backward (unless the gradient is already accumulated), clip, optimiser step."""
+        if loss is not None:
+            loss.backward()
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+        self.optimizer.step()
+
+    def _minibatch_epoch(self, n: int, device: torch.device, control: LatentControlVariate | None) -> Tensor:
+        """One pass over the rows in batches; returns the mean batch loss (on the device)."""
+        batches = self._batches(n, device)
+        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per batch
+        for idx in batches:
+            if self.config.batching == "blocks":
+                loss, z = whole_blocks_nll(self.flow, self.dependence, self.x_train[idx], idx, len(batches))
+            else:
+                loss, z = minibatch_nll(self.flow, self.dependence, self.x_train[idx], idx, control)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._step(loss)
+            loss_sum += loss.detach() * (n / len(batches) if self.config.batching == "blocks" else len(idx))
+            if control is not None:
+                control.update(z, idx)
+        return loss_sum / n
+
+    def _exact_step(self) -> Tensor:
+        """One optimiser step on the exact full-data objective."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = exact_backward(self.flow, self.dependence, self.x_train, self.config.chunk_size)
+        self._step()
+        return loss
+
     def run(self, epochs: int, stage: int) -> None:
         """Up to ``epochs`` epochs; sets ``stopped`` when early stopping triggers."""
         n = self.x_train.shape[0]
@@ -137,19 +187,10 @@ class EpochTrainer:
             if self.stopped:
                 return
             started = time.perf_counter()
-            order = torch.randperm(n, generator=self.generator).to(device)
-            loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per batch
-            for start in range(0, n, self.config.batch_size):
-                idx = order[start : start + self.config.batch_size]
-                loss, z = minibatch_nll(self.flow, self.dependence, self.x_train[idx], idx, control)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.config.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
-                self.optimizer.step()
-                loss_sum += loss.detach() * len(idx)
-                if control is not None:
-                    control.update(z, idx)
+            if self.config.objective == "exact":
+                train_nll = self._exact_step()
+            else:
+                train_nll = self._minibatch_epoch(n, device, control)
             self.scheduler.step()
             val = self.validation_nll()
             self.epoch_count += 1
@@ -162,7 +203,7 @@ class EpochTrainer:
             record = {
                 "stage": stage,
                 "epoch": self.epoch_count,
-                "train_nll": float(loss_sum) / n,
+                "train_nll": float(train_nll),
                 "val_nll": val,
                 "seconds": time.perf_counter() - started,
                 **self.dependence.describe(),
