@@ -42,12 +42,12 @@ class ImageSizes:
     """A CPU-sized Glow (the paper: 2 levels x 12 steps, batch 64); :meth:`quick` for CI."""
 
     levels: int = 2
-    steps: int = 8
-    hidden: int = 64
-    epochs: int = 40
+    steps: int = 4
+    hidden: int = 48
+    epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
-    patience: int = 8
+    patience: int = 6
 
     @classmethod
     def quick(cls) -> ImageSizes:

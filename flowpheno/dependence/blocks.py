@@ -105,13 +105,15 @@ class EquicorrelatedBlocks(DependenceModel):
         Gaussian term of every batch is exact (:meth:`whole_blocks_gaussian_nll`): no
         estimator, and every within-block pair informs ``rho``.
         """
-        rows_by_block = torch.argsort(self.block_ids.cpu(), stable=True)
-        starts = torch.cumsum(self.sizes.cpu().long(), 0) - self.sizes.cpu().long()
+        rows_by_block = torch.argsort(self.block_ids.cpu(), stable=True)  # built on the host, moved once per batch
+        sizes = self.sizes.cpu().long()
+        starts = (torch.cumsum(sizes, 0) - sizes).tolist()
+        sizes_list = sizes.tolist()
         batches: list[Tensor] = []
         current: list[Tensor] = []
         filled = 0
         for block in torch.randperm(self.n_blocks, generator=generator).tolist():
-            start, size = int(starts[block]), int(self.sizes[block])
+            start, size = starts[block], sizes_list[block]
             current.append(rows_by_block[start : start + size])
             filled += size
             if filled >= batch_size:

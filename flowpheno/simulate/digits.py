@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flowpheno.errors import FlowphenoError
+
 NOTE = (
     "Built by flowpheno (flowpheno.simulate.digits) from scikit-learn's bundled 8x8 digits: one folder per base\n"
     "image ('individual'), Pareto-distributed repeat counts, each repeat a shifted and noisy copy.\n"
@@ -33,8 +35,13 @@ def make_digit_individuals(
     seed: int = 0,
 ) -> int:
     """Write the dataset; returns the number of images."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
+    try:
+        from PIL import Image
+        from sklearn.datasets import load_digits
+    except ImportError as error:
+        raise FlowphenoError(
+            f"the embedded image dataset needs scikit-learn and Pillow ({error}): pip install 'flowpheno[bench]'"
+        ) from None
 
     rng = np.random.default_rng(seed)
     digits = load_digits().images  # 0..16
