@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -354,6 +355,23 @@ def bench_synthetic(
     console.print(f"wrote {out}/table1.md, results.json and figures ({len(results)} runs, {wall / 60:.1f} min this call)")
 
 
+def _methods_by_seeds(
+    methods: list[str], seeds: list[int], run: Callable[[str, int], tuple[dict[str, Any], Any]]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every (seed, method) run with a progress bar; the records, and the seed-0 flow per method."""
+    records, flows = [], {}
+    with _progress() as progress:
+        task = progress.add_task("runs (method x seed)", total=len(methods) * len(seeds))
+        for seed in seeds:
+            for method in methods:
+                record, flow = run(method, seed)
+                records.append(record)
+                if seed == 0:
+                    flows[method] = flow
+                progress.update(task, advance=1)
+    return records, flows
+
+
 @bench_app.command("stocks")
 def bench_stocks(
     out: Path = typer.Option(..., "--out", help="results directory"),
@@ -383,16 +401,7 @@ def bench_stocks(
     data = load_pairs(list(prices), [p.strip() for p in pairs.split(",") if p.strip()], start, end)
     synthetic = marked_synthetic(list(prices))
     started = time.perf_counter()
-    records, flows = [], {}
-    with _progress() as progress:
-        task = progress.add_task("runs (method x seed)", total=len(chosen) * len(seed_list))
-        for seed in seed_list:
-            for method in chosen:
-                record, flow = run_method(method, data, seed, sizes)
-                records.append(record)
-                if seed == 0:
-                    flows[method] = flow
-                progress.update(task, advance=1)
+    records, flows = _methods_by_seeds(chosen, seed_list, lambda method, seed: run_method(method, data, seed, sizes))
     wall = time.perf_counter() - started
     command = "flowpheno bench stocks " + " ".join(sys.argv[3:])
     with atomic_directory(out) as tmp:
@@ -458,16 +467,7 @@ def bench_images(
     splits = split_images(image_set)
     seed_list = list(range(1 if quick else seeds))
     started = time.perf_counter()
-    records, flows = [], {}
-    with _progress() as progress:
-        task = progress.add_task("runs (method x seed)", total=len(chosen) * len(seed_list))
-        for seed in seed_list:
-            for method in chosen:
-                record, flow = run_method(method, splits, seed, sizes)
-                records.append(record)
-                if seed == 0:
-                    flows[method] = flow
-                progress.update(task, advance=1)
+    records, flows = _methods_by_seeds(chosen, seed_list, lambda method, seed: run_method(method, splits, seed, sizes))
     wall = time.perf_counter() - started
     command = "flowpheno bench images " + " ".join(sys.argv[3:])
     with atomic_directory(out) as tmp:

@@ -91,3 +91,12 @@ def test_quick_images_run(tmp_path: Path) -> None:
     assert (out / "samples.png").stat().st_size > 5_000
     bad = run_cli("bench", "images", "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
     assert bad.returncode == 1 and "not a folder" in bad.stdout + bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_repeat_shift_does_not_wrap_around() -> None:
+    from flowpheno.simulate.digits import _shift
+
+    image = np.zeros((6, 6))
+    image[5, 2] = 1.0  # bottom row
+    assert _shift(image, 1, 0).sum() == 0  # moved out of the frame, not back in at the top
+    assert _shift(image, -1, 1)[4, 3] == 1.0

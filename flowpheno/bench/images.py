@@ -32,7 +32,8 @@ from flowpheno.train import TrainConfig, fit_grid, fit_joint, fit_schedule  # no
 from flowpheno.train.objective import iid_nll  # noqa: E402
 
 METHODS = ("baseline", "grid", "joint")
-GRID = (0.1, 0.3, 0.6)
+GRID = (0.0, 0.05, 0.1, 0.3, 0.6)
+"""Shared ``rho`` values; 0 is the baseline's model."""
 PAPER_BPD = {"LFW": {"baseline": 3.012, "grid": 2.986, "joint": 2.983},
              "ADNI": {"baseline": 2.745, "grid": 2.734, "joint": 2.705}}
 

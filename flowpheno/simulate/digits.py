@@ -24,6 +24,14 @@ NOTE = (
 )
 
 
+def _shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Translate by (dy, dx) pixels, filling with background (0), without wrapping around."""
+    out = np.zeros_like(image)
+    h, w = image.shape
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
+    return out
+
+
 def make_digit_individuals(
     out: str | Path,
     individuals: int = 250,
@@ -59,7 +67,7 @@ def make_digit_individuals(
         base_array = np.asarray(base, dtype=np.float64)
         for r in range(count):
             dy, dx = rng.integers(-max_shift, max_shift + 1, size=2)
-            shifted = np.roll(base_array, (int(dy), int(dx)), axis=(0, 1))
+            shifted = _shift(base_array, int(dy), int(dx))
             noisy = np.clip(np.round(shifted + rng.normal(0, noise, size=shifted.shape)), 0, 255).astype(np.uint8)
             Image.fromarray(noisy).save(folder / f"{name}_{r + 1:04d}.png")
             written += 1
