@@ -46,6 +46,7 @@ class EquicorrelatedBlocks(DependenceModel):
         rho_init = rho_init.to(dtype).clamp(1e-6, 1 - 1e-6)
         logits = torch.logit(rho_init.expand(n_params).clone())
         self.logit_rho = nn.Parameter(logits, requires_grad=learn_rho)
+        self._block_rows: tuple[Tensor, list[int], list[int]] | None = None
 
     @property
     def n_blocks(self) -> int:
@@ -105,10 +106,11 @@ class EquicorrelatedBlocks(DependenceModel):
         Gaussian term of every batch is exact (:meth:`whole_blocks_gaussian_nll`): no
         estimator, and every within-block pair informs ``rho``.
         """
-        rows_by_block = torch.argsort(self.block_ids.cpu(), stable=True)  # built on the host, moved once per batch
-        sizes = self.sizes.cpu().long()
-        starts = (torch.cumsum(sizes, 0) - sizes).tolist()
-        sizes_list = sizes.tolist()
+        if self._block_rows is None:  # once per model: rows grouped by block, on the host
+            sizes = self.sizes.cpu().long()
+            self._block_rows = (torch.argsort(self.block_ids.cpu(), stable=True),
+                                (torch.cumsum(sizes, 0) - sizes).tolist(), sizes.tolist())
+        rows_by_block, starts, sizes_list = self._block_rows
         batches: list[Tensor] = []
         current: list[Tensor] = []
         filled = 0
