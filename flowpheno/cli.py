@@ -355,6 +355,15 @@ def bench_synthetic(
     console.print(f"wrote {out}/table1.md, results.json and figures ({len(results)} runs, {wall / 60:.1f} min this call)")
 
 
+def _chosen_methods(methods: str, allowed: tuple[str, ...]) -> list[str]:
+    """``--methods a,b`` as a list, each checked against the experiment's methods."""
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    for name in chosen:
+        if name not in allowed:
+            raise FlowphenoError(f"--methods {name!r}: choose from {', '.join(allowed)}")
+    return chosen
+
+
 def _methods_by_seeds(
     methods: list[str], seeds: list[int], run: Callable[[str, int], tuple[dict[str, Any], Any]]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -392,10 +401,7 @@ def bench_stocks(
     from flowpheno.io.prices import marked_synthetic
     from flowpheno.pipeline import package_versions
 
-    chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    for name in chosen:
-        if name not in METHODS:
-            raise FlowphenoError(f"--methods {name!r}: choose from {', '.join(METHODS)}")
+    chosen = _chosen_methods(methods, METHODS)
     sizes = StocksSizes.quick() if quick else StocksSizes()
     seed_list = list(range(1 if quick else seeds))
     data = load_pairs(list(prices), [p.strip() for p in pairs.split(",") if p.strip()], start, end)
@@ -448,10 +454,7 @@ def bench_images(
     from flowpheno.io.images import read_image_folder
     from flowpheno.pipeline import package_versions
 
-    chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    for name in chosen:
-        if name not in METHODS:
-            raise FlowphenoError(f"--methods {name!r}: choose from {', '.join(METHODS)}")
+    chosen = _chosen_methods(methods, METHODS)
     size = 8 if quick else size
     if size % 4:
         raise FlowphenoError(f"--size {size}: the two-level flow needs a size divisible by 4 (for example 16 or 32)")
