@@ -302,7 +302,7 @@ def bench_synthetic(
     out: Path = typer.Option(..., "--out", help="results directory (finished runs are kept: the command resumes)"),
     shapes: str = typer.Option("abs,crescent,crescentcubed,sign,sinewave", "--shapes"),
     setting: str = typer.Option("blocks,kinship", "--setting", help="blocks, kinship or both"),
-    methods: Optional[str] = typer.Option(None, "--methods", help="subset of baseline,grid,joint,joint_blockbatch (blocks) / baseline,grid,alternating (kinship)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="subset of baseline,grid,joint,joint_blockbatch,alternating,alternating_strat (blocks) / baseline,grid,alternating (kinship)"),
     seeds: int = typer.Option(10, "--seeds", min=1, help="seeds 0..N-1"),
     quick: bool = typer.Option(False, "--quick", help="CI size: small n, few epochs, 1 seed, crescent and sinewave"),
     jobs: int = typer.Option(1, "--jobs", min=1, help="parallel processes"),
@@ -327,7 +327,8 @@ def bench_synthetic(
             raise FlowphenoError(f"--shapes {name!r}: choose from {', '.join(sorted(SHAPES))}")
     wanted = {s: list(METHODS[s]) for s in chosen_settings}
     if methods:
-        names = [m.strip() for m in methods.split(",") if m.strip()]
+        allowed = tuple(dict.fromkeys(m for s in chosen_settings for m in METHODS[s]))
+        names = _chosen_methods(methods, allowed)
         wanted = {s: [m for m in METHODS[s] if m in names] for s in chosen_settings}
     sizes = BenchSizes.quick() if quick else BenchSizes()
     seed_list = list(range(1 if quick else seeds))

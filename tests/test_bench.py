@@ -57,10 +57,19 @@ def test_quick_bench(tmp_path: Path) -> None:
     for name in ("figure_blocks_crescent.png", "figure_kinship_crescent.png"):
         assert (out / name).stat().st_size > 10_000
     runs = json.loads((out / "results.json").read_text())["runs"]
-    assert len(runs) == 2 * (4 + 3)  # 2 shapes x (blocks: baseline, grid, joint, joint_blockbatch; kinship: 3)
+    assert len(runs) == 2 * (6 + 3)  # 2 shapes x (blocks: baseline, grid, joint, joint_blockbatch, 2 alternating; kinship: 3)
     nll = {(r["setting"], r["shape"], r["method"]): r["test_nll"] for r in runs}
     assert nll[("blocks", "crescent", "grid")] < nll[("blocks", "crescent", "baseline")]
     assert all(np.isfinite(r["test_nll"]) and r["lr"] > 0 for r in runs)
+    per_block = [r for r in runs if r["setting"] == "blocks" and r["method"].startswith("alternating")]
+    assert len(per_block) == 4 and all(0 <= r["rho_mae_repeated"] < 0.5 for r in per_block)
     # resumable: a second call finds every run done and trains nothing
     again = run_cli("bench", "synthetic", "--quick", "--jobs", "2", "--out", str(out))
     assert again.returncode == 0 and json.loads((out / "results.json").read_text())["wall_seconds_this_call"] < 20
+
+
+def test_bench_synthetic_rejects_a_method_the_setting_lacks(tmp_path: Path) -> None:
+    result = run_cli("bench", "synthetic", "--setting", "kinship", "--methods", "baseline,joint", "--out", str(tmp_path / "b"))
+    assert result.returncode != 0
+    assert "--methods 'joint': choose from baseline, grid, alternating" in result.stderr
+    assert not (tmp_path / "b" / "runs").exists()

@@ -77,3 +77,16 @@ def test_joint_blocks_rho_correlates_with_truth() -> None:
     outcome = fit_joint(affine_coupling_flow(2, layers=2, hidden=16), model, x, None, config)
     estimate = np.array(outcome.dependence.describe()["rho"])
     assert np.corrcoef(estimate, rho)[0, 1] > 0.6, np.corrcoef(estimate, rho)[0, 1]
+
+
+@pytest.mark.parametrize("batching", ["uniform", "stratified"])
+def test_alternating_blocks_recovers_rho(batching: str) -> None:
+    block_ids, rho, x = _block_data(seed=2)
+    model = EquicorrelatedBlocks(torch.tensor(block_ids), rho=0.5)
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=4, stages=2, batch_size=64, lr=2e-3, seed=0, batching=batching)
+    outcome = fit_alternating(affine_coupling_flow(2, layers=2, hidden=16), model, x, None, config)
+    estimate = np.array(outcome.dependence.describe()["rho"])
+    assert np.corrcoef(estimate, rho)[0, 1] > 0.8, np.corrcoef(estimate, rho)[0, 1]
+    assert np.abs(estimate - rho).mean() < 0.12
+    assert len(outcome.stages) == config.stages + 2  # stage 0, each stage, final refit

@@ -15,6 +15,9 @@ from torch import Tensor, nn
 
 from flowpheno.dependence.base import DependenceModel
 
+RHO_MAX = 0.9995
+"""Upper end of the exact ``rho`` search (``rho -> 1`` makes ``Sigma_k`` singular)."""
+
 
 class EquicorrelatedBlocks(DependenceModel):
     """Block-diagonal ``Sigma`` with one ``rho`` shared by all blocks or one per block.
@@ -124,6 +127,126 @@ class EquicorrelatedBlocks(DependenceModel):
         if current:
             batches.append(torch.cat(current))
         return [batch.to(self.block_ids.device) for batch in batches]
+
+    def rho_objective(self, z: Tensor, rho: Tensor) -> Tensor:
+        """Per block, the ``rho``-dependent NLL of the latents ``z`` at each candidate in ``rho``
+        (a vector shared by all blocks, or one row of candidates per block).
+
+        ``(d/2) [(m-1) log(1-rho) + log(1+(m-1) rho)] + (A - rho B / (1+(m-1) rho)) / (2 (1-rho))``
+        with ``A`` the block's summed squared norms and ``B`` its squared sum: a
+        ``(blocks, candidates)`` table, from one ``O(n d)`` pass over ``z``.
+        """
+        z = z.detach().double()
+        ids = self.block_ids.to(z.device)
+        sum_sq = torch.zeros(self.n_blocks, dtype=z.dtype, device=z.device).index_add_(0, ids, z.square().sum(dim=1))
+        sums = torch.zeros(self.n_blocks, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, ids, z)
+        m = self.sizes.to(z).unsqueeze(1)
+        rho = rho.to(z)
+        spread = 1 + (m - 1) * rho
+        log_det = (m - 1) * torch.log1p(-rho) + torch.log(spread)
+        quad = (sum_sq.unsqueeze(1) - rho * sums.square().sum(dim=1, keepdim=True) / spread) / (1 - rho)
+        return 0.5 * (z.shape[1] * log_det + quad)
+
+    @torch.no_grad()
+    def fit_rho(self, z: Tensor) -> Tensor:
+        """Set ``rho`` (shared, or per block) to the exact maximiser of the Gaussian
+        likelihood of the latents ``z`` on ``[0, RHO_MAX]``; returns it.
+
+        Each block's objective is 1-D and cheap, so a grid of 1,001 values followed by a
+        second grid of 1,001 around the best point (resolution about ``1e-6``) finds the
+        global optimum, end points included, for all blocks at once. A block of one row
+        says nothing about its ``rho``, which is left as it was.
+        """
+        step = RHO_MAX / 1000
+        coarse = torch.linspace(0.0, RHO_MAX, 1001, dtype=torch.float64)
+        table = self.rho_objective(z, coarse)
+        if self.shared:
+            table = table.sum(dim=0, keepdim=True)
+        best = coarse[table.argmin(dim=1)]
+        fine = (best.unsqueeze(1) + torch.linspace(-step, step, 1001, dtype=torch.float64)).clamp(0.0, RHO_MAX)
+        fine_table = self.rho_objective(z, fine)  # one row of candidates per block (or one shared row)
+        if self.shared:
+            fine_table = fine_table.sum(dim=0, keepdim=True)
+        rho = fine.gather(1, fine_table.argmin(dim=1, keepdim=True)).squeeze(1)
+        if not self.shared:
+            singleton = (self.sizes <= 1).cpu()
+            rho = torch.where(singleton, torch.sigmoid(self.logit_rho.detach()).double().cpu(), rho)
+        self.set_rho(rho.to(self.logit_rho))
+        return torch.sigmoid(self.logit_rho.detach())
+
+    def dealt_blocks(self, n_batches: int) -> Tensor:
+        """Which blocks :meth:`stratified_batches` deals across batches (at least two rows per batch)."""
+        return self.sizes >= 2 * n_batches
+
+    def stratified_batches(self, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+        """About ``n / batch_size`` batches: large blocks dealt evenly, small blocks whole.
+
+        A block of ``m >= 2 x n_batches`` rows is shuffled and dealt round-robin (from a
+        random first batch), so every batch holds ``floor`` or ``ceil`` of
+        ``m / n_batches`` of its rows; every other block goes whole into one batch,
+        chosen to balance batch sizes. Unlike uniform batches, no batch can hold far more
+        than its share of a large, strongly correlated block, which is what makes the
+        Proposition 2.2 estimate unbounded below (:meth:`stratified_gaussian_nll`).
+        """
+        n_batches = max(1, math.ceil(self.n / batch_size))
+        ids = self.block_ids.cpu()
+        sizes = self.sizes.cpu().long()
+        # rows in a random order within each block, then their position in the block
+        shuffled = torch.randperm(self.n, generator=generator)
+        by_block = shuffled[torch.argsort(ids[shuffled], stable=True)]
+        starts = torch.cumsum(sizes, 0) - sizes
+        position = torch.arange(self.n) - starts[ids[by_block]]
+        dealt = self.dealt_blocks(n_batches).cpu()
+        batch_of = torch.empty(self.n, dtype=torch.long)
+        offset = torch.randint(n_batches, (self.n_blocks,), generator=generator)
+        row_block = ids[by_block]
+        batch_of[by_block] = (offset[row_block] + position) % n_batches
+        # whole small blocks: shuffled, then cut into n_batches runs of about equal rows,
+        # filling the room the dealt rows leave in each batch
+        small = torch.nonzero(~dealt).flatten()
+        if len(small):
+            small = small[torch.randperm(len(small), generator=generator)]
+            dealt_rows = torch.bincount(batch_of[dealt[ids]], minlength=n_batches) if dealt.any() else torch.zeros(n_batches, dtype=torch.long)
+            room = (int(sizes[small].sum()) + int(dealt_rows.sum())) / n_batches - dealt_rows
+            room = room.clamp(min=0)
+            bounds = torch.cumsum(room, 0) / max(float(room.sum()), 1.0) * float(sizes[small].sum())
+            middle = torch.cumsum(sizes[small], 0) - sizes[small] / 2
+            block_batch = torch.full((self.n_blocks,), -1, dtype=torch.long)
+            block_batch[small] = torch.searchsorted(bounds, middle.to(bounds.dtype)).clamp(max=n_batches - 1)
+            small_rows = ~dealt[ids]
+            batch_of[small_rows] = block_batch[ids[small_rows]]
+        order = torch.argsort(batch_of, stable=True)
+        counts = torch.bincount(batch_of, minlength=n_batches).tolist()
+        return [batch.to(self.block_ids.device) for batch in order.split(counts) if len(batch)]
+
+    def stratified_gaussian_nll(self, z_batch: Tensor, idx: Tensor, n_batches: int) -> Tensor:
+        """Unbiased estimate of :meth:`gaussian_nll` from one :meth:`stratified_batches` batch.
+
+        A dealt block with ``r`` of its ``m`` rows here enters with weights ``m/r`` on the
+        squared norms and ``m(m-1)/(r(r-1))`` on the within-block pairs (the rows are a
+        uniform subset of the block); a whole block enters exactly, times ``n_batches``
+        (it is in one batch per epoch). Every block's estimate is ``>= 0`` for any
+        latents, because ``m rho / (1 + (m-1) rho) <= 1``: a batch cannot drive the
+        quadratic term to minus infinity, as the uniform-batch estimate can when a batch
+        holds more than its share of a large block with ``rho`` near 1.
+        """
+        rho, m = self.rho, self.sizes
+        blocks = self.block_ids[idx]
+        r = torch.bincount(blocks, minlength=self.n_blocks).to(z_batch.dtype)
+        sum_sq = torch.zeros(self.n_blocks, dtype=z_batch.dtype, device=z_batch.device).index_add_(
+            0, blocks, z_batch.square().sum(dim=1)
+        )
+        block_sums = torch.zeros(self.n_blocks, z_batch.shape[1], dtype=z_batch.dtype, device=z_batch.device).index_add_(
+            0, blocks, z_batch
+        )
+        pairs = block_sums.square().sum(dim=1) - sum_sq
+        one = torch.ones((), dtype=z_batch.dtype, device=z_batch.device)
+        diagonal_weight = torch.where(r > 0, m / r.clamp(min=1), 0 * one)
+        pair_weight = torch.where(r > 1, m * (m - 1) / (r * (r - 1)).clamp(min=1), 0 * one)
+        per_epoch = torch.where(self.dealt_blocks(n_batches), one, n_batches * one)
+        shrink = rho / (1 + (m - 1) * rho)
+        quad = (per_epoch * ((1 - shrink) * diagonal_weight * sum_sq - shrink * pair_weight * pairs) / (1 - rho)).sum()
+        return self.gaussian_nll_from_trace(quad, z_batch.shape[1])
 
     def whole_blocks_gaussian_nll(self, z_batch: Tensor, idx: Tensor, n_batches: int) -> Tensor:
         """Exact Gaussian term of the blocks that ``idx`` holds completely, scaled so that

@@ -21,7 +21,7 @@ from flowpheno.dependence import DependenceModel, EquicorrelatedBlocks, IIDCovar
 from flowpheno.errors import FlowphenoError
 from flowpheno.flows import LatentFlow
 from flowpheno.train.exact import exact_backward
-from flowpheno.train.objective import iid_nll, minibatch_nll, push_forward, whole_blocks_nll
+from flowpheno.train.objective import iid_nll, minibatch_nll, push_forward, stratified_blocks_nll, whole_blocks_nll
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -49,7 +49,9 @@ class TrainConfig:
     chunk_size: int = 16_384
     """Rows per chunk of the exact objective's passes (autograd memory)."""
     batching: str = "uniform"
-    """``uniform`` random rows, or ``blocks``: whole equicorrelated blocks per batch, exact Gaussian term."""
+    """``uniform`` random rows; ``blocks``: whole equicorrelated blocks per batch, exact Gaussian term;
+    ``stratified``: large blocks dealt evenly over the batches and small blocks whole, so
+    every batch's Gaussian term is bounded below (see ``EquicorrelatedBlocks.stratified_batches``)."""
 
 
 @dataclass
@@ -106,9 +108,9 @@ class EpochTrainer:
         self.config, self.callback = config, callback
         if config.objective not in ("minibatch", "exact"):
             raise FlowphenoError(f"unknown objective {config.objective!r}: use 'minibatch' or 'exact'")
-        if config.batching not in ("uniform", "blocks"):
-            raise FlowphenoError(f"unknown batching {config.batching!r}: use 'uniform' or 'blocks'")
-        if config.batching == "blocks" and not isinstance(dependence, EquicorrelatedBlocks):
+        if config.batching not in ("uniform", "blocks", "stratified"):
+            raise FlowphenoError(f"unknown batching {config.batching!r}: use 'uniform', 'blocks' or 'stratified'")
+        if config.batching != "uniform" and not isinstance(dependence, EquicorrelatedBlocks):
             raise FlowphenoError("block-aware batching needs equicorrelated blocks (--blocks), not a kinship or iid model")
         groups: list[dict[str, Any]] = [
             {"params": list(flow.parameters()), "weight_decay": config.weight_decay, "lr": config.lr}
@@ -144,6 +146,8 @@ class EpochTrainer:
     def _batches(self, n: int, device: torch.device) -> list[Tensor]:
         if self.config.batching == "blocks":
             return self.dependence.block_batches(self.config.batch_size, self.generator)
+        if self.config.batching == "stratified":
+            return self.dependence.stratified_batches(self.config.batch_size, self.generator)
         order = torch.randperm(n, generator=self.generator).to(device)
         return list(order.split(self.config.batch_size))
 
@@ -162,11 +166,13 @@ class EpochTrainer:
         for idx in batches:
             if self.config.batching == "blocks":
                 loss, z = whole_blocks_nll(self.flow, self.dependence, self.x_train[idx], idx, len(batches))
+            elif self.config.batching == "stratified":
+                loss, z = stratified_blocks_nll(self.flow, self.dependence, self.x_train[idx], idx, len(batches))
             else:
                 loss, z = minibatch_nll(self.flow, self.dependence, self.x_train[idx], idx, control)
             self.optimizer.zero_grad(set_to_none=True)
             self._step(loss)
-            loss_sum += loss.detach() * (n / len(batches) if self.config.batching == "blocks" else len(idx))
+            loss_sum += loss.detach() * (n / len(batches) if self.config.batching != "uniform" else len(idx))
             if control is not None:
                 control.update(z, idx)
         return loss_sum / n
@@ -290,41 +296,51 @@ def _tag(callback: Callback | None, value: float) -> Callback | None:
 
 def fit_alternating(
     flow: LatentFlow,
-    kinship: KinshipCovariance,
+    dependence: KinshipCovariance | EquicorrelatedBlocks,
     x_train: Tensor,
     x_val: Tensor | None,
     config: TrainConfig,
     callback: Callback | None = None,
 ) -> FitOutcome:
-    """Stages of (flow epochs at fixed ``s2``) then (exact full-batch ``s2`` on all latents).
+    """Stages of (flow epochs at a fixed covariance) then (exact covariance on all latents).
 
-    ``s2`` starts from the exact optimum for the initial (ActNorm-standardised) latents;
-    the precision is rebuilt from the new ``s2`` at every stage. After the best flow
-    state is restored, ``s2`` is refitted once so it matches the returned flow.
+    Kinship: ``s2`` by a bounded Brent search after one rotation. Blocks: every
+    ``rho_k`` (or the shared ``rho``) by an exact 1-D search per block
+    (:meth:`EquicorrelatedBlocks.fit_rho`). The covariance starts from its exact optimum
+    for the initial (ActNorm-standardised) latents; a kinship precision is rebuilt from
+    the new ``s2`` at every stage. After the best flow state is restored, the covariance
+    is refitted once so it matches the returned flow.
     """
+    kinship = isinstance(dependence, KinshipCovariance)
+    refit: Callable[[Tensor], Any] = dependence.fit_s2 if kinship else dependence.fit_rho
+    key = "s2" if kinship else "covariance"
     flow.initialize(x_train)
-    kinship.logit_s2.requires_grad_(False)
+    for parameter in dependence.parameters():
+        parameter.requires_grad_(False)
     started = time.perf_counter()
-    kinship.fit_s2(push_forward(flow, x_train))
-    stages = [{"stage": 0, "s2_seconds": time.perf_counter() - started, **kinship.describe()}]
+    refit(push_forward(flow, x_train))
+    stages = [{"stage": 0, f"{key}_seconds": time.perf_counter() - started, **dependence.describe()}]
     _emit(callback, {"event": "stage", **stages[0]})
-    trainer = EpochTrainer(flow, kinship, x_train, x_val, config, callback)
+    trainer = EpochTrainer(flow, dependence, x_train, x_val, config, callback)
     for stage in range(1, config.stages + 1):
         started = time.perf_counter()
         trainer.run(config.epochs, stage)
         flow_seconds = time.perf_counter() - started
-        kinship.release_cache()
+        if kinship:
+            dependence.release_cache()
         started = time.perf_counter()
-        kinship.fit_s2(push_forward(flow, x_train))
-        stages.append({"stage": stage, "flow_seconds": flow_seconds, "s2_seconds": time.perf_counter() - started, **kinship.describe()})
+        refit(push_forward(flow, x_train))
+        stages.append({"stage": stage, "flow_seconds": flow_seconds, f"{key}_seconds": time.perf_counter() - started,
+                       **dependence.describe()})
         _emit(callback, {"event": "stage", **stages[-1]})
         if trainer.stopped:
             break
-    trainer.best.restore(flow, kinship)
-    s2_of_best_stage = kinship.describe()["s2"]
-    kinship.fit_s2(push_forward(flow, x_train))
-    stages.append({"stage": "final", "s2_before_refit": s2_of_best_stage, **kinship.describe()})
-    return FitOutcome(flow, kinship, trainer.epochs, stages, trainer.best.value)
+    trainer.best.restore(flow, dependence)
+    of_best_stage = dependence.describe()
+    refit(push_forward(flow, x_train))
+    stages.append({"stage": "final", **{f"{name}_before_refit": value for name, value in of_best_stage.items() if name != "block_sizes"},
+                   **dependence.describe()})
+    return FitOutcome(flow, dependence, trainer.epochs, stages, trainer.best.value)
 
 
 def fit_joint(
