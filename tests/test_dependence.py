@@ -104,3 +104,32 @@ def test_low_rank_matches_dense_and_scipy() -> None:
         low.precision_block(idx).numpy(), np.linalg.inv(sigma)[np.ix_(idx.numpy(), idx.numpy())], atol=1e-8
     )
     assert low.fit_s2(z) == pytest.approx(dense.fit_s2(z), abs=1e-4)
+    (low_s2, low_scale), (dense_s2, dense_scale) = low.fit_s2_and_scale(z), dense.fit_s2_and_scale(z)
+    assert low_s2 == pytest.approx(dense_s2, abs=1e-4)
+    assert torch.allclose(low_scale, dense_scale, rtol=1e-4)
+
+
+def test_profiled_s2_and_scale_maximise_the_dense_likelihood() -> None:
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(7)
+    n, d = 40, 2
+    kinship = family_kinship(n, rng, relatedness=0.9)
+    scales = np.array([0.5, 2.0])
+    z = np.linalg.cholesky(0.7 * kinship + 0.3 * np.eye(n)) @ rng.normal(size=(n, d)) * scales
+    model = KinshipCovariance.from_matrix(torch.tensor(kinship))
+
+    def dense_nll(params: np.ndarray) -> float:  # per-trait variances times Sigma(s2), by scipy
+        s2, log_scale = params[0], params[1:]
+        cov = np.kron(np.diag(np.exp(2 * log_scale)), s2 * kinship * model.scale + (1 - s2) * np.eye(n))
+        return -multivariate_normal(mean=np.zeros(n * d), cov=cov).logpdf(z.T.reshape(-1))
+
+    reference = minimize(dense_nll, x0=np.array([0.5, 0.0, 0.0]), bounds=[(0.0, 0.999), (-3, 3), (-3, 3)], method="L-BFGS-B")
+    s2, fitted_scale = model.fit_s2_and_scale(torch.tensor(z))
+    ours = dense_nll(np.concatenate([[s2], np.log(fitted_scale.numpy())]))
+    assert ours <= reference.fun + 1e-6
+    assert s2 == pytest.approx(reference.x[0], abs=2e-3)
+    assert float(model.s2) == pytest.approx(s2)
+    # with the scale held at 1 (standardised latents), the plain step gives another s2
+    standardised = torch.tensor(z / z.std(axis=0))
+    assert abs(model.fit_s2(standardised) - model.fit_s2_and_scale(standardised)[0]) > 0.01

@@ -55,3 +55,16 @@ def test_rebuilt_from_config(name: str) -> None:
     copy.load_state_dict(flow.state_dict())
     x = torch.randn(10, flow.config["features"], dtype=torch.float64)
     assert torch.equal(copy(x)[0], flow(x)[0])
+
+
+@pytest.mark.parametrize("name", ["affine_d4", "spline_d2"])
+def test_rescale_latent_scales_z_and_log_det_exactly(name: str) -> None:
+    flow = _trained_like(name)
+    x = torch.randn(32, flow.config["features"], dtype=torch.float64)
+    z, ladj = flow(x)
+    factor = torch.linspace(0.4, 2.5, flow.config["features"], dtype=torch.float64)
+    flow.rescale_latent(factor)
+    z2, ladj2 = flow(x)
+    assert torch.allclose(z2, z * factor, atol=1e-9)
+    assert torch.allclose(ladj2, ladj + torch.log(factor).sum(), atol=1e-9)
+    assert torch.allclose(flow.inverse(z2), x, atol=1e-6)

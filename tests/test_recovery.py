@@ -22,12 +22,14 @@ def _kinship_data(s2: float, n: int = 2000, d: int = 3, seed: int = 0) -> tuple[
     return kinship, torch.tensor(latent, dtype=torch.float32)
 
 
+@pytest.mark.parametrize("profile_scale", [False, True])
 @pytest.mark.parametrize(("truth", "low", "high"), [(0.5, 0.4, 0.6), (0.0, 0.0, 0.1)])
-def test_alternating_recovers_s2(truth: float, low: float, high: float) -> None:
+def test_alternating_recovers_s2(truth: float, low: float, high: float, profile_scale: bool) -> None:
     kinship, x = _kinship_data(truth)
     model = KinshipCovariance.from_matrix(torch.tensor(kinship, dtype=torch.float32))
     torch.manual_seed(0)
-    outcome = fit_alternating(affine_coupling_flow(3, layers=4, hidden=32), model, x, None, SMALL)
+    config = TrainConfig(**{**SMALL.__dict__, "profile_scale": profile_scale})
+    outcome = fit_alternating(affine_coupling_flow(3, layers=4, hidden=32), model, x, None, config)
     estimate = outcome.dependence.describe()["s2"]
     assert low <= estimate <= high, estimate
     assert len(outcome.stages) == SMALL.stages + 2  # stage 0, each stage, final refit

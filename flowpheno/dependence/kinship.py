@@ -195,23 +195,48 @@ class KinshipCovariance(DependenceModel):
         self._cached_for = None
 
     @torch.no_grad()
+    def _spectrum_sums(self, z: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per trait, ``r_jt = (U^T z_t)_j^2`` for each stored eigenvalue, plus one entry for the
+        ``n - r`` zero eigenvalues of a low-rank kinship (their summed ``r``, with multiplicity)."""
+        rotated_sq = self.rotate(z).square().double().cpu().numpy()
+        eigenvalues = self.eigenvalues.double().cpu().numpy()
+        multiplicity = np.ones_like(eigenvalues)
+        if self.complement:
+            rest = z.double().square().sum(dim=0).cpu().numpy() - rotated_sq.sum(axis=0)
+            rotated_sq = np.vstack([rotated_sq, np.clip(rest, 0.0, None)])
+            eigenvalues = np.append(eigenvalues, 0.0)
+            multiplicity = np.append(multiplicity, self.complement)
+        return rotated_sq, eigenvalues, multiplicity
+
     def fit_s2(self, z: Tensor) -> float:
         """Set ``s2`` to the exact maximiser of the full Gaussian likelihood of ``z``.
 
         Rotates once (``O(n r d)``), then a bounded Brent search on the 1-D
         objective (``O(r)`` per evaluation). Returns the new ``s2``.
         """
-        rotated_sq = self.rotate(z).square().sum(dim=1).double().cpu().numpy()
-        eigenvalues = self.eigenvalues.double().cpu().numpy()
-        multiplicity = np.ones_like(eigenvalues)
-        if self.complement:
-            rest = float(z.double().square().sum()) - rotated_sq.sum()
-            rotated_sq = np.append(rotated_sq, max(rest, 0.0))
-            eigenvalues = np.append(eigenvalues, 0.0)
-            multiplicity = np.append(multiplicity, self.complement)
-        s2 = optimise_s2(rotated_sq, eigenvalues, z.shape[1], multiplicity)
+        rotated_sq, eigenvalues, multiplicity = self._spectrum_sums(z)
+        s2 = optimise_s2(rotated_sq.sum(axis=1), eigenvalues, z.shape[1], multiplicity)
         self.set_s2(s2)
         return s2
+
+    def fit_s2_and_scale(self, z: Tensor) -> tuple[float, Tensor]:
+        """Set ``s2`` to its maximum-likelihood value when each trait's latent variance is
+        free too (profiled out), and return it with those standard deviations.
+
+        Why: a flow's first ActNorm standardises each trait by its sample standard
+        deviation, which for related rows is well below the marginal one (shared
+        components do not vary within the sample). With the latent scale fixed, the exact
+        ``s2`` step then sees too little variance along the top eigenvectors and
+        underestimates ``s2`` badly; letting the scale move with ``s2`` removes that bias.
+        Dividing the latent by the returned scales (:meth:`LatentFlow.rescale_latent`)
+        puts the flow at the joint optimum.
+        """
+        rotated_sq, eigenvalues, multiplicity = self._spectrum_sums(z)
+        s2 = optimise_profiled_s2(rotated_sq, eigenvalues, multiplicity)
+        self.set_s2(s2)
+        spectrum = s2 * eigenvalues + (1.0 - s2)
+        variance = (rotated_sq / spectrum[:, None]).sum(axis=0) / multiplicity.sum()
+        return s2, torch.as_tensor(np.sqrt(variance), dtype=z.dtype, device=z.device)
 
     def describe(self) -> dict[str, float | list[float]]:
         return {"s2": float(self.s2.detach()), "kinship_scale": float(self.scale)}
@@ -240,3 +265,20 @@ def optimise_s2(rotated_sq: np.ndarray, eigenvalues: np.ndarray, d: int, multipl
     result = minimize_scalar(s2_objective, bounds=(0.0, S2_MAX), args=args, method="bounded", options={"xatol": 1e-6})
     candidates = [float(result.x), 0.0, S2_MAX]
     return min(candidates, key=lambda s: s2_objective(s, *args))
+
+
+def profiled_s2_objective(s2: float, rotated_sq: np.ndarray, eigenvalues: np.ndarray, multiplicity: np.ndarray) -> float:
+    """``(d/2) sum m_j log D_j + (n/2) sum_t log(sum_j r_jt / D_j / n)``: the NLL in ``s2`` once each
+    trait's latent variance is set to its optimum for that ``s2`` (``rotated_sq`` is eigenvalues x traits)."""
+    spectrum = s2 * eigenvalues + (1.0 - s2)
+    n = multiplicity.sum()
+    variance = (rotated_sq / spectrum[:, None]).sum(axis=0) / n
+    return 0.5 * (rotated_sq.shape[1] * (multiplicity * np.log(spectrum)).sum() + n * np.log(variance).sum())
+
+
+def optimise_profiled_s2(rotated_sq: np.ndarray, eigenvalues: np.ndarray, multiplicity: np.ndarray) -> float:
+    """Exact 1-D minimisation of :func:`profiled_s2_objective` over ``[0, S2_MAX]``, end points checked."""
+    args = (rotated_sq, eigenvalues, multiplicity)
+    result = minimize_scalar(profiled_s2_objective, bounds=(0.0, S2_MAX), args=args, method="bounded", options={"xatol": 1e-6})
+    candidates = [float(result.x), 0.0, S2_MAX]
+    return min(candidates, key=lambda s: profiled_s2_objective(s, *args))

@@ -11,6 +11,8 @@ from torch.distributions import Transform
 from zuko.lazy import LazyComposedTransform, LazyTransform
 from zuko.transforms import DependentTransform, MonotonicAffineTransform
 
+from flowpheno.errors import FlowphenoError
+
 ACTNORM_SLOPE = 1e-3
 """Smallest scale of an ActNorm layer; zuko bounds ``|log scale| < -log(slope)``."""
 
@@ -62,6 +64,20 @@ class LatentFlow(nn.Module):
             if isinstance(layer, ActNorm):
                 layer.initialize(x)
             x = layer()(x)
+
+
+    @torch.no_grad()
+    def rescale_latent(self, factor: Tensor) -> None:
+        """Multiply every latent feature by ``factor`` (per feature), folded into the final
+        ActNorm: ``z -> factor * z`` exactly, and ``log |det J|`` grows by ``sum log factor``."""
+        last = self.transform.transforms[-1]
+        if not isinstance(last, ActNorm):
+            raise FlowphenoError("rescale_latent needs a flow that ends with an ActNorm layer")
+        bound = -math.log(ACTNORM_SLOPE)
+        log_scale = last.scale / (1 + last.scale.abs() / bound)  # zuko's bounded log-scale
+        new_log_scale = (log_scale + torch.log(factor.to(log_scale))).clamp(-0.99 * bound, 0.99 * bound)
+        last.scale.copy_(new_log_scale / (1 - new_log_scale.abs() / bound))
+        last.shift.mul_(torch.exp(new_log_scale - log_scale))
 
 
 def zero_last_layers(layers: list[LazyTransform]) -> None:

@@ -48,6 +48,9 @@ class TrainConfig:
     """``minibatch`` (Proposition 2.2 per batch) or ``exact``: one full-data step per epoch, exact gradient."""
     chunk_size: int = 16_384
     """Rows per chunk of the exact objective's passes (autograd memory)."""
+    profile_scale: bool = False
+    """Kinship ``alternating`` only: the exact ``s2`` step also fits each trait's latent scale
+    (profiled likelihood) and folds it into the flow's final ActNorm."""
     batching: str = "uniform"
     """``uniform`` random rows; ``blocks``: whole equicorrelated blocks per batch, exact Gaussian term;
     ``stratified``: large blocks dealt evenly over the batches and small blocks whole, so
@@ -304,7 +307,9 @@ def fit_alternating(
 ) -> FitOutcome:
     """Stages of (flow epochs at a fixed covariance) then (exact covariance on all latents).
 
-    Kinship: ``s2`` by a bounded Brent search after one rotation. Blocks: every
+    Kinship: ``s2`` by a bounded Brent search after one rotation (with
+    ``config.profile_scale``, jointly with each trait's latent scale, which is then folded
+    into the flow: :meth:`KinshipCovariance.fit_s2_and_scale`). Blocks: every
     ``rho_k`` (or the shared ``rho``) by an exact 1-D search per block
     (:meth:`EquicorrelatedBlocks.fit_rho`). The covariance starts from its exact optimum
     for the initial (ActNorm-standardised) latents; a kinship precision is rebuilt from
@@ -312,7 +317,19 @@ def fit_alternating(
     is refitted once so it matches the returned flow.
     """
     kinship = isinstance(dependence, KinshipCovariance)
-    refit: Callable[[Tensor], Any] = dependence.fit_s2 if kinship else dependence.fit_rho
+    if config.profile_scale and not kinship:
+        raise FlowphenoError("profile_scale is implemented for the kinship model only")
+
+    def refit(z: Tensor, move_flow: bool = True) -> None:
+        if not kinship:
+            dependence.fit_rho(z)
+        elif config.profile_scale:
+            _, scale = dependence.fit_s2_and_scale(z)
+            if move_flow:
+                flow.rescale_latent(1.0 / scale)
+        else:
+            dependence.fit_s2(z)
+
     key = "s2" if kinship else "covariance"
     flow.initialize(x_train)
     for parameter in dependence.parameters():
@@ -337,7 +354,7 @@ def fit_alternating(
             break
     trainer.best.restore(flow, dependence)
     of_best_stage = dependence.describe()
-    refit(push_forward(flow, x_train))
+    refit(push_forward(flow, x_train), move_flow=False)  # the returned flow is the validated one
     stages.append({"stage": "final", **{f"{name}_before_refit": value for name, value in of_best_stage.items() if name != "block_sizes"},
                    **dependence.describe()})
     return FitOutcome(flow, dependence, trainer.epochs, stages, trainer.best.value)
