@@ -126,6 +126,7 @@ def fit(
     seed: int = typer.Option(0, "--seed", help="random seed (same seed on CPU gives the same numbers)"),
     patience: Optional[int] = typer.Option(None, "--patience", min=1, help="stop after this many epochs without a better validation NLL"),
     objective: str = typer.Option("minibatch", "--objective", help="minibatch (unbiased batch estimator) | exact (one full-data step per epoch, no estimator variance)"),
+    scale_step: bool = typer.Option(False, "--scale-step", help="alternating: fit each trait's latent scale with s2 (corrects the downward s2 bias of strongly related samples)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Train the flow and write Gaussianized phenotypes, model, fit.json and diagnostics."""
@@ -142,7 +143,7 @@ def fit(
         device=_device(device),
         train=TrainConfig(
             epochs=epochs, stages=stages, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, patience=patience,
-            objective=objective,
+            objective=objective, profile_scale=scale_step,
         ),
     )
     with _progress() as progress:

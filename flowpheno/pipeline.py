@@ -216,6 +216,8 @@ def _fit(
         raise FlowphenoError(f"unknown --mode {config.mode!r}; choose one of {', '.join(MODES)}")
     if config.mode != "iid" and grm is None:
         raise FlowphenoError(f"--mode {config.mode} models relatedness and needs --grm, --grm-pcs or --grm-factor (or use --mode iid)")
+    if config.train.profile_scale and config.mode != "alternating":
+        raise FlowphenoError(f"--scale-step is a step of --mode alternating, not of --mode {config.mode}")
     if not 0 <= config.val_frac < 0.9:
         raise FlowphenoError(f"--val-frac must be in [0, 0.9), got {config.val_frac}")
     timings: dict[str, float] = {}

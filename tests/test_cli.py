@@ -86,11 +86,13 @@ def test_same_seed_same_numbers_and_cached_eigendecomposition(example_run: Path,
     assert json.loads((again / "fit.json").read_text())["kinship"]["eigendecomposition_cached"] is True
 
 
-@pytest.mark.parametrize("mode", ["iid", "grid", "joint"])
+@pytest.mark.parametrize("mode", ["iid", "grid", "joint", "alternating_scaled"])
 def test_other_modes(mode: str, tmp_path: Path) -> None:
     pheno, kinship = _small_cohort(tmp_path)
-    args = ["fit", "--pheno", str(pheno), "--out", str(tmp_path / "run"), "--mode", mode, "--epochs", "1", "--stages", "1",
-            "--layers", "2", "--hidden", "8", "--s2-grid", "0,0.5"]
+    args = ["fit", "--pheno", str(pheno), "--out", str(tmp_path / "run"), "--mode", mode.removesuffix("_scaled"), "--epochs", "1",
+            "--stages", "1", "--layers", "2", "--hidden", "8", "--s2-grid", "0,0.5"]
+    if mode == "alternating_scaled":
+        args.append("--scale-step")
     if mode != "iid":
         args += ["--grm", str(kinship)]
     result = run_cli(*args)
@@ -101,6 +103,16 @@ def test_other_modes(mode: str, tmp_path: Path) -> None:
         assert report["covariance"]["s2"] == pytest.approx(min(report["grid"], key=lambda g: g["val_nll"])["value"], abs=1e-5)
     if mode == "iid":
         assert report["covariance"] == {} and report["kinship"] is None
+    assert report["config"]["train"]["profile_scale"] is (mode == "alternating_scaled")
+    if mode == "alternating_scaled":
+        assert 0.0 <= report["covariance"]["s2"] < 1.0
+
+
+def test_scale_step_needs_alternating(tmp_path: Path) -> None:
+    pheno, kinship = _small_cohort(tmp_path)
+    result = run_cli("fit", "--pheno", str(pheno), "--grm", str(kinship), "--out", str(tmp_path / "run"), "--mode", "grid", "--scale-step")
+    assert result.returncode != 0 and "--scale-step is a step of --mode alternating, not of --mode grid" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def _small_cohort(tmp_path: Path, n: int = 80) -> tuple[Path, Path]:
