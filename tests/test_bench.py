@@ -73,3 +73,21 @@ def test_bench_synthetic_rejects_a_method_the_setting_lacks(tmp_path: Path) -> N
     assert result.returncode != 0
     assert "--methods 'joint': choose from baseline, grid, alternating" in result.stderr
     assert not (tmp_path / "b" / "runs").exists()
+
+
+def test_table_pairs_each_method_with_the_baseline_on_its_own_seeds() -> None:
+    from flowpheno.bench.report import table1
+
+    rng = np.random.default_rng(0)
+    records = []
+    for seed in range(6):
+        base = 2.0 + 0.1 * rng.normal()
+        records.append({"setting": "kinship", "shape": "abs", "method": "baseline", "seed": seed, "test_nll": base})
+        records.append({"setting": "kinship", "shape": "abs", "method": "grid", "seed": seed, "test_nll": base - 0.1 + 0.01 * rng.normal()})
+        if seed < 3:  # a method run on fewer seeds must not shrink the other methods' comparisons
+            records.append({"setting": "kinship", "shape": "abs", "method": "alternating", "seed": seed, "test_nll": base + 0.05})
+    rows = {line.split("|")[3].strip(): line for line in table1(records).splitlines() if line.startswith("| kinship | abs |")}
+    grid = [cell.strip() for cell in rows["grid"].split("|")]
+    assert (grid[4], grid[5], grid[7]) == ("-0.100", "6", "yes") and float(grid[6]) < 1e-6
+    alternating = [cell.strip() for cell in rows["alternating"].split("|")]
+    assert (alternating[4], alternating[5], alternating[7]) == ("+0.050", "3", "")

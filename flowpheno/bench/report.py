@@ -51,18 +51,21 @@ def table1(results: list[dict[str, Any]], wall_seconds: float | None = None, com
             cells.append(ours + (f" / *{paper:.3f}*" if paper is not None else ""))
         lines.append(f"| {setting} | {method} | " + " | ".join(cells) + " |")
     lines += ["", "## Adjusted methods vs baseline (paired over seeds, one-sided t-test that the method is better)", "",
-              "| setting | shape | method | mean difference | p | best |", "|---|---|---|---|---|---|"]
+              "| setting | shape | method | mean difference | seeds | p | best |", "|---|---|---|---|---|---|---|"]
     for setting, setting_frame in frame.groupby("setting", sort=False):
         for shape in shapes:
-            wide = setting_frame[setting_frame["shape"] == shape].pivot(index="seed", columns="method", values="test_nll").dropna()
+            wide = setting_frame[setting_frame["shape"] == shape].pivot(index="seed", columns="method", values="test_nll")
             adjusted = [m for m in METHODS[setting] if m in wide.columns and m != "baseline"]
             if "baseline" not in wide.columns or not adjusted:
                 continue
-            best = min(adjusted, key=lambda m: wide[m].mean())
+            # each method paired with the baseline on the seeds both have (methods may have fewer seeds)
+            pairs = {m: wide[[m, "baseline"]].dropna() for m in adjusted}
+            best = min(adjusted, key=lambda m: (pairs[m][m] - pairs[m]["baseline"]).mean())
             for method in adjusted:
-                difference = (wide[method] - wide["baseline"]).mean()
-                p = ttest_rel(wide[method], wide["baseline"], alternative="less").pvalue if len(wide) > 1 else float("nan")
-                lines.append(f"| {setting} | {shape} | {method} | {difference:+.3f} | {p:.3g} | {'yes' if method == best else ''} |")
+                paired = pairs[method]
+                difference = (paired[method] - paired["baseline"]).mean()
+                p = ttest_rel(paired[method], paired["baseline"], alternative="less").pvalue if len(paired) > 1 else float("nan")
+                lines.append(f"| {setting} | {shape} | {method} | {difference:+.3f} | {len(paired)} | {p:.3g} | {'yes' if method == best else ''} |")
     rho = [r for r in results if "rho_mse" in r]
     if rho:
         lines += ["", "## Learned vs true rho (blocks): MSE and MAE over blocks, mean over seeds", "",
