@@ -303,7 +303,7 @@ def bench_synthetic(
     out: Path = typer.Option(..., "--out", help="results directory (finished runs are kept: the command resumes)"),
     shapes: str = typer.Option("abs,crescent,crescentcubed,sign,sinewave", "--shapes"),
     setting: str = typer.Option("blocks,kinship", "--setting", help="blocks, kinship or both"),
-    methods: Optional[str] = typer.Option(None, "--methods", help="subset of baseline,grid,joint,joint_blockbatch,alternating,alternating_strat (blocks) / baseline,grid,alternating (kinship)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="subset of baseline,grid,joint,joint_blockbatch,alternating,alternating_strat (blocks) / baseline,grid,alternating,alternating_scaled (kinship)"),
     seeds: int = typer.Option(10, "--seeds", min=1, help="seeds 0..N-1"),
     quick: bool = typer.Option(False, "--quick", help="CI size: small n, few epochs, 1 seed, crescent and sinewave"),
     jobs: int = typer.Option(1, "--jobs", min=1, help="parallel processes"),

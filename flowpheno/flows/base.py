@@ -65,7 +65,6 @@ class LatentFlow(nn.Module):
                 layer.initialize(x)
             x = layer()(x)
 
-
     @torch.no_grad()
     def rescale_latent(self, factor: Tensor) -> None:
         """Multiply every latent feature by ``factor`` (per feature), folded into the final
