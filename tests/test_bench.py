@@ -57,7 +57,7 @@ def test_quick_bench(tmp_path: Path) -> None:
     for name in ("figure_blocks_crescent.png", "figure_kinship_crescent.png"):
         assert (out / name).stat().st_size > 10_000
     runs = json.loads((out / "results.json").read_text())["runs"]
-    assert len(runs) == 2 * (6 + 3)  # 2 shapes x (blocks: baseline, grid, joint, joint_blockbatch, 2 alternating; kinship: 3)
+    assert len(runs) == 2 * (6 + 4)  # 2 shapes x (blocks: baseline, grid, joint, joint_blockbatch, 2 alternating; kinship: 4)
     nll = {(r["setting"], r["shape"], r["method"]): r["test_nll"] for r in runs}
     assert nll[("blocks", "crescent", "grid")] < nll[("blocks", "crescent", "baseline")]
     assert all(np.isfinite(r["test_nll"]) and r["lr"] > 0 for r in runs)
