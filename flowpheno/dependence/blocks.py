@@ -136,16 +136,24 @@ class EquicorrelatedBlocks(DependenceModel):
         with ``A`` the block's summed squared norms and ``B`` its squared sum: a
         ``(blocks, candidates)`` table, from one ``O(n d)`` pass over ``z``.
         """
+        return self._rho_table(self._block_statistics(z), rho, z.shape[1])
+
+    def _block_statistics(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Per block, ``A`` (summed squared norms) and ``B`` (squared norm of the sum), in float64."""
         z = z.detach().double()
         ids = self.block_ids.to(z.device)
         sum_sq = torch.zeros(self.n_blocks, dtype=z.dtype, device=z.device).index_add_(0, ids, z.square().sum(dim=1))
         sums = torch.zeros(self.n_blocks, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, ids, z)
-        m = self.sizes.to(z).unsqueeze(1)
-        rho = rho.to(z)
+        return sum_sq.unsqueeze(1), sums.square().sum(dim=1, keepdim=True)
+
+    def _rho_table(self, statistics: tuple[Tensor, Tensor], rho: Tensor, d: int) -> Tensor:
+        sum_sq, squared_sum = statistics
+        m = self.sizes.to(sum_sq).unsqueeze(1)
+        rho = rho.to(sum_sq)
         spread = 1 + (m - 1) * rho
         log_det = (m - 1) * torch.log1p(-rho) + torch.log(spread)
-        quad = (sum_sq.unsqueeze(1) - rho * sums.square().sum(dim=1, keepdim=True) / spread) / (1 - rho)
-        return 0.5 * (z.shape[1] * log_det + quad)
+        quad = (sum_sq - rho * squared_sum / spread) / (1 - rho)
+        return 0.5 * (d * log_det + quad)
 
     @torch.no_grad()
     def fit_rho(self, z: Tensor) -> Tensor:
@@ -157,14 +165,15 @@ class EquicorrelatedBlocks(DependenceModel):
         global optimum, end points included, for all blocks at once. A block of one row
         says nothing about its ``rho``, which is left as it was.
         """
+        statistics = self._block_statistics(z)  # one pass over the latents for both grids
         step = RHO_MAX / 1000
         coarse = torch.linspace(0.0, RHO_MAX, 1001, dtype=torch.float64)
-        table = self.rho_objective(z, coarse)
+        table = self._rho_table(statistics, coarse, z.shape[1])
         if self.shared:
             table = table.sum(dim=0, keepdim=True)
         best = coarse[table.argmin(dim=1)]
         fine = (best.unsqueeze(1) + torch.linspace(-step, step, 1001, dtype=torch.float64)).clamp(0.0, RHO_MAX)
-        fine_table = self.rho_objective(z, fine)  # one row of candidates per block (or one shared row)
+        fine_table = self._rho_table(statistics, fine, z.shape[1])  # one row of candidates per block
         if self.shared:
             fine_table = fine_table.sum(dim=0, keepdim=True)
         rho = fine.gather(1, fine_table.argmin(dim=1, keepdim=True)).squeeze(1)
