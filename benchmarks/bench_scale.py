@@ -110,7 +110,6 @@ def measure(n: int, method: str, dense: bool, config: dict[str, Any], queue: mul
         "s2_stage_seconds_median": statistics.median(s2_seconds) if s2_seconds else None,
         "fit_seconds": fit_seconds, "total_seconds": spectral + fit_seconds,
         "s2": outcome.dependence.describe()["s2"], "s2_error": abs(outcome.dependence.describe()["s2"] - TRUE_S2),
-        "oracle_s2": oracle_s2(n),
         "best_val_nll": outcome.best_val_nll,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # kB on Linux
     })
@@ -188,12 +187,10 @@ def main() -> None:
                 with done_path.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
-    oracles: dict[int, float] = {}
-    for row in rows:  # rows measured before the oracle was recorded
-        if "oracle_s2" not in row:
-            if row["n"] not in oracles:
-                oracles[row["n"]] = oracle_s2(row["n"])
-            row["oracle_s2"] = oracles[row["n"]]
+    # once per n, here rather than in the measured process (it would add to that fit's peak RSS)
+    oracles = {n: oracle_s2(n) for n in sorted({row["n"] for row in rows if "oracle_s2" not in row})}
+    for row in rows:
+        row.setdefault("oracle_s2", oracles.get(row["n"]))
     wall = time.perf_counter() - started + sum(row["total_seconds"] for row in rows if (row["n"], row["path"], row["method"]) in done)
     from flowpheno.pipeline import package_versions
 
