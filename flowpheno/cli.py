@@ -509,10 +509,46 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Relatedness-aware normalizing flows for multivariate GWAS."""
 
 
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """Click's usage exceptions: typer >= 0.16 raises its vendored copies, older typer click's own."""
+    import click
+
+    types: list[type[BaseException]] = [click.ClickException]
+    try:
+        from typer._click import exceptions as vendored  # typer >= 0.16 vendors click
+    except ImportError:  # pragma: no cover - older typer
+        pass
+    else:
+        types.append(vendored.ClickException)
+    return tuple(types)
+
+
+def _abort_types() -> tuple[type[BaseException], ...]:
+    import click
+
+    types: list[type[BaseException]] = [click.exceptions.Abort, KeyboardInterrupt]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:  # pragma: no cover - older typer
+        pass
+    else:
+        types.append(vendored.Abort)
+    return tuple(types)
+
+
+def _usage_line(error: BaseException) -> str:
+    """One line for a usage error: the message and where to read the options."""
+    message = " ".join(str(error.format_message()).split())  # type: ignore[attr-defined]
+    context = getattr(error, "ctx", None)
+    command = context.command_path if context is not None else "flowpheno"
+    return f"{message} (see '{command} --help')"
+
+
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 1."""
+    """Entry point: user errors become one line on stderr and exit code 1, usage errors
+    (unknown option, bad value, missing argument) one line and exit code 2."""
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
-    warnings.showwarning = lambda message, *_, **__: console.print(Text("warning: ", "yellow") + Text(str(message)))
+    warnings.showwarning = lambda message, *_, **__: console.print(Text("warning: ", "yellow") + Text(str(message)), soft_wrap=True)
     try:
         app(standalone_mode=False)
     except FlowphenoError as error:
@@ -520,13 +556,15 @@ def main() -> None:
         sys.exit(1)
     except (typer.Exit, SystemExit) as done:
         sys.exit(getattr(done, "exit_code", getattr(done, "code", 0)))
-    except Exception as error:  # click usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
+    except _usage_error_types() as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # a bare command: show its help
+            print(error.ctx.get_help())  # type: ignore[attr-defined]
+            sys.exit(2)
+        console.print(Text("error: ", "bold red") + Text(_usage_line(error)), soft_wrap=True)
+        sys.exit(getattr(error, "exit_code", 2))
+    except _abort_types():
+        console.print(Text("error: ", "bold red") + Text("interrupted; nothing was written"), soft_wrap=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

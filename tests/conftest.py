@@ -50,3 +50,54 @@ def example_kinship(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write_table(path: Path, table: pd.DataFrame, sep: str = "\t") -> Path:
     table.to_csv(path, sep=sep, index=False, na_rep="NA")
     return path
+
+
+class Invocation:
+    """What one in-process CLI call produced: exit code, stdout, stderr."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+    def __repr__(self) -> str:
+        return f"Invocation(returncode={self.returncode}, stderr={self.stderr[-2000:]!r})"
+
+
+def invoke(*args: str) -> Invocation:
+    """Run ``flowpheno ARGS`` in this process through :func:`flowpheno.cli.main`, exactly as
+    the console script does (same error handling, same exit codes), capturing its output.
+
+    Much faster than :func:`run_cli` (no interpreter start, no torch import per call);
+    use :func:`run_cli` where a real process matters (kills, signals, environment).
+    """
+    import contextlib
+    import io
+    import warnings
+
+    from flowpheno import cli
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv, showwarning = sys.argv, warnings.showwarning
+    sys.argv = ["flowpheno", *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings():
+            try:
+                cli.main()
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    finally:
+        sys.argv, warnings.showwarning = argv, showwarning
+    return Invocation(code, stdout.getvalue(), stderr.getvalue())
+
+
+def snapshot(*paths: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``paths`` (files or folders), keyed by path: compare a
+    snapshot before and after a command to prove it changed no user file."""
+    import hashlib
+
+    hashes: dict[str, str] = {}
+    for root in map(Path, paths):
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+        for file in files:
+            hashes[str(file)] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return hashes
