@@ -19,7 +19,7 @@ system-deps:
 
 example: install
 	flowpheno grm --bfile examples/cohort --out $(OUT)/kinship.npz
-	flowpheno fit --pheno examples/pheno.tsv --covar examples/covar.tsv --grm $(OUT)/kinship.npz --out $(OUT)/run --seed 1
+	flowpheno fit --pheno examples/pheno.tsv --covar examples/covar.tsv --grm $(OUT)/kinship.npz --out $(OUT)/run --seed 1 --overwrite
 	@echo "Gaussianized traits: $(OUT)/run/gaussianized.tsv   diagnostics: $(OUT)/run/diagnostics.png"
 
 test: install system-deps

@@ -32,6 +32,13 @@ def _device(requested: Optional[str]) -> str:
     return requested
 
 
+def _plink_members(prefix: Path) -> list[Path]:
+    """The .bed/.bim/.fam of a PLINK 1 prefix (given with or without one of those suffixes)."""
+    name = str(prefix)
+    stem = next((name[: -len(s)] for s in (".bed", ".bim", ".fam") if name.endswith(s)), name)
+    return [Path(stem + suffix) for suffix in (".bed", ".bim", ".fam")]
+
+
 def _floats(text: str, option: str) -> list[float]:
     try:
         return [float(item) for item in text.split(",") if item.strip()]
@@ -86,10 +93,14 @@ def grm(
     """Centred genetic relatedness matrix, as GEMMA -gk 1 computes it."""
     import numpy as np
 
-    from flowpheno.io.atomic import atomic_path
+    from flowpheno.io.atomic import atomic_path, check_file_output
     from flowpheno.io.kinship import write_npz
     from flowpheno.io.plink import centred_grm
 
+    inputs = {"--bfile": _plink_members(bfile)}
+    check_file_output(out, inputs)
+    if str(out).endswith(".txt"):
+        check_file_output(str(out) + ".ids", inputs)
     with console.status(f"computing the centred GRM from {bfile}"):
         matrix, ids, used = centred_grm(bfile, maf=maf, max_missing=max_missing)
     if str(out).endswith(".txt"):
@@ -128,6 +139,7 @@ def fit(
     objective: str = typer.Option("minibatch", "--objective", help="minibatch (unbiased batch estimator) | exact (one full-data step per epoch, no estimator variance)"),
     scale_step: bool = typer.Option(False, "--scale-step", help="alternating: fit each trait's latent scale with s2 (corrects the downward s2 bias of strongly related samples)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds an earlier flowpheno run (never another folder)"),
 ) -> None:
     """Train the flow and write Gaussianized phenotypes, model, fit.json and diagnostics."""
     from flowpheno.pipeline import FitConfig, fit_phenotypes
@@ -150,7 +162,7 @@ def fit(
         callback = None if quiet else _FitProgress(progress)
         _, table, report = fit_phenotypes(
             pheno, grm, covar, config, out=out, grm_ids=grm_ids, callback=callback, command=sys.argv, grm_pcs=grm_pcs,
-            grm_factor=grm_factor,
+            grm_factor=grm_factor, overwrite=overwrite,
         )
     dropped = sum(entry["count"] for entry in report["dropped"].values())
     summary = f"fitted {report['d']} traits on {report['n_used']} individuals ({dropped} dropped, see fit.json)"
@@ -170,9 +182,11 @@ def transform(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda"),
 ) -> None:
     """Gaussianize phenotypes with a fitted model."""
+    from flowpheno.io.atomic import check_file_output
     from flowpheno.io.outputs import write_phenotypes
     from flowpheno.pipeline import transform_phenotypes
 
+    check_file_output(out, {"--model": model, "--pheno": pheno, "--covar": covar, "--fam": fam})
     table = transform_phenotypes(model, pheno, covar, device=_device(device))
     write_phenotypes(table, out, fmt, fam)
     complete = int(table.drop(columns=["FID", "IID"]).notna().all(axis=1).sum())
@@ -225,7 +239,11 @@ def gwas_grm(
 ) -> None:
     """Centred GRM with GEMMA -gk 1 over every individual of the fileset."""
     from flowpheno.gwas.gemma import gemma_grm
+    from flowpheno.io.atomic import check_file_output
 
+    inputs = {"--bfile": _plink_members(bfile)}
+    check_file_output(out, inputs)
+    check_file_output(out.with_suffix(".log"), inputs)
     gemma_grm(bfile, out)
     console.print(f"wrote {out}")
 
@@ -240,7 +258,9 @@ def gwas_rint(
 ) -> None:
     """Baseline: covariates out, then rank-inverse-normal per trait, as a GEMMA -p file."""
     from flowpheno.gwas.steps import write_rint_phenotypes
+    from flowpheno.io.atomic import check_file_output
 
+    check_file_output(out, {"--pheno": pheno, "--fam": fam, "--covar": covar})
     chosen = [t.strip() for t in traits.split(",")] if traits else None
     table = write_rint_phenotypes(pheno, out, fam, covar, chosen)
     console.print(f"wrote {out}: {table.shape[1] - 2} traits")
@@ -257,7 +277,11 @@ def gwas_assoc(
 ) -> None:
     """GEMMA -lmm 3: multivariate over the columns, or per trait with --per-trait."""
     from flowpheno.gwas.steps import association
+    from flowpheno.io.atomic import check_file_output
 
+    inputs = {"--bfile": _plink_members(bfile), "--kinship": kinship, "--pheno": pheno}
+    check_file_output(out, inputs)
+    check_file_output(out.with_suffix(".log"), inputs)
     result = association(bfile, kinship, pheno, _columns(columns), out, per_trait=per_trait)
     console.print(f"wrote {out}: {len(result)} SNPs")
 
@@ -277,7 +301,9 @@ def gwas_evaluate(
 ) -> None:
     """PLINK clumping, loci counts (true/false with a truth file), lambda GC, Manhattan and QQ plots."""
     from flowpheno.gwas.steps import evaluate_method
+    from flowpheno.io.atomic import check_folder_output
 
+    check_folder_output(out_dir, {"--bfile": _plink_members(bfile), "--assoc": assoc, "--truth": truth})
     summary = evaluate_method(bfile, assoc, out_dir, name, truth, threshold, alpha, r2, kb, window_kb)
     console.print(f"{name}: {summary['loci']} loci, lambda GC {summary['lambda_gc']:.3f}")
 
@@ -289,7 +315,9 @@ def gwas_report(
 ) -> None:
     """loci.tsv and report.md comparing the methods."""
     from flowpheno.gwas.steps import write_report
+    from flowpheno.io.atomic import check_folder_output
 
+    check_folder_output(out_dir, {"METHODS": methods})
     write_report(methods, out_dir)
     console.print(f"wrote {out_dir}/report.md and {out_dir}/loci.tsv")
 
@@ -315,7 +343,7 @@ def bench_synthetic(
     from flowpheno.bench.report import figure, table1
     from flowpheno.bench.synthetic import METHODS, SETTINGS, BenchSizes, make_data, run_all, sizes_dict
     from flowpheno.bench.shapes import SHAPES
-    from flowpheno.io.atomic import atomic_path
+    from flowpheno.io.atomic import atomic_path, results_folder
     from flowpheno.pipeline import package_versions
 
     chosen_settings = [s.strip() for s in setting.split(",") if s.strip()]
@@ -333,6 +361,7 @@ def bench_synthetic(
         wanted = {s: [m for m in METHODS[s] if m in names] for s in chosen_settings}
     sizes = BenchSizes.quick() if quick else BenchSizes()
     seed_list = list(range(1 if quick else seeds))
+    results_folder(out, "bench synthetic", legacy=("runs", "cache", r"results\.json", r"table1\.md", r"figure_.*\.png"))
     total = sum(len(wanted[s]) for s in chosen_settings) * len(chosen_shapes) * len(seed_list)
     started = time.perf_counter()
     with _progress() as progress:
@@ -393,31 +422,37 @@ def bench_stocks(
     seeds: int = typer.Option(5, "--seeds", min=1, help="seeds 0..N-1 (flow initialisation and batch order)"),
     methods: str = typer.Option("baseline,grid,joint", "--methods"),
     quick: bool = typer.Option(False, "--quick", help="CI size: small flow, few epochs, 1 seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds earlier results of this command"),
 ) -> None:
     """Stocks experiment: daily log-return pairs, one equicorrelated block per pair."""
     import json
     import time
 
     from flowpheno.bench.stocks import METHODS, StocksSizes, figure, load_pairs, run_method, sizes_dict, table
-    from flowpheno.io.atomic import atomic_directory
+    from flowpheno.io.atomic import StagedDirectory, write_errors
     from flowpheno.io.prices import marked_synthetic
     from flowpheno.pipeline import package_versions
 
     chosen = _chosen_methods(methods, METHODS)
     sizes = StocksSizes.quick() if quick else StocksSizes()
     seed_list = list(range(1 if quick else seeds))
-    data = load_pairs(list(prices), [p.strip() for p in pairs.split(",") if p.strip()], start, end)
-    synthetic = marked_synthetic(list(prices))
-    started = time.perf_counter()
-    records, flows = _methods_by_seeds(chosen, seed_list, lambda method, seed: run_method(method, data, seed, sizes))
-    wall = time.perf_counter() - started
-    command = "flowpheno bench stocks " + " ".join(sys.argv[3:])
-    with atomic_directory(out) as tmp:
-        (tmp / "table.md").write_text(table(records, data, command, wall, synthetic))
-        (tmp / "results.json").write_text(json.dumps({
-            "command": command, "sizes": sizes_dict(sizes), "pairs": data.days, "synthetic_data": synthetic,
-            "versions": package_versions(), "wall_seconds": wall, "runs": records}, indent=2))
-        figure(flows, data, tmp / "density_regions.png")
+    staged = StagedDirectory(out, "bench stocks", {"--prices": list(prices)}, overwrite=overwrite,
+                             legacy=("results.json", "table.md", "density_regions.png"))
+    with staged:
+        data = load_pairs(list(prices), [p.strip() for p in pairs.split(",") if p.strip()], start, end)
+        synthetic = marked_synthetic(list(prices))
+        started = time.perf_counter()
+        records, flows = _methods_by_seeds(chosen, seed_list, lambda method, seed: run_method(method, data, seed, sizes))
+        wall = time.perf_counter() - started
+        command = "flowpheno bench stocks " + " ".join(sys.argv[3:])
+        with write_errors(out):
+            tmp = staged.path
+            (tmp / "table.md").write_text(table(records, data, command, wall, synthetic))
+            (tmp / "results.json").write_text(json.dumps({
+                "command": command, "sizes": sizes_dict(sizes), "pairs": data.days, "synthetic_data": synthetic,
+                "versions": package_versions(), "wall_seconds": wall, "runs": records}, indent=2))
+            figure(flows, data, tmp / "density_regions.png")
+        staged.commit()
     console.print(f"wrote {out}/table.md, results.json, density_regions.png ({len(records)} runs, {wall / 60:.1f} min)")
 
 
@@ -445,6 +480,7 @@ def bench_images(
     seeds: int = typer.Option(2, "--seeds", min=1),
     methods: str = typer.Option("baseline,grid,joint", "--methods"),
     quick: bool = typer.Option(False, "--quick", help="CI size: 8x8, a tiny Glow, 3 epochs, 1 seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds earlier results of this command"),
 ) -> None:
     """Images experiment: repeated images of individuals, one equicorrelated block each."""
     import json
@@ -452,7 +488,7 @@ def bench_images(
     import time
 
     from flowpheno.bench.images import METHODS, ImageSizes, run_method, sample_figure, sizes_dict, split_images, table
-    from flowpheno.io.atomic import atomic_directory
+    from flowpheno.io.atomic import StagedDirectory, write_errors
     from flowpheno.io.images import read_image_folder
     from flowpheno.pipeline import package_versions
 
@@ -462,25 +498,29 @@ def bench_images(
         raise FlowphenoError(f"--size {size}: the two-level flow needs a size divisible by 4 (for example 16 or 32)")
     sizes = ImageSizes.quick() if quick else ImageSizes()
     embedded = images is None
-    with tempfile.TemporaryDirectory() as scratch:
+    staged = StagedDirectory(out, "bench images", {"--images": images}, overwrite=overwrite,
+                             legacy=("results.json", "table.md", "samples.png"))
+    with staged, tempfile.TemporaryDirectory() as scratch:
         if embedded:
             from flowpheno.simulate.digits import make_digit_individuals
 
             images = Path(scratch) / "digits"
             make_digit_individuals(images, size=size)
         image_set = read_image_folder(images, size, grayscale or embedded)
-    splits = split_images(image_set)
-    seed_list = list(range(1 if quick else seeds))
-    started = time.perf_counter()
-    records, flows = _methods_by_seeds(chosen, seed_list, lambda method, seed: run_method(method, splits, seed, sizes))
-    wall = time.perf_counter() - started
-    command = "flowpheno bench images " + " ".join(sys.argv[3:])
-    with atomic_directory(out) as tmp:
-        (tmp / "table.md").write_text(table(records, splits, command, wall, embedded))
-        (tmp / "results.json").write_text(json.dumps({
-            "command": command, "sizes": sizes_dict(sizes), "image_size": size, "data": splits.counts, "embedded_data": embedded,
-            "versions": package_versions(), "wall_seconds": wall, "runs": records}, indent=2))
-        sample_figure(flows, splits, tmp / "samples.png")
+        splits = split_images(image_set)
+        seed_list = list(range(1 if quick else seeds))
+        started = time.perf_counter()
+        records, flows = _methods_by_seeds(chosen, seed_list, lambda method, seed: run_method(method, splits, seed, sizes))
+        wall = time.perf_counter() - started
+        command = "flowpheno bench images " + " ".join(sys.argv[3:])
+        with write_errors(out):
+            tmp = staged.path
+            (tmp / "table.md").write_text(table(records, splits, command, wall, embedded))
+            (tmp / "results.json").write_text(json.dumps({
+                "command": command, "sizes": sizes_dict(sizes), "image_size": size, "data": splits.counts, "embedded_data": embedded,
+                "versions": package_versions(), "wall_seconds": wall, "runs": records}, indent=2))
+            sample_figure(flows, splits, tmp / "samples.png")
+        staged.commit()
     console.print(f"wrote {out}/table.md, results.json, samples.png ({len(records)} runs, {wall / 60:.1f} min)")
 
 

@@ -11,6 +11,8 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -24,7 +26,7 @@ from flowpheno import __version__
 from flowpheno.dependence import KinshipCovariance
 from flowpheno.errors import FlowphenoError
 from flowpheno.flows import affine_coupling_flow
-from flowpheno.io.atomic import atomic_directory, atomic_path
+from flowpheno.io.atomic import StagedDirectory, atomic_path, write_errors
 from flowpheno.io.kinship import Kinship, KinshipFactor, read_genotype_factor, read_kinship, read_pcs, spectral_decomposition
 from flowpheno.io.outputs import write_phenotypes
 from flowpheno.io.tables import covariate_matrix, default_traits, numeric_columns, read_table
@@ -34,6 +36,11 @@ from flowpheno.train.schedules import Callback
 
 MODES = ("iid", "grid", "alternating", "joint")
 MIN_COMPLETE_ROWS = 50
+RUN_FILES = ("fit.json", "model.json", "model.safetensors", "gaussianized.tsv", "diagnostics.png")
+"""What ``fit --out`` writes; a folder of exactly these (fit.json first) is an earlier run
+written before run folders carried a manifest."""
+PLINK_SUFFIXES = (".bed", ".bim", ".fam")
+GCTA_SUFFIXES = (".grm.bin", ".grm.id", ".grm.N.bin")
 
 
 @dataclass
@@ -177,6 +184,7 @@ def fit_phenotypes(
     command: list[str] | None = None,
     grm_pcs: str | Path | None = None,
     grm_factor: str | Path | None = None,
+    overwrite: bool = False,
 ) -> tuple[PhenotypeModel, pd.DataFrame, dict[str, Any]]:
     """Fit the relatedness-aware flow and Gaussianize every complete row.
 
@@ -186,19 +194,65 @@ def fit_phenotypes(
 
     Returns ``(model, gaussianized table, report)``; with ``out`` also writes the
     model, ``fit.json``, ``gaussianized.tsv`` and ``diagnostics.png`` atomically.
+    ``out`` is checked before any input is read: it must be new, empty, or (with
+    ``overwrite``) a run folder flowpheno wrote, and must not be, hold or lie inside an
+    input; otherwise FlowphenoError (see :mod:`flowpheno.io.atomic`).
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if sum(source is not None for source in (grm, grm_pcs, grm_factor)) > 1:
             raise FlowphenoError("give one kinship: --grm, --grm-pcs or --grm-factor")
-        if grm_pcs is not None:
-            grm = read_pcs(grm_pcs)
-        elif grm_factor is not None:
-            grm = read_genotype_factor(grm_factor)
-        model, gaussianized, report = _fit(pheno, grm, covar, config or FitConfig(), out, grm_ids, callback, command, caught)
+        staged = None
+        if out is not None:  # checked and created before anything is read or trained
+            inputs = fit_inputs(pheno, grm, covar, grm_ids, grm_pcs, grm_factor)
+            staged = StagedDirectory(out, "fit", inputs, overwrite=overwrite, legacy=RUN_FILES)
+        with staged or _nothing():
+            if grm_pcs is not None:
+                grm = read_pcs(grm_pcs)
+            elif grm_factor is not None:
+                grm = read_genotype_factor(grm_factor)
+            model, gaussianized, report = _fit(pheno, grm, covar, config or FitConfig(), staged, grm_ids, callback, command, caught)
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return model, gaussianized, report
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def fit_inputs(
+    pheno: str | Path,
+    grm: str | Path | Kinship | KinshipFactor | None = None,
+    covar: str | Path | None = None,
+    grm_ids: str | Path | None = None,
+    grm_pcs: str | Path | None = None,
+    grm_factor: str | Path | None = None,
+) -> dict[str, list[Path]]:
+    """Every file ``fit`` may read, by option: a kinship's sidecars (GCTA ``.grm.id``/
+    ``.grm.N.bin``, a PLINK prefix's ``.bed/.bim/.fam``, the cached eigendecompositions
+    beside it) and the members of a ``--grm-factor`` prefix included."""
+    inputs: dict[str, list[Path]] = {"--pheno": [Path(pheno)]}
+    if covar is not None:
+        inputs["--covar"] = [Path(covar)]
+    if grm is not None and not isinstance(grm, (Kinship, KinshipFactor)):
+        path = Path(grm)
+        name = str(path)
+        stems = {name} | {name[: -len(suffix)] for suffix in (*GCTA_SUFFIXES, *PLINK_SUFFIXES) if name.endswith(suffix)}
+        files = [path] + [Path(stem + suffix) for stem in stems for suffix in (*GCTA_SUFFIXES, *PLINK_SUFFIXES)]
+        if path.parent.is_dir():
+            files += sorted(path.parent.glob(f".{path.name}.eig-*.npz"))
+        inputs["--grm"] = files
+    if grm_ids is not None:
+        inputs["--grm-ids"] = [Path(grm_ids)]
+    if grm_pcs is not None:
+        inputs["--grm-pcs"] = [Path(grm_pcs)]
+    if grm_factor is not None:
+        name = str(grm_factor)
+        stem = next((name[: -len(s)] for s in PLINK_SUFFIXES if name.endswith(s)), name)
+        inputs["--grm-factor"] = [Path(name)] + [Path(stem + suffix) for suffix in PLINK_SUFFIXES]
+    return inputs
 
 
 def _fit(
@@ -206,7 +260,7 @@ def _fit(
     grm: str | Path | Kinship | KinshipFactor | None,
     covar: str | Path | None,
     config: FitConfig,
-    out: str | Path | None,
+    out: StagedDirectory | None,
     grm_ids: str | Path | None,
     callback: Callback | None,
     command: list[str] | None,
@@ -341,19 +395,27 @@ def _run_mode(
 
 
 def write_fit_outputs(
-    out: str | Path,
+    out: str | Path | StagedDirectory,
     model: PhenotypeModel,
     gaussianized: pd.DataFrame,
     report: dict[str, Any],
     phenotypes: Phenotypes,
     keep: np.ndarray,
     latent: np.ndarray,
+    overwrite: bool = False,
 ) -> None:
-    """Write the run directory as a whole: nothing appears unless everything was written."""
+    """Write the run directory as a whole: nothing appears unless everything was written.
+
+    ``out`` is a :class:`StagedDirectory` made before the fit (the usual way), or a path,
+    checked here (an earlier run is replaced only with ``overwrite``). Raises
+    FlowphenoError when the folder cannot be written (full disk, no permission).
+    """
     from flowpheno.plots import diagnostics_figure
 
     started = time.perf_counter()
-    with atomic_directory(out) as tmp:
+    staged = out if isinstance(out, StagedDirectory) else StagedDirectory(out, "fit", overwrite=overwrite, legacy=RUN_FILES)
+    with staged, write_errors(staged.target):
+        tmp = staged.path
         model.save(tmp)
         write_phenotypes(gaussianized, tmp / "gaussianized.tsv")
         before = phenotypes.values[keep]
@@ -362,6 +424,7 @@ def write_fit_outputs(
         report["seconds"]["write"] = time.perf_counter() - started
         with atomic_path(tmp / "fit.json") as path:
             path.write_text(json.dumps(report, indent=2, default=_jsonable))
+        staged.commit()
 
 
 def _jsonable(value: Any) -> Any:

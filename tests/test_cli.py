@@ -188,7 +188,7 @@ def test_failed_refit_keeps_previous_run(tmp_path: Path) -> None:
             "--layers", "2", "--hidden", "8"]
     assert run_cli(*args).returncode == 0
     before = (tmp_path / "run" / "gaussianized.tsv").read_text()
-    assert run_cli(*args, "--traits", "a,missing_column").returncode == 1
+    assert run_cli(*args, "--overwrite", "--traits", "a,missing_column").returncode == 1
     assert (tmp_path / "run" / "gaussianized.tsv").read_text() == before
 
 
