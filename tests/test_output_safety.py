@@ -311,3 +311,24 @@ def test_atomic_path_names_target_on_write_errors(tmp_path: Path) -> None:
     target.write_text("x")
     with pytest.raises(FlowphenoError, match=f"--out {target / 'x.tsv'}: {target} is a file, not a folder"):
         check_file_output(target / "x.tsv")
+
+
+@pytest.mark.parametrize("command", [["bench", "stocks", "--quick"], ["bench", "images", "--quick"], ["bench", "synthetic", "--quick"]])
+def test_bench_refuses_a_foreign_folder_before_running(command: list[str], tmp_path: Path) -> None:
+    prices = tmp_path / "prices"
+    prices.mkdir()
+    (prices / "AAPL.csv").write_text("Date,Close\n2020-01-02,1.0\n")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("my notes\n")
+    extra = ["--prices", str(prices)] if command[1] == "stocks" else []
+    before = snapshot(tmp_path)
+    result = invoke(*command, *extra, "--out", str(foreign))
+    assert result.returncode == 1
+    assert f"--out {foreign} is a folder flowpheno did not write (it holds notes.txt); choose a new or empty folder" in _error(result)
+    assert snapshot(tmp_path) == before and sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    if command[1] == "stocks":
+        inside = invoke(*command, *extra, "--out", str(prices / "results"))
+        assert inside.returncode == 1
+        assert f"--out {prices / 'results'} lies inside the --prices folder {prices}: choose an --out outside it" in _error(inside)
+        assert snapshot(tmp_path) == before

@@ -72,6 +72,11 @@ def _prefix(target: Path) -> str:
     return f".{target.name}.{_tag()}."
 
 
+class OutputError(FlowphenoError, OSError):
+    """An output could not be written (full disk, no permission): a FlowphenoError for the
+    CLI's one line, and still an OSError for callers that treat failed writes as optional."""
+
+
 _OUTER: ContextVar[tuple[Path, str] | None] = ContextVar("flowpheno_output", default=None)
 
 
@@ -96,7 +101,7 @@ def write_errors(target: str | Path, option: str = "--out") -> Iterator[None]:
         ours = named is None or os.path.abspath(named).startswith(folder)
         if reason is None or not ours:
             raise
-        raise FlowphenoError(f"cannot write {option} {target}: {reason.format(option=option)}") from None
+        raise OutputError(f"cannot write {option} {target}: {reason.format(option=option)}") from None
     finally:
         _OUTER.reset(token)
 
