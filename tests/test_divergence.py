@@ -211,11 +211,8 @@ def test_all_zero_kinship_is_one_line_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_all_zero_kinship_of_the_individuals_used(tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
-    matrix = np.zeros((80, 80))
     with pytest.raises(FlowphenoError, match=r"^kin\.npz: the kinship of the 80 individuals used is all zeros"):
-        spectral_decomposition(matrix, "kin.npz")
-    assert rng is not None
+        spectral_decomposition(np.zeros((80, 80)), "kin.npz")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "wrong_arrays"])
