@@ -14,7 +14,7 @@ from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from flowpheno import __version__
-from flowpheno.errors import FlowphenoError
+from flowpheno.errors import FlowphenoError, OptionError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Relatedness-aware normalizing flows for multivariate GWAS.")
 console = Console(stderr=True)
@@ -43,7 +43,7 @@ def _floats(text: str, option: str) -> list[float]:
     try:
         return [float(item) for item in text.split(",") if item.strip()]
     except ValueError:
-        raise FlowphenoError(f"{option} {text!r}: give comma-separated numbers, e.g. 0,0.1,0.5") from None
+        raise OptionError(f"{option} {text!r}: give comma-separated numbers, e.g. 0,0.1,0.5") from None
 
 
 class _FitProgress:
@@ -593,7 +593,7 @@ def main() -> None:
         app(standalone_mode=False)
     except FlowphenoError as error:
         console.print(Text("error: ", "bold red") + Text(str(error)), soft_wrap=True)
-        sys.exit(1)
+        sys.exit(getattr(error, "exit_code", 1))  # OptionError (a value out of range): 2, as usage errors
     except (typer.Exit, SystemExit) as done:
         sys.exit(getattr(done, "exit_code", getattr(done, "code", 0)))
     except _usage_error_types() as error:

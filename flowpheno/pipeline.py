@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ import torch
 
 from flowpheno import __version__
 from flowpheno.dependence import KinshipCovariance
-from flowpheno.errors import FlowphenoError
+from flowpheno.errors import FlowphenoError, OptionError
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.atomic import StagedDirectory, atomic_path, write_errors
 from flowpheno.io.kinship import Kinship, KinshipFactor, read_genotype_factor, read_kinship, read_pcs, spectral_decomposition
@@ -32,9 +32,11 @@ from flowpheno.io.outputs import write_phenotypes
 from flowpheno.io.tables import covariate_matrix, default_traits, numeric_columns, read_table
 from flowpheno.model import PhenotypeModel, least_squares_residuals
 from flowpheno.train import FitOutcome, TrainConfig, fit_alternating, fit_grid, fit_iid, fit_joint
+from flowpheno.train.options import check_choice, check_float, check_int
 from flowpheno.train.schedules import Callback
 
-MODES = ("iid", "grid", "alternating", "joint")
+Mode = Literal["iid", "grid", "alternating", "joint"]
+MODES: tuple[str, ...] = get_args(Mode)
 MIN_COMPLETE_ROWS = 50
 RUN_FILES = ("fit.json", "model.json", "model.safetensors", "gaussianized.tsv", "diagnostics.png")
 """What ``fit --out`` writes; a folder of exactly these (fit.json first) is an earlier run
@@ -48,13 +50,41 @@ class FitConfig:
     """Everything ``fit`` needs besides the input files (written to ``fit.json``)."""
 
     traits: list[str] | None = None
-    mode: str = "alternating"
+    mode: Mode = "alternating"
     s2_grid: list[float] = field(default_factory=lambda: [0.0, 0.01, 0.1, 0.25, 0.5])
     layers: int = 16
     hidden: int = 128
     val_frac: float = 0.15
     device: str = "cpu"
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every setting (and ``train``'s).
+
+        Raises:
+            OptionError: one line naming the flag (or field) and the allowed range or set.
+        """
+        owner = "FitConfig"
+        if self.traits is not None and (not isinstance(self.traits, list) or not self.traits):
+            raise OptionError(f"--traits {self.traits!r}: give at least one trait column name, or leave it out for every numeric column")
+        check_choice(owner, "mode", self.mode, MODES)
+        if not isinstance(self.s2_grid, (list, tuple)) or (self.mode == "grid" and not self.s2_grid):
+            raise OptionError(f"--s2-grid {self.s2_grid!r}: give at least one s2 value in [0, 1), e.g. 0,0.1,0.5")
+        for value in self.s2_grid:
+            check_float(owner, "s2_grid", value, "every s2 value must be in [0, 1)", 0.0, 1.0)
+        check_int(owner, "layers", self.layers, 1)
+        check_int(owner, "hidden", self.hidden, 1)
+        check_float(owner, "val_frac", self.val_frac, "must be in [0, 0.9)", 0.0, 0.9)
+        if self.mode == "grid" and self.val_frac == 0:
+            raise OptionError("--val-frac 0: --mode grid picks s2 by validation NLL; set --val-frac above 0")
+        if not isinstance(self.train, TrainConfig):
+            raise OptionError(f"FitConfig.train: must be a TrainConfig, got {type(self.train).__name__}")
+        self.train.validate()
+        if self.train.profile_scale and self.mode != "alternating":
+            raise OptionError(f"--scale-step is a step of --mode alternating, not of --mode {self.mode}")
 
 
 @dataclass
@@ -198,22 +228,25 @@ def fit_phenotypes(
     ``overwrite``) a run folder flowpheno wrote, and must not be, hold or lie inside an
     input; otherwise FlowphenoError (see :mod:`flowpheno.io.atomic`).
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if sum(source is not None for source in (grm, grm_pcs, grm_factor)) > 1:
-            raise FlowphenoError("give one kinship: --grm, --grm-pcs or --grm-factor")
-        staged = None
-        if out is not None:  # checked and created before anything is read or trained
-            inputs = fit_inputs(pheno, grm, covar, grm_ids, grm_pcs, grm_factor)
-            staged = StagedDirectory(out, "fit", inputs, overwrite=overwrite, legacy=RUN_FILES)
-        with staged or _nothing():
-            if grm_pcs is not None:
-                grm = read_pcs(grm_pcs)
-            elif grm_factor is not None:
-                grm = read_genotype_factor(grm_factor)
-            model, gaussianized, report = _fit(pheno, grm, covar, config or FitConfig(), staged, grm_ids, callback, command, caught)
-    for warning in caught:
-        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if sum(source is not None for source in (grm, grm_pcs, grm_factor)) > 1:
+                raise FlowphenoError("give one kinship: --grm, --grm-pcs or --grm-factor")
+            staged = None
+            if out is not None:  # checked and created before anything is read or trained
+                inputs = fit_inputs(pheno, grm, covar, grm_ids, grm_pcs, grm_factor)
+                staged = StagedDirectory(out, "fit", inputs, overwrite=overwrite, legacy=RUN_FILES)
+            with staged or _nothing():
+                if grm_pcs is not None:
+                    grm = read_pcs(grm_pcs)
+                elif grm_factor is not None:
+                    grm = read_genotype_factor(grm_factor)
+                model, gaussianized, report = _fit(pheno, grm, covar, config or FitConfig(), staged, grm_ids, callback, command, caught)
+    finally:  # also when the fit stops with an error: the warnings may explain it
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return model, gaussianized, report
 
 
@@ -266,14 +299,9 @@ def _fit(
     command: list[str] | None,
     caught: list[warnings.WarningMessage],
 ) -> tuple[PhenotypeModel, pd.DataFrame, dict[str, Any]]:
-    if config.mode not in MODES:
-        raise FlowphenoError(f"unknown --mode {config.mode!r}; choose one of {', '.join(MODES)}")
+    config.validate()  # again: the dataclasses can be changed after construction
     if config.mode != "iid" and grm is None:
         raise FlowphenoError(f"--mode {config.mode} models relatedness and needs --grm, --grm-pcs or --grm-factor (or use --mode iid)")
-    if config.train.profile_scale and config.mode != "alternating":
-        raise FlowphenoError(f"--scale-step is a step of --mode alternating, not of --mode {config.mode}")
-    if not 0 <= config.val_frac < 0.9:
-        raise FlowphenoError(f"--val-frac must be in [0, 0.9), got {config.val_frac}")
     timings: dict[str, float] = {}
     started = time.perf_counter()
     phenotypes = read_phenotypes(pheno, config.traits, covar)
@@ -325,6 +353,15 @@ def _fit(
     started = time.perf_counter()
     outcome = _run_mode(config, make_flow, kinship_model, x_train, x_val, callback)
     timings["training"] = time.perf_counter() - started
+    advice = f"lower --lr (now {config.train.lr:g}) or check the traits for extreme values"
+    if outcome.diverged is not None:
+        raise FlowphenoError(f"training diverged {outcome.diverged}: {advice}; nothing was written")
+    if outcome.non_finite_batches:
+        warnings.warn(
+            f"skipped the step of {outcome.non_finite_batches} training batches with a non-finite loss, latent or gradient; "
+            f"if the fit looks poor, {advice}",
+            stacklevel=2,
+        )
 
     model = PhenotypeModel(
         flow=outcome.flow.cpu(),
@@ -338,6 +375,12 @@ def _fit(
     )
     started = time.perf_counter()
     latent = model.gaussianize(phenotypes.values, phenotypes.covariates)
+    broken = keep & ~np.isfinite(latent).all(axis=1)
+    if broken.any():
+        raise FlowphenoError(
+            f"training diverged: the fitted flow maps {int(broken.sum())} of {n_complete} complete individuals "
+            f"(first: IID {iids[broken][0]}) to non-finite values: {advice}; nothing was written"
+        )
     gaussianized = pd.concat([phenotypes.ids.reset_index(drop=True), pd.DataFrame(latent, columns=phenotypes.traits)], axis=1)
     timings["transform"] = time.perf_counter() - started
     report = {
@@ -367,6 +410,7 @@ def _fit(
         "grid": outcome.grid,
         "epochs": outcome.epochs,
         "best_validation_nll": outcome.best_val_nll,
+        "non_finite_batches": outcome.non_finite_batches,
         "seconds": timings,
         "warnings": [str(warning.message) for warning in caught],
     }

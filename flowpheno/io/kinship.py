@@ -22,6 +22,10 @@ from flowpheno.io.plink import centred_grm, plink_prefix, read_fam, standardised
 NEGATIVE_EIGENVALUE_TOLERANCE = 1e-6
 """Eigenvalues below ``-tol * largest`` make a kinship invalid; smaller negatives are clipped."""
 
+NO_RELATEDNESS_TOLERANCE = 1e-6
+"""A kinship whose eigenvalues all lie within ``tol * largest`` of each other is a multiple of
+the identity: it carries no relatedness and ``s2`` is not identifiable."""
+
 
 @dataclass
 class Kinship:
@@ -158,6 +162,8 @@ def validated(kinship: Kinship) -> Kinship:
             f"{source}: kinship is not symmetric (K[{kinship.ids[i]},{kinship.ids[j]}] - K[{kinship.ids[j]},{kinship.ids[i]}] = "
             f"{matrix[i, j] - matrix[j, i]:.3g}); pass the full matrix, not one triangle"
         )
+    if not matrix.any():
+        raise FlowphenoError(f"{source}: kinship is all zeros; recompute it (e.g. flowpheno grm --bfile PREFIX) or check the file")
     duplicated = pd.Index(kinship.ids).duplicated()
     if duplicated.any():
         raise FlowphenoError(f"{source}: IID {kinship.ids[duplicated][0]!r} appears more than once in the kinship IDs")
@@ -185,9 +191,10 @@ def spectral_decomposition(
     cache = None
     if cache_dir is not None:
         cache = Path(cache_dir) / f".{Path(source).name}.eig-{matrix.shape[0]}-{digest}.npz"
-        if cache.exists():
-            with np.load(cache, allow_pickle=False) as archive:
-                return archive["eigenvalues"], archive["eigenvectors"], True
+        cached = _read_cache(cache, matrix.shape[0])
+        if cached is not None:
+            _check_relatedness(matrix, cached[0], source)
+            return cached[0], cached[1], True
     eigenvalues, eigenvectors = scipy.linalg.eigh(matrix, overwrite_a=False, check_finite=False, driver="evd")
     largest = max(float(eigenvalues.max()), 0.0)
     negative = eigenvalues < -NEGATIVE_EIGENVALUE_TOLERANCE * largest
@@ -199,6 +206,7 @@ def spectral_decomposition(
     if (eigenvalues < 0).any():
         warnings.warn(f"{source}: clipped {int((eigenvalues < 0).sum())} tiny negative eigenvalues to 0", stacklevel=2)
         eigenvalues = np.clip(eigenvalues, 0.0, None)
+    _check_relatedness(matrix, eigenvalues, source)
     if cache is not None:
         try:
             with atomic_path(cache) as tmp:
@@ -207,3 +215,44 @@ def spectral_decomposition(
         except OSError as error:
             warnings.warn(f"could not cache the eigendecomposition in {cache.parent}: {error}", stacklevel=2)
     return eigenvalues, eigenvectors, False
+
+
+def _read_cache(cache: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached ``(k, U)``, or None when absent. An unreadable or inconsistent cache file
+    (truncated by a killed run, a full disk) is named in a warning and deleted, so the
+    decomposition is recomputed and cached again."""
+    if not cache.exists():
+        return None
+    try:
+        with np.load(cache, allow_pickle=False) as archive:
+            eigenvalues, eigenvectors = archive["eigenvalues"], archive["eigenvectors"]
+        if eigenvalues.shape != (n,) or eigenvectors.shape != (n, n):
+            raise ValueError(f"arrays of shape {eigenvalues.shape} and {eigenvectors.shape}, expected ({n},) and ({n}, {n})")
+        if not (np.isfinite(eigenvalues).all() and np.isfinite(eigenvectors).all()):
+            raise ValueError("non-finite values")
+    except Exception as error:  # zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, ...: all mean "unusable"
+        reason = " ".join(str(error).split()) or type(error).__name__
+        warnings.warn(f"{cache}: unreadable eigendecomposition cache ({reason}); deleted it and recomputing", stacklevel=3)
+        try:
+            cache.unlink()
+        except OSError:
+            pass
+        return None
+    return eigenvalues, eigenvectors
+
+
+def _check_relatedness(matrix: np.ndarray, eigenvalues: np.ndarray, source: str) -> None:
+    """Refuse a kinship without relatedness: all zeros (no scale), diagonal, or within round-off
+    of a multiple of the identity (``s2 K + (1 - s2) I`` is then ``I`` for every ``s2``: ``s2``
+    is not identifiable and any value reported would be arbitrary)."""
+    largest = float(eigenvalues.max())
+    if largest <= 0:
+        raise FlowphenoError(
+            f"{source}: the kinship of the {len(eigenvalues)} individuals used is all zeros; recompute it (e.g. flowpheno grm)"
+        )
+    diagonal = np.count_nonzero(matrix) == np.count_nonzero(np.diagonal(matrix))  # counts without an n x n copy
+    if diagonal or largest - float(eigenvalues.min()) <= NO_RELATEDNESS_TOLERANCE * largest:
+        raise FlowphenoError(
+            f"{source}: the kinship of the {len(eigenvalues)} individuals used carries no relatedness (all off-diagonal "
+            "entries are 0), so s2 is not identifiable; use --mode iid, or check the kinship"
+        )

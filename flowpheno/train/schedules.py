@@ -9,21 +9,34 @@ one per stage through ``callback`` (the CLI draws progress bars from them).
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from flowpheno.dependence import DependenceModel, EquicorrelatedBlocks, IIDCovariance, KinshipCovariance, LatentControlVariate
-from flowpheno.errors import FlowphenoError
+from flowpheno.errors import FlowphenoError, OptionError
 from flowpheno.flows import LatentFlow
 from flowpheno.train.exact import exact_backward
 from flowpheno.train.objective import iid_nll, minibatch_nll, push_forward, stratified_blocks_nll, whole_blocks_nll
+from flowpheno.train.options import check_bool, check_choice, check_float, check_int
 
 Callback = Callable[[dict[str, Any]], None]
+
+Estimator = Literal["plain", "control_variate"]
+Objective = Literal["minibatch", "exact"]
+Batching = Literal["uniform", "blocks", "stratified"]
+ESTIMATORS: tuple[str, ...] = get_args(Estimator)
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+BATCHINGS: tuple[str, ...] = get_args(Batching)
+
+MAX_NON_FINITE_SHARE = 0.5
+"""Training stops when more than this share of an epoch's batches has a non-finite loss,
+latent or gradient (the exact objective: when its one step is non-finite)."""
 
 
 @dataclass
@@ -42,19 +55,48 @@ class TrainConfig:
     """Stop after this many epochs without a better validation NLL (None: never)."""
     max_grad_norm: float | None = 10.0
     """Clip the gradient norm: one outlying batch must not poison Adamax's running maximum."""
-    estimator: str = "plain"
+    estimator: Estimator = "plain"
     """Trace term for a fixed covariance: ``plain`` (Proposition 2.2) or ``control_variate`` (lower variance, opt-in)."""
-    objective: str = "minibatch"
+    objective: Objective = "minibatch"
     """``minibatch`` (Proposition 2.2 per batch) or ``exact``: one full-data step per epoch, exact gradient."""
     chunk_size: int = 16_384
     """Rows per chunk of the exact objective's passes (autograd memory)."""
     profile_scale: bool = False
     """Kinship ``alternating`` only: the exact ``s2`` step also fits each trait's latent scale
     (profiled likelihood) and folds it into the flow's final ActNorm."""
-    batching: str = "uniform"
+    batching: Batching = "uniform"
     """``uniform`` random rows; ``blocks``: whole equicorrelated blocks per batch, exact Gaussian term;
     ``stratified``: large blocks dealt evenly over the batches and small blocks whole, so
     every batch's Gaussian term is bounded below (see ``EquicorrelatedBlocks.stratified_batches``)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every setting's range or allowed set.
+
+        Raises:
+            OptionError: one line naming the flag (or field) and the allowed range.
+        """
+        owner = "TrainConfig"
+        check_int(owner, "epochs", self.epochs, 1)
+        check_int(owner, "stages", self.stages, 1)
+        check_int(owner, "batch_size", self.batch_size, 2)
+        check_float(owner, "lr", self.lr, "must be a positive finite number", 0.0, low_open=True)
+        check_float(owner, "weight_decay", self.weight_decay, "must be a finite number >= 0", 0.0)
+        check_float(owner, "lr_decay", self.lr_decay, "must be in (0, 1]", 0.0, 1.0, low_open=True, high_open=False)
+        check_float(owner, "covariance_lr", self.covariance_lr, "must be a positive finite number", 0.0, low_open=True)
+        check_int(owner, "seed", self.seed, 0)
+        if self.seed >= 2**63:
+            raise OptionError(f"--seed {self.seed}: must be below 2^63")
+        check_int(owner, "patience", self.patience, 1, optional=True)
+        check_float(owner, "max_grad_norm", self.max_grad_norm, "must be a positive finite number (or None: no clipping)",
+                    0.0, low_open=True, optional=True)
+        check_choice(owner, "estimator", self.estimator, ESTIMATORS)
+        check_choice(owner, "objective", self.objective, OBJECTIVES)
+        check_int(owner, "chunk_size", self.chunk_size, 1)
+        check_bool(owner, "profile_scale", self.profile_scale)
+        check_choice(owner, "batching", self.batching, BATCHINGS)
 
 
 @dataclass
@@ -67,6 +109,11 @@ class FitOutcome:
     stages: list[dict[str, Any]] = field(default_factory=list)
     best_val_nll: float | None = None
     grid: list[dict[str, Any]] = field(default_factory=list)
+    non_finite_batches: int = 0
+    """Batches whose loss, latents or gradient were not finite: their step was skipped."""
+    diverged: str | None = None
+    """What went wrong when training diverged (``"at stage 1 epoch 3 (validation NLL inf)"``), else None.
+    The returned flow is then not usable."""
 
 
 class _BestState:
@@ -81,7 +128,8 @@ class _BestState:
         self.state: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
 
     def offer(self, value: float | None, flow: LatentFlow, dependence: DependenceModel) -> None:
-        if value is not None and (self.value is None or value < self.value):
+        """Keep this state if ``value`` is finite and lower than the best so far (NaN and inf never are)."""
+        if value is not None and math.isfinite(value) and (self.value is None or value < self.value):
             self.value = value
             covariance = {name: p.detach().clone() for name, p in dependence.named_parameters()}
             self.state = (copy.deepcopy(flow.state_dict()), covariance)
@@ -109,10 +157,7 @@ class EpochTrainer:
         self.flow, self.dependence = flow, dependence
         self.x_train, self.x_val = x_train, x_val
         self.config, self.callback = config, callback
-        if config.objective not in ("minibatch", "exact"):
-            raise FlowphenoError(f"unknown objective {config.objective!r}: use 'minibatch' or 'exact'")
-        if config.batching not in ("uniform", "blocks", "stratified"):
-            raise FlowphenoError(f"unknown batching {config.batching!r}: use 'uniform', 'blocks' or 'stratified'")
+        config.validate()
         if config.batching != "uniform" and not isinstance(dependence, EquicorrelatedBlocks):
             raise FlowphenoError("block-aware batching needs equicorrelated blocks (--blocks), not a kinship or iid model")
         groups: list[dict[str, Any]] = [
@@ -130,6 +175,13 @@ class EpochTrainer:
         self.epoch_count = 0
         self.best_epoch = 0
         self.stopped = False
+        self.non_finite_batches = 0
+        self.diverged: str | None = None
+        self.check_every_batch = x_train.device.type == "cpu"
+        """Decide per batch whether its step is finite (one host sync per batch: free on the CPU).
+        Otherwise only a device-side flag is kept, checked once per epoch; an epoch that had a
+        non-finite batch is then replayed from its start with the per-batch check."""
+        self.untrained_val_nll = self.validation_nll()
 
     def validation_nll(self) -> float | None:
         if self.x_val is None or self.x_val.shape[0] == 0:
@@ -154,18 +206,68 @@ class EpochTrainer:
         order = torch.randperm(n, generator=self.generator).to(device)
         return list(order.split(self.config.batch_size))
 
-    def _step(self, loss: Tensor | None = None) -> None:
-        """Backward (unless the gradient is already accumulated), clip, optimiser step."""
-        if loss is not None:
-            loss.backward()
+    def _gradient_norm(self) -> Tensor:
+        """Clip the gradient (``max_grad_norm``) and return its total norm before clipping (on the device)."""
+        grads = [p.grad for p in self.trainable if p.grad is not None]
         if self.config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
-        self.optimizer.step()
+            return torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+        if not grads:
+            return torch.zeros(())
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
-    def _minibatch_epoch(self, n: int, device: torch.device, control: LatentControlVariate | None) -> Tensor:
-        """One pass over the rows in batches; returns the mean batch loss (on the device)."""
+    def _step(self, finite: Tensor, checked: bool) -> Tensor:
+        """Clip and take the optimiser step; with ``checked``, only when ``finite`` (a device
+        bool: loss and latents finite) holds and the gradient is finite too. Returns whether
+        the batch was finite (on the device)."""
+        finite = finite & torch.isfinite(self._gradient_norm()).to(finite.device)
+        if checked and not bool(finite):
+            self.optimizer.zero_grad(set_to_none=True)
+            return finite
+        self.optimizer.step()
+        return finite
+
+    def _snapshot(self, control: LatentControlVariate | None) -> dict[str, Any]:
+        """Everything an epoch changes, so that it can be replayed exactly."""
+        return {
+            "flow": copy.deepcopy(self.flow.state_dict()),
+            "dependence": {name: p.detach().clone() for name, p in self.dependence.named_parameters()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "generator": self.generator.get_state(),
+            "control": None if control is None else (control.latent.clone(), control.precision_latent.clone()),
+        }
+
+    def _restore(self, snapshot: dict[str, Any], control: LatentControlVariate | None) -> None:
+        self.flow.load_state_dict(snapshot["flow"])
+        with torch.no_grad():
+            for name, parameter in self.dependence.named_parameters():
+                parameter.copy_(snapshot["dependence"][name])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.generator.set_state(snapshot["generator"])
+        if control is not None:
+            control.latent, control.precision_latent = snapshot["control"]
+
+    def _minibatch_epoch(self, n: int, device: torch.device, control: LatentControlVariate | None) -> tuple[Tensor, int, int]:
+        """One pass over the rows in batches, skipping the step of every non-finite batch.
+
+        Returns the mean loss of the finite batches (on the device; NaN if none was), the
+        number of non-finite batches and the number of batches.
+        """
+        if self.check_every_batch:
+            return self._minibatch_pass(n, device, control, checked=True)
+        snapshot = self._snapshot(control)
+        mean, bad, count = self._minibatch_pass(n, device, control, checked=False)
+        if bad == 0:
+            return mean, bad, count
+        self._restore(snapshot, control)  # a NaN step spoilt the optimiser: replay, skipping it
+        return self._minibatch_pass(n, device, control, checked=True)
+
+    def _minibatch_pass(
+        self, n: int, device: torch.device, control: LatentControlVariate | None, checked: bool
+    ) -> tuple[Tensor, int, int]:
         batches = self._batches(n, device)
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per batch
+        rows = torch.zeros((), device=device)
+        bad = torch.zeros((), dtype=torch.long, device=device)
         for idx in batches:
             if self.config.batching == "blocks":
                 loss, z = whole_blocks_nll(self.flow, self.dependence, self.x_train[idx], idx, len(batches))
@@ -174,18 +276,23 @@ class EpochTrainer:
             else:
                 loss, z = minibatch_nll(self.flow, self.dependence, self.x_train[idx], idx, control)
             self.optimizer.zero_grad(set_to_none=True)
-            self._step(loss)
-            loss_sum += loss.detach() * (n / len(batches) if self.config.batching != "uniform" else len(idx))
-            if control is not None:
+            loss.backward()
+            finite = self._step(torch.isfinite(loss) & torch.isfinite(z).all(), checked)
+            weight = (n / len(batches) if self.config.batching != "uniform" else len(idx)) * finite
+            loss_sum += torch.where(finite, loss.detach(), 0.0) * weight
+            rows += weight
+            bad += ~finite
+            if control is not None and (not checked or bool(finite)):
                 control.update(z, idx)
-        return loss_sum / n
+        bad_count = int(bad)  # the one host sync of the epoch
+        return loss_sum / (rows if bad_count else n), bad_count, len(batches)
 
-    def _exact_step(self) -> Tensor:
-        """One optimiser step on the exact full-data objective."""
+    def _exact_step(self) -> tuple[Tensor, int, int]:
+        """One optimiser step on the exact full-data objective (skipped if not finite)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss = exact_backward(self.flow, self.dependence, self.x_train, self.config.chunk_size)
-        self._step()
-        return loss
+        finite = self._step(torch.isfinite(loss), checked=True)
+        return loss, int(not bool(finite)), 1
 
     def run(self, epochs: int, stage: int) -> None:
         """Up to ``epochs`` epochs; sets ``stopped`` when early stopping triggers."""
@@ -197,29 +304,64 @@ class EpochTrainer:
                 return
             started = time.perf_counter()
             if self.config.objective == "exact":
-                train_nll = self._exact_step()
+                train_nll, bad, batches = self._exact_step()
             else:
-                train_nll = self._minibatch_epoch(n, device, control)
+                train_nll, bad, batches = self._minibatch_epoch(n, device, control)
             self.scheduler.step()
             val = self.validation_nll()
             self.epoch_count += 1
+            self.non_finite_batches += bad
+            if bad > MAX_NON_FINITE_SHARE * batches:
+                self.stopped = True
+                self.diverged = (
+                    f"at stage {stage} epoch {self.epoch_count} ({bad} of {batches} batches had a non-finite loss, latent or gradient)"
+                )
+            elif val is not None and not math.isfinite(val):
+                self.stopped = True
+                self.diverged = f"at stage {stage} epoch {self.epoch_count} (validation NLL {val:g})"
             previous_best = self.best.value
             self.best.offer(val, self.flow, self.dependence)
             if self.best.value != previous_best:
                 self.best_epoch = self.epoch_count
             patience = self.config.patience
-            self.stopped = patience is not None and val is not None and self.epoch_count - self.best_epoch >= patience
+            self.stopped = self.stopped or (patience is not None and val is not None and self.epoch_count - self.best_epoch >= patience)
             record = {
                 "stage": stage,
                 "epoch": self.epoch_count,
                 "train_nll": float(train_nll),
                 "val_nll": val,
+                "non_finite_batches": bad,
                 "seconds": time.perf_counter() - started,
                 **self.dependence.describe(),
             }
             self.epochs.append(record)
             if self.callback:
                 self.callback({"event": "epoch", **record})
+
+
+    def diagnosis(self) -> str | None:
+        """Why the trained flow must not be used, or None.
+
+        Diverged: a non-finite epoch or validation NLL stopped training; with validation rows,
+        no epoch had a finite validation NLL, or the best one is worse than the untrained flow's
+        (the identity on standardised traits) by more than one nat per trait.
+        """
+        if self.diverged is not None:
+            return self.diverged
+        if self.x_val is None or self.x_val.shape[0] == 0:
+            return None
+        if self.best.value is None:
+            return f"(no finite validation NLL in {self.epoch_count} epochs)"
+        reference = self.untrained_val_nll
+        if reference is not None and math.isfinite(reference) and self.best.value > reference + self.x_train.shape[1]:
+            return f"(best validation NLL {self.best.value:.4g}, worse than the untrained flow's {reference:.4g})"
+        return None
+
+    def outcome(self, stages: list[dict[str, Any]]) -> FitOutcome:
+        return FitOutcome(
+            self.flow, self.dependence, self.epochs, stages, self.best.value,
+            non_finite_batches=self.non_finite_batches, diverged=self.diagnosis(),
+        )
 
 
 def _emit(callback: Callback | None, record: dict[str, Any]) -> None:
@@ -252,7 +394,7 @@ def fit_schedule(
     trainer.best.restore(flow, dependence)
     if isinstance(dependence, KinshipCovariance):
         dependence.release_cache()
-    return FitOutcome(flow, dependence, trainer.epochs, stages, trainer.best.value)
+    return trainer.outcome(stages)
 
 
 def fit_iid(flow: LatentFlow, x_train: Tensor, x_val: Tensor | None, config: TrainConfig, callback: Callback | None = None) -> FitOutcome:
@@ -282,13 +424,22 @@ def fit_grid(
         dependence = make_dependence(value)
         started = time.perf_counter()
         outcome = fit_schedule(flow, dependence, x_train, x_val, config, _tag(callback, value))
-        grid.append({"value": value, "val_nll": outcome.best_val_nll, "seconds": time.perf_counter() - started})
+        grid.append({"value": value, "val_nll": outcome.best_val_nll, "seconds": time.perf_counter() - started,
+                     "non_finite_batches": outcome.non_finite_batches, "diverged": outcome.diverged})
         _emit(callback, {"event": "grid", **grid[-1]})
-        if best is None or (outcome.best_val_nll or float("inf")) < (best.best_val_nll or float("inf")):
+        if best is None or _grid_score(outcome) < _grid_score(best):
             best = outcome
     assert best is not None
     best.grid = grid
+    best.non_finite_batches = sum(run["non_finite_batches"] for run in grid)
     return best
+
+
+def _grid_score(outcome: FitOutcome) -> float:
+    """Grid runs compete on validation NLL; a diverged run loses to any other."""
+    if outcome.diverged is not None or outcome.best_val_nll is None:
+        return math.inf
+    return outcome.best_val_nll
 
 
 def _tag(callback: Callback | None, value: float) -> Callback | None:
@@ -345,19 +496,33 @@ def fit_alternating(
         flow_seconds = time.perf_counter() - started
         if kinship:
             dependence.release_cache()
+        if trainer.diverged is not None:
+            break  # no covariance step on a diverged flow's latents
         started = time.perf_counter()
-        refit(push_forward(flow, x_train))
+        latent = push_forward(flow, x_train)
+        if not bool(torch.isfinite(latent).all()):
+            trainer.stopped = True
+            trainer.diverged = f"at stage {stage} epoch {trainer.epoch_count} (non-finite latents of the training rows)"
+            break
+        refit(latent)
         stages.append({"stage": stage, "flow_seconds": flow_seconds, f"{key}_seconds": time.perf_counter() - started,
                        **dependence.describe()})
         _emit(callback, {"event": "stage", **stages[-1]})
         if trainer.stopped:
             break
     trainer.best.restore(flow, dependence)
+    outcome = trainer.outcome(stages)
+    if outcome.diverged is not None:
+        return outcome
     of_best_stage = dependence.describe()
-    refit(push_forward(flow, x_train), move_flow=False)  # the returned flow is the validated one
+    latent = push_forward(flow, x_train)
+    if not bool(torch.isfinite(latent).all()):
+        outcome.diverged = "(the kept flow state gives non-finite latents for training rows)"
+        return outcome
+    refit(latent, move_flow=False)  # the returned flow is the validated one
     stages.append({"stage": "final", **{f"{name}_before_refit": value for name, value in of_best_stage.items() if name != "block_sizes"},
                    **dependence.describe()})
-    return FitOutcome(flow, dependence, trainer.epochs, stages, trainer.best.value)
+    return outcome
 
 
 def fit_joint(
