@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,14 @@ def check_bed(prefix: str | Path) -> tuple[int, int]:
     :class:`FlowphenoError` with the expected and found sizes otherwise.
     """
     prefix = Path(prefix)
+    stamps = tuple((stat.st_mtime_ns, stat.st_size) for stat in (Path(_member(prefix, s)).stat() for s in (".bed", ".bim", ".fam")))
+    return _checked_bed(str(prefix), str(prefix.resolve()), stamps)
+
+
+@functools.lru_cache(maxsize=32)
+def _checked_bed(prefix_text: str, resolved: str, stamps: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """:func:`check_bed`'s work, remembered while the three files (``resolved``) are unchanged (``stamps``)."""
+    prefix = Path(prefix_text)
     bed = _member(prefix, ".bed")
     n = len(read_fam(_member(prefix, ".fam")))
     m = _count_lines(_member(prefix, ".bim"))
