@@ -86,7 +86,7 @@ def _progress() -> Progress:
 @app.command()
 def grm(
     bfile: Path = typer.Option(..., "--bfile", help="PLINK 1 prefix (.bed/.bim/.fam)"),
-    out: Path = typer.Option(..., "--out", help="output kinship: .npz (K, ids) or GEMMA-style .txt (+ .ids)"),
+    out: Path = typer.Option(..., "--out", help="output kinship: .npz (K, ids, fids) or GEMMA-style .txt (+ .ids: FID IID per row)"),
     maf: float = typer.Option(0.01, "--maf", help="skip SNPs with minor allele frequency below this (GEMMA default)"),
     max_missing: float = typer.Option(0.05, "--max-missing", help="skip SNPs missing in more than this share (GEMMA default)"),
 ) -> None:
@@ -95,7 +95,7 @@ def grm(
 
     from flowpheno.io.atomic import atomic_path, check_file_output
     from flowpheno.io.kinship import write_npz
-    from flowpheno.io.plink import centred_grm
+    from flowpheno.io.plink import centred_grm, sample_fids
 
     inputs = {"--bfile": _plink_members(bfile)}
     check_file_output(out, inputs)
@@ -103,13 +103,14 @@ def grm(
         check_file_output(str(out) + ".ids", inputs)
     with console.status(f"computing the centred GRM from {bfile}"):
         matrix, ids, used = centred_grm(bfile, maf=maf, max_missing=max_missing)
+    fids = sample_fids(bfile)
     if str(out).endswith(".txt"):
         with atomic_path(out) as tmp:
             np.savetxt(tmp, matrix, fmt="%.10g", delimiter="\t")
-        with atomic_path(str(out) + ".ids") as tmp:
-            tmp.write_text("\n".join(ids) + "\n")
+        with atomic_path(str(out) + ".ids") as tmp:  # FID IID per row, as GCTA's .grm.id
+            tmp.write_text("".join(f"{fid}\t{iid}\n" for fid, iid in zip(fids, ids)))
     else:
-        write_npz(out, matrix, ids)
+        write_npz(out, matrix, ids, fids)
     console.print(f"wrote {out}: {len(ids)} individuals, {used} SNPs (MAF >= {maf}, missingness <= {max_missing})")
 
 
@@ -188,9 +189,9 @@ def transform(
 
     check_file_output(out, {"--model": model, "--pheno": pheno, "--covar": covar, "--fam": fam})
     table = transform_phenotypes(model, pheno, covar, device=_device(device))
-    write_phenotypes(table, out, fmt, fam)
-    complete = int(table.drop(columns=["FID", "IID"]).notna().all(axis=1).sum())
-    console.print(f"wrote {out} ({fmt}): {complete} of {len(table)} individuals Gaussianized")
+    written = write_phenotypes(table, out, fmt, fam, source=str(pheno))  # the rows actually written, in the file's order
+    complete = int(written.drop(columns=["FID", "IID"]).notna().all(axis=1).sum())
+    console.print(f"wrote {out} ({fmt}): {complete} of {len(written)} individuals Gaussianized")
 
 
 @app.command()
@@ -263,7 +264,8 @@ def gwas_rint(
     check_file_output(out, {"--pheno": pheno, "--fam": fam, "--covar": covar})
     chosen = [t.strip() for t in traits.split(",")] if traits else None
     table = write_rint_phenotypes(pheno, out, fam, covar, chosen)
-    console.print(f"wrote {out}: {table.shape[1] - 2} traits")
+    complete = int(table.drop(columns=["FID", "IID"]).notna().all(axis=1).sum())
+    console.print(f"wrote {out}: {table.shape[1] - 2} traits, {complete} of {len(table)} .fam individuals with values")
 
 
 @gwas_app.command("assoc")

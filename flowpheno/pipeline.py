@@ -29,7 +29,8 @@ from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.atomic import StagedDirectory, atomic_path, write_errors
 from flowpheno.io.kinship import Kinship, KinshipFactor, read_genotype_factor, read_kinship, read_pcs, spectral_decomposition
 from flowpheno.io.outputs import write_phenotypes
-from flowpheno.io.tables import covariate_matrix, default_traits, numeric_columns, read_table
+from flowpheno.io.ids import FID_GIVEN, SampleKeys, align
+from flowpheno.io.tables import covariate_matrix, default_traits, numeric_columns, read_table, table_keys
 from flowpheno.model import PhenotypeModel, least_squares_residuals
 from flowpheno.train import FitOutcome, TrainConfig, fit_alternating, fit_grid, fit_iid, fit_joint
 from flowpheno.train.options import check_choice, check_float, check_int
@@ -89,7 +90,11 @@ class FitConfig:
 
 @dataclass
 class Phenotypes:
-    """Traits (and covariates) aligned on IID, in input order, with NaN for missing."""
+    """Traits (and covariates) aligned on (FID, IID), in input order, with NaN for missing.
+
+    ``ids``: FID and IID columns (text; FID = IID when the file has no FID, and then
+    ``fid_given`` is False and joins use IID alone).
+    """
 
     ids: pd.DataFrame
     values: np.ndarray
@@ -99,6 +104,19 @@ class Phenotypes:
     covariate_columns: list[str]
     source: str
     skipped_columns: list[str] = field(default_factory=list)
+    fid_given: bool = True
+    lines: np.ndarray | None = None
+
+    def keys(self) -> SampleKeys:
+        """The individuals' keys, for :func:`flowpheno.io.ids.align`."""
+        fid = self.ids["FID"].to_numpy(dtype=str) if self.fid_given else None
+        return SampleKeys(self.ids["IID"].to_numpy(dtype=str), fid, self.source, self.lines)
+
+    def id_table(self) -> pd.DataFrame:
+        """FID and IID columns, marked with whether the FIDs came from the file."""
+        ids = self.ids.reset_index(drop=True).copy()
+        ids.attrs[FID_GIVEN] = self.fid_given
+        return ids
 
 
 def package_versions() -> dict[str, str]:
@@ -117,8 +135,9 @@ def read_phenotypes(
     traits: list[str] | None = None,
     covar: str | Path | None = None,
 ) -> Phenotypes:
-    """Read traits (default: every numeric column) and covariates aligned on IID."""
+    """Read traits (default: every numeric column) and covariates aligned on (FID, IID)."""
     table = read_table(pheno)
+    keys = table_keys(table, pheno)
     skipped: list[str] = []
     if traits is None:
         traits, skipped = default_traits(table)
@@ -127,19 +146,26 @@ def read_phenotypes(
     values = numeric_columns(table, traits, pheno, "trait").to_numpy()
     covariates, names, columns = None, [], []
     if covar is not None:
-        aligned, columns = aligned_covariates(covar, table["IID"].to_numpy())
+        aligned, columns = aligned_covariates(covar, keys)
         covariates, names = aligned.to_numpy(dtype=float), list(aligned.columns)
-    return Phenotypes(table[["FID", "IID"]].copy(), values, list(traits), covariates, names, columns, str(pheno), skipped)
+    return Phenotypes(
+        table[["FID", "IID"]].copy(), values, list(traits), covariates, names, columns, str(pheno), skipped,
+        fid_given=keys.fid is not None, lines=keys.lines,
+    )
 
 
-def aligned_covariates(covar: str | Path, iids: np.ndarray) -> tuple[pd.DataFrame, list[str]]:
-    """The covariate design (text columns one-hot) with rows in the order of ``iids``
-    (NaN where an IID is absent), and the covariate file's own column names."""
+def aligned_covariates(covar: str | Path, keys: SampleKeys | np.ndarray) -> tuple[pd.DataFrame, list[str]]:
+    """The covariate design (text columns one-hot) with rows in the order of ``keys``
+    (the phenotype file's individuals; NaN where one is absent), and the covariate
+    file's own column names. Matched on (FID, IID), or IID alone where a file has no
+    FID; a file sharing no individual raises :class:`FlowphenoError`."""
+    if not isinstance(keys, SampleKeys):
+        keys = SampleKeys(np.asarray(keys, dtype=str), None, "the phenotype table")
     covariate_table = read_table(covar)
     matrix = covariate_matrix(covariate_table, covar)
-    matrix.index = covariate_table["IID"].to_numpy()
     columns = [c for c in covariate_table.columns if c not in ("FID", "IID")]
-    return matrix.reindex(iids), columns
+    alignment = align(table_keys(covariate_table, covar), keys, hint="give covariates for the same individuals")
+    return alignment.take(matrix), columns
 
 
 def _complete_rows(phenotypes: Phenotypes, covar: str | Path | None) -> tuple[np.ndarray, dict[str, list[str]]]:
@@ -158,17 +184,17 @@ def _complete_rows(phenotypes: Phenotypes, covar: str | Path | None) -> tuple[np
     return keep, dropped
 
 
-def _align_kinship(kinship: Kinship, iids: np.ndarray, keep: np.ndarray, pheno: str, dropped: dict[str, list[str]]) -> np.ndarray:
-    in_kinship = pd.Index(iids).isin(kinship.ids)
-    if not in_kinship.any():
-        raise FlowphenoError(
-            f"{pheno} and {kinship.source} share no IID (e.g. {iids[0]!r} vs {kinship.ids[0]!r}); "
-            "the kinship must be computed on the same individuals"
-        )
+def _align_kinship(
+    kinship: Kinship | KinshipFactor, keys: SampleKeys, keep: np.ndarray, dropped: dict[str, list[str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(keep & in kinship, kinship row of each phenotype row or -1)``; absent rows are
+    recorded in ``dropped``."""
+    alignment = align(kinship.keys(), keys, hint="the kinship must be computed on the same individuals")
+    in_kinship = alignment.found
     missing = keep & ~in_kinship
     if missing.any():
-        dropped[f"not in {kinship.source}"] = iids[missing].tolist()
-    return keep & in_kinship
+        dropped[f"not in {kinship.source}"] = keys.iid[missing].tolist()
+    return keep & in_kinship, alignment.positions
 
 
 def _check_traits(values: np.ndarray, traits: list[str], pheno: str) -> None:
@@ -185,17 +211,18 @@ def _split(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _kinship_model(
-    kinship: Kinship | KinshipFactor, train_ids: np.ndarray, device: str, timings: dict[str, float]
+    kinship: Kinship | KinshipFactor, train_rows: np.ndarray, device: str, timings: dict[str, float]
 ) -> tuple[KinshipCovariance, bool | None]:
+    """``train_rows``: the kinship's row positions of the training individuals, in order."""
     started = time.perf_counter()
     if isinstance(kinship, KinshipFactor):  # thin SVD of the factor: O(n r^2), no n x n matrix
-        factor = torch.as_tensor(kinship.subset(train_ids), dtype=torch.float64)
+        factor = torch.as_tensor(kinship.rows(train_rows), dtype=torch.float64)
         model = KinshipCovariance.from_factor(factor).float()
         timings["thin_svd"] = time.perf_counter() - started
         return model.to(device), None
     source = Path(kinship.source)
     cache_dir = source.parent if source.parent.exists() else None
-    eigenvalues, eigenvectors, hit = spectral_decomposition(kinship.subset(train_ids), kinship.source, cache_dir)
+    eigenvalues, eigenvectors, hit = spectral_decomposition(kinship.rows(train_rows), kinship.source, cache_dir)
     timings["eigendecomposition"] = time.perf_counter() - started
     model = KinshipCovariance(
         torch.as_tensor(eigenvalues, dtype=torch.float32), torch.as_tensor(eigenvectors, dtype=torch.float32)
@@ -308,9 +335,10 @@ def _fit(
     keep, dropped = _complete_rows(phenotypes, covar)
     iids = phenotypes.ids["IID"].to_numpy()
     kinship = None
+    kinship_rows = None
     if grm is not None and config.mode != "iid":
         kinship = grm if isinstance(grm, (Kinship, KinshipFactor)) else read_kinship(grm, grm_ids)
-        keep = _align_kinship(kinship, iids, keep, str(pheno), dropped)
+        keep, kinship_rows = _align_kinship(kinship, phenotypes.keys(), keep, dropped)
     n_complete = int(keep.sum())
     if n_complete < MIN_COMPLETE_ROWS:
         raise FlowphenoError(
@@ -333,7 +361,6 @@ def _fit(
     timings["read_and_align"] = time.perf_counter() - started
 
     train_rows, val_rows = _split(n_complete, config.val_frac, config.train.seed)
-    fit_iids = iids[keep]
     device = config.device
     torch.manual_seed(config.train.seed)
     x_train = torch.as_tensor(standardised[train_rows], dtype=torch.float32, device=device)
@@ -346,7 +373,7 @@ def _fit(
     cache_hit = None
     kinship_model = None
     if kinship is not None:
-        kinship_model, cache_hit = _kinship_model(kinship, fit_iids[train_rows], device, timings)
+        kinship_model, cache_hit = _kinship_model(kinship, kinship_rows[keep][train_rows], device, timings)
     if callback:
         grid_runs = len(config.s2_grid) if config.mode == "grid" else 1
         callback({"event": "plan", "stages": config.train.stages, "epochs": config.train.epochs, "runs": grid_runs})
@@ -382,6 +409,7 @@ def _fit(
             f"(first: IID {iids[broken][0]}) to non-finite values: {advice}; nothing was written"
         )
     gaussianized = pd.concat([phenotypes.ids.reset_index(drop=True), pd.DataFrame(latent, columns=phenotypes.traits)], axis=1)
+    gaussianized.attrs[FID_GIVEN] = phenotypes.fid_given
     timings["transform"] = time.perf_counter() - started
     report = {
         "command": command or sys.argv,
@@ -493,11 +521,13 @@ def transform_phenotypes(
     phenotypes = read_phenotypes(pheno, model.traits)
     covariates = None
     if model.covariates:
-        aligned, columns = aligned_covariates(covar, phenotypes.ids["IID"].to_numpy())
+        aligned, columns = aligned_covariates(covar, phenotypes.keys())
         absent = [c for c in model.covariate_columns if c not in columns]
         if absent:
             raise FlowphenoError(f"{covar}: missing covariate column(s) {', '.join(absent)} used by the model")
         # a level absent from this file is a zero column, as it would be after one-hot encoding
         covariates = aligned.reindex(columns=model.covariates, fill_value=0.0).to_numpy(dtype=float)
     latent = model.gaussianize(phenotypes.values, covariates, device=device)
-    return pd.concat([phenotypes.ids.reset_index(drop=True), pd.DataFrame(latent, columns=model.traits)], axis=1)
+    table = pd.concat([phenotypes.ids.reset_index(drop=True), pd.DataFrame(latent, columns=model.traits)], axis=1)
+    table.attrs[FID_GIVEN] = phenotypes.fid_given
+    return table

@@ -44,8 +44,8 @@ def test_plink2_header_and_iid_only(tmp_path: Path) -> None:
 
 
 def test_duplicate_ids_named(tmp_path: Path) -> None:
-    (tmp_path / "dup.tsv").write_text("FID\tIID\tx\nf\ta\t1\nf\tb\t2\ng\ta\t3\n")
-    with pytest.raises(FlowphenoError, match=r"IID 'a' appears more than once \(lines 2, 4\)"):
+    (tmp_path / "dup.tsv").write_text("FID\tIID\tx\nf\ta\t1\nf\tb\t2\nf\ta\t3\n")
+    with pytest.raises(FlowphenoError, match=r"FID 'f' IID 'a' appears more than once \(lines 2, 4\)"):
         read_table(tmp_path / "dup.tsv")
 
 

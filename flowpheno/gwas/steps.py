@@ -14,17 +14,23 @@ from flowpheno.gwas.evaluate import genome_wide_threshold, summarise
 from flowpheno.gwas.gemma import gemma_lmm, min_p_over_traits
 from flowpheno.gwas.plots import manhattan, qq
 from flowpheno.io.atomic import atomic_path
+from flowpheno.io.ids import FID_GIVEN
 from flowpheno.io.outputs import write_phenotypes
 from flowpheno.pipeline import read_phenotypes
 
 
 def write_rint_phenotypes(pheno: str | Path, out: str | Path, fam: str | Path, covar: str | Path | None = None,
                           traits: list[str] | None = None) -> pd.DataFrame:
-    """Rank-inverse-normal traits after covariates, as a GEMMA ``-p`` file in ``.fam`` order."""
+    """Rank-inverse-normal traits after covariates, as a GEMMA ``-p`` file in ``.fam`` order.
+
+    Rows are matched to the ``.fam`` on (FID, IID) (IID alone when ``pheno`` has no
+    FID). Returns the table as written: the ``.fam``'s FID, IID and the traits (NaN
+    where the individual has no complete row).
+    """
     phenotypes = read_phenotypes(pheno, traits, covar)
-    table = rint_table(phenotypes.ids, phenotypes.values, phenotypes.covariates, phenotypes.traits)
-    write_phenotypes(table, out, "gemma", fam)
-    return table
+    table = rint_table(phenotypes.id_table(), phenotypes.values, phenotypes.covariates, phenotypes.traits)
+    table.attrs[FID_GIVEN] = phenotypes.fid_given
+    return write_phenotypes(table, out, "gemma", fam, source=str(pheno))
 
 
 def association(bfile: str | Path, kinship: str | Path, pheno: str | Path, columns: list[int], out: str | Path,

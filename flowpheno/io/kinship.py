@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import scipy.linalg
 
 from flowpheno.errors import FlowphenoError
 from flowpheno.io.atomic import atomic_path
-from flowpheno.io.plink import centred_grm, plink_prefix, read_fam, standardised_genotype_factor
+from flowpheno.io.ids import SampleKeys, check_unique, make_keys
+from flowpheno.io.plink import centred_grm, plink_prefix, read_fam, sample_fids, standardised_genotype_factor
 
 NEGATIVE_EIGENVALUE_TOLERANCE = 1e-6
 """Eigenvalues below ``-tol * largest`` make a kinship invalid; smaller negatives are clipped."""
@@ -29,16 +31,27 @@ the identity: it carries no relatedness and ``s2`` is not identifiable."""
 
 @dataclass
 class Kinship:
-    """A symmetric kinship matrix and the IIDs of its rows, with where it came from."""
+    """A symmetric kinship matrix and the IDs of its rows, with where it came from.
+
+    ``ids``: ``(n,)`` IIDs; ``fids``: ``(n,)`` FIDs, or None when the file carries IIDs only.
+    """
 
     matrix: np.ndarray
     ids: np.ndarray
     source: str
+    fids: np.ndarray | None = None
+
+    def keys(self) -> SampleKeys:
+        """The rows' (FID, IID) keys (IID only without FIDs)."""
+        return SampleKeys(np.asarray(self.ids, dtype=str), None if self.fids is None else np.asarray(self.fids, dtype=str), self.source)
 
     def subset(self, ids: np.ndarray) -> np.ndarray:
-        """The sub-matrix for ``ids`` (each must be present), in that order."""
-        position = pd.Index(self.ids).get_indexer(ids)
-        return self.matrix[np.ix_(position, position)]
+        """The sub-matrix for IIDs ``ids`` (each must be present, IIDs unique), in that order."""
+        return self.rows(pd.Index(self.ids).get_indexer(ids))
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """The sub-matrix for row ``positions`` (from :func:`flowpheno.io.ids.align`), in that order."""
+        return self.matrix[np.ix_(positions, positions)]
 
 
 @dataclass
@@ -48,10 +61,19 @@ class KinshipFactor:
     factor: np.ndarray
     ids: np.ndarray
     source: str
+    fids: np.ndarray | None = None
+
+    def keys(self) -> SampleKeys:
+        """The rows' (FID, IID) keys (IID only without FIDs)."""
+        return SampleKeys(np.asarray(self.ids, dtype=str), None if self.fids is None else np.asarray(self.fids, dtype=str), self.source)
 
     def subset(self, ids: np.ndarray) -> np.ndarray:
-        """Rows of ``W`` for ``ids`` (each must be present), in that order."""
-        return self.factor[pd.Index(self.ids).get_indexer(ids)]
+        """Rows of ``W`` for IIDs ``ids`` (each must be present), in that order."""
+        return self.rows(pd.Index(self.ids).get_indexer(ids))
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """Rows of ``W`` at ``positions``, in that order."""
+        return self.factor[positions]
 
 
 def read_pcs(path: str | Path) -> KinshipFactor:
@@ -61,7 +83,7 @@ def read_pcs(path: str | Path) -> KinshipFactor:
     column). Each individual's PC vector is centred and scaled to unit length, so
     ``K = W W^T`` is that correlation (unit diagonal, rank at most ``r``).
     """
-    from flowpheno.io.tables import numeric_columns, read_table
+    from flowpheno.io.tables import numeric_columns, read_table, table_keys
 
     table = read_table(path)
     columns = [c for c in table.columns if str(c).upper().startswith("PC")] or [c for c in table.columns if c not in ("FID", "IID")]
@@ -75,28 +97,51 @@ def read_pcs(path: str | Path) -> KinshipFactor:
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     if (norms == 0).any():
         raise FlowphenoError(f"{path}: IID {table['IID'][(norms == 0)[:, 0]].iloc[0]} has identical PC values; its correlation is undefined")
-    return KinshipFactor(centred / norms, table["IID"].to_numpy(dtype=str), str(path))
+    keys = table_keys(table, path)
+    return KinshipFactor(centred / norms, keys.iid, str(path), keys.fid)
 
 
 def read_genotype_factor(prefix: str | Path, maf: float = 0.01, max_missing: float = 0.05) -> KinshipFactor:
     """Kinship factor ``W`` (standardised genotypes / sqrt(M)) from a PLINK fileset with ``M < n`` SNPs."""
-    factor, ids = standardised_genotype_factor(plink_prefix(prefix), maf, max_missing)
-    return KinshipFactor(factor, ids, str(prefix))
+    prefix = plink_prefix(prefix)
+    factor, ids = standardised_genotype_factor(prefix, maf, max_missing)
+    return KinshipFactor(factor, ids, str(prefix), sample_fids(prefix))
 
 
-def _ids_from_file(path: Path) -> np.ndarray:
-    """IIDs from a ``.fam`` (column 2), a two-column FID IID file, or one ID per line."""
+def _ids_from_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(IIDs, FIDs or None)`` in file order, text, from a ``.fam`` (columns 1-2 by
+    position), a two-column ``FID IID`` file (GCTA ``.grm.id``, ``flowpheno grm``'s
+    ``.ids``), or one IID per line. Lines starting with ``#`` are skipped."""
+    if not path.exists():
+        raise FlowphenoError(f"{path}: file not found")
     if path.suffix == ".fam":
-        return read_fam(path)["IID"].to_numpy(dtype=str)
-    table = pd.read_csv(path, sep=r"\s+", header=None, dtype=str, engine="python", comment="#")
-    return table.iloc[:, 1 if table.shape[1] >= 2 else 0].to_numpy(dtype=str)
+        fam = read_fam(path)
+        return fam["IID"].to_numpy(dtype=str), fam["FID"].to_numpy(dtype=str)
+    from flowpheno.io.tables import decode_text
+
+    rows, numbers = [], []
+    for number, line in enumerate(decode_text(path).split("\n"), start=1):
+        fields = line.split()
+        if fields and not fields[0].startswith("#"):
+            rows.append(fields)
+            numbers.append(number)
+    widths = {len(fields) for fields in rows}
+    if len(widths) > 1 or (widths and widths.pop() > 2):
+        bad = next(i for i, fields in enumerate(rows) if len(fields) != len(rows[0]) or len(fields) > 2)
+        raise FlowphenoError(
+            f"{path}: line {numbers[bad]} has {len(rows[bad])} fields; an ID file has FID IID or one IID per line, the same on every line"
+        )
+    iids = np.array([fields[-1] for fields in rows], dtype=str)
+    fids = np.array([fields[0] for fields in rows], dtype=str) if rows and len(rows[0]) == 2 else None
+    make_keys(iids, fids, str(path), np.asarray(numbers))  # a pair listed twice is an error naming the lines
+    return iids, fids
 
 
-def _read_gcta(prefix: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_gcta(prefix: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     ids_path = Path(prefix + ".grm.id")
     if not ids_path.exists():
         raise FlowphenoError(f"{prefix}.grm.bin: the IDs file {ids_path} is missing")
-    ids = _ids_from_file(ids_path)
+    ids, fids = _ids_from_file(ids_path)
     n = len(ids)
     values = np.fromfile(prefix + ".grm.bin", dtype=np.float32).astype(np.float64)
     if values.size != n * (n + 1) // 2:
@@ -107,7 +152,7 @@ def _read_gcta(prefix: str) -> tuple[np.ndarray, np.ndarray]:
     rows, cols = np.tril_indices(n)
     matrix[rows, cols] = values
     matrix[cols, rows] = values
-    return matrix, ids
+    return matrix, ids, fids
 
 
 def read_kinship(path: str | Path, ids_path: str | Path | None = None) -> Kinship:
@@ -121,29 +166,74 @@ def read_kinship(path: str | Path, ids_path: str | Path | None = None) -> Kinshi
     if name.endswith(".npz"):
         if not path.exists():
             raise FlowphenoError(f"{path}: file not found")
-        with np.load(path, allow_pickle=False) as archive:
-            if "K" not in archive or "ids" not in archive:
-                raise FlowphenoError(f"{path}: .npz kinship needs arrays 'K' and 'ids' (found: {', '.join(archive.files)})")
-            matrix, ids = archive["K"].astype(np.float64), archive["ids"].astype(str)
+        matrix, ids, fids = _read_npz(path)
     elif name.endswith(".grm.bin") or Path(name + ".grm.bin").exists():
         prefix = name[: -len(".grm.bin")] if name.endswith(".grm.bin") else name
         if not Path(prefix + ".grm.bin").exists():
             raise FlowphenoError(f"{path}: file not found")
-        matrix, ids = _read_gcta(prefix)
+        matrix, ids, fids = _read_gcta(prefix)
     elif name.endswith(".txt"):
         if not path.exists():
             raise FlowphenoError(f"{path}: file not found")
         if ids_path is None:
             raise FlowphenoError(f"{path}: a GEMMA kinship has no IDs; give --grm-ids FILE or --fam FILE in the order GEMMA read them")
         matrix = np.loadtxt(path, ndmin=2)
-        ids = _ids_from_file(Path(ids_path))
+        ids, fids = _ids_from_file(Path(ids_path))
         if len(ids) != matrix.shape[0]:
             raise FlowphenoError(f"{path}: {matrix.shape[0]} rows but {ids_path} lists {len(ids)} IDs; use the .fam GEMMA read")
     elif any(Path(name + s).exists() for s in (".bed", ".bim", ".fam")) or path.suffix in {".bed", ".bim", ".fam"}:
-        matrix, ids, _ = centred_grm(plink_prefix(path))
+        prefix = plink_prefix(path)
+        matrix, ids, _ = centred_grm(prefix)
+        fids = sample_fids(prefix)
     else:
         raise FlowphenoError(f"{path}: not a kinship file (.npz, GEMMA .cXX.txt/.sXX.txt, GCTA .grm.bin) or PLINK prefix")
-    return validated(Kinship(matrix, np.asarray(ids, dtype=str), name))
+    return validated(Kinship(matrix, np.asarray(ids, dtype=str), name, None if fids is None else np.asarray(fids, dtype=str)))
+
+
+NPZ_IDS_HINT = "np.savez(f, K=K, ids=fam.IID.astype(str).to_numpy(), fids=fam.FID.astype(str).to_numpy())"
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``K``, ``ids`` (IIDs) and optional ``fids`` of a kinship ``.npz``; never unpickles.
+
+    Older files with ``ids`` only are matched on IID alone.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "K" not in archive or "ids" not in archive:
+                raise FlowphenoError(f"{path}: .npz kinship needs arrays 'K' and 'ids' (found: {', '.join(archive.files)})")
+            arrays = {}
+            for key in ("K", "ids", "fids"):
+                if key not in archive:
+                    continue
+                try:
+                    arrays[key] = archive[key]
+                except ValueError as error:
+                    if "allow_pickle" not in str(error) and "Object arrays" not in str(error):
+                        raise
+                    raise FlowphenoError(
+                        f"{path}: array {key!r} holds Python objects, which flowpheno does not unpickle; "
+                        f"save IDs as text: {NPZ_IDS_HINT}"
+                    ) from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise FlowphenoError(f"{path}: cannot read as .npz ({type(error).__name__}: {error}); write it with np.savez") from None
+    try:
+        matrix = arrays["K"].astype(np.float64)
+    except (TypeError, ValueError):
+        raise FlowphenoError(f"{path}: array 'K' is not numeric ({arrays['K'].dtype})") from None
+    ids = _id_array(arrays["ids"], path, "ids")
+    fids = _id_array(arrays["fids"], path, "fids") if "fids" in arrays else None
+    if fids is not None and len(fids) != len(ids):
+        raise FlowphenoError(f"{path}: 'fids' has {len(fids)} entries but 'ids' has {len(ids)}; save one FID per IID")
+    return matrix, ids, fids
+
+
+def _id_array(values: np.ndarray, path: Path, key: str) -> np.ndarray:
+    if values.ndim != 1:
+        raise FlowphenoError(f"{path}: {key!r} must be one-dimensional (shape {values.shape}); save IIDs in 'ids' and FIDs in 'fids'")
+    if values.dtype.kind == "f":
+        raise FlowphenoError(f"{path}: {key!r} holds floating-point numbers, not IDs; {NPZ_IDS_HINT}")
+    return np.array([str(value) for value in values.tolist()], dtype=str) if len(values) else np.array([], dtype=str)
 
 
 def validated(kinship: Kinship) -> Kinship:
@@ -159,23 +249,25 @@ def validated(kinship: Kinship) -> Kinship:
     if asymmetry > 1e-6 * max(1.0, np.abs(matrix).max()):
         i, j = np.unravel_index(np.argmax(np.abs(matrix - matrix.T)), matrix.shape)
         raise FlowphenoError(
-            f"{source}: kinship is not symmetric (K[{kinship.ids[i]},{kinship.ids[j]}] - K[{kinship.ids[j]},{kinship.ids[i]}] = "
+            f"{source}: kinship is not symmetric (K[{str(kinship.ids[i])},{str(kinship.ids[j])}] - K[{str(kinship.ids[j])},{str(kinship.ids[i])}] = "
             f"{matrix[i, j] - matrix[j, i]:.3g}); pass the full matrix, not one triangle"
         )
     if not matrix.any():
         raise FlowphenoError(f"{source}: kinship is all zeros; recompute it (e.g. flowpheno grm --bfile PREFIX) or check the file")
-    duplicated = pd.Index(kinship.ids).duplicated()
-    if duplicated.any():
-        raise FlowphenoError(f"{source}: IID {kinship.ids[duplicated][0]!r} appears more than once in the kinship IDs")
+    check_unique(kinship.keys())
     kinship.matrix = (matrix + matrix.T) / 2
     return kinship
 
 
-def write_npz(path: str | Path, matrix: np.ndarray, ids: np.ndarray) -> None:
-    """Save a kinship as ``.npz`` with arrays ``K`` and ``ids`` (atomic)."""
+def write_npz(path: str | Path, matrix: np.ndarray, ids: np.ndarray, fids: np.ndarray | None = None) -> None:
+    """Save a kinship as ``.npz`` with arrays ``K``, ``ids`` (IIDs) and, when given,
+    ``fids`` (FIDs), IDs as text (atomic)."""
+    arrays = {"K": matrix, "ids": np.asarray([str(v) for v in ids], dtype=str)}
+    if fids is not None:
+        arrays["fids"] = np.asarray([str(v) for v in fids], dtype=str)
     with atomic_path(path) as tmp:
         with tmp.open("wb") as handle:
-            np.savez_compressed(handle, K=matrix, ids=np.asarray(ids, dtype=str))
+            np.savez_compressed(handle, **arrays)
 
 
 def spectral_decomposition(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,29 +10,51 @@ import pandas as pd
 
 from flowpheno.errors import FlowphenoError
 from flowpheno.io.atomic import atomic_path
-from flowpheno.io.plink import read_fam
+from flowpheno.io.ids import align, sample_keys
+from flowpheno.io.plink import fam_keys, read_fam
 
 FORMATS = ("tsv", "gemma", "parquet")
 
 
-def order_like_fam(table: pd.DataFrame, fam_path: str | Path) -> pd.DataFrame:
-    """Rows in ``.fam`` order (what GEMMA ``-p`` expects); individuals without a row get NA."""
+def order_like_fam(table: pd.DataFrame, fam_path: str | Path, source: str = "the phenotype table") -> pd.DataFrame:
+    """Rows in ``.fam`` order (what GEMMA ``-p`` expects): the ``.fam``'s FID and IID,
+    then each individual's traits (NA where the table has no row for it).
+
+    Matched on (FID, IID), or on IID alone when ``table`` has no FID (see
+    :func:`flowpheno.io.ids.align`). Raises :class:`FlowphenoError` when no
+    individual matches, showing both files' first IDs.
+    """
     fam = read_fam(fam_path)
     traits = [column for column in table.columns if column not in ("FID", "IID")]
-    ordered = table.set_index("IID")[traits].reindex(fam["IID"].to_numpy())
-    return pd.concat([fam[["FID", "IID"]].reset_index(drop=True), ordered.reset_index(drop=True)], axis=1)
+    alignment = align(
+        sample_keys(table, source), fam_keys(fam, fam_path),
+        hint="the output would be all NA; check that the phenotypes belong to this fileset",
+    )
+    left_out = len(table) - len(np.unique(alignment.positions[alignment.found]))
+    if left_out:
+        warnings.warn(
+            f"{left_out} of {len(table)} individuals of {source} are not in {fam_path} (matched on {alignment.by}) "
+            "and are left out of the output",
+            stacklevel=2,
+        )
+    ordered = alignment.take(table[traits])
+    return pd.concat([fam[["FID", "IID"]].reset_index(drop=True), ordered], axis=1)
 
 
-def write_phenotypes(table: pd.DataFrame, path: str | Path, fmt: str = "tsv", fam: str | Path | None = None) -> None:
+def write_phenotypes(
+    table: pd.DataFrame, path: str | Path, fmt: str = "tsv", fam: str | Path | None = None, source: str = "the phenotype table"
+) -> pd.DataFrame:
     """Write FID, IID and trait columns; missing values as ``NA``. Atomic.
 
     ``gemma`` writes only the trait columns (one per trait, no header) in the order of
     ``fam``, which it requires, so that row i matches the i-th individual of the fileset.
+    Returns the table as written (``.fam`` order with ``fam``), so that counts describe
+    the file. ``source`` names the table's file in error messages.
     """
     if fmt not in FORMATS:
         raise FlowphenoError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fam is not None:
-        table = order_like_fam(table, fam)
+        table = order_like_fam(table, fam, source)
     elif fmt == "gemma":
         raise FlowphenoError("--format gemma needs --fam FILE: GEMMA reads phenotypes in the .fam order")
     with atomic_path(path) as tmp:
@@ -44,3 +67,4 @@ def write_phenotypes(table: pd.DataFrame, path: str | Path, fmt: str = "tsv", fa
             tmp.write_text(text)
         else:
             table.to_csv(tmp, sep="\t", index=False, na_rep="NA", float_format="%.8g")
+    return table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,18 +12,24 @@ import pandas as pd
 from pandas_plink import read_plink1_bin
 
 from flowpheno.errors import FlowphenoError
+from flowpheno.io.ids import SampleKeys, sample_keys
 
 FAM_COLUMNS = ["FID", "IID", "PAT", "MAT", "SEX", "PHENO"]
 
 
 def plink_prefix(path: str | Path) -> Path:
-    """``data/cohort``, ``data/cohort.bed`` and friends all name the prefix ``data/cohort``."""
+    """``data/cohort``, ``data/cohort.bed`` and friends all name the prefix ``data/cohort``.
+
+    The fileset is checked as PLINK checks it before anything reads it
+    (:func:`check_bed`): every reader of ``.bed`` files goes through here.
+    """
     path = Path(path)
     if path.suffix in {".bed", ".bim", ".fam"}:
         path = path.with_suffix("")
     missing = [suffix for suffix in (".bed", ".bim", ".fam") if not path.with_suffix(path.suffix + suffix).exists()]
     if missing:
         raise FlowphenoError(f"{path}: PLINK fileset incomplete, missing {', '.join(path.name + m for m in missing)}")
+    check_bed(path)
     return path
 
 
@@ -30,10 +37,102 @@ def _member(prefix: Path, suffix: str) -> str:
     return str(prefix.with_suffix(prefix.suffix + suffix))
 
 
+def _count_lines(path: str | Path) -> int:
+    """Non-blank lines of a text file (``.bim``), read in binary blocks."""
+    count = 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                count += 1
+    return count
+
+
+def check_bed(prefix: str | Path) -> tuple[int, int]:
+    """Check a ``.bed`` against its ``.fam`` and ``.bim`` as PLINK 1.9 does before reading.
+
+    The file must start with the magic bytes ``0x6C 0x1B``, then ``0x01`` (SNP-major;
+    ``0x00`` is the old individual-major layout), and hold exactly
+    ``3 + ceil(n / 4) * m`` bytes for ``n`` ``.fam`` lines and ``m`` ``.bim`` lines
+    (PLINK 1.9 manual, "PLINK 1 binary (.bed)"). Returns ``(n, m)``; raises
+    :class:`FlowphenoError` with the expected and found sizes otherwise.
+    """
+    prefix = Path(prefix)
+    stamps = tuple((stat.st_mtime_ns, stat.st_size) for stat in (Path(_member(prefix, s)).stat() for s in (".bed", ".bim", ".fam")))
+    return _checked_bed(str(prefix), str(prefix.resolve()), stamps)
+
+
+@functools.lru_cache(maxsize=32)
+def _checked_bed(prefix_text: str, resolved: str, stamps: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """:func:`check_bed`'s work, remembered while the three files (``resolved``) are unchanged (``stamps``)."""
+    prefix = Path(prefix_text)
+    bed = _member(prefix, ".bed")
+    n = len(read_fam(_member(prefix, ".fam")))
+    m = _count_lines(_member(prefix, ".bim"))
+    size = Path(bed).stat().st_size
+    with open(bed, "rb") as handle:
+        head = handle.read(3)
+    if head[:2] != _BED_MAGIC[:2]:
+        raise FlowphenoError(
+            f"{bed}: not a PLINK 1 .bed file (first bytes {head[:2].hex(' ') or 'none'}, expected 6c 1b); "
+            "convert it with plink --make-bed"
+        )
+    if head[2:3] != _BED_MAGIC[2:3]:
+        mode = head[2:3].hex() or "missing"
+        raise FlowphenoError(
+            f"{bed}: mode byte {mode} is not SNP-major (01); individual-major .bed files are not read: "
+            "rewrite it with plink --make-bed"
+        )
+    expected = 3 + (n + 3) // 4 * m
+    if size != expected:
+        raise FlowphenoError(
+            f"{bed}: {size} bytes, but {n} individuals in {prefix.name}.fam and {m} variants in {prefix.name}.bim "
+            f"need 3 + ceil({n}/4) * {m} = {expected} bytes; the .bed does not belong to this .fam/.bim (were lines "
+            "deleted?): subset filesets with plink --keep/--extract --make-bed"
+        )
+    return n, m
+
+
 def read_fam(path: str | Path) -> pd.DataFrame:
-    """The six ``.fam`` columns, IDs as strings."""
-    fam = pd.read_csv(path, sep=r"\s+", header=None, names=FAM_COLUMNS, dtype=str, engine="python")
+    """The six ``.fam`` columns by position, IDs as text, in file order.
+
+    Columns are whitespace separated; FID and IID are always the first two fields
+    (PLINK reads them by position), IDs are kept exactly (``000123``, ``NA``, ``-9``).
+    Extra columns (GEMMA's multi-phenotype ``.fam``) are accepted and ignored. A line
+    with fewer than six fields, or a (FID, IID) pair listed twice, raises
+    :class:`FlowphenoError` naming the line. ``fam.attrs["lines"]`` holds 1-based lines.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FlowphenoError(f"{path}: file not found")
+    from flowpheno.io.tables import decode_text
+
+    rows, numbers = [], []
+    for number, line in enumerate(decode_text(path).split("\n"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 6:
+            raise FlowphenoError(
+                f"{path}: line {number} has {len(fields)} fields; a .fam line has six (FID IID father mother sex phenotype)"
+            )
+        rows.append(fields[:6])
+        numbers.append(number)
+    fam = pd.DataFrame(rows, columns=FAM_COLUMNS, dtype=str) if rows else pd.DataFrame(columns=FAM_COLUMNS, dtype=str)
+    fam.attrs["lines"] = numbers
+    fam_keys(fam, path)  # a (FID, IID) pair twice is an error naming both lines
     return fam
+
+
+def fam_keys(fam: pd.DataFrame, source: str | Path) -> SampleKeys:
+    """(FID, IID) keys of a :func:`read_fam` table, with its line numbers."""
+    lines = fam.attrs.get("lines")
+    return sample_keys(fam, str(source), None if lines is None else np.asarray(lines), fid=True)
+
+
+def fileset_keys(prefix: str | Path) -> SampleKeys:
+    """(FID, IID) of the individuals of a PLINK fileset, in ``.fam`` order."""
+    fam_path = _member(Path(prefix), ".fam")
+    return fam_keys(read_fam(fam_path), fam_path)
 
 
 def read_genotypes(prefix: str | Path):  # noqa: ANN201 - xarray.DataArray
@@ -68,6 +167,12 @@ def _filtered_chunks(
 
 def _sample_ids(prefix: str | Path) -> np.ndarray:
     return read_fam(_member(plink_prefix(prefix), ".fam"))["IID"].to_numpy(dtype=str)
+
+
+def sample_fids(prefix: str | Path) -> np.ndarray:
+    """FIDs of a fileset's individuals in ``.fam`` order (the partners of the IIDs
+    :func:`centred_grm` and :func:`standardised_genotype_factor` return)."""
+    return read_fam(_member(Path(prefix).with_suffix("") if Path(prefix).suffix in {".bed", ".bim", ".fam"} else Path(prefix), ".fam"))["FID"].to_numpy(dtype=str)
 
 
 def centred_grm(
