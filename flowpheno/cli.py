@@ -313,7 +313,7 @@ def bench_synthetic(
     import time
 
     from flowpheno.bench.report import figure, table1
-    from flowpheno.bench.synthetic import METHODS, SETTINGS, BenchSizes, make_data, run_all, sizes_dict
+    from flowpheno.bench.synthetic import METHODS, PROTOCOL, SETTINGS, BenchSizes, make_data, run_all, sizes_dict
     from flowpheno.bench.shapes import SHAPES
     from flowpheno.io.atomic import atomic_path
     from flowpheno.pipeline import package_versions
@@ -346,7 +346,7 @@ def bench_synthetic(
         tmp.write_text(table1(results, wall, command))
     slim = [{k: v for k, v in r.items() if k not in ("flow_state", "identity")} for r in results]  # sizes: once, below
     with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(json.dumps({"sizes": sizes_dict(sizes), "versions": package_versions(), "wall_seconds_this_call": wall,
+        tmp.write_text(json.dumps({"sizes": sizes_dict(sizes), "protocol": PROTOCOL, "versions": package_versions(), "wall_seconds_this_call": wall,
                                    "runs": slim}, indent=2))
     for name in chosen_settings:
         shape = "crescent" if "crescent" in chosen_shapes else chosen_shapes[0]

@@ -51,7 +51,8 @@ def check_gemma_phenotypes(pheno: str | Path, columns: list[int], n_fam: int | N
                                  "every row needs one value (or NA) per trait")
     for column in columns:
         if not 1 <= column <= width:
-            raise FlowphenoError(f"{pheno}: --columns {column}: the file has {width} phenotype column(s); choose from 1-{width}")
+            raise FlowphenoError(f"{pheno}: --columns {column}: the file has {width} phenotype column(s); "
+                                 f"choose from 1-{width}")
     values = np.full((len(rows), len(columns)), np.nan)
     for j, column in enumerate(columns):
         for i, fields in enumerate(rows):
