@@ -343,7 +343,7 @@ def bench_synthetic(
     import time
 
     from flowpheno.bench.report import figure, table1
-    from flowpheno.bench.synthetic import METHODS, SETTINGS, BenchSizes, make_data, run_all, sizes_dict
+    from flowpheno.bench.synthetic import METHODS, PROTOCOL, SETTINGS, BenchSizes, make_data, run_all, sizes_dict
     from flowpheno.bench.shapes import SHAPES
     from flowpheno.io.atomic import atomic_path, results_folder
     from flowpheno.pipeline import package_versions
@@ -368,18 +368,16 @@ def bench_synthetic(
     started = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("runs (setting x shape x method x seed)", total=total)
-        done_before = len(list((out / "runs").glob("*.json"))) if (out / "runs").exists() else 0
-        progress.update(task, completed=min(done_before, total))
         results = run_all(out, chosen_settings, chosen_shapes, wanted, seed_list, sizes, jobs,
-                          on_result=lambda record: progress.update(task, advance=1))
-    wall = time.perf_counter() - started
-    results = [r for r in results if r["setting"] in chosen_settings and r["shape"] in chosen_shapes and r["seed"] in seed_list]
+                          on_result=lambda record: progress.update(task, advance=1),
+                          on_plan=lambda done, _: progress.update(task, completed=done))
+    wall = time.perf_counter() - started  # results: exactly the runs asked for in this call
     command = "flowpheno bench synthetic " + " ".join(sys.argv[3:])
     with atomic_path(out / "table1.md") as tmp:
         tmp.write_text(table1(results, wall, command))
-    slim = [{k: v for k, v in r.items() if k != "flow_state"} for r in results]
+    slim = [{k: v for k, v in r.items() if k not in ("flow_state", "identity")} for r in results]  # sizes: once, below
     with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(json.dumps({"sizes": sizes_dict(sizes), "versions": package_versions(), "wall_seconds_this_call": wall,
+        tmp.write_text(json.dumps({"sizes": sizes_dict(sizes), "protocol": PROTOCOL, "versions": package_versions(), "wall_seconds_this_call": wall,
                                    "runs": slim}, indent=2))
     for name in chosen_settings:
         shape = "crescent" if "crescent" in chosen_shapes else chosen_shapes[0]

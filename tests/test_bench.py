@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import invoke, run_cli
+from flowpheno.bench.synthetic import BenchSizes
 from flowpheno.bench.shapes import SHAPES, iid_sample, pareto_block_sizes, sparse_spd_correlation, true_log_density
 from flowpheno.dependence import IIDCovariance
 from flowpheno.flows import spline_coupling_flow
@@ -91,3 +93,68 @@ def test_table_pairs_each_method_with_the_baseline_on_its_own_seeds() -> None:
     assert (grid[4], grid[5], grid[7]) == ("-0.100", "6", "yes") and float(grid[6]) < 1e-6
     alternating = [cell.strip() for cell in rows["alternating"].split("|")]
     assert (alternating[4], alternating[5], alternating[7]) == ("+0.050", "3", "")
+
+
+def _tiny(**changes: object) -> BenchSizes:
+    base = BenchSizes(n_blocks=80, n_kinship=60, n_eval=60, epochs=1, stages=1, patience=1, batch_size=40,
+                      optimisers=[(2e-3, 0.0)], layers=1, hidden=4, bins=4)
+    return dataclasses.replace(base, **changes)
+
+
+def test_stored_runs_are_reused_only_for_the_same_sizes(tmp_path: Path) -> None:
+    from flowpheno.bench.synthetic import run_all, run_hash, run_identity
+
+    trained: list[dict] = []
+    args = (["blocks"], ["crescent"], {"blocks": ["baseline"]}, [0])
+    first = run_all(tmp_path, *args, _tiny(), on_result=trained.append)
+    again = run_all(tmp_path, *args, _tiny(), on_result=trained.append)
+    assert len(trained) == 1 and again == first  # resumed: the stored record, nothing trained
+    other = run_all(tmp_path, *args, _tiny(epochs=2), on_result=trained.append)
+    assert len(trained) == 2 and len(other) == 1  # other sizes: trained anew, only the run asked for
+    assert other[0]["run_hash"] == run_hash(run_identity("blocks", "crescent", "baseline", 0, _tiny(epochs=2)))
+    assert other[0]["identity"]["sizes"]["epochs"] == 2 and other[0]["run_hash"] != first[0]["run_hash"]
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 2
+
+
+def test_bench_cli_full_sizes_do_not_reuse_quick_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flowpheno.bench.synthetic as synthetic
+    from flowpheno.bench.synthetic import BenchSizes, run_hash, run_identity
+
+    @dataclasses.dataclass
+    class Sizes(BenchSizes):  # "full" and "quick" both tiny here, and different
+        n_blocks: int = 100
+        n_kinship: int = 60
+        n_eval: int = 60
+        epochs: int = 2
+        stages: int = 1
+        patience: int = 1
+        batch_size: int = 50
+        layers: int = 1
+        hidden: int = 4
+        bins: int = 4
+
+        @classmethod
+        def quick(cls) -> BenchSizes:
+            return cls(n_blocks=80, epochs=1)
+
+    monkeypatch.setattr(synthetic, "BenchSizes", Sizes)
+    out = tmp_path / "bench"
+    common = ("bench", "synthetic", "--setting", "blocks", "--out", out)
+    quick = invoke(*common, "--quick")  # every blocks method, crescent and sinewave
+    assert quick.returncode == 0, quick
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 2 * 6
+    full = invoke(*common, "--methods", "baseline,grid", "--shapes", "crescent", "--seeds", "1")
+    assert full.returncode == 0, full
+    results = json.loads((out / "results.json").read_text())
+    assert results["sizes"] == json.loads(json.dumps(dataclasses.asdict(Sizes())))
+    assert [(r["method"], r["n_train"], r["run_hash"]) for r in results["runs"]] == [
+        (m, 100, run_hash(run_identity("blocks", "crescent", m, 0, Sizes()))) for m in ("baseline", "grid")]
+    assert len(list((out / "runs").glob("*.json"))) == 12 + 2  # trained, not reused
+    # only the methods asked for, though the folder holds all six
+    only = invoke(*common, "--quick", "--methods", "baseline")
+    assert only.returncode == 0, only
+    table = (out / "table1.md").read_text()
+    assert "| blocks | baseline |" in table and "| blocks | grid |" not in table and "| blocks | joint |" not in table
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert {(r["method"], r["n_train"]) for r in runs} == {("baseline", 80)} and len(runs) == 2
+    assert len(list((out / "runs").glob("*.json"))) == 14  # the quick runs were reused

@@ -4,11 +4,14 @@ One *run* = (setting, shape, method, seed). Its data are fixed by (setting, shap
 seed), so methods are compared on the same draws (paired). Every run tries each
 learning-rate/weight-decay pair (and, for ``grid``, each covariance value), keeps the
 one with the best iid validation NLL (early stopping on the same), and reports the
-iid test NLL. Finished runs are stored one JSON each, so a repeated command resumes.
+iid test NLL. Finished runs are stored one JSON each, named by a hash of everything
+that changes their numbers (:func:`run_identity`), so a repeated command resumes and a
+command with other sizes, another protocol or another flowpheno version trains anew.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flowpheno import __version__
 from flowpheno.bench.shapes import SHAPES, blocks_sample, iid_sample, kinship_sample, sparse_spd_correlation
 from flowpheno.dependence import EquicorrelatedBlocks, IIDCovariance, KinshipCovariance
 from flowpheno.flows import spline_coupling_flow
@@ -42,6 +46,9 @@ Kinship ``alternating`` uses an exact 1-D search for ``s2`` (the paper took grad
 the flow (``TrainConfig.profile_scale``): the standardising ActNorm otherwise shrinks the
 latent of a strongly related sample and biases ``s2`` down."""
 GRIDS = {"blocks": (0.5, 0.7, 0.9), "kinship": (0.25, 0.5, 0.75)}
+PROTOCOL = 1
+"""The version of what :func:`run_one` does (data, search, training, evaluation): raise it
+with any change that alters the numbers of a finished run, so stored runs are not reused."""
 
 
 @dataclass
@@ -155,8 +162,35 @@ def run_one(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes,
     return record
 
 
-def run_key(setting: str, shape: str, method: str, seed: int) -> str:
-    return f"{setting}_{shape}_{method}_seed{seed}"
+def run_identity(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes) -> dict[str, Any]:
+    """Everything that changes a run's numbers: setting, shape, method, seed, every size
+    (n, epochs, optimisers, flow), the protocol and the flowpheno version."""
+    return {"setting": setting, "shape": shape, "method": method, "seed": seed, "sizes": asdict(sizes),
+            "protocol": PROTOCOL, "flowpheno_version": __version__}
+
+
+def run_hash(identity: dict[str, Any]) -> str:
+    """12 hex digits of the SHA-256 of the canonical JSON of a :func:`run_identity`."""
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def run_key(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes) -> str:
+    """File stem of a finished run: readable fields, then the hash of its identity."""
+    return f"{setting}_{shape}_{method}_seed{seed}_{run_hash(run_identity(setting, shape, method, seed, sizes))}"
+
+
+def stored_run(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The record stored at ``path`` when it is a finished run of exactly ``identity``."""
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: train it again
+    if record.get("run_hash") != run_hash(identity) or record.get("identity") != json.loads(json.dumps(identity)):
+        return None
+    return record
 
 
 def prepare_kinship(seeds: Iterable[int], sizes: BenchSizes, cache_dir: Path) -> None:
@@ -185,23 +219,39 @@ def run_all(
     sizes: BenchSizes,
     jobs: int = 1,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    on_plan: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every (setting, shape, method, seed) not finished yet, over ``jobs`` processes."""
+    """The records of every (setting, shape, method, seed) asked for, in that order: stored
+    runs of the same :func:`run_identity` are reused, the others trained over ``jobs``
+    processes and stored as ``out/runs/{run_key}.json``. ``on_plan(done, total)`` is told
+    how many are reused before training starts; ``on_result`` gets each new record.
+    Stored runs that were not asked for (other sizes, settings, methods) are left alone
+    and are not returned."""
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "cache"
     cache_dir.mkdir(exist_ok=True)
+    asked = [(setting, shape, method, seed) for setting in settings for shape in shapes for seed in seeds
+             for method in methods[setting]]
+    records: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     todo = []
-    for setting in settings:
-        for shape in shapes:
-            for seed in seeds:
-                for method in methods[setting]:
-                    if not (runs_dir / f"{run_key(setting, shape, method, seed)}.json").exists():
-                        todo.append((setting, shape, method, seed, sizes, cache_dir))
+    for setting, shape, method, seed in asked:
+        found = stored_run(runs_dir / f"{run_key(setting, shape, method, seed, sizes)}.json",
+                           run_identity(setting, shape, method, seed, sizes))
+        if found is not None:
+            records[(setting, shape, method, seed)] = found
+        else:
+            todo.append((setting, shape, method, seed, sizes, cache_dir))
+    if on_plan:
+        on_plan(len(records), len(asked))
 
     def store(record: dict[str, Any]) -> None:
-        with atomic_path(runs_dir / f"{run_key(record['setting'], record['shape'], record['method'], record['seed'])}.json") as tmp:
-            tmp.write_text(json.dumps(record))
+        setting, shape, method, seed = record["setting"], record["shape"], record["method"], record["seed"]
+        identity = run_identity(setting, shape, method, seed, sizes)
+        text = json.dumps({**record, "identity": identity, "run_hash": run_hash(identity)})
+        with atomic_path(runs_dir / f"{run_key(setting, shape, method, seed, sizes)}.json") as tmp:
+            tmp.write_text(text)
+        record = records[(setting, shape, method, seed)] = json.loads(text)  # as a later call reads it
         if on_result:
             on_result(record)
 
@@ -213,7 +263,7 @@ def run_all(
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             for future in as_completed([pool.submit(_worker, task) for task in todo]):
                 store(future.result())
-    return [json.loads(path.read_text()) for path in sorted(runs_dir.glob("*.json"))]
+    return [records[key] for key in asked]
 
 
 def sizes_dict(sizes: BenchSizes) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -11,6 +12,24 @@ from flowpheno.gwas.tools import require, run_logged
 from flowpheno.io.plink import plink_prefix
 
 LOCUS_COLUMNS = ["CHR", "SNP", "BP", "P", "TOTAL"]
+
+_HUMAN_CODE = re.compile(r"^(?:chr)?(?:[0-9]|1[0-9]|2[0-6]|x|y|xy|mt?)$", re.IGNORECASE)
+
+
+def plink_chromosome_codes(codes: pd.Series) -> tuple[pd.Series, bool]:
+    """Chromosome codes PLINK 1.9 accepts with ``--allow-extra-chr``, and whether any changed.
+
+    PLINK 1.9 knows the human codes (``1``-``26``, ``X``, ``Y``, ``XY``, ``MT``, each with
+    an optional ``chr`` prefix) and, with ``--allow-extra-chr``, any other name that does
+    not start with a digit (``scaffold_12``, ``chrUn_gl000220``). A code that starts
+    with a digit but is not human (``27`` of a cattle map, ``1_random``) is an error
+    ("Invalid chromosome code") even with that flag: such codes get the prefix
+    ``contig_`` here. Clumping only pairs SNPs on the same chromosome, so the names
+    themselves do not change the loci.
+    """
+    codes = codes.astype(str)
+    rejected = codes.str.match(r"^(?:chr)?[0-9]", case=False) & ~codes.str.match(_HUMAN_CODE)
+    return codes.where(~rejected, "contig_" + codes), bool(rejected.any())
 
 
 def clump(
@@ -22,24 +41,40 @@ def clump(
     p2: float = 0.01,
     log: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Clump ``assoc`` (SNP, P) on the LD of ``bfile``: one row per locus (index SNP).
+    """Clump ``assoc`` (SNP, CHR, BP, P) on the LD of ``bfile``: one row per locus (index SNP).
 
     ``--make-founders`` lets PLINK use every individual for LD even when the ``.fam``
-    lists parents (otherwise it skips clumping: "no founders").
+    lists parents (otherwise it skips clumping: "no founders"). ``--allow-extra-chr``
+    accepts the chromosome names of non-human or unplaced sequence (``scaffold_12``);
+    see :func:`plink_chromosome_codes` for those PLINK rejects even then. PLINK writes
+    its own codes (``chrX`` becomes ``23``), so a locus keeps the CHR and BP of its
+    index SNP in ``assoc`` (the ``.bim`` names). Returns columns :data:`LOCUS_COLUMNS`.
+    Raises :class:`~flowpheno.errors.FlowphenoError` when PLINK fails (log tail shown).
     """
     plink = require("plink1.9")
     prefix = plink_prefix(bfile).resolve()
     with tempfile.TemporaryDirectory() as scratch:
         scratch_path = Path(scratch)
         assoc[["SNP", "P"]].dropna().to_csv(scratch_path / "assoc.tsv", sep="\t", index=False)
+        fileset = ["--bfile", str(prefix)]
+        codes = pd.read_csv(f"{prefix}.bim", sep=r"\s+", header=None, usecols=[0], dtype=str)[0]
+        if plink_chromosome_codes(codes)[1]:  # the same genotypes with codes PLINK accepts
+            bim = pd.read_csv(f"{prefix}.bim", sep=r"\s+", header=None, dtype=str)
+            bim[0] = plink_chromosome_codes(bim[0])[0]
+            bim.to_csv(scratch_path / "codes.bim", sep="\t", header=False, index=False)
+            fileset = ["--bed", f"{prefix}.bed", "--bim", str(scratch_path / "codes.bim"), "--fam", f"{prefix}.fam"]
         command = [
-            plink, "--bfile", str(prefix), "--clump", "assoc.tsv", "--clump-p1", f"{p1:.6g}", "--clump-p2", f"{max(p2, p1):.6g}",
+            plink, *fileset, "--clump", "assoc.tsv", "--clump-p1", f"{p1:.6g}", "--clump-p2", f"{max(p2, p1):.6g}",
             "--clump-r2", f"{r2:g}", "--clump-kb", str(kb), "--clump-snp-field", "SNP", "--clump-field", "P",
-            "--allow-no-sex", "--make-founders", "--out", "clumped",
+            "--allow-no-sex", "--allow-extra-chr", "--make-founders", "--out", "clumped",
         ]
         run_logged(command, Path(log) if log else scratch_path / "plink.log", cwd=scratch_path)
         result = scratch_path / "clumped.clumped"
         if not result.exists() or not result.read_text().strip():
             return pd.DataFrame(columns=LOCUS_COLUMNS)
         table = pd.read_csv(result, sep=r"\s+", dtype={"CHR": str, "SNP": str})
-    return table[LOCUS_COLUMNS].sort_values("P").reset_index(drop=True)
+    if {"CHR", "BP"} <= set(assoc.columns):
+        position = assoc.drop_duplicates("SNP").set_index("SNP")
+        table["CHR"] = table["SNP"].map(position["CHR"].astype(str)).fillna(table["CHR"])
+        table["BP"] = table["SNP"].map(position["BP"]).fillna(table["BP"]).astype(table["BP"].dtype)
+    return table[LOCUS_COLUMNS].sort_values("P", kind="stable").reset_index(drop=True)

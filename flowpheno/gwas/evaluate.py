@@ -27,18 +27,23 @@ def genome_wide_threshold(setting: float | str, n_snps: int, alpha: float = 0.05
     return float(setting)
 
 
+def same_chromosome_names(names: pd.Series) -> pd.Series:
+    """Chromosome names compared without case or a ``chr`` prefix: ``chr1`` is ``1``, ``chrX`` is ``X``."""
+    return names.astype(str).str.replace(r"^chr", "", case=False, regex=True).str.upper()
+
+
 def match_truth(loci: pd.DataFrame, truth: pd.DataFrame, window_kb: float) -> tuple[pd.Series, int]:
     """Which loci lie within ``window_kb`` of a causal SNP, and how many causal SNPs were hit.
 
-    A locus is true when its index SNP is on the chromosome of a causal SNP and within
+    A locus is true when its index SNP is on the chromosome of a causal SNP (``chr1`` and ``1`` alike) and within
     the window of it; a causal SNP is found when some locus is within its window.
     """
     window = window_kb * 1000
     is_true = pd.Series(False, index=loci.index)
     found = 0
-    causal_chr = truth["chrom"].astype(str).to_numpy()
+    causal_chr = same_chromosome_names(truth["chrom"]).to_numpy()
     causal_pos = truth["pos"].to_numpy()
-    locus_chr = loci["CHR"].astype(str).to_numpy()
+    locus_chr = same_chromosome_names(loci["CHR"]).to_numpy()
     locus_pos = loci["BP"].to_numpy()
     for chrom, pos in zip(causal_chr, causal_pos):
         near = (locus_chr == chrom) & (np.abs(locus_pos - pos) <= window)

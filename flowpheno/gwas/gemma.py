@@ -19,6 +19,67 @@ from flowpheno.gwas.tools import require, run_logged
 from flowpheno.io.atomic import atomic_path
 from flowpheno.io.plink import plink_prefix, read_fam
 
+MIN_PHENOTYPED = 10
+"""Fewest individuals with a trait (with every trait, for the mvLMM) GEMMA is asked to test."""
+GEMMA_MISSING = ("NA", "-9")
+"""What GEMMA reads as a missing phenotype in a ``-p`` file (GEMMA manual, 4.1.1)."""
+
+
+def check_gemma_phenotypes(pheno: str | Path, columns: list[int], n_fam: int | None = None) -> None:
+    """Check a GEMMA ``-p`` file before any GEMMA run: every selected column exists, has
+    at least :data:`MIN_PHENOTYPED` values and is not constant, and (for an mvLMM, more
+    than one column) at least that many individuals have every selected value.
+
+    ``pheno``: whitespace-separated, no header, one row per ``.fam`` individual (``n_fam``
+    rows when given), ``NA``/``-9`` missing; ``columns`` are 1-based (GEMMA ``-n``).
+    Raises :class:`~flowpheno.errors.FlowphenoError` naming the file, column and line.
+    """
+    pheno = Path(pheno)
+    if not pheno.is_file():
+        raise FlowphenoError(f"{pheno}: file not found; give the GEMMA -p file written by flowpheno transform or gwas rint")
+    lines = pheno.read_text(errors="replace").splitlines()
+    rows = [line.split() for line in lines]
+    if n_fam is not None and len(rows) != n_fam:
+        raise FlowphenoError(f"{pheno}: {len(rows)} rows but the .fam has {n_fam}; GEMMA reads one row per .fam line, "
+                             "in .fam order: write it with --format gemma --fam")
+    if not rows:
+        raise FlowphenoError(f"{pheno}: empty; write it with --format gemma --fam")
+    width = len(rows[0])
+    for number, fields in enumerate(rows, start=1):
+        if len(fields) != width:
+            raise FlowphenoError(f"{pheno}, line {number}: {len(fields)} values where line 1 has {width}; "
+                                 "every row needs one value (or NA) per trait")
+    for column in columns:
+        if not 1 <= column <= width:
+            raise FlowphenoError(f"{pheno}: --columns {column}: the file has {width} phenotype column(s); "
+                                 f"choose from 1-{width}")
+    values = np.full((len(rows), len(columns)), np.nan)
+    for j, column in enumerate(columns):
+        for i, fields in enumerate(rows):
+            text = fields[column - 1]
+            if text in GEMMA_MISSING:
+                continue
+            try:
+                values[i, j] = float(text)
+            except ValueError:
+                raise FlowphenoError(f"{pheno}, line {i + 1}, column {column}: {text!r} is not a number; "
+                                     "use NA for a missing value") from None
+            if not np.isfinite(values[i, j]):
+                raise FlowphenoError(f"{pheno}, line {i + 1}, column {column}: {text!r}; use NA for a missing value")
+    for j, column in enumerate(columns):
+        present = values[np.isfinite(values[:, j]), j]
+        if present.size < MIN_PHENOTYPED:
+            raise FlowphenoError(f"{pheno}: column {column} has {present.size} non-missing value(s); GEMMA needs at least "
+                                 f"{MIN_PHENOTYPED}: drop that trait from --columns")
+        if np.ptp(present) == 0:
+            raise FlowphenoError(f"{pheno}: column {column} is constant ({present[0]:g} for all {present.size}); "
+                                 "it carries no association: drop it from --columns")
+    complete = int(np.isfinite(values).all(axis=1).sum())
+    if len(columns) > 1 and complete < MIN_PHENOTYPED:
+        raise FlowphenoError(f"{pheno}: only {complete} individual(s) have every one of columns "
+                             f"{','.join(map(str, columns))}; the mvLMM needs at least {MIN_PHENOTYPED}: "
+                             "test fewer traits together")
+
 def gemma_grm(bfile: str | Path, out: str | Path) -> Path:
     """``gemma -gk 1`` over every individual of ``bfile``; writes ``out`` (a ``.cXX.txt``)."""
     gemma = require("gemma")

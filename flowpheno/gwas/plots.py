@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -13,19 +15,33 @@ from matplotlib.figure import Figure  # noqa: E402
 from flowpheno.gwas.evaluate import lambda_gc  # noqa: E402
 
 
-def _chromosome_order(values: pd.Series) -> pd.Series:
-    numeric = pd.to_numeric(values, errors="coerce")
-    return numeric.fillna(1000 + values.astype("category").cat.codes.astype(int))
+_NAMED_CHROMOSOMES = {"X": 23, "Y": 24, "XY": 25, "MT": 26, "M": 26}
+
+
+def chromosome_order(values: pd.Series) -> pd.Series:
+    """A sort key for chromosome names as they appear in a ``.bim``: ``1``..``22`` (or
+    ``chr1``..), then ``X``, ``Y``, ``XY``, ``MT`` (PLINK's 23-26), then numbers beyond
+    (``27`` of a cattle map), then any other name (``scaffold_12``) in natural order."""
+    names = values.astype(str)
+    bare = names.str.replace(r"^chr", "", case=False, regex=True)
+    key = pd.to_numeric(bare, errors="coerce")
+    key = key.fillna(bare.str.upper().map(_NAMED_CHROMOSOMES))
+    others = names[key.isna()].unique()
+    natural = sorted(others, key=lambda name: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)])
+    rank = {name: 100_000 + i for i, name in enumerate(natural)}
+    return key.fillna(names.map(rank)).astype(float)
 
 
 def manhattan(assoc: pd.DataFrame, threshold: float, title: str, truth: pd.DataFrame | None = None) -> Figure:
     """-log10 p along the genome, chromosomes alternating colours; causal SNPs marked."""
-    table = assoc.dropna(subset=["P"]).assign(order=lambda t: _chromosome_order(t["CHR"])).sort_values(["order", "BP"])
+    table = assoc.dropna(subset=["P"]).assign(order=lambda t: chromosome_order(t["CHR"])).sort_values(["order", "BP"])
     offsets, ticks, labels, start = {}, [], [], 0
-    for chrom, group in table.groupby("order", sort=True):
+    groups = table.groupby("order", sort=True)
+    for chrom, group in groups:
         offsets[chrom] = start - group["BP"].min()
-        ticks.append(start + (group["BP"].max() - group["BP"].min()) / 2)
-        labels.append(str(group["CHR"].iloc[0]))
+        if groups.ngroups <= 40 or chrom < 100_000:  # many scaffolds: label only the numbered chromosomes
+            ticks.append(start + (group["BP"].max() - group["BP"].min()) / 2)
+            labels.append(str(group["CHR"].iloc[0]))
         start += group["BP"].max() - group["BP"].min() + 1
     x = table["BP"] + table["order"].map(offsets)
     figure, axis = plt.subplots(figsize=(10, 3.2))

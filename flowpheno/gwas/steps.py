@@ -6,17 +6,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from flowpheno.errors import FlowphenoError
 from flowpheno.gwas.baseline import rint_table
 from flowpheno.gwas.clump import clump
 from flowpheno.gwas.evaluate import genome_wide_threshold, summarise
-from flowpheno.gwas.gemma import gemma_lmm, min_p_over_traits
+from flowpheno.gwas.gemma import MIN_PHENOTYPED, check_gemma_phenotypes, gemma_lmm, min_p_over_traits
 from flowpheno.gwas.plots import manhattan, qq
 from flowpheno.io.atomic import atomic_path
 from flowpheno.io.ids import FID_GIVEN
 from flowpheno.io.outputs import write_phenotypes
-from flowpheno.pipeline import read_phenotypes
+from flowpheno.io.plink import plink_prefix, read_fam
+from flowpheno.pipeline import Phenotypes, read_phenotypes
 
 
 def write_rint_phenotypes(pheno: str | Path, out: str | Path, fam: str | Path, covar: str | Path | None = None,
@@ -28,18 +31,52 @@ def write_rint_phenotypes(pheno: str | Path, out: str | Path, fam: str | Path, c
     where the individual has no complete row).
     """
     phenotypes = read_phenotypes(pheno, traits, covar)
+    check_rint_traits(phenotypes, pheno, covar)
     table = rint_table(phenotypes.id_table(), phenotypes.values, phenotypes.covariates, phenotypes.traits)
     table.attrs[FID_GIVEN] = phenotypes.fid_given
     return write_phenotypes(table, out, "gemma", fam, source=str(pheno))
 
 
+def check_rint_traits(phenotypes: Phenotypes, pheno: str | Path, covar: str | Path | None) -> None:
+    """Every trait has at least :data:`~flowpheno.gwas.gemma.MIN_PHENOTYPED` values (with
+    every covariate present) and is not constant there; otherwise the rank-inverse-normal
+    column would be empty, or spread rounding noise, and GEMMA would test nothing.
+    Raises :class:`~flowpheno.errors.FlowphenoError` naming the trait and the file."""
+    usable = np.ones(len(phenotypes.values), dtype=bool)
+    if phenotypes.covariates is not None:
+        usable &= np.isfinite(phenotypes.covariates).all(axis=1)
+    where = f" with every covariate of {covar} present" if covar else ""
+    for j, trait in enumerate(phenotypes.traits):
+        present = phenotypes.values[usable & np.isfinite(phenotypes.values[:, j]), j]
+        if present.size < MIN_PHENOTYPED:
+            raise FlowphenoError(f"{pheno}: trait {trait!r} has {present.size} value(s){where}; GEMMA needs at least "
+                                 f"{MIN_PHENOTYPED}: leave it out of --traits")
+        if np.ptp(present) == 0:
+            raise FlowphenoError(f"{pheno}: trait {trait!r} is {present[0]:g} for all {present.size} individuals{where}; "
+                                 "it carries no association: leave it out of --traits")
+
+
 def association(bfile: str | Path, kinship: str | Path, pheno: str | Path, columns: list[int], out: str | Path,
                 per_trait: bool = False) -> pd.DataFrame:
-    """One mvLMM over ``columns``, or (``per_trait``) one LMM per column combined by min p x d."""
+    """One mvLMM over ``columns``, or (``per_trait``) one LMM per column combined by min p x d.
+
+    The ``-p`` file is checked first (:func:`check_gemma_phenotypes`). Writes ``out``
+    (SNP, CHR, BP, P) and GEMMA's own tables beside it: ``{stem}.gemma.assoc.txt``, or
+    ``{stem}.trait{k}.assoc.txt`` per column, all removed again when a later column fails.
+    Raises :class:`~flowpheno.errors.FlowphenoError`.
+    """
     out = Path(out)
+    check_gemma_phenotypes(pheno, columns, len(read_fam(f"{plink_prefix(bfile)}.fam")))
     if per_trait:
-        tables = [gemma_lmm(bfile, kinship, pheno, [column], out.with_name(f"{out.stem}.trait{column}.assoc.txt"))
-                  for column in columns]
+        tables, written = [], []
+        try:
+            for column in columns:
+                written.append(out.with_name(f"{out.stem}.trait{column}.assoc.txt"))
+                tables.append(gemma_lmm(bfile, kinship, pheno, [column], written[-1]))
+        except BaseException:  # no set of per-trait files that a later trait failed to join
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
         result = min_p_over_traits(tables)
     else:
         result = gemma_lmm(bfile, kinship, pheno, columns, out.with_name(f"{out.stem}.gemma.assoc.txt"))

@@ -1,7 +1,10 @@
 # Paths and choices resolved once from the configuration (schema: config/README.md).
+# Every path reaches a shell command quoted: {input:q}, {output:q}, {log:q}, {params.x:q}.
 
 OUT = config["outdir"].rstrip("/")
 SIMULATE = config.get("simulate") or None
+if SIMULATE:  # YAML reads a bare `null:` key as None
+    SIMULATE = {("null" if key is None else str(key)): value for key, value in SIMULATE.items()}
 if SIMULATE:
     COHORT = {
         "bfile": f"{OUT}/cohort/cohort",
@@ -21,10 +24,12 @@ if unknown:
 
 BED = multiext(COHORT["bfile"], ".bed", ".bim", ".fam")
 FAM = COHORT["bfile"] + ".fam"
-COVAR_ARG = f"--covar {COHORT['covar']}" if COHORT["covar"] else ""
+# Optional options as lists, for params used as {params.x:q}: each item is quoted, so paths
+# with spaces or shell characters stay one argument.
+COVAR_ARG = ["--covar", COHORT["covar"]] if COHORT["covar"] else []
 COVAR_INPUT = [COHORT["covar"]] if COHORT["covar"] else []
 TRUTH_INPUT = [COHORT["truth"]] if COHORT["truth"] else []
-TRUTH_ARG = f"--truth {COHORT['truth']}" if COHORT["truth"] else ""
+TRUTH_ARG = ["--truth", COHORT["truth"]] if COHORT["truth"] else []
 
 
 wildcard_constraints:

@@ -9,8 +9,9 @@ rule gemma_assoc:
     output:
         f"{OUT}/{{group}}/{{method}}/assoc.tsv",
     params:
+        bfile=COHORT["bfile"],
         columns=columns,
-        per_trait=lambda wildcards: "--per-trait" if wildcards.method == "single" else "",
+        per_trait=lambda wildcards: ["--per-trait"] if wildcards.method == "single" else [],
     log:
         f"{OUT}/logs/gemma_{{group}}_{{method}}.log",
     threads: 1
@@ -18,5 +19,5 @@ rule gemma_assoc:
         mem_mb=8000,
         runtime=240,
     shell:
-        "flowpheno gwas assoc --bfile {COHORT[bfile]} --kinship {input.grm} --pheno {input.pheno} "
-        "--columns {params.columns} {params.per_trait} --out {output} > {log} 2>&1"
+        "flowpheno gwas assoc --bfile {params.bfile:q} --kinship {input.grm:q} --pheno {input.pheno:q} "
+        "--columns {params.columns:q} {params.per_trait:q} --out {output:q} > {log:q} 2>&1"

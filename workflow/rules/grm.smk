@@ -6,6 +6,8 @@ rule gemma_grm:
         BED,
     output:
         f"{OUT}/grm/kinship.cXX.txt",
+    params:
+        bfile=COHORT["bfile"],
     log:
         f"{OUT}/logs/gemma_grm.log",
     threads: 1
@@ -13,4 +15,4 @@ rule gemma_grm:
         mem_mb=8000,
         runtime=60,
     shell:
-        "flowpheno gwas grm --bfile {COHORT[bfile]} --out {output} > {log} 2>&1"
+        "flowpheno gwas grm --bfile {params.bfile:q} --out {output:q} > {log:q} 2>&1"

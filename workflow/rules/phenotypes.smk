@@ -1,4 +1,5 @@
 # Phenotypes GEMMA tests: rank-inverse-normal per trait (single), or Gaussianized by a flow.
+# FIT_ARGS holds numbers and fit.extra, which is pasted verbatim (options, not paths).
 
 FIT = config["fit"]
 FIT_ARGS = (
@@ -13,24 +14,31 @@ rule rint:
     output:
         f"{OUT}/{{group}}/single/pheno.gemma.txt",
     params:
+        pheno=COHORT["pheno"],
+        fam=FAM,
+        covar=COVAR_ARG,
         traits=traits,
     log:
         f"{OUT}/logs/rint_{{group}}.log",
     threads: 1
     shell:
-        "flowpheno gwas rint --pheno {COHORT[pheno]} {COVAR_ARG} --traits {params.traits} "
-        "--fam {FAM} --out {output} > {log} 2>&1"
+        "flowpheno gwas rint --pheno {params.pheno:q} {params.covar:q} --traits {params.traits:q} "
+        "--fam {params.fam:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule fit_flow:
     input:
-        [COHORT["pheno"], FAM, f"{OUT}/grm/kinship.cXX.txt"] + COVAR_INPUT,
+        [COHORT["pheno"], FAM] + COVAR_INPUT,
+        grm=f"{OUT}/grm/kinship.cXX.txt",
     output:
         pheno=f"{OUT}/{{group}}/{{method}}/pheno.gemma.txt",
         run=directory(f"{OUT}/{{group}}/{{method}}/run"),
     wildcard_constraints:
         method="flow_iid|flow_kinship",
     params:
+        pheno=COHORT["pheno"],
+        fam=FAM,
+        covar=COVAR_ARG,
         traits=traits,
         mode=lambda wildcards: FLOW_MODES[wildcards.method],
     log:
@@ -40,7 +48,7 @@ rule fit_flow:
         mem_mb=16000,
         runtime=240,
     shell:
-        "(flowpheno fit --pheno {COHORT[pheno]} {COVAR_ARG} --grm {OUT}/grm/kinship.cXX.txt --grm-ids {FAM} "
-        "--traits {params.traits} --mode {params.mode} {FIT_ARGS} --out {output.run} --quiet && "
-        "flowpheno transform --model {output.run} --pheno {COHORT[pheno]} {COVAR_ARG} --format gemma "
-        "--fam {FAM} --out {output.pheno} --device cpu) > {log} 2>&1"
+        "(flowpheno fit --pheno {params.pheno:q} {params.covar:q} --grm {input.grm:q} --grm-ids {params.fam:q} "
+        "--traits {params.traits:q} --mode {params.mode} {FIT_ARGS} --out {output.run:q} --quiet && "
+        "flowpheno transform --model {output.run:q} --pheno {params.pheno:q} {params.covar:q} --format gemma "
+        "--fam {params.fam:q} --out {output.pheno:q} --device cpu) > {log:q} 2>&1"

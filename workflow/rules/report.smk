@@ -8,9 +8,10 @@ rule report:
         report=f"{OUT}/report.md",
         loci=f"{OUT}/loci.tsv",
     params:
-        dirs=" ".join(f"{OUT}/{group}/{method}/evaluation" for group in GROUPS for method in METHODS),
+        dirs=[f"{OUT}/{group}/{method}/evaluation" for group in GROUPS for method in METHODS],
+        out_dir=OUT,
     log:
         f"{OUT}/logs/report.log",
     threads: 1
     shell:
-        "flowpheno gwas report {params.dirs} --out-dir {OUT} > {log} 2>&1"
+        "flowpheno gwas report {params.dirs:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

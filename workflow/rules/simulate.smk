@@ -1,5 +1,16 @@
 # A simulated cohort with known truth (only when the configuration has a `simulate` block).
 
+
+
+def simulate_options(block):
+    """`flowpheno simulate` options from the `simulate` block, one list item per word."""
+    options = []
+    for key, value in block.items():
+        if key != "null":
+            options += ["--" + key.replace("_", "-"), str(value)]
+    return options + (["--null"] if block.get("null") else [])
+
+
 if SIMULATE:
 
     rule simulate:
@@ -9,10 +20,8 @@ if SIMULATE:
             f"{OUT}/cohort/covar.tsv",
             f"{OUT}/cohort/truth.tsv",
         params:
-            options=" ".join(
-                f"--{key.replace('_', '-')} {value}" for key, value in SIMULATE.items() if key != "null"
-            )
-            + (" --null" if SIMULATE.get("null") else ""),
+            out=f"{OUT}/cohort",
+            options=simulate_options(SIMULATE),
         log:
             f"{OUT}/logs/simulate.log",
         threads: 1
@@ -20,4 +29,4 @@ if SIMULATE:
             mem_mb=8000,
             runtime=60,
         shell:
-            "flowpheno simulate --out {OUT}/cohort {params.options} > {log} 2>&1"
+            "flowpheno simulate --out {params.out:q} {params.options:q} > {log:q} 2>&1"

@@ -1,0 +1,216 @@
+"""The GWAS steps on real-world inputs: chromosome names PLINK calls non-standard, traits
+missing for (nearly) everyone or constant, a per-trait run that fails half-way."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import EXAMPLES, invoke, snapshot, write_table
+from flowpheno.errors import FlowphenoError
+from flowpheno.gwas import steps
+from flowpheno.gwas.clump import clump, plink_chromosome_codes
+from flowpheno.gwas.plots import chromosome_order
+from flowpheno.io.plink import read_fam, read_genotypes, write_plink
+
+needs_binaries = pytest.mark.skipif(
+    shutil.which("gemma") is None or shutil.which("plink1.9") is None, reason="apt-get install gemma plink1.9"
+)
+
+N, SNP_STEP = 300, 12
+NAMES = {"1": "chr1", "2": "scaffold_12", "3": "chr2", "4": "27"}  # clean code -> a name PLINK calls non-standard
+
+
+@pytest.fixture(scope="module")
+def filesets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two PLINK filesets with the same genotypes (300 individuals, every 12th SNP of the
+    example): ``clean`` with chromosomes 1-4, ``named`` with chr1, scaffold_12, chr2, 27."""
+    root = tmp_path_factory.mktemp("filesets")
+    genotypes = read_genotypes(EXAMPLES / "cohort")
+    columns = np.arange(0, genotypes.shape[1], SNP_STEP)
+    dosage = np.asarray(genotypes[:N, columns].values, dtype=float)
+    fam = read_fam(EXAMPLES / "cohort.fam").iloc[:N]
+    bim = pd.read_csv(EXAMPLES / "cohort.bim", sep="\t", header=None, names=["chrom", "snp", "cm", "pos", "a0", "a1"],
+                      dtype={"chrom": str}).iloc[columns].reset_index(drop=True)
+    bim["chrom"] = ((bim["chrom"].astype(int) - 1) * 2 + 1 + (bim["pos"] >= 5_000_000)).astype(str)
+    write_plink(root / "clean", dosage, fam, bim)
+    write_plink(root / "named", dosage, fam, bim.assign(chrom=bim["chrom"].map(NAMES)))
+    return root / "clean", root / "named"
+
+
+def _assoc(prefix: Path) -> pd.DataFrame:
+    """Association results over ``prefix``'s SNPs: a few strong hits with weaker neighbours."""
+    bim = pd.read_csv(f"{prefix}.bim", sep="\t", header=None, dtype={0: str, 1: str})
+    p = np.random.default_rng(0).uniform(size=len(bim))
+    p[::40], p[1::40], p[2::40] = 1e-9, 1e-4, 1e-4
+    return pd.DataFrame({"SNP": bim[1], "CHR": bim[0], "BP": bim[3], "P": p})
+
+
+def test_plink_chromosome_codes() -> None:
+    codes = pd.Series(["1", "chr22", "chrX", "MT", "26", "scaffold_12", "chrUn_gl000220", "27", "1_random"])
+    renamed, changed = plink_chromosome_codes(codes)
+    assert changed
+    assert renamed.tolist() == ["1", "chr22", "chrX", "MT", "26", "scaffold_12", "chrUn_gl000220", "contig_27", "contig_1_random"]
+    assert plink_chromosome_codes(pd.Series(["chr1", "X", "scaffold_3"]))[1] is False  # accepted as they are
+
+
+def test_chromosome_order_is_natural() -> None:
+    names = pd.Series(["scaffold_12", "chr10", "chrX", "27", "scaffold_2", "chr2", "1", "MT"])
+    assert names.iloc[np.argsort(chromosome_order(names).to_numpy(), kind="stable")].tolist() == [
+        "1", "chr2", "chr10", "chrX", "MT", "27", "scaffold_2", "scaffold_12"]
+
+
+@needs_binaries
+def test_clump_with_nonstandard_chromosome_names(filesets: tuple[Path, Path], tmp_path: Path) -> None:
+    clean, named = filesets
+    expected = clump(clean, _assoc(clean), 1e-6)
+    assert len(expected) == 11 and expected["TOTAL"].sum() > 0  # clumps with LD partners: a real clumping
+    loci = clump(named, _assoc(named), 1e-6, log=tmp_path / "clump.log")
+    assert "--allow-extra-chr" in (tmp_path / "clump.log").read_text()
+    # the same loci, under the .bim's own names (PLINK would write chr1 as 1)
+    pd.testing.assert_frame_equal(loci, expected.assign(CHR=expected["CHR"].map(NAMES)))
+
+
+@needs_binaries
+def test_gemma_and_evaluate_keep_the_bim_names(filesets: tuple[Path, Path], tmp_path: Path) -> None:
+    _, named = filesets
+    before = snapshot(named.parent)
+    pheno = tmp_path / "pheno.gemma.txt"
+    np.savetxt(pheno, np.random.default_rng(1).normal(size=(N, 2)), fmt="%.6f", delimiter="\t")
+    assert invoke("gwas", "grm", "--bfile", named, "--out", tmp_path / "k.cXX.txt").returncode == 0
+    result = invoke("gwas", "assoc", "--bfile", named, "--kinship", tmp_path / "k.cXX.txt", "--pheno", pheno,
+                    "--columns", "1,2", "--out", tmp_path / "assoc.tsv")
+    assert result.returncode == 0, result
+    assoc = pd.read_csv(tmp_path / "assoc.tsv", sep="\t", dtype={"CHR": str, "SNP": str})
+    bim = pd.read_csv(f"{named}.bim", sep="\t", header=None, dtype={0: str, 1: str})
+    assert assoc["CHR"].tolist() == bim[0].tolist() and assoc["SNP"].tolist() == bim[1].tolist()
+    # evaluation (clumping and the Manhattan plot) on association results with strong hits
+    write_table(tmp_path / "hits.tsv", _assoc(named))
+    result = invoke("gwas", "evaluate", "--bfile", named, "--assoc", tmp_path / "hits.tsv", "--out-dir", tmp_path / "eval",
+                    "--name", "hits", "--threshold", "1e-6")
+    assert result.returncode == 0, result
+    loci = pd.read_csv(tmp_path / "eval" / "loci.tsv", sep="\t", dtype={"CHR": str})
+    assert loci["CHR"].tolist() == ["chr1"] * 3 + ["scaffold_12"] * 3 + ["chr2"] * 2 + ["27"] * 3
+    assert (tmp_path / "eval" / "manhattan.png").stat().st_size > 10_000
+    assert snapshot(named.parent) == before
+
+
+# ---- traits GEMMA cannot test -------------------------------------------------------------
+
+
+def _pheno_table(fam: pd.DataFrame) -> pd.DataFrame:
+    rng = np.random.default_rng(2)
+    return pd.DataFrame({"FID": fam["FID"], "IID": fam["IID"], "good": rng.gamma(2.0, size=len(fam)),
+                         "other": rng.normal(size=len(fam))})
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda t: t.assign(other=np.nan), "trait 'other' has 0 value(s); GEMMA needs at least 10"),
+        (lambda t: t.assign(other=np.where(np.arange(len(t)) < 9, 1.0 + np.arange(len(t)), np.nan)),
+         "trait 'other' has 9 value(s); GEMMA needs at least 10"),
+        (lambda t: t.assign(other=3.5), "trait 'other' is 3.5 for all 300 individuals"),
+    ],
+    ids=["all-missing", "nine-values", "constant"],
+)
+def test_rint_refuses_a_trait_gemma_cannot_test(filesets: tuple[Path, Path], tmp_path: Path, edit, fragment: str) -> None:
+    clean, _ = filesets
+    pheno = write_table(tmp_path / "pheno.tsv", edit(_pheno_table(read_fam(f"{clean}.fam"))))
+    before = snapshot(tmp_path)
+    result = invoke("gwas", "rint", "--pheno", pheno, "--fam", f"{clean}.fam", "--out", tmp_path / "out.txt")
+    assert result.returncode == 1
+    assert f"error: {pheno}: {fragment}" in " ".join(result.stderr.split())
+    assert snapshot(tmp_path) == before  # no output, nothing else touched
+
+
+def test_rint_constant_after_missing_covariates(filesets: tuple[Path, Path], tmp_path: Path) -> None:
+    """A trait that varies only among individuals without covariates is constant where it is used."""
+    clean, _ = filesets
+    fam = read_fam(f"{clean}.fam")
+    table = _pheno_table(fam)
+    table.loc[20:, "other"] = 1.0
+    pheno = write_table(tmp_path / "pheno.tsv", table)
+    covar = write_table(tmp_path / "covar.tsv", pd.DataFrame({"FID": fam["FID"], "IID": fam["IID"],
+                                                               "age": np.where(np.arange(N) < 20, np.nan, 40.0 + np.arange(N))}))
+    result = invoke("gwas", "rint", "--pheno", pheno, "--covar", covar, "--fam", f"{clean}.fam", "--out", tmp_path / "out.txt")
+    assert result.returncode == 1
+    assert f"trait 'other' is 1 for all 280 individuals with every covariate of {covar} present" in " ".join(result.stderr.split())
+    assert not (tmp_path / "out.txt").exists()
+
+
+def _gemma_file(path: Path, values: np.ndarray) -> Path:
+    np.savetxt(path, values, fmt="%.6g", delimiter="\t")
+    path.write_text(path.read_text().replace("nan", "NA"))
+    return path
+
+
+def _two_traits() -> np.ndarray:
+    return np.random.default_rng(3).normal(size=(N, 2))
+
+
+@pytest.mark.parametrize(
+    ("values", "columns", "fragment"),
+    [
+        (_two_traits(), "1,3", "--columns 3: the file has 2 phenotype column(s); choose from 1-2"),
+        (np.column_stack([_two_traits()[:, 0], np.full(N, np.nan)]), "1,2", "column 2 has 0 non-missing value(s); GEMMA needs at least 10"),
+        (np.column_stack([_two_traits()[:, 0], np.where(np.arange(N) < 4, 1.0, np.nan)]), "2",
+         "column 2 has 4 non-missing value(s)"),
+        (np.column_stack([_two_traits()[:, 0], np.full(N, -0.25)]), "1,2", "column 2 is constant (-0.25 for all 300)"),
+        (np.column_stack([np.where(np.arange(N) < 150, 1.0, np.nan) * np.arange(N),
+                          np.where(np.arange(N) >= 145, 1.0, np.nan) * np.arange(N)]), "1,2",
+         "only 5 individual(s) have every one of columns 1,2; the mvLMM needs at least 10"),
+        (_two_traits()[:-1], "1", "299 rows but the .fam has 300"),
+    ],
+    ids=["no-such-column", "all-missing", "four-values", "constant", "few-complete", "short"],
+)
+def test_assoc_checks_columns_before_gemma(filesets: tuple[Path, Path], tmp_path: Path, values: np.ndarray, columns: str,
+                                           fragment: str) -> None:
+    clean, _ = filesets
+    pheno = _gemma_file(tmp_path / "pheno.gemma.txt", values)
+    kinship = tmp_path / "k.cXX.txt"
+    kinship.write_text("unused\n")
+    before = snapshot(tmp_path)
+    result = invoke("gwas", "assoc", "--bfile", clean, "--kinship", kinship, "--pheno", pheno, "--columns", columns,
+                    "--per-trait", "--out", tmp_path / "assoc.tsv")
+    assert result.returncode == 1
+    assert f"error: {pheno}: {fragment}" in " ".join(result.stderr.split())
+    assert snapshot(tmp_path) == before  # GEMMA never started: no output, no log
+
+
+def test_assoc_names_the_line_of_a_bad_value(filesets: tuple[Path, Path], tmp_path: Path) -> None:
+    clean, _ = filesets
+    pheno = _gemma_file(tmp_path / "pheno.gemma.txt", _two_traits())
+    lines = pheno.read_text().splitlines()
+    lines[6] = lines[6].split("\t")[0] + "\tabc"
+    pheno.write_text("\n".join(lines) + "\n")
+    result = invoke("gwas", "assoc", "--bfile", clean, "--kinship", pheno, "--pheno", pheno, "--columns", "1,2",
+                    "--out", tmp_path / "assoc.tsv")
+    assert result.returncode == 1
+    assert f"error: {pheno}, line 7, column 2: 'abc' is not a number; use NA for a missing value" in result.stderr
+    assert not (tmp_path / "assoc.tsv").exists()
+
+
+@needs_binaries
+def test_per_trait_failure_removes_earlier_trait_files(filesets: tuple[Path, Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    clean, _ = filesets
+    pheno = _gemma_file(tmp_path / "pheno.gemma.txt", _two_traits())
+    assert invoke("gwas", "grm", "--bfile", clean, "--out", tmp_path / "k.cXX.txt").returncode == 0
+    real = steps.gemma_lmm
+
+    def second_fails(bfile, kinship, pheno, columns, out):  # noqa: ANN001, ANN202
+        if columns == [2]:
+            raise FlowphenoError("gemma failed (exit 1; log x.log)")
+        return real(bfile, kinship, pheno, columns, out)
+
+    monkeypatch.setattr(steps, "gemma_lmm", second_fails)
+    result = invoke("gwas", "assoc", "--bfile", clean, "--kinship", tmp_path / "k.cXX.txt", "--pheno", pheno,
+                    "--columns", "1,2", "--per-trait", "--out", tmp_path / "assoc.tsv")
+    assert result.returncode == 1 and "error: gemma failed" in result.stderr
+    assert (tmp_path / "assoc.trait1.assoc.log").exists()  # trait 1 did run; its log is kept
+    assert not list(tmp_path.glob("*.assoc.txt")) and not (tmp_path / "assoc.tsv").exists()
