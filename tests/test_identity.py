@@ -199,9 +199,9 @@ def test_bad_ids_stop_naming_the_line(tmp_path: Path, text: str, fragment: str) 
 
 
 def test_iid_only_table_against_repeated_iids_stops(tmp_path: Path) -> None:
-    table = pedigree(families=4).drop(columns="FID").iloc[:3]  # IIDs 1, 2, 3 without families
+    table = pedigree(families=4, size=12).drop(columns="FID").iloc[:12]  # IIDs 1..12 without families
     write_table(tmp_path / "pheno.tsv", table)
-    full = pedigree(families=4)
+    full = pedigree(families=4, size=12)
     write_fam(tmp_path / "c.fam", list(full["FID"]), list(full["IID"]))
     result = invoke("gwas", "rint", "--pheno", tmp_path / "pheno.tsv", "--fam", tmp_path / "c.fam", "--out", tmp_path / "r.txt")
     assert result.returncode == 1, result
