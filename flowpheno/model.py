@@ -24,6 +24,7 @@ edited, truncated or written by another format stops with one line.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -43,8 +44,9 @@ from flowpheno.io.atomic import atomic_path
 MODEL_FORMAT = 2
 """Bumped whenever the meaning of saved weights or metadata changes."""
 
-_REQUIRED = ("flow", "flow_constants", "probe", "traits", "covariates", "covariate_columns", "levels", "beta", "center", "scale", "checksums")
 _MAPPING = ("flow", "flow_constants", "probe", "traits", "covariates", "covariate_columns", "levels", "beta", "center", "scale")
+"""The fields of ``model.json`` that define the mapping (covered by ``mapping_sha256``)."""
+_REQUIRED = (*_MAPPING, "checksums")
 _PROBE_ROWS = 4
 _PROBE_TOLERANCE = 1e-4
 
@@ -139,7 +141,7 @@ class PhenotypeModel:
         flow = _build(meta, json_path)
         _load_weights(flow, weights_path)
         if flow_constants(flow)["permutations"] != meta["flow_constants"].get("permutations"):
-            raise FlowphenoError(f"{weights_path}: permutations differ from those in model.json; the files were edited or mixed up: restore them or refit")
+            raise _damaged(weights_path, "permutations differ from those in model.json", "the files were edited or mixed up")
         traits, covariates = meta["traits"], meta["covariates"]
         d = len(traits)
         beta = _array(meta, "beta", (1 + len(covariates), d), json_path)
@@ -147,15 +149,13 @@ class PhenotypeModel:
         scale = _array(meta, "scale", (d,), json_path)
         if not (scale > 0).all():
             j = int(np.flatnonzero(~(scale > 0))[0])
-            raise FlowphenoError(f"{json_path}: 'scale' of trait {traits[j]!r} is {scale[j]:g}, not positive: the file was edited or corrupted; refit")
+            raise _damaged(json_path, f"'scale' of trait {traits[j]!r} is {scale[j]:g}, not positive")
         checksums = meta["checksums"] if isinstance(meta["checksums"], dict) else {}
         if checksums.get("weights_sha256") != hashlib.sha256(weights_path.read_bytes()).hexdigest():
-            raise FlowphenoError(f"{weights_path}: checksum does not match model.json: the weights were edited or corrupted; restore the run directory or refit")
+            raise _damaged(weights_path, "checksum does not match model.json", "the weights were edited or corrupted")
         if checksums.get("mapping_sha256") != _mapping_sha256(meta):
-            raise FlowphenoError(
-                f"{json_path}: checksum of traits, covariates, levels, beta, center, scale and flow settings does not match: "
-                "the file was edited or corrupted; restore the run directory or refit"
-            )
+            what = "checksum of traits, covariates, levels, beta, center, scale and flow settings does not match"
+            raise _damaged(json_path, what)
         _verify_probe(flow, meta, json_path)
         return cls(
             flow=flow,
@@ -170,8 +170,14 @@ class PhenotypeModel:
         )
 
 
+def _damaged(path: Path, what: str, why: str = "the file was edited or corrupted") -> FlowphenoError:
+    """One line for a model file that cannot be what flowpheno fit wrote."""
+    return FlowphenoError(f"{path}: {what}; {why}: restore the run directory or refit")
+
+
 def _mapping_sha256(meta: dict[str, Any]) -> str:
-    canonical = json.dumps({key: meta.get(key) for key in _MAPPING}, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    mapping = {key: meta.get(key) for key in _MAPPING}
+    canonical = json.dumps(mapping, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -182,8 +188,8 @@ def _probe_input(features: int) -> torch.Tensor:
 @torch.no_grad()
 def _probe(flow: LatentFlow) -> dict[str, list[Any]]:
     """The flow's latent and log-det on a fixed ``4 x d`` input (standardised units)."""
-    device = next((p.device for p in flow.parameters()), torch.device("cpu"))
-    z, ladj = flow(_probe_input(int(flow.config["features"])).to(device))
+    on_cpu = copy.deepcopy(flow).cpu()  # the same arithmetic at save and at load, whatever the fit's device
+    z, ladj = on_cpu(_probe_input(int(flow.config["features"])))
     return {"z": z.double().cpu().numpy().tolist(), "ladj": ladj.double().cpu().numpy().tolist()}
 
 
@@ -191,11 +197,11 @@ def _read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FlowphenoError(f"{path}: not valid JSON ({error}); the file is truncated or corrupted: restore it or refit") from None
+        raise _damaged(path, f"not valid JSON ({error})", "the file is truncated or corrupted") from None
     if not isinstance(meta, dict):
-        raise FlowphenoError(f"{path}: not a flowpheno model (a JSON {type(meta).__name__}, not an object); restore it or refit")
+        raise _damaged(path, f"not a flowpheno model (a JSON {type(meta).__name__}, not an object)")
     if "format" not in meta:
-        raise FlowphenoError(f"{path}: no 'format' field; not a model written by flowpheno fit: restore it or refit")
+        raise _damaged(path, "no 'format' field", "not a model written by flowpheno fit")
     if meta["format"] == 1:
         raise FlowphenoError(
             f"{path}: model format 1 is no longer read (its output columns did not follow the trait order); "
@@ -208,37 +214,40 @@ def _read_meta(path: Path) -> dict[str, Any]:
         )
     absent = [key for key in _REQUIRED if key not in meta]
     if absent:
-        raise FlowphenoError(f"{path}: missing field(s) {', '.join(absent)}; the file was edited or truncated: restore it or refit")
+        raise _damaged(path, f"missing field(s) {', '.join(absent)}", "the file was edited or truncated")
     traits = meta["traits"]
-    if not isinstance(traits, list) or not traits or not all(isinstance(t, str) for t in traits) or len(set(traits)) != len(traits):
-        raise FlowphenoError(f"{path}: 'traits' must be a list of distinct names; the file was edited or corrupted: restore it or refit")
+    names = isinstance(traits, list) and all(isinstance(t, str) for t in traits)
+    if not names or not traits or len(set(traits)) != len(traits):
+        raise _damaged(path, "'traits' must be a list of distinct names")
     for key in ("covariates", "covariate_columns"):
         if not isinstance(meta[key], list) or not all(isinstance(t, str) for t in meta[key]):
-            raise FlowphenoError(f"{path}: {key!r} must be a list of names; the file was edited or corrupted: restore it or refit")
+            raise _damaged(path, f"{key!r} must be a list of names")
     levels = meta["levels"]
-    if not isinstance(levels, dict) or not all(isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in levels.values()):
-        raise FlowphenoError(f"{path}: 'levels' must map covariate columns to lists of levels; the file was edited or corrupted: restore it or refit")
+    if not isinstance(levels, dict) or not all(
+        isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in levels.values()
+    ):
+        raise _damaged(path, "'levels' must map covariate columns to lists of levels")
     if not isinstance(meta["flow"], dict) or not isinstance(meta["flow_constants"], dict):
-        raise FlowphenoError(f"{path}: 'flow' and 'flow_constants' must be JSON objects; the file was edited or corrupted: restore it or refit")
+        raise _damaged(path, "'flow' and 'flow_constants' must be JSON objects")
     return meta
 
 
 def _build(meta: dict[str, Any], path: Path) -> LatentFlow:
     config = meta["flow"]
     if config.get("kind") not in FLOW_KINDS:
-        raise FlowphenoError(f"{path}: unknown flow kind {config.get('kind')!r} (known: {', '.join(FLOW_KINDS)}); restore the file or refit")
+        raise _damaged(path, f"unknown flow kind {config.get('kind')!r} (known: {', '.join(FLOW_KINDS)})")
     if config.get("features") != len(meta["traits"]):
-        raise FlowphenoError(f"{path}: the flow has {config.get('features')!r} features for {len(meta['traits'])} traits; the file was edited or corrupted: restore it or refit")
+        raise _damaged(path, f"the flow has {config.get('features')!r} features for {len(meta['traits'])} traits")
     try:
         flow = build_flow(config)
-    except (TypeError, ValueError, RuntimeError, AssertionError) as error:
-        raise FlowphenoError(f"{path}: flow settings {config} cannot be built ({error}); the file was edited or corrupted: restore it or refit") from None
+    except (TypeError, ValueError, KeyError, RuntimeError, AssertionError) as error:
+        raise _damaged(path, f"flow settings {config} cannot be built ({error})") from None
     expected, stored = flow_constants(flow), meta["flow_constants"]
     changed = [key for key in expected if key not in ("zuko", "torch", "permutations") and stored.get(key) != expected[key]]
     if changed:
         raise FlowphenoError(
-            f"{path}: flow constant(s) {', '.join(changed)} differ from this flowpheno's (the weights would mean something else); "
-            "use the flowpheno version that wrote the model, or refit"
+            f"{path}: flow constant(s) {', '.join(changed)} differ from this flowpheno's "
+            "(the weights would mean something else); use the flowpheno version that wrote the model, or refit"
         )
     return flow
 
@@ -248,21 +257,19 @@ def _load_weights(flow: LatentFlow, path: Path) -> None:
         state = load_file(str(path))
     except Exception as error:  # safetensors raises several types for truncated or garbage files
         reason = " ".join(str(error).split())[:120]
-        raise FlowphenoError(f"{path}: not a readable safetensors file ({reason}); it is truncated or corrupted: restore it or refit") from None
+        raise _damaged(path, f"not a readable safetensors file ({reason})", "it is truncated or corrupted") from None
     expected = flow.state_dict()
     missing = [key for key in expected if key not in state]
     extra = [key for key in state if key not in expected]
     if missing or extra:
         what = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(extra[:3])}"
-        raise FlowphenoError(f"{path}: tensors do not match the flow in model.json ({what}); the files were edited or mixed up: restore them or refit")
+        raise _damaged(path, f"tensors do not match the flow in model.json ({what})", "the files were edited or mixed up")
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[key].shape) or tensor.dtype != expected[key].dtype:
-            raise FlowphenoError(
-                f"{path}: tensor {key} is {tensor.dtype} {tuple(tensor.shape)}, the flow needs {expected[key].dtype} "
-                f"{tuple(expected[key].shape)}; the files were edited or mixed up: restore them or refit"
-            )
+            what = f"tensor {key} is {tensor.dtype} {tuple(tensor.shape)}, the flow needs {expected[key].dtype} {tuple(expected[key].shape)}"
+            raise _damaged(path, what, "the files were edited or mixed up")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise FlowphenoError(f"{path}: tensor {key} holds NaN or infinite weights; the file is corrupted: restore it or refit")
+            raise _damaged(path, f"tensor {key} holds NaN or infinite weights")
     flow.load_state_dict(state)
 
 
@@ -272,9 +279,9 @@ def _array(meta: dict[str, Any], key: str, shape: tuple[int, ...], path: Path) -
     except (TypeError, ValueError):
         value = None
     if value is None or value.shape != shape:
-        raise FlowphenoError(f"{path}: {key!r} must be numbers of shape {shape}; the file was edited or corrupted: restore it or refit")
+        raise _damaged(path, f"{key!r} must be numbers of shape {shape}")
     if not np.isfinite(value).all():
-        raise FlowphenoError(f"{path}: {key!r} holds NaN or infinite values; the file was edited or corrupted: restore it or refit")
+        raise _damaged(path, f"{key!r} holds NaN or infinite values")
     return value
 
 
@@ -283,7 +290,7 @@ def _verify_probe(flow: LatentFlow, meta: dict[str, Any], path: Path) -> None:
         expected_z = np.asarray(meta["probe"]["z"], dtype=float)
         expected_ladj = np.asarray(meta["probe"]["ladj"], dtype=float)
     except (TypeError, KeyError, ValueError):
-        raise FlowphenoError(f"{path}: 'probe' is malformed; the file was edited or corrupted: restore it or refit") from None
+        raise _damaged(path, "'probe' is malformed") from None
     now = _probe(flow)
     z, ladj = np.asarray(now["z"]), np.asarray(now["ladj"])
     if z.shape != expected_z.shape or ladj.shape != expected_ladj.shape or not (

@@ -185,10 +185,11 @@ def _sparsest(phenotypes: Phenotypes) -> str:
     return f"; trait {phenotypes.traits[j]!r} has a value for only {int(counts[j])} of {len(counts) and phenotypes.values.shape[0]}"
 
 
-def _check_traits(values: np.ndarray, traits: list[str], pheno: str) -> None:
+def _check_traits(values: np.ndarray, traits: list[str], pheno: str, iids: np.ndarray | None = None) -> None:
     """Each trait (column of the ``n x d`` complete rows) on its own scale: stop on a
     constant trait, and on a trait with fewer than :data:`MIN_DISTINCT_VALUES` distinct
-    values or one value holding more than half of the rows (binary, few-valued)."""
+    values or one value holding more than half of the rows (binary, few-valued); when a
+    handful of rows (``iids``) differ from that value, they are named."""
     n = values.shape[0]
     for j, trait in enumerate(traits):
         column = values[:, j]
@@ -197,9 +198,13 @@ def _check_traits(values: np.ndarray, traits: list[str], pheno: str) -> None:
             raise FlowphenoError(f"{pheno}: trait {trait!r} has zero variance (every complete row is {distinct[0]:g}); drop it with --traits")
         top = int(np.argmax(counts))
         if len(distinct) < MIN_DISTINCT_VALUES or counts[top] * 2 > n:
+            others = np.flatnonzero(column != distinct[top])
+            named = ""
+            if iids is not None and len(others) <= 3:
+                named = "; the others: " + ", ".join(f"IID {iids[r]} = {column[r]:g}" for r in others)
             raise FlowphenoError(
                 f"{pheno}: trait {trait!r} has {len(distinct)} distinct values among {n} complete rows "
-                f"({distinct[top]:g} holds {counts[top]}): a flow needs a continuous trait (at least {MIN_DISTINCT_VALUES} "
+                f"({distinct[top]:g} holds {counts[top]}{named}): a flow needs a continuous trait (at least {MIN_DISTINCT_VALUES} "
                 "distinct values, none holding more than half the rows); leave it out with --traits, or model it another way "
                 "(e.g. as a covariate or with a GEMMA binary-trait analysis)"
             )
@@ -346,7 +351,7 @@ def _fit(
             f"{pheno}: only {n_complete} individuals have every trait, covariate and kinship entry; "
             f"at least {MIN_COMPLETE_ROWS} are needed (check IDs and missing values{_sparsest(phenotypes)})"
         )
-    _check_traits(phenotypes.values[keep], phenotypes.traits, str(pheno))
+    _check_traits(phenotypes.values[keep], phenotypes.traits, str(pheno), iids[keep])
     outliers = _check_outliers(phenotypes.values[keep], iids[keep], phenotypes.traits, str(pheno), config.keep_outliers)
     d = len(phenotypes.traits)
     if n_complete < 100 * d * d:

@@ -116,6 +116,10 @@ BAD: list[tuple[str, Callable[[], list[str]], Callable[[], list[str]] | None, li
      ["trait 't1' has zero variance (every complete row is 3.5)"]),
     ("all-missing-trait", lambda: _lines(_column(_pheno(), "t2", ["NA"] * N)), None, [],
      ["trait 't2' is missing for every individual", "--traits"]),
+    ("one-value-dwarfs-constant", lambda: _lines(_column(_pheno(), "t1", [5.0] * 18 + [1e13] + [5.0] * (N - 19))), None, [],
+     ["trait 't1' has 2 distinct values among 120 complete rows (5 holds 119; the others: IID i18 = 1e+13)"]),
+    ("covar-all-missing", lambda: _lines(_pheno()), lambda: _lines(_column(_covar(), "age", ["NA"] * N)), [],
+     ["c.tsv: covariate column 'age' is missing for every individual"]),
     ("gross-outlier", lambda: _edit(_pheno(), 12, "t2", "250000"), None, [],
      ["IID i10 trait 't2' = 250000 (robust z ", "--keep-outliers"]),
 ]

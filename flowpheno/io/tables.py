@@ -185,6 +185,8 @@ def covariate_design(
         if column in ID_COLUMNS:
             continue
         present = table[column].dropna()
+        if not len(present):
+            raise FlowphenoError(f"{path}: covariate column {column!r} is missing for every individual; fill it or remove the column")
         if column not in declared:
             if len(present) and _looks_numeric(present).mean() >= 0.5:
                 columns.append(numeric_columns(table, [column], path, "covariate"))
