@@ -182,7 +182,7 @@ def _check_present(phenotypes: Phenotypes) -> None:
 def _sparsest(phenotypes: Phenotypes) -> str:
     counts = np.isfinite(phenotypes.values).sum(axis=0)
     j = int(np.argmin(counts))
-    return f"; trait {phenotypes.traits[j]!r} has a value for only {int(counts[j])} of {len(counts) and phenotypes.values.shape[0]}"
+    return f"; trait {phenotypes.traits[j]!r} has a value for only {int(counts[j])} of {phenotypes.values.shape[0]}"
 
 
 def _check_traits(values: np.ndarray, traits: list[str], pheno: str, iids: np.ndarray | None = None) -> None:

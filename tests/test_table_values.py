@@ -242,3 +242,16 @@ def test_sparse_trait_named_when_too_few_complete(tmp_path: Path) -> None:
     result = _fit(tmp_path, write_table(tmp_path / "p.tsv", table), None)
     assert result.returncode == 1
     assert "only 20 individuals have every trait" in result.stderr and "trait 't3' has a value for only 20 of 120" in result.stderr
+
+
+def test_missing_codes_whatever_the_reader() -> None:
+    """Cells holding a missing code are NA even when a reader (parquet) kept them as text."""
+    from flowpheno.io.tables import covariate_matrix, numeric_columns
+
+    table = pd.DataFrame({"FID": list("abcdef"), "IID": list("abcdef"), "x": ["1.5", ".", " NA ", "-9", None, "2"],
+                          "batch": ["b1", ".", "b2", "b1", "NA", "b2"]})
+    assert numeric_columns(table, ["x"], "t.parquet", "trait")["x"].tolist()[::5] == [1.5, 2.0]
+    assert numeric_columns(table, ["x"], "t.parquet", "trait")["x"].isna().tolist() == [False, True, True, True, True, False]
+    dummies = covariate_matrix(table[["FID", "IID", "batch"]], "c.parquet")
+    assert list(dummies.columns) == ["batch_b2"]
+    assert dummies["batch_b2"].isna().tolist() == [False, True, False, False, True, False]

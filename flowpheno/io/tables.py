@@ -85,6 +85,15 @@ def _cells(table: pd.DataFrame, column: str, rows: np.ndarray) -> str:
     return "; ".join(shown) + more
 
 
+def _missing_codes_to_na(column: pd.Series) -> pd.Series:
+    """``column`` with every cell that is a missing code (:data:`MISSING_STRINGS`, surrounding
+    blanks ignored) as NA, whatever reader produced it (text or parquet)."""
+    if pd.api.types.is_numeric_dtype(column):
+        return column
+    text = column.astype("string").str.strip()
+    return column.mask(text.isin(MISSING_STRINGS) & column.notna())
+
+
 def _looks_numeric(text: pd.Series) -> pd.Series:
     """Per present cell: a number (finite or not) or a number written with a decimal comma."""
     return pd.to_numeric(text, errors="coerce").notna() | text.astype(str).str.match(_DECIMAL_COMMA)
@@ -104,7 +113,7 @@ def numeric_columns(table: pd.DataFrame, columns: list[str], path: str | Path, r
         if column not in table.columns:
             available = ", ".join(c for c in table.columns if c not in ID_COLUMNS)
             raise FlowphenoError(f"{path}: no {role} column {column!r} (available: {available})")
-        raw = table[column]
+        raw = _missing_codes_to_na(table[column])
         values = raw.astype(float) if pd.api.types.is_numeric_dtype(raw) else pd.to_numeric(raw, errors="coerce")
         bad = np.flatnonzero((values.isna() & raw.notna()).to_numpy())
         if len(bad):
@@ -139,7 +148,7 @@ def default_traits(table: pd.DataFrame) -> tuple[list[str], list[str]]:
     for column in table.columns:
         if column in ID_COLUMNS:
             continue
-        present = table[column].dropna()
+        present = _missing_codes_to_na(table[column]).dropna()
         numeric = len(present) == 0 or _looks_numeric(present).mean() >= 0.5
         (traits if numeric else skipped).append(column)
     return traits, skipped
@@ -184,7 +193,7 @@ def covariate_design(
     for column in table.columns:
         if column in ID_COLUMNS:
             continue
-        present = table[column].dropna()
+        present = _missing_codes_to_na(table[column]).dropna()
         if not len(present):
             raise FlowphenoError(f"{path}: covariate column {column!r} is missing for every individual; fill it or remove the column")
         if column not in declared:
@@ -198,7 +207,7 @@ def covariate_design(
                     f"individuals (e.g. {_cells(table, column, np.flatnonzero(table[column].notna().to_numpy()))}); "
                     f"fix the values, or declare it with --categorical {column} if it really is a category"
                 )
-        text = table[column].astype("string").str.strip()
+        text = _missing_codes_to_na(table[column]).astype("string").str.strip()
         known = list(levels[column]) if levels and column in levels else sorted(text.dropna().unique())
         unseen = np.flatnonzero((text.notna() & ~text.isin(known)).to_numpy())
         if len(unseen):
