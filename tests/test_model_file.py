@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import invoke, snapshot, write_table
+from flowpheno.errors import FlowphenoError
 from flowpheno.model import PhenotypeModel
 from flowpheno.pipeline import transform_phenotypes
 
@@ -200,5 +201,5 @@ def test_changed_transform_formula_detected(data: Path, monkeypatch: pytest.Monk
     import flowpheno.model as model_module
 
     monkeypatch.setattr(model_module, "flow_constants", base.flow_constants)
-    with pytest.raises(Exception, match="maps its check input differently than when it was saved"):
+    with pytest.raises(FlowphenoError, match="maps its check input differently than when it was saved"):
         PhenotypeModel.load(data / "run")

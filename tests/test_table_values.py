@@ -255,3 +255,20 @@ def test_missing_codes_whatever_the_reader() -> None:
     dummies = covariate_matrix(table[["FID", "IID", "batch"]], "c.parquet")
     assert list(dummies.columns) == ["batch_b2"]
     assert dummies["batch_b2"].isna().tolist() == [False, True, False, False, True, False]
+
+
+def test_diagnostics_mark_outliers() -> None:
+    """Every scatter panel gets a red cross layer holding exactly the flagged individual."""
+    from flowpheno.plots import diagnostics_figure
+
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(50, 3))
+    iids = np.array([f"i{k}" for k in range(50)])
+    report = {"outliers": [{"iid": "i7", "trait": "b", "value": 1.0, "robust_z": 20.0}]}
+    figure = diagnostics_figure(values, values, ["a", "b", "c"], report, iids)
+    panels = [axis for axis in figure.axes if axis.collections]
+    assert len(panels) == 6
+    for axis in panels:
+        marks = axis.collections[1].get_offsets()
+        assert marks.shape == (1, 2)
+    assert [c.get_offsets().shape[0] for c in diagnostics_figure(values, values, ["a", "b", "c"], {}, iids).axes[0].collections] == [50]
