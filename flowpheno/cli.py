@@ -124,6 +124,8 @@ def fit(
     grm_factor: Optional[Path] = typer.Option(None, "--grm-factor", help="low-rank kinship: standardised genotypes of a PLINK prefix with fewer SNPs than individuals"),
     covar: Optional[Path] = typer.Option(None, "--covar", help="covariates projected out by least squares before the flow"),
     traits: Optional[str] = typer.Option(None, "--traits", help="comma-separated trait columns (default: every numeric column)"),
+    categorical: Optional[str] = typer.Option(None, "--categorical", help="comma-separated covariate columns to one-hot encode whatever their values (needed for text columns with more than 50 levels)"),
+    keep_outliers: bool = typer.Option(False, "--keep-outliers", help="fit even when a trait value lies beyond robust |z| 100 (median/MAD)"),
     mode: str = typer.Option("alternating", "--mode", help="iid | grid | alternating | joint"),
     s2_grid: str = typer.Option("0,0.01,0.1,0.25,0.5", "--s2-grid", help="s2 values tried by --mode grid"),
     epochs: int = typer.Option(25, "--epochs", min=1, help="flow epochs per stage"),
@@ -154,6 +156,8 @@ def fit(
         hidden=hidden,
         val_frac=val_frac,
         device=_device(device),
+        categorical=[c.strip() for c in categorical.split(",") if c.strip()] if categorical else None,
+        keep_outliers=keep_outliers,
         train=TrainConfig(
             epochs=epochs, stages=stages, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, patience=patience,
             objective=objective, profile_scale=scale_step,

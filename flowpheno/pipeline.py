@@ -30,7 +30,7 @@ from flowpheno.io.atomic import StagedDirectory, atomic_path, write_errors
 from flowpheno.io.kinship import Kinship, KinshipFactor, read_genotype_factor, read_kinship, read_pcs, spectral_decomposition
 from flowpheno.io.outputs import write_phenotypes
 from flowpheno.io.ids import FID_GIVEN, SampleKeys, align
-from flowpheno.io.tables import covariate_matrix, default_traits, numeric_columns, read_table, table_keys
+from flowpheno.io.tables import MISSING_STRINGS, covariate_design, default_traits, numeric_columns, read_table, table_keys
 from flowpheno.model import PhenotypeModel, least_squares_residuals
 from flowpheno.train import FitOutcome, TrainConfig, fit_alternating, fit_grid, fit_iid, fit_joint
 from flowpheno.train.options import check_choice, check_float, check_int
@@ -44,6 +44,14 @@ RUN_FILES = ("fit.json", "model.json", "model.safetensors", "gaussianized.tsv", 
 written before run folders carried a manifest."""
 PLINK_SUFFIXES = (".bed", ".bim", ".fam")
 GCTA_SUFFIXES = (".grm.bin", ".grm.id", ".grm.N.bin")
+MIN_DISTINCT_VALUES = 10
+"""A trait with fewer distinct values among the complete rows, or whose most frequent value
+holds more than half of them, is not continuous: a flow density on it has no maximum."""
+OUTLIER_WARN_Z = 15.0
+OUTLIER_STOP_Z = 100.0
+"""Robust z-score ``|x - median| / (1.4826 MAD)`` of a trait value among the complete rows:
+above OUTLIER_WARN_Z a warning (recorded in ``fit.json`` as ``outliers`` and marked in
+``diagnostics.png``); above OUTLIER_STOP_Z the fit stops unless ``keep_outliers``."""
 
 
 @dataclass
@@ -57,6 +65,8 @@ class FitConfig:
     hidden: int = 128
     val_frac: float = 0.15
     device: str = "cpu"
+    categorical: list[str] | None = None
+    keep_outliers: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -106,6 +116,7 @@ class Phenotypes:
     skipped_columns: list[str] = field(default_factory=list)
     fid_given: bool = True
     lines: np.ndarray | None = None
+    levels: dict[str, list[str]] = field(default_factory=dict)
 
     def keys(self) -> SampleKeys:
         """The individuals' keys, for :func:`flowpheno.io.ids.align`."""
@@ -134,38 +145,64 @@ def read_phenotypes(
     pheno: str | Path,
     traits: list[str] | None = None,
     covar: str | Path | None = None,
+    categorical: list[str] | None = None,
 ) -> Phenotypes:
-    """Read traits (default: every numeric column) and covariates aligned on (FID, IID)."""
+    """Read traits (default: every numeric column, text columns skipped with a warning)
+    and covariates aligned on (FID, IID); ``categorical`` covariate columns are one-hot encoded."""
     table = read_table(pheno)
     keys = table_keys(table, pheno)
     skipped: list[str] = []
     if traits is None:
         traits, skipped = default_traits(table)
+        if skipped:
+            warnings.warn(
+                f"{pheno}: text column(s) {', '.join(map(repr, skipped))} are not traits and were skipped; "
+                "name the traits with --traits to silence this",
+                stacklevel=2,
+            )
     if not traits:
         raise FlowphenoError(f"{pheno}: no numeric trait columns besides FID/IID")
     values = numeric_columns(table, traits, pheno, "trait").to_numpy()
-    covariates, names, columns = None, [], []
+    covariates, names, columns, levels = None, [], [], {}
+    if categorical and covar is None:
+        raise FlowphenoError(f"--categorical {','.join(categorical)} names covariate columns, but no --covar file was given")
     if covar is not None:
-        aligned, columns = aligned_covariates(covar, keys)
+        aligned, columns, levels = aligned_covariates(covar, keys, categorical)
         covariates, names = aligned.to_numpy(dtype=float), list(aligned.columns)
     return Phenotypes(
         table[["FID", "IID"]].copy(), values, list(traits), covariates, names, columns, str(pheno), skipped,
-        fid_given=keys.fid is not None, lines=keys.lines,
+        fid_given=keys.fid is not None, lines=keys.lines, levels=levels,
     )
 
 
-def aligned_covariates(covar: str | Path, keys: SampleKeys | np.ndarray) -> tuple[pd.DataFrame, list[str]]:
-    """The covariate design (text columns one-hot) with rows in the order of ``keys``
-    (the phenotype file's individuals; NaN where one is absent), and the covariate
-    file's own column names. Matched on (FID, IID), or IID alone where a file has no
-    FID; a file sharing no individual raises :class:`FlowphenoError`."""
+def aligned_covariates(
+    covar: str | Path,
+    keys: SampleKeys | np.ndarray,
+    categorical: list[str] | None = None,
+    levels: dict[str, list[str]] | None = None,
+    only: list[str] | None = None,
+) -> tuple[pd.DataFrame, list[str], dict[str, list[str]]]:
+    """The covariate design (text and ``categorical`` columns one-hot, against ``levels``
+    when given) with rows in the order of ``keys`` (the phenotype file's individuals; NaN
+    where one is absent), the covariate file's own column names and each categorical
+    column's levels. Matched on (FID, IID), or IID alone where a file has no FID; a file
+    sharing no individual raises :class:`FlowphenoError`. With ``only``, just those
+    columns are read (those a fitted model uses)."""
     if not isinstance(keys, SampleKeys):
         keys = SampleKeys(np.asarray(keys, dtype=str), None, "the phenotype table")
     covariate_table = read_table(covar)
-    matrix = covariate_matrix(covariate_table, covar)
+    covariate_keys = table_keys(covariate_table, covar)
     columns = [c for c in covariate_table.columns if c not in ("FID", "IID")]
-    alignment = align(table_keys(covariate_table, covar), keys, hint="give covariates for the same individuals")
-    return alignment.take(matrix), columns
+    if only is not None:
+        absent = [c for c in only if c not in columns]
+        if absent:
+            raise FlowphenoError(f"{covar}: missing covariate column(s) {', '.join(absent)} used by the model; add them")
+        lines = covariate_table.attrs.get("lines")
+        covariate_table = covariate_table[["FID", "IID", *only]].copy()
+        covariate_table.attrs["lines"] = lines
+    matrix, used = covariate_design(covariate_table, covar, categorical, levels)
+    alignment = align(covariate_keys, keys, hint="give covariates for the same individuals")
+    return alignment.take(matrix), columns, used
 
 
 def _complete_rows(phenotypes: Phenotypes, covar: str | Path | None) -> tuple[np.ndarray, dict[str, list[str]]]:
@@ -197,11 +234,92 @@ def _align_kinship(
     return keep & in_kinship, alignment.positions
 
 
-def _check_traits(values: np.ndarray, traits: list[str], pheno: str) -> None:
-    spread = values.std(axis=0)
-    for trait, sd in zip(traits, spread):
-        if not sd > 1e-12 * max(1.0, float(np.abs(values).max())):
-            raise FlowphenoError(f"{pheno}: trait {trait!r} has zero variance among the complete rows; drop it with --traits")
+def _check_present(phenotypes: Phenotypes) -> None:
+    """A trait with no value at all is named (not reported as "0 individuals have every trait")."""
+    for trait, count in zip(phenotypes.traits, np.isfinite(phenotypes.values).sum(axis=0)):
+        if count == 0:
+            codes = ", ".join(repr(code) for code in MISSING_STRINGS)
+            raise FlowphenoError(
+                f"{phenotypes.source}: trait {trait!r} is missing for every individual (all cells are missing codes: {codes}); "
+                "fill it or leave it out with --traits"
+            )
+
+
+def _sparsest(phenotypes: Phenotypes) -> str:
+    counts = np.isfinite(phenotypes.values).sum(axis=0)
+    j = int(np.argmin(counts))
+    return f"; trait {phenotypes.traits[j]!r} has a value for only {int(counts[j])} of {phenotypes.values.shape[0]}"
+
+
+def _check_traits(values: np.ndarray, traits: list[str], pheno: str, iids: np.ndarray | None = None) -> None:
+    """Each trait (column of the ``n x d`` complete rows) on its own scale: stop on a
+    constant trait, and on a trait with fewer than :data:`MIN_DISTINCT_VALUES` distinct
+    values or one value holding more than half of the rows (binary, few-valued); when a
+    handful of rows (``iids``) differ from that value, they are named."""
+    n = values.shape[0]
+    for j, trait in enumerate(traits):
+        column = values[:, j]
+        distinct, counts = np.unique(column, return_counts=True)
+        if len(distinct) == 1:
+            raise FlowphenoError(f"{pheno}: trait {trait!r} has zero variance (every complete row is {distinct[0]:g}); drop it with --traits")
+        top = int(np.argmax(counts))
+        if len(distinct) < MIN_DISTINCT_VALUES or counts[top] * 2 > n:
+            others = np.flatnonzero(column != distinct[top])
+            named = ""
+            if iids is not None and len(others) <= 3:
+                named = "; the others: " + ", ".join(f"IID {iids[r]} = {column[r]:g}" for r in others)
+            raise FlowphenoError(
+                f"{pheno}: trait {trait!r} has {len(distinct)} distinct values among {n} complete rows "
+                f"({distinct[top]:g} holds {counts[top]}{named}): a flow needs a continuous trait (at least {MIN_DISTINCT_VALUES} "
+                "distinct values, none holding more than half the rows); leave it out with --traits, or model it another way "
+                "(e.g. as a covariate or with a GEMMA binary-trait analysis)"
+            )
+
+
+def _check_residuals(residuals: np.ndarray, values: np.ndarray, traits: list[str], pheno: str, covar: str | Path | None) -> None:
+    """A trait that the covariates explain entirely (residual SD ~ 0 on the trait's own scale)."""
+    for trait, rest, raw in zip(traits, residuals.std(axis=0), values.std(axis=0)):
+        if not rest > 1e-9 * raw:
+            raise FlowphenoError(f"{pheno}: trait {trait!r} is fully explained by the covariates of {covar}; drop it with --traits")
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """``(x - median) / (1.4826 MAD)`` per column of ``values`` (``n x d``), the normal-consistent
+    robust z-score (MAD > 0 is guaranteed by :func:`_check_traits`)."""
+    median = np.median(values, axis=0)
+    mad = 1.4826 * np.median(np.abs(values - median), axis=0)
+    return (values - median) / np.where(mad > 0, mad, np.inf)
+
+
+def _check_outliers(
+    values: np.ndarray, iids: np.ndarray, traits: list[str], pheno: str, keep_outliers: bool
+) -> list[dict[str, Any]]:
+    """Values of the ``n x d`` complete rows with robust ``|z|`` above :data:`OUTLIER_WARN_Z`,
+    largest first (a warning); raises above :data:`OUTLIER_STOP_Z` unless ``keep_outliers``."""
+    z = robust_z(values)
+    rows, cols = np.nonzero(np.abs(z) > OUTLIER_WARN_Z)
+    found = sorted(
+        ({"iid": str(iids[r]), "trait": traits[c], "value": float(values[r, c]), "robust_z": round(float(z[r, c]), 1)}
+         for r, c in zip(rows, cols)),
+        key=lambda entry: -abs(entry["robust_z"]),
+    )
+    if not found:
+        return found
+    worst = found[0]
+    shown = "; ".join(f"IID {o['iid']} trait {o['trait']!r} = {o['value']:g} (robust z {o['robust_z']:g})" for o in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    if abs(worst["robust_z"]) > OUTLIER_STOP_Z and not keep_outliers:
+        raise FlowphenoError(
+            f"{pheno}: gross outlier(s) beyond robust |z| {OUTLIER_STOP_Z:g} (median/MAD): {shown}{more}; "
+            "fix or remove the value(s) (a data-entry error squeezes every other value of the trait), "
+            "or pass --keep-outliers to fit with them"
+        )
+    warnings.warn(
+        f"{pheno}: {len(found)} value(s) beyond robust |z| {OUTLIER_WARN_Z:g} (median/MAD): {shown}{more}; "
+        "kept (listed in fit.json 'outliers', marked in diagnostics.png)",
+        stacklevel=2,
+    )
+    return found
 
 
 def _split(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -331,7 +449,8 @@ def _fit(
         raise FlowphenoError(f"--mode {config.mode} models relatedness and needs --grm, --grm-pcs or --grm-factor (or use --mode iid)")
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    phenotypes = read_phenotypes(pheno, config.traits, covar)
+    phenotypes = read_phenotypes(pheno, config.traits, covar, config.categorical)
+    _check_present(phenotypes)
     keep, dropped = _complete_rows(phenotypes, covar)
     iids = phenotypes.ids["IID"].to_numpy()
     kinship = None
@@ -343,9 +462,10 @@ def _fit(
     if n_complete < MIN_COMPLETE_ROWS:
         raise FlowphenoError(
             f"{pheno}: only {n_complete} individuals have every trait, covariate and kinship entry; "
-            f"at least {MIN_COMPLETE_ROWS} are needed (check IDs and missing values)"
+            f"at least {MIN_COMPLETE_ROWS} are needed (check IDs and missing values{_sparsest(phenotypes)})"
         )
-    _check_traits(phenotypes.values[keep], phenotypes.traits, str(pheno))
+    _check_traits(phenotypes.values[keep], phenotypes.traits, str(pheno), iids[keep])
+    outliers = _check_outliers(phenotypes.values[keep], iids[keep], phenotypes.traits, str(pheno), config.keep_outliers)
     d = len(phenotypes.traits)
     if n_complete < 100 * d * d:
         warnings.warn(
@@ -356,7 +476,7 @@ def _fit(
     fit_covariates = phenotypes.covariates[keep] if phenotypes.covariates is not None else None
     residuals, beta = least_squares_residuals(phenotypes.values[keep], fit_covariates)
     center, scale = residuals.mean(axis=0), residuals.std(axis=0)
-    _check_traits(residuals, phenotypes.traits, f"{pheno} (after removing covariates)")
+    _check_residuals(residuals, phenotypes.values[keep], phenotypes.traits, str(pheno), covar)
     standardised = (residuals - center) / scale
     timings["read_and_align"] = time.perf_counter() - started
 
@@ -399,6 +519,7 @@ def _fit(
         scale=scale,
         covariance=outcome.dependence.describe(),
         covariate_columns=phenotypes.covariate_columns,
+        levels=phenotypes.levels,
     )
     started = time.perf_counter()
     latent = model.gaussianize(phenotypes.values, phenotypes.covariates)
@@ -426,6 +547,8 @@ def _fit(
         "traits": phenotypes.traits,
         "skipped_columns": phenotypes.skipped_columns,
         "covariates": phenotypes.covariate_names,
+        "categorical_levels": phenotypes.levels,
+        "outliers": outliers,
         "dropped": {reason: {"count": len(ids), "iids": ids} for reason, ids in dropped.items()},
         "kinship": None if kinship_model is None else {
             "scale_to_unit_mean_diagonal": kinship_model.scale,
@@ -491,7 +614,7 @@ def write_fit_outputs(
         model.save(tmp)
         write_phenotypes(gaussianized, tmp / "gaussianized.tsv")
         before = phenotypes.values[keep]
-        figure = diagnostics_figure(before, latent[keep], model.traits, report)
+        figure = diagnostics_figure(before, latent[keep], model.traits, report, phenotypes.ids["IID"].to_numpy()[keep])
         figure.savefig(tmp / "diagnostics.png", dpi=110)
         report["seconds"]["write"] = time.perf_counter() - started
         with atomic_path(tmp / "fit.json") as path:
@@ -521,12 +644,14 @@ def transform_phenotypes(
     phenotypes = read_phenotypes(pheno, model.traits)
     covariates = None
     if model.covariates:
-        aligned, columns = aligned_covariates(covar, phenotypes.keys())
-        absent = [c for c in model.covariate_columns if c not in columns]
-        if absent:
-            raise FlowphenoError(f"{covar}: missing covariate column(s) {', '.join(absent)} used by the model")
-        # a level absent from this file is a zero column, as it would be after one-hot encoding
-        covariates = aligned.reindex(columns=model.covariates, fill_value=0.0).to_numpy(dtype=float)
+        # encoded against the fit's levels: same reference level and dummy columns; unseen levels stop
+        aligned, _, _ = aligned_covariates(covar, phenotypes.keys(), levels=model.levels, only=model.covariate_columns)
+        if list(aligned.columns) != list(model.covariates):
+            raise FlowphenoError(
+                f"{covar}: covariate columns encode as {', '.join(aligned.columns)}, but the model was fitted on "
+                f"{', '.join(model.covariates)}; use the covariate file layout of the fit"
+            )
+        covariates = aligned.to_numpy(dtype=float)
     latent = model.gaussianize(phenotypes.values, covariates, device=device)
     table = pd.concat([phenotypes.ids.reset_index(drop=True), pd.DataFrame(latent, columns=model.traits)], axis=1)
     table.attrs[FID_GIVEN] = phenotypes.fid_given

@@ -15,9 +15,17 @@ from matplotlib.figure import Figure  # noqa: E402
 MAX_PAIRS = 6
 
 
-def diagnostics_figure(before: np.ndarray, after: np.ndarray, traits: list[str], report: dict[str, Any]) -> Figure:
+def diagnostics_figure(
+    before: np.ndarray, after: np.ndarray, traits: list[str], report: dict[str, Any], iids: np.ndarray | None = None
+) -> Figure:
     """Pairwise scatter of raw traits (top row) and Gaussianized ones (middle row),
-    train/validation NLL per epoch and s2 per stage (bottom row)."""
+    train/validation NLL per epoch and s2 per stage (bottom row).
+
+    ``before`` and ``after`` are ``n x d`` with columns in ``traits`` order (the flow's
+    output column ``j`` is trait ``j``); rows whose IID (``iids``, length ``n``) is listed
+    in ``report["outliers"]`` are marked with a red cross in every panel."""
+    flagged = {entry["iid"] for entry in report.get("outliers", [])}
+    marked = np.isin(np.asarray(iids, dtype=str), list(flagged)) if iids is not None and flagged else np.zeros(len(before), bool)
     pairs = list(combinations(range(len(traits)), 2))[:MAX_PAIRS] or [(0, 0)]
     columns = max(len(pairs), 2)
     figure, axes = plt.subplots(3, columns, figsize=(3.0 * columns, 8.4), squeeze=False)
@@ -25,6 +33,9 @@ def diagnostics_figure(before: np.ndarray, after: np.ndarray, traits: list[str],
         for row, (data, label) in enumerate(((before, "raw"), (after, "Gaussianized"))):
             axis = axes[row][column]
             axis.scatter(data[:, i], data[:, j], s=2, alpha=0.35, color="C0" if row == 0 else "C2", rasterized=True)
+            if marked.any():
+                axis.scatter(data[marked, i], data[marked, j], s=30, marker="x", color="red", label="outlier (robust z)")
+                axis.legend(fontsize=6, loc="best")
             axis.set_xlabel(f"{traits[i]} ({label})", fontsize=8)
             axis.set_ylabel(traits[j], fontsize=8)
             axis.tick_params(labelsize=7)

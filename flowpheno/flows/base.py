@@ -8,13 +8,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.distributions import Transform
-from zuko.lazy import LazyComposedTransform, LazyTransform
+from zuko.lazy import LazyComposedTransform, LazyTransform, UnconditionalTransform
 from zuko.transforms import DependentTransform, MonotonicAffineTransform
 
 from flowpheno.errors import FlowphenoError
 
 ACTNORM_SLOPE = 1e-3
 """Smallest scale of an ActNorm layer; zuko bounds ``|log scale| < -log(slope)``."""
+
+FLOW_KINDS = ("affine_coupling", "spline_coupling")
+"""Flows that :func:`build_flow` rebuilds from a saved config."""
+
+ACTNORM_FORMULA = "y = exp(a / (1 + |a| / B)) x + b, B = -log(slope) (zuko MonotonicAffineTransform)"
+COUPLING_FORMULA = "x_b -> exp(bounded log-scale) x_b + shift from MLP(x_a), SiLU (zuko GeneralCouplingTransform, MonotonicAffineTransform)"
 
 
 class ActNorm(LazyTransform):
@@ -79,6 +85,36 @@ class LatentFlow(nn.Module):
         last.shift.mul_(torch.exp(new_log_scale - log_scale))
 
 
+def _layer_name(layer: nn.Module) -> str:
+    if isinstance(layer, UnconditionalTransform):
+        return getattr(layer.f, "__name__", type(layer.f).__name__)
+    return type(layer).__name__
+
+
+def flow_constants(flow: LatentFlow) -> dict[str, Any]:
+    """The constants that give a flow's saved weights their meaning: ActNorm's bound and
+    formula, the coupling formula, the layer order, the fixed permutations (one list
+    per permutation layer, in order) and the library versions."""
+    from importlib import metadata
+
+    layers = list(flow.transform.transforms)
+    permutations = [layer.forward().order.tolist() for layer in layers if _layer_name(layer) == "PermutationTransform"]
+    versions = {}
+    for name in ("zuko", "torch"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return {
+        "actnorm_slope": ACTNORM_SLOPE,
+        "actnorm_formula": ACTNORM_FORMULA,
+        "coupling_formula": COUPLING_FORMULA,
+        "layer_order": [_layer_name(layer) for layer in layers],
+        "permutations": permutations,
+        **versions,
+    }
+
+
 def zero_last_layers(layers: list[LazyTransform]) -> None:
     """Zero the output layer of every conditioner, so the flow starts as the identity
     (after ActNorm): training begins from the standardised data, not from a random
@@ -97,5 +133,6 @@ def build_flow(config: dict[str, Any]) -> LatentFlow:
     from flowpheno.flows.spline import spline_coupling_flow
 
     builders = {"affine_coupling": affine_coupling_flow, "spline_coupling": spline_coupling_flow}
+    assert set(builders) == set(FLOW_KINDS)
     options = {key: value for key, value in config.items() if key != "kind"}
     return builders[config["kind"]](**options)

@@ -1,0 +1,274 @@
+"""Values in phenotype and covariate tables: read exactly right, or stop with one line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import invoke, snapshot, write_table
+from flowpheno.errors import FlowphenoError
+from flowpheno.pipeline import OUTLIER_STOP_Z, _check_traits
+
+N = 120
+TINY = ["--mode", "iid", "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "16", "--device", "cpu", "--quiet"]
+
+
+def _pheno() -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    return pd.DataFrame({
+        "FID": [f"f{i}" for i in range(N)],
+        "IID": [f"i{i}" for i in range(N)],
+        "t1": np.round(rng.normal(size=N), 4),
+        "t2": np.round(np.exp(0.5 * rng.normal(size=N)), 4),
+        "t3": np.round(rng.gamma(2.0, size=N), 4),
+    })
+
+
+def _covar() -> pd.DataFrame:
+    rng = np.random.default_rng(8)
+    return pd.DataFrame({
+        "FID": [f"f{i}" for i in range(N)],
+        "IID": [f"i{i}" for i in range(N)],
+        "age": rng.integers(20, 70, N),
+        "batch": rng.choice(["b1", "b2", "b3"], N),
+    })
+
+
+def _lines(table: pd.DataFrame) -> list[str]:
+    """The file as tab-separated text lines (header first), values as written."""
+    return ["\t".join(table.columns)] + ["\t".join(map(str, row)) for row in table.itertuples(index=False)]
+
+
+def _edit(table: pd.DataFrame, line: int, column: str, text: str) -> list[str]:
+    """The file's lines with cell (line, column) replaced by ``text`` (line 1 is the header)."""
+    lines = _lines(table)
+    cells = lines[line - 1].split("\t")
+    cells[list(table.columns).index(column)] = text
+    lines[line - 1] = "\t".join(cells)
+    return lines
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _fit(tmp_path: Path, pheno: Path, covar: Path | None, *extra: str, out: str = "run"):
+    args = ["fit", "--pheno", str(pheno), "--out", str(tmp_path / out), *TINY, *extra]
+    if covar is not None:
+        args += ["--covar", str(covar)]
+    return invoke(*args)
+
+
+def _comma_column(table: pd.DataFrame, column: str) -> list[str]:
+    lines = _lines(table)
+    index = list(table.columns).index(column)
+    out = [lines[0]]
+    for line in lines[1:]:
+        cells = line.split("\t")
+        cells[index] = cells[index].replace(".", ",")
+        out.append("\t".join(cells))
+    return out
+
+
+def _column(table: pd.DataFrame, column: str, values: list) -> pd.DataFrame:
+    table = table.copy()
+    table[column] = values
+    return table
+
+
+# (id, pheno lines, covar lines or None, extra args, fragments of the one error line)
+BAD: list[tuple[str, Callable[[], list[str]], Callable[[], list[str]] | None, list[str], list[str]]] = [
+    ("trait-text-cell", lambda: _edit(_pheno(), 5, "t1", "oops"), None, [],
+     ["p.tsv: trait column 't1' is not numeric (line 5, IID i3: 'oops')", "--traits"]),
+    ("trait-decimal-commas", lambda: _comma_column(_pheno(), "t2"), None, [],
+     ["trait column 't2' is not numeric (line 2, IID i0: ", "decimal comma", "1.23, not 1,23"]),
+    ("trait-one-decimal-comma", lambda: _edit(_pheno(), 9, "t3", "1,25"), None, [],
+     ["trait column 't3' is not numeric (line 9, IID i7: '1,25')", "decimal comma"]),
+    ("trait-inf", lambda: _edit(_pheno(), 7, "t2", "inf"), None, [],
+     ["trait column 't2' holds an infinite value (line 7, IID i5: 'inf')"]),
+    ("trait-minus-inf", lambda: _edit(_pheno(), 3, "t1", "-Inf"), None, [],
+     ["trait column 't1' holds an infinite value (line 3, IID i1: '-Inf')"]),
+    ("covar-text-cell-in-age", lambda: _lines(_pheno()), lambda: _edit(_covar(), 4, "age", "unknown"), [],
+     ["c.tsv: covariate column 'age' is not numeric (line 4, IID i2: 'unknown')"]),
+    ("covar-decimal-comma", lambda: _lines(_pheno()), lambda: _edit(_covar(), 6, "age", "41,5"), [],
+     ["covariate column 'age' is not numeric (line 6, IID i4: '41,5')", "decimal comma"]),
+    ("covar-inf", lambda: _lines(_pheno()), lambda: _edit(_covar(), 8, "age", "-inf"), [],
+     ["covariate column 'age' holds an infinite value (line 8, IID i6: '-inf')"]),
+    ("covar-many-levels", lambda: _lines(_pheno()),
+     lambda: _lines(_column(_covar(), "site", [f"s{i}" for i in range(N)])), [],
+     ["covariate column 'site' is text with 120 distinct values among 120 individuals", "--categorical site"]),
+    ("covar-few-per-level", lambda: _lines(_pheno()),
+     lambda: _lines(_column(_covar(), "site", [f"s{i % 45}" for i in range(N)])), [],
+     ["covariate column 'site' is text with 45 distinct values among 120 individuals", "--categorical site"]),
+    ("categorical-absent-column", lambda: _lines(_pheno()), lambda: _lines(_covar()), ["--categorical", "site"],
+     ["c.tsv: --categorical names column(s) site that the file lacks"]),
+    ("binary-trait", lambda: _lines(_column(_pheno(), "t3", [i % 2 for i in range(N)])), None, [],
+     ["trait 't3' has 2 distinct values among 120 complete rows", "leave it out with --traits"]),
+    ("spike-trait", lambda: _lines(_column(_pheno(), "t2", [0.0] * 70 + list(np.linspace(1, 2, N - 70)))), None, [],
+     ["trait 't2' has 51 distinct values among 120 complete rows (0 holds 70)"]),
+    ("constant-trait", lambda: _lines(_column(_pheno(), "t1", [3.5] * N)), None, [],
+     ["trait 't1' has zero variance (every complete row is 3.5)"]),
+    ("all-missing-trait", lambda: _lines(_column(_pheno(), "t2", ["NA"] * N)), None, [],
+     ["trait 't2' is missing for every individual", "--traits"]),
+    ("one-value-dwarfs-constant", lambda: _lines(_column(_pheno(), "t1", [5.0] * 18 + [1e13] + [5.0] * (N - 19))), None, [],
+     ["trait 't1' has 2 distinct values among 120 complete rows (5 holds 119; the others: IID i18 = 1e+13)"]),
+    ("covar-all-missing", lambda: _lines(_pheno()), lambda: _lines(_column(_covar(), "age", ["NA"] * N)), [],
+     ["c.tsv: covariate column 'age' is missing for every individual"]),
+    ("gross-outlier", lambda: _edit(_pheno(), 12, "t2", "250000"), None, [],
+     ["IID i10 trait 't2' = 250000 (robust z ", "--keep-outliers"]),
+]
+
+
+@pytest.mark.parametrize(("pheno", "covar", "extra", "fragments"), [case[1:] for case in BAD], ids=[case[0] for case in BAD])
+def test_bad_values_stop_with_one_line(tmp_path: Path, pheno, covar, extra: list[str], fragments: list[str]) -> None:
+    pheno_path = _write(tmp_path / "p.tsv", pheno())
+    covar_path = _write(tmp_path / "c.tsv", covar()) if covar is not None else None
+    before = snapshot(tmp_path)
+    result = _fit(tmp_path, pheno_path, covar_path, *extra)
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    assert not (tmp_path / "run").exists()
+    assert snapshot(tmp_path) == before
+
+
+def _gaussianized(tmp_path: Path, out: str) -> str:
+    return (tmp_path / out / "gaussianized.tsv").read_text()
+
+
+@pytest.mark.parametrize("code", [".", "-9", "NA", ""])
+def test_missing_codes_equal_na(tmp_path: Path, code: str) -> None:
+    clean = _write(tmp_path / "clean.tsv", _edit(_pheno(), 6, "t2", "NA"))
+    coded = _write(tmp_path / "coded.tsv", _edit(_pheno(), 6, "t2", code))
+    assert _fit(tmp_path, clean, None, out="a").returncode == 0
+    result = _fit(tmp_path, coded, None, out="b")
+    assert result.returncode == 0, result
+    assert _gaussianized(tmp_path, "b") == _gaussianized(tmp_path, "a")
+    report = json.loads((tmp_path / "b" / "fit.json").read_text())
+    assert report["dropped"]["missing trait value"]["iids"] == ["i4"]
+
+
+def test_text_trait_column_skipped_with_warning(tmp_path: Path) -> None:
+    clean = write_table(tmp_path / "clean.tsv", _pheno())
+    with_site = write_table(tmp_path / "site.tsv", _column(_pheno(), "site", ["leeds", "york"] * (N // 2)))
+    assert _fit(tmp_path, clean, None, out="a").returncode == 0
+    result = _fit(tmp_path, with_site, None, out="b")
+    assert result.returncode == 0, result
+    assert "warning: " in result.stderr and "text column(s) 'site' are not traits and were skipped" in result.stderr
+    assert _gaussianized(tmp_path, "b") == _gaussianized(tmp_path, "a")
+
+
+def test_declared_categorical_accepted(tmp_path: Path) -> None:
+    pheno = write_table(tmp_path / "p.tsv", _pheno())
+    covar = write_table(tmp_path / "c.tsv", _column(_covar(), "site", [f"s{i % 60:02d}" for i in range(N)]))
+    assert _fit(tmp_path, pheno, covar).returncode == 1  # 60 levels: undeclared stops
+    result = _fit(tmp_path, pheno, covar, "--categorical", "site,batch")
+    assert result.returncode == 0, result
+    model = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert model["levels"] == {"batch": ["b1", "b2", "b3"], "site": [f"s{i:02d}" for i in range(60)]}
+    assert model["covariates"] == ["age", "batch_b2", "batch_b3", *[f"site_s{i:02d}" for i in range(1, 60)]]
+
+
+def test_numeric_coded_categorical(tmp_path: Path) -> None:
+    """A batch coded 1/2/3 is a number unless declared: then it is one-hot like b1/b2/b3."""
+    pheno = write_table(tmp_path / "p.tsv", _pheno())
+    covar = _covar()
+    text = write_table(tmp_path / "text.tsv", covar)
+    coded = write_table(tmp_path / "coded.tsv", covar.assign(batch=covar["batch"].str[1:]))
+    assert _fit(tmp_path, pheno, text, out="a").returncode == 0
+    assert _fit(tmp_path, pheno, coded, "--categorical", "batch", out="b").returncode == 0
+    assert _gaussianized(tmp_path, "b") == _gaussianized(tmp_path, "a")
+
+
+def test_zero_variance_judged_per_trait() -> None:
+    """A tiny-scale healthy trait is not blamed because another trait has huge values."""
+    rng = np.random.default_rng(0)
+    values = np.column_stack([1e-9 * rng.normal(size=N), 1e12 * (1 + rng.random(N)), np.full(N, 2.0)])
+    with pytest.raises(FlowphenoError, match=r"trait 'c' has zero variance \(every complete row is 2\)"):
+        _check_traits(values, ["a", "b", "c"], "p.tsv")
+    _check_traits(values[:, :2], ["a", "b"], "p.tsv")  # no error
+
+
+def test_barcode_value_names_its_own_trait(tmp_path: Path) -> None:
+    table = _pheno()
+    table["t1"] = np.round(table["t1"] * 1e-3, 8)
+    lines = _edit(table, 20, "t3", "4006381333931")  # a barcode pasted into t3
+    result = _fit(tmp_path, _write(tmp_path / "p.tsv", lines), None)
+    assert result.returncode == 1
+    assert "IID i18 trait 't3' = 4.00638e+12" in result.stderr and "'t1'" not in result.stderr
+
+
+def _robust_z(values: pd.Series, iid: str, table: pd.DataFrame) -> float:
+    x = values.to_numpy(dtype=float)
+    med = np.median(x)
+    mad = 1.4826 * np.median(np.abs(x - med))
+    return round(float((x[list(table["IID"]).index(iid)] - med) / mad), 1)
+
+
+def test_outlier_warned_and_recorded(tmp_path: Path) -> None:
+    table = _pheno()
+    table.loc[10, "t1"] = 30.0  # robust z about 30: above the warning bound, below the stop bound
+    z = _robust_z(table["t1"], "i10", table)
+    assert 15 < z < OUTLIER_STOP_Z
+    result = _fit(tmp_path, write_table(tmp_path / "p.tsv", table), None)
+    assert result.returncode == 0, result
+    assert f"IID i10 trait 't1' = 30 (robust z {z:g})" in result.stderr
+    report = json.loads((tmp_path / "run" / "fit.json").read_text())
+    assert report["outliers"] == [{"iid": "i10", "trait": "t1", "value": 30.0, "robust_z": z}]
+
+
+def test_gross_outlier_kept_on_request(tmp_path: Path) -> None:
+    table = _pheno()
+    table.loc[10, "t2"] = 250000.0
+    z = _robust_z(table["t2"], "i10", table)
+    result = _fit(tmp_path, write_table(tmp_path / "p.tsv", table), None, "--keep-outliers")
+    assert result.returncode == 0, result
+    report = json.loads((tmp_path / "run" / "fit.json").read_text())
+    assert report["outliers"] == [{"iid": "i10", "trait": "t2", "value": 250000.0, "robust_z": z}]
+    assert z > OUTLIER_STOP_Z
+
+
+def test_sparse_trait_named_when_too_few_complete(tmp_path: Path) -> None:
+    table = _column(_pheno(), "t3", [1.5 + 0.1 * i if i < 20 else "NA" for i in range(N)])
+    result = _fit(tmp_path, write_table(tmp_path / "p.tsv", table), None)
+    assert result.returncode == 1
+    assert "only 20 individuals have every trait" in result.stderr and "trait 't3' has a value for only 20 of 120" in result.stderr
+
+
+def test_missing_codes_whatever_the_reader() -> None:
+    """Cells holding a missing code are NA even when a reader (parquet) kept them as text."""
+    from flowpheno.io.tables import covariate_matrix, numeric_columns
+
+    table = pd.DataFrame({"FID": list("abcdef"), "IID": list("abcdef"), "x": ["1.5", ".", " NA ", "-9", None, "2"],
+                          "batch": ["b1", ".", "b2", "b1", "NA", "b2"]})
+    assert numeric_columns(table, ["x"], "t.parquet", "trait")["x"].tolist()[::5] == [1.5, 2.0]
+    assert numeric_columns(table, ["x"], "t.parquet", "trait")["x"].isna().tolist() == [False, True, True, True, True, False]
+    dummies = covariate_matrix(table[["FID", "IID", "batch"]], "c.parquet")
+    assert list(dummies.columns) == ["batch_b2"]
+    assert dummies["batch_b2"].isna().tolist() == [False, True, False, False, True, False]
+
+
+def test_diagnostics_mark_outliers() -> None:
+    """Every scatter panel gets a red cross layer holding exactly the flagged individual."""
+    from flowpheno.plots import diagnostics_figure
+
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(50, 3))
+    iids = np.array([f"i{k}" for k in range(50)])
+    report = {"outliers": [{"iid": "i7", "trait": "b", "value": 1.0, "robust_z": 20.0}]}
+    figure = diagnostics_figure(values, values, ["a", "b", "c"], report, iids)
+    panels = [axis for axis in figure.axes if axis.collections]
+    assert len(panels) == 6
+    for axis in panels:
+        marks = axis.collections[1].get_offsets()
+        assert marks.shape == (1, 2)
+    assert [c.get_offsets().shape[0] for c in diagnostics_figure(values, values, ["a", "b", "c"], {}, iids).axes[0].collections] == [50]
