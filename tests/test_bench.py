@@ -44,7 +44,7 @@ def test_early_stopping_stops() -> None:
     x = torch.randn(300, 2)
     flow = spline_coupling_flow(2, layers=1, hidden=8, bins=4)
     flow.initialize(x)
-    config = TrainConfig(epochs=20, stages=3, lr=0.0, patience=2, batch_size=100)
+    config = TrainConfig(epochs=20, stages=3, lr=1e-30, patience=2, batch_size=100)  # steps below float32 resolution: no epoch improves
     outcome = fit_schedule(flow, IIDCovariance(300), x, torch.randn(100, 2), config)
     assert len(outcome.epochs) == 3  # epoch 1 is best, two more without improvement, then stop
     assert len(outcome.stages) == 1

@@ -219,12 +219,13 @@ def test_iid_only_table_with_unique_iids_is_matched_on_iid(tmp_path: Path) -> No
 
 
 def test_no_overlap_shows_both_first_ids(tmp_path: Path) -> None:
-    write_table(tmp_path / "pheno.tsv", pd.DataFrame({"FID": ["fa", "fb"], "IID": ["a", "b"], "x": [1.0, 2.0]}))
-    write_fam(tmp_path / "c.fam", ["ga", "gb"], ["a", "b"])  # same IIDs, other families: other people
+    iids = [f"i{k}" for k in range(12)]
+    write_table(tmp_path / "pheno.tsv", pd.DataFrame({"FID": ["fa"] * 12, "IID": iids, "x": np.arange(12.0)}))
+    write_fam(tmp_path / "c.fam", ["ga"] * 12, iids)  # same IIDs, another family: other people
     result = invoke("gwas", "rint", "--pheno", tmp_path / "pheno.tsv", "--fam", tmp_path / "c.fam", "--out", tmp_path / "r.txt")
     assert result.returncode == 1, result
     message = " ".join(result.stderr.split())
-    assert "share no (FID, IID) pair (first: FID 'ga' IID 'a' vs FID 'fa' IID 'a')" in message
+    assert "share no (FID, IID) pair (first: FID 'ga' IID 'i0' vs FID 'fa' IID 'i0')" in message
     assert not (tmp_path / "r.txt").exists()
 
 
