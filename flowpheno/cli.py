@@ -71,8 +71,25 @@ class _FitProgress:
             self.progress.update(self.stage_task, advance=1)
 
 
+class _LazyProgress(Progress):
+    """Progress bars that start drawing at the first task: a command that stops before any
+    work (a bad input) prints only its one error line."""
+
+    def __enter__(self) -> _LazyProgress:
+        return self
+
+    def add_task(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.live.is_started:
+            self.start()
+        return super().add_task(*args, **kwargs)
+
+    def stop(self) -> None:
+        if self.live.is_started:  # rich prints a blank line on stop, even when nothing was drawn
+            super().stop()
+
+
 def _progress() -> Progress:
-    return Progress(
+    return _LazyProgress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -594,7 +611,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     warnings.showwarning = lambda message, *_, **__: console.print(Text("warning: ", "yellow") + Text(str(message)), soft_wrap=True)
     try:
-        app(standalone_mode=False)
+        app(prog_name="flowpheno", standalone_mode=False)
     except FlowphenoError as error:
         console.print(Text("error: ", "bold red") + Text(str(error)), soft_wrap=True)
         sys.exit(getattr(error, "exit_code", 1))  # OptionError (a value out of range): 2, as usage errors

@@ -51,3 +51,11 @@ def test_usage_error_is_one_line_exit_2(case: str, tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not out.exists() and snapshot(tmp_path) == before
+
+
+def test_refused_input_prints_exactly_one_line(tmp_path: Path) -> None:
+    """No blank line from progress bars that never drew, and click names the program."""
+    result = invoke("fit", "--pheno", tmp_path / "absent.tsv", "--out", tmp_path / "run", "--mode", "iid")
+    assert result.returncode == 1 and result.stderr == f"error: {tmp_path / 'absent.tsv'}: file not found\n", result
+    result = invoke("fit", "--epochs", "two")
+    assert result.returncode == 2 and "(see 'flowpheno fit --help')" in result.stderr, result
