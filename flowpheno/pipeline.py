@@ -205,24 +205,23 @@ def aligned_covariates(
     return alignment.take(matrix), columns, used
 
 
-def _complete_rows(phenotypes: Phenotypes, covar: str | Path | None) -> tuple[np.ndarray, dict[str, list[str]]]:
-    """Rows usable for fitting, and the IIDs dropped for each reason."""
-    iids = phenotypes.ids["IID"].to_numpy()
-    dropped: dict[str, list[str]] = {}
+def _complete_rows(phenotypes: Phenotypes, covar: str | Path | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Rows usable for fitting, and the rows (indices) dropped for each reason."""
+    dropped: dict[str, np.ndarray] = {}
     keep = np.isfinite(phenotypes.values).all(axis=1)
     if (~keep).any():
-        dropped["missing trait value"] = iids[~keep].tolist()
+        dropped["missing trait value"] = np.flatnonzero(~keep)
     if phenotypes.covariates is not None:
         covariate_ok = np.isfinite(phenotypes.covariates).all(axis=1)
         newly = keep & ~covariate_ok
         if newly.any():
-            dropped[f"missing or absent in {covar}"] = iids[newly].tolist()
+            dropped[f"missing or absent in {covar}"] = np.flatnonzero(newly)
         keep &= covariate_ok
     return keep, dropped
 
 
 def _align_kinship(
-    kinship: Kinship | KinshipFactor, keys: SampleKeys, keep: np.ndarray, dropped: dict[str, list[str]]
+    kinship: Kinship | KinshipFactor, keys: SampleKeys, keep: np.ndarray, dropped: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(keep & in kinship, kinship row of each phenotype row or -1)``; absent rows are
     recorded in ``dropped``."""
@@ -230,7 +229,7 @@ def _align_kinship(
     in_kinship = alignment.found
     missing = keep & ~in_kinship
     if missing.any():
-        dropped[f"not in {kinship.source}"] = keys.iid[missing].tolist()
+        dropped[f"not in {kinship.source}"] = np.flatnonzero(missing)
     return keep & in_kinship, alignment.positions
 
 
@@ -549,7 +548,10 @@ def _fit(
         "covariates": phenotypes.covariate_names,
         "categorical_levels": phenotypes.levels,
         "outliers": outliers,
-        "dropped": {reason: {"count": len(ids), "iids": ids} for reason, ids in dropped.items()},
+        "dropped": {
+            reason: {"count": len(rows), "fids": phenotypes.ids["FID"].iloc[rows].tolist(), "iids": phenotypes.ids["IID"].iloc[rows].tolist()}
+            for reason, rows in dropped.items()
+        },
         "kinship": None if kinship_model is None else {
             "scale_to_unit_mean_diagonal": kinship_model.scale,
             "rank": kinship_model.rank,

@@ -134,6 +134,24 @@ def test_kinship_joined_on_fid_iid(tmp_path: Path) -> None:
     )
 
 
+def test_dropped_individuals_reported_with_their_family(tmp_path: Path) -> None:
+    """fit.json names a dropped individual by (FID, IID): IID '2' alone would not say who."""
+    from conftest import family_kinship
+
+    table = pedigree(families=20)
+    write_table(tmp_path / "pheno.tsv", table)
+    absent = (table["FID"] == "F7") & (table["IID"] == "2")
+    kept = table[~absent]
+    kinship = family_kinship(len(kept), np.random.default_rng(0))
+    write_npz(tmp_path / "k.npz", kinship, kept["IID"].to_numpy(), kept["FID"].to_numpy())
+    args = ["--mode", "alternating", "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "16", "--device", "cpu"]
+    result = invoke("fit", "--pheno", tmp_path / "pheno.tsv", "--grm", tmp_path / "k.npz", "--out", tmp_path / "run", *args)
+    assert result.returncode == 0, result
+    report = json.loads((tmp_path / "run" / "fit.json").read_text())
+    assert report["dropped"] == {f"not in {tmp_path / 'k.npz'}": {"count": 1, "fids": ["F7"], "iids": ["2"]}}
+    assert report["n_used"] == len(table) - 1
+
+
 def test_leading_zero_iids_text_table(tmp_path: Path) -> None:
     iids = [f"{k:06d}" for k in range(1, 61)]
     table = pd.DataFrame({"FID": iids, "IID": iids, "a": np.arange(60.0)})
