@@ -227,15 +227,19 @@ def simulate(
     chromosomes: int = typer.Option(5, "--chromosomes", min=1, help="chromosomes of 10 Mb"),
     causal_variance: float = typer.Option(0.2, "--causal-variance", help="share of latent variance from causal SNPs"),
     seed: int = typer.Option(1, "--seed", help="random seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds an earlier simulated cohort"),
 ) -> None:
     """Simulate a related, structured cohort with non-Gaussian pleiotropic traits and known truth."""
-    from flowpheno.simulate.cohort import write_simulated_cohort
+    from flowpheno.io.atomic import StagedDirectory
+    from flowpheno.simulate.cohort import SIMULATED_FILES, write_simulated_cohort
 
-    with console.status(f"simulating {n} individuals with msprime"):
-        structure = write_simulated_cohort(
-            out, n=n, snps=snps, traits=traits, causal=0 if null else causal, populations=populations,
-            chromosomes=chromosomes, causal_variance=causal_variance, seed=seed,
-        )
+    with StagedDirectory(out, "simulate", overwrite=overwrite, legacy=SIMULATED_FILES) as staged:
+        with console.status(f"simulating {n} individuals with msprime"):
+            structure = write_simulated_cohort(
+                staged.path, n=n, snps=snps, traits=traits, causal=0 if null else causal, populations=populations,
+                chromosomes=chromosomes, causal_variance=causal_variance, seed=seed,
+            )
+        staged.commit()
     console.print(
         f"wrote {out}: {structure['individuals']} individuals in {structure['families']} families, "
         f"{structure['snps']} SNPs, {structure['causal_snps']} causal, "
@@ -482,13 +486,17 @@ def bench_stocks_data(
     out: Path = typer.Option(..., "--out", help="folder to write"),
     layout: str = typer.Option("huge", "--layout", help="huge (Stocks/aapl.us.txt) or yahoo (AAPL.csv)"),
     seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds prices this command wrote"),
 ) -> None:
     """Write SYNTHETIC daily prices for AAPL, MSFT, MA and V (no download is possible)."""
+    from flowpheno.io.atomic import StagedDirectory
     from flowpheno.simulate.prices import write_prices
 
     if layout not in ("huge", "yahoo"):
         raise FlowphenoError(f"--layout {layout!r}: choose huge or yahoo")
-    written = write_prices(out, layout, seed)
+    with StagedDirectory(out, "bench stocks-data", overwrite=overwrite) as staged:
+        written = write_prices(staged.path, layout, seed)
+        staged.commit()
     console.print(f"wrote {len(written)} SYNTHETIC price files under {out} ({layout} layout)")
 
 
@@ -551,11 +559,15 @@ def bench_images_data(
     individuals: int = typer.Option(250, "--individuals", min=2),
     size: int = typer.Option(16, "--size", min=8),
     seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds images this command wrote"),
 ) -> None:
     """Write the embedded image dataset: scikit-learn's digits as individuals with Pareto repeats."""
+    from flowpheno.io.atomic import StagedDirectory
     from flowpheno.simulate.digits import make_digit_individuals
 
-    written = make_digit_individuals(out, individuals=individuals, size=size, seed=seed)
+    with StagedDirectory(out, "bench images-data", overwrite=overwrite) as staged:
+        written = make_digit_individuals(staged.path, individuals=individuals, size=size, seed=seed)
+        staged.commit()
     console.print(f"wrote {written} images of {individuals} individuals under {out}")
 
 
@@ -585,15 +597,13 @@ def _usage_error_types() -> tuple[type[BaseException], ...]:
 
 
 def _abort_types() -> tuple[type[BaseException], ...]:
+    """Ctrl-C as click (``Abort``), typer (its own ``Abort``) or Python raises it."""
     import click
 
     types: list[type[BaseException]] = [click.exceptions.Abort, KeyboardInterrupt]
-    try:
-        from typer._click import exceptions as vendored
-    except ImportError:  # pragma: no cover - older typer
-        pass
-    else:
-        types.append(vendored.Abort)
+    abort = getattr(getattr(typer, "exceptions", None), "Abort", None)  # typer >= 0.16
+    if isinstance(abort, type) and issubclass(abort, BaseException):
+        types.append(abort)
     return tuple(types)
 
 

@@ -332,3 +332,33 @@ def test_bench_refuses_a_foreign_folder_before_running(command: list[str], tmp_p
         assert inside.returncode == 1
         assert f"--out {prices / 'results'} lies inside the --prices folder {prices}: choose an --out outside it" in _error(inside)
         assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["simulate", "--n", "20", "--snps", "100", "--traits", "2", "--causal", "2", "--chromosomes", "1"],
+     ["bench", "stocks-data"], ["bench", "images-data", "--individuals", "3", "--size", "8"]],
+    ids=["simulate", "stocks-data", "images-data"],
+)
+def test_data_writers_never_write_into_a_users_folder(command: list[str], tmp_path: Path) -> None:
+    """simulate and the bench data writers use the same rules as fit: a folder of the user's
+    (here holding a pheno.tsv that simulate would otherwise overwrite) is refused untouched;
+    a new folder is written, and a second run needs --overwrite."""
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "pheno.tsv").write_text("FID\tIID\tx\nf\ti\t1\n")
+    (users / "README.txt").write_text("my notes\n")
+    before = snapshot(users)
+    result = invoke(*command, "--out", users)
+    assert result.returncode == 1 and "--overwrite" not in result.stderr.split("error:")[0], result
+    assert len(result.stderr.strip().splitlines()) == 1 and str(users) in result.stderr, result
+    assert snapshot(users) == before
+    fresh = tmp_path / "new"
+    assert invoke(*command, "--out", fresh).returncode == 0
+    written = snapshot(fresh)
+    again = invoke(*command, "--out", fresh)
+    assert again.returncode == 1 and "--overwrite" in again.stderr, again
+    assert snapshot(fresh) == written
+    assert invoke(*command, "--out", fresh, "--overwrite").returncode == 0
+    assert snapshot(fresh).keys() == written.keys()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left beside

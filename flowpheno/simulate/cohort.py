@@ -23,6 +23,12 @@ def kinship_summary(dosage: np.ndarray) -> float:
     return float((grm[upper] >= 0.1).mean())
 
 
+SIMULATED_FILES = (
+    "cohort.bed", "cohort.bim", "cohort.fam", "pheno.tsv", "covar.tsv", "truth.tsv", "populations.tsv", "structure.json",
+)
+"""What :func:`write_simulated_cohort` writes (``structure.json`` last)."""
+
+
 def write_simulated_cohort(
     out: str | Path,
     n: int = 2000,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from flowpheno.errors import FlowphenoError
 from flowpheno.simulate.genotypes import SimulatedGenotypes
 
 
@@ -71,6 +72,9 @@ def simulate_phenotypes(
     rng = np.random.default_rng(seed)
     n, m = genotypes.dosage.shape
     standardised = _standardise(genotypes.dosage.astype(np.float64))
+    if m <= causal:
+        raise FlowphenoError(f"{m} SNPs simulated for {causal} causal SNPs; ask for more SNPs (--snps) or fewer causal ones (--causal)")
+    polygenic_snps = min(polygenic_snps, m - causal)  # small test cohorts: the background uses every other SNP
     chosen = rng.choice(m, size=causal + polygenic_snps, replace=False)
     causal_snps, polygenic = chosen[:causal], chosen[causal:]
 
