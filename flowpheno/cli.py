@@ -106,6 +106,7 @@ def grm(
     out: Path = typer.Option(..., "--out", help="output kinship: .npz (K, ids, fids) or GEMMA-style .txt (+ .ids: FID IID per row)"),
     maf: float = typer.Option(0.01, "--maf", help="skip SNPs with minor allele frequency below this (GEMMA default)"),
     max_missing: float = typer.Option(0.05, "--max-missing", help="skip SNPs missing in more than this share (GEMMA default)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
 ) -> None:
     """Centred genetic relatedness matrix, as GEMMA -gk 1 computes it."""
     import numpy as np
@@ -115,9 +116,9 @@ def grm(
     from flowpheno.io.plink import centred_grm, sample_fids
 
     inputs = {"--bfile": _plink_members(bfile)}
-    check_file_output(out, inputs)
+    check_file_output(out, inputs, overwrite=overwrite)
     if str(out).endswith(".txt"):
-        check_file_output(str(out) + ".ids", inputs)
+        check_file_output(str(out) + ".ids", inputs, overwrite=overwrite)
     with console.status(f"computing the centred GRM from {bfile}"):
         matrix, ids, used = centred_grm(bfile, maf=maf, max_missing=max_missing)
     fids = sample_fids(bfile)
@@ -202,14 +203,16 @@ def transform(
     fam: Optional[Path] = typer.Option(None, "--fam", help="order rows like this .fam (required for --format gemma)"),
     covar: Optional[Path] = typer.Option(None, "--covar", help="covariates, if the model was fitted with them"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda"),
+    keep_outliers: bool = typer.Option(False, "--keep-outliers", help="transform values beyond 100 training SDs too"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
 ) -> None:
     """Gaussianize phenotypes with a fitted model."""
     from flowpheno.io.atomic import check_file_output
     from flowpheno.io.outputs import write_phenotypes
     from flowpheno.pipeline import transform_phenotypes
 
-    check_file_output(out, {"--model": model, "--pheno": pheno, "--covar": covar, "--fam": fam})
-    table = transform_phenotypes(model, pheno, covar, device=_device(device))
+    check_file_output(out, {"--model": model, "--pheno": pheno, "--covar": covar, "--fam": fam}, overwrite=overwrite)
+    table = transform_phenotypes(model, pheno, covar, device=_device(device), keep_outliers=keep_outliers)
     written = write_phenotypes(table, out, fmt, fam, source=str(pheno))  # the rows actually written, in the file's order
     complete = int(written.drop(columns=["FID", "IID"]).notna().all(axis=1).sum())
     console.print(f"wrote {out} ({fmt}): {complete} of {len(written)} individuals Gaussianized")
@@ -253,23 +256,28 @@ app.add_typer(gwas_app, name="gwas")
 
 def _columns(text: str) -> list[int]:
     try:
-        return [int(item) for item in text.split(",") if item.strip()]
+        columns = [int(item) for item in text.split(",") if item.strip()]
     except ValueError:
         raise FlowphenoError(f"--columns {text!r}: give 1-based column numbers, e.g. 1,2,3") from None
+    repeated = sorted({column for column in columns if columns.count(column) > 1})
+    if repeated:
+        raise FlowphenoError(f"--columns {text!r}: column {repeated[0]} is named twice; name each trait once")
+    return columns
 
 
 @gwas_app.command("grm")
 def gwas_grm(
     bfile: Path = typer.Option(..., "--bfile", help="PLINK 1 prefix"),
     out: Path = typer.Option(..., "--out", help="GEMMA kinship to write (.cXX.txt)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
 ) -> None:
     """Centred GRM with GEMMA -gk 1 over every individual of the fileset."""
     from flowpheno.gwas.gemma import gemma_grm
     from flowpheno.io.atomic import check_file_output
 
     inputs = {"--bfile": _plink_members(bfile)}
-    check_file_output(out, inputs)
-    check_file_output(out.with_suffix(".log"), inputs)
+    check_file_output(out, inputs, overwrite=overwrite)
+    check_file_output(out.with_suffix(".log"), inputs, overwrite=overwrite)
     gemma_grm(bfile, out)
     console.print(f"wrote {out}")
 
@@ -281,12 +289,13 @@ def gwas_rint(
     out: Path = typer.Option(..., "--out", help="GEMMA -p file to write"),
     covar: Optional[Path] = typer.Option(None, "--covar"),
     traits: Optional[str] = typer.Option(None, "--traits", help="comma-separated trait columns"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
 ) -> None:
     """Baseline: covariates out, then rank-inverse-normal per trait, as a GEMMA -p file."""
     from flowpheno.gwas.steps import write_rint_phenotypes
     from flowpheno.io.atomic import check_file_output
 
-    check_file_output(out, {"--pheno": pheno, "--fam": fam, "--covar": covar})
+    check_file_output(out, {"--pheno": pheno, "--fam": fam, "--covar": covar}, overwrite=overwrite)
     chosen = [t.strip() for t in traits.split(",")] if traits else None
     table = write_rint_phenotypes(pheno, out, fam, covar, chosen)
     complete = int(table.drop(columns=["FID", "IID"]).notna().all(axis=1).sum())
@@ -301,14 +310,15 @@ def gwas_assoc(
     columns: str = typer.Option(..., "--columns", help="1-based phenotype columns, e.g. 1,2,3,4"),
     out: Path = typer.Option(..., "--out", help="association table to write (SNP, CHR, BP, P)"),
     per_trait: bool = typer.Option(False, "--per-trait", help="one univariate LMM per column, min p x d (the single baseline)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
 ) -> None:
     """GEMMA -lmm 3: multivariate over the columns, or per trait with --per-trait."""
     from flowpheno.gwas.steps import association
     from flowpheno.io.atomic import check_file_output
 
     inputs = {"--bfile": _plink_members(bfile), "--kinship": kinship, "--pheno": pheno}
-    check_file_output(out, inputs)
-    check_file_output(out.with_suffix(".log"), inputs)
+    check_file_output(out, inputs, overwrite=overwrite)
+    check_file_output(out.with_suffix(".log"), inputs, overwrite=overwrite)
     result = association(bfile, kinship, pheno, _columns(columns), out, per_trait=per_trait)
     console.print(f"wrote {out}: {len(result)} SNPs")
 
@@ -325,13 +335,12 @@ def gwas_evaluate(
     r2: float = typer.Option(0.1, "--r2", help="clumping r2"),
     kb: int = typer.Option(250, "--kb", help="clumping window (kb)"),
     window_kb: float = typer.Option(250, "--truth-window-kb", help="a locus within this of a causal SNP is true"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out-dir if it holds an earlier evaluation"),
 ) -> None:
     """PLINK clumping, loci counts (true/false with a truth file), lambda GC, Manhattan and QQ plots."""
     from flowpheno.gwas.steps import evaluate_method
-    from flowpheno.io.atomic import check_folder_output
 
-    check_folder_output(out_dir, {"--bfile": _plink_members(bfile), "--assoc": assoc, "--truth": truth})
-    summary = evaluate_method(bfile, assoc, out_dir, name, truth, threshold, alpha, r2, kb, window_kb)
+    summary = evaluate_method(bfile, assoc, out_dir, name, truth, threshold, alpha, r2, kb, window_kb, overwrite=overwrite)
     console.print(f"{name}: {summary['loci']} loci, lambda GC {summary['lambda_gc']:.3f}")
 
 
@@ -339,13 +348,14 @@ def gwas_evaluate(
 def gwas_report(
     methods: list[Path] = typer.Argument(..., help="directories written by flowpheno gwas evaluate"),
     out_dir: Path = typer.Option(..., "--out-dir"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace report.md and loci.tsv if --out-dir holds them"),
 ) -> None:
     """loci.tsv and report.md comparing the methods."""
     from flowpheno.gwas.steps import write_report
     from flowpheno.io.atomic import check_folder_output
 
     check_folder_output(out_dir, {"METHODS": methods})
-    write_report(methods, out_dir)
+    write_report(methods, out_dir, overwrite=overwrite)
     console.print(f"wrote {out_dir}/report.md and {out_dir}/loci.tsv")
 
 
@@ -621,7 +631,11 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     warnings.showwarning = lambda message, *_, **__: console.print(Text("warning: ", "yellow") + Text(str(message)), soft_wrap=True)
     try:
-        app(prog_name="flowpheno", standalone_mode=False)
+        code = app(prog_name="flowpheno", standalone_mode=False)  # a command's Exit (Ctrl-C: 130) is returned, not raised
+        if isinstance(code, int) and code != 0:
+            if code == 130:
+                console.print(Text("error: ", "bold red") + Text("interrupted; nothing was written"), soft_wrap=True)
+            sys.exit(code)
     except FlowphenoError as error:
         console.print(Text("error: ", "bold red") + Text(str(error)), soft_wrap=True)
         sys.exit(getattr(error, "exit_code", 1))  # OptionError (a value out of range): 2, as usage errors

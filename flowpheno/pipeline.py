@@ -30,7 +30,7 @@ from flowpheno.io.atomic import StagedDirectory, atomic_path, write_errors
 from flowpheno.io.kinship import Kinship, KinshipFactor, read_genotype_factor, read_kinship, read_pcs, spectral_decomposition
 from flowpheno.io.outputs import write_phenotypes
 from flowpheno.io.ids import FID_GIVEN, SampleKeys, align
-from flowpheno.io.tables import MISSING_STRINGS, covariate_design, default_traits, numeric_columns, read_table, table_keys
+from flowpheno.io.tables import MIN_PER_LEVEL, MISSING_STRINGS, covariate_design, default_traits, numeric_columns, read_table, table_keys
 from flowpheno.model import PhenotypeModel, least_squares_residuals
 from flowpheno.train import FitOutcome, TrainConfig, fit_alternating, fit_grid, fit_iid, fit_joint
 from flowpheno.train.options import check_choice, check_float, check_int
@@ -282,6 +282,37 @@ def _check_residuals(residuals: np.ndarray, values: np.ndarray, traits: list[str
             raise FlowphenoError(f"{pheno}: trait {trait!r} is fully explained by the covariates of {covar}; drop it with --traits")
 
 
+def _check_levels(phenotypes: Phenotypes, keep: np.ndarray, covar: str | Path | None) -> None:
+    """Every level of a one-hot encoded covariate must hold at least two of the individuals
+    used: with the intercept each level gets its own mean, so a level of one individual sets
+    that individual's residuals to 0 on every trait and silently erases its phenotype. A
+    level of two keeps only their difference (a warning)."""
+    if phenotypes.covariates is None:
+        return
+    names = phenotypes.covariate_names
+    used = phenotypes.covariates[keep]
+    iids = phenotypes.ids["IID"].to_numpy()[keep]
+    for column, levels in phenotypes.levels.items():
+        dummies = [names.index(f"{column}_{level}") for level in levels[1:] if f"{column}_{level}" in names]
+        members = {levels[0]: ~(used[:, dummies] == 1).any(axis=1)} if dummies else {}
+        members.update({level: used[:, names.index(f"{column}_{level}")] == 1 for level in levels[1:] if f"{column}_{level}" in names})
+        for level, rows in members.items():
+            count = int(rows.sum())
+            who = ", ".join(f"IID {iid}" for iid in iids[rows])
+            if count == 1:
+                raise FlowphenoError(
+                    f"{covar}: level {level!r} of covariate {column!r} is held by 1 of the {len(used)} individuals used "
+                    f"({who}): its own mean would absorb that individual's traits (residuals 0); merge it into another "
+                    "level or set that cell to NA"
+                )
+            if count == 2:
+                warnings.warn(
+                    f"{covar}: level {level!r} of covariate {column!r} is held by 2 individuals ({who}): only their "
+                    "difference remains after covariates; consider merging it into another level",
+                    stacklevel=3,
+                )
+
+
 def robust_z(values: np.ndarray) -> np.ndarray:
     """``(x - median) / (1.4826 MAD)`` per column of ``values`` (``n x d``), the normal-consistent
     robust z-score (MAD > 0 is guaranteed by :func:`_check_traits`)."""
@@ -464,6 +495,7 @@ def _fit(
             f"at least {MIN_COMPLETE_ROWS} are needed (check IDs and missing values{_sparsest(phenotypes)})"
         )
     _check_traits(phenotypes.values[keep], phenotypes.traits, str(pheno), iids[keep])
+    _check_levels(phenotypes, keep, covar)
     outliers = _check_outliers(phenotypes.values[keep], iids[keep], phenotypes.traits, str(pheno), config.keep_outliers)
     d = len(phenotypes.traits)
     if n_complete < 100 * d * d:
@@ -632,13 +664,44 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _check_new_values(standardised: np.ndarray, phenotypes: Phenotypes, pheno: str, keep_outliers: bool) -> None:
+    """Values of a file to transform beyond the fit's range, in training SDs (``n x d``)."""
+    with np.errstate(invalid="ignore"):
+        far = np.abs(np.nan_to_num(standardised, nan=0.0))
+    rows, cols = np.nonzero(far > OUTLIER_WARN_Z)
+    if not len(rows):
+        return
+    order = np.argsort(-far[rows, cols])
+    iids = phenotypes.ids["IID"].to_numpy()
+    shown = "; ".join(
+        f"IID {iids[rows[k]]} trait {phenotypes.traits[cols[k]]!r} = {phenotypes.values[rows[k], cols[k]]:g} "
+        f"({far[rows[k], cols[k]]:.0f} SD)" for k in order[:3]
+    )
+    more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+    if far[rows, cols].max() > OUTLIER_STOP_Z and not keep_outliers:
+        raise FlowphenoError(
+            f"{pheno}: value(s) beyond {OUTLIER_STOP_Z:g} training SDs after covariates: {shown}{more}; the flow would "
+            "extrapolate (and carry that individual's other traits with it): fix or remove the value(s), or pass "
+            "--keep-outliers"
+        )
+    warnings.warn(f"{pheno}: value(s) beyond {OUTLIER_WARN_Z:g} training SDs after covariates: {shown}{more}", stacklevel=3)
+
+
 def transform_phenotypes(
     model: str | Path | PhenotypeModel,
     pheno: str | Path,
     covar: str | Path | None = None,
     device: str = "cpu",
+    keep_outliers: bool = False,
 ) -> pd.DataFrame:
-    """Gaussianize a phenotype table with a fitted model; rows in input order, NaN where incomplete."""
+    """Gaussianize a phenotype table with a fitted model; rows in input order, NaN where incomplete.
+
+    Values far outside what the model was fitted on are checked as in ``fit``, on the
+    model's own scale (covariate residuals in units of the training SD): above
+    :data:`OUTLIER_WARN_Z` a warning, above :data:`OUTLIER_STOP_Z` a FlowphenoError
+    unless ``keep_outliers`` (the flow extrapolates there, and the other traits of that
+    individual go with it).
+    """
     if not isinstance(model, PhenotypeModel):
         model = PhenotypeModel.load(model)
     if model.covariates and covar is None:
@@ -654,6 +717,7 @@ def transform_phenotypes(
                 f"{', '.join(model.covariates)}; use the covariate file layout of the fit"
             )
         covariates = aligned.to_numpy(dtype=float)
+    _check_new_values(model.standardise(phenotypes.values, covariates), phenotypes, str(pheno), keep_outliers)
     latent = model.gaussianize(phenotypes.values, covariates, device=device)
     table = pd.concat([phenotypes.ids.reset_index(drop=True), pd.DataFrame(latent, columns=model.traits)], axis=1)
     table.attrs[FID_GIVEN] = phenotypes.fid_given

@@ -68,6 +68,21 @@ def test_min_p_over_traits() -> None:
     assert combined["P_2"].tolist() == [0.2, 0.4]
 
 
+def test_min_p_over_traits_on_different_snp_sets() -> None:
+    """GEMMA filters SNPs per trait (MAF among that trait's individuals): the union is
+    combined, and the Bonferroni factor counts only the traits tested at each SNP."""
+    first = pd.DataFrame({"SNP": ["s1", "s2", "s3"], "CHR": ["1", "1", "2"], "BP": [1, 2, 5], "P": [0.01, 0.5, 0.2]})
+    second = pd.DataFrame({"SNP": ["s2", "s4"], "CHR": ["1", "3"], "BP": [2, 9], "P": [0.1, 0.004]})
+    combined = min_p_over_traits([first, second])
+    assert combined["SNP"].tolist() == ["s1", "s2", "s3", "s4"]
+    assert combined["CHR"].tolist() == ["1", "1", "2", "3"] and combined["BP"].tolist() == [1, 2, 5, 9]
+    assert combined["P"].tolist() == pytest.approx([0.01, 0.2, 0.2, 0.004])
+    assert combined["TRAITS_TESTED"].tolist() == [1, 2, 1, 1]
+    assert np.isnan(combined["P_2"].iloc[0]) and combined["P_1"].iloc[3] != combined["P_1"].iloc[3]
+    with pytest.raises(FlowphenoError, match=r"SNP ID '\.' appears more than once.*set-missing-var-ids"):
+        min_p_over_traits([first.assign(SNP=["s1", ".", "."])])
+
+
 def test_missing_binary_names_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(FlowphenoError, match=r"install the Debian package plink1\.9"):

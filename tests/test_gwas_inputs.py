@@ -214,3 +214,104 @@ def test_per_trait_failure_removes_earlier_trait_files(filesets: tuple[Path, Pat
     assert result.returncode == 1 and "error: gemma failed" in result.stderr
     assert (tmp_path / "assoc.trait1.assoc.log").exists()  # trait 1 did run; its log is kept
     assert not list(tmp_path.glob("*.assoc.txt")) and not (tmp_path / "assoc.tsv").exists()
+
+
+def _write_assoc(path: Path, table: pd.DataFrame) -> Path:
+    table.to_csv(path, sep="\t", index=False, float_format="%.6g", na_rep="NA")
+    return path
+
+
+@needs_binaries
+def test_evaluate_and_report_never_replace_a_users_files(filesets: tuple[Path, Path], tmp_path: Path) -> None:
+    clean, _ = filesets
+    assoc = _write_assoc(tmp_path / "assoc.tsv", _assoc(clean))
+    mine = tmp_path / "paper"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    (mine / "report.md").write_text("my handwritten report\n")
+    before = snapshot(mine)
+    refused = invoke("gwas", "evaluate", "--bfile", clean, "--assoc", assoc, "--out-dir", mine, "--name", "m", "--threshold", "1e-6")
+    assert refused.returncode == 1 and "flowpheno did not write" in refused.stderr, refused
+    assert snapshot(mine) == before
+
+    first = invoke("gwas", "evaluate", "--bfile", clean, "--assoc", assoc, "--out-dir", tmp_path / "ev", "--name", "m",
+                   "--threshold", "1e-6")
+    assert first.returncode == 0, first
+    written = snapshot(tmp_path / "ev")
+    again = invoke("gwas", "evaluate", "--bfile", clean, "--assoc", assoc, "--out-dir", tmp_path / "ev", "--name", "m",
+                   "--threshold", "1e-6")
+    assert again.returncode == 1 and "--overwrite" in again.stderr and snapshot(tmp_path / "ev") == written
+    assert invoke("gwas", "evaluate", "--bfile", clean, "--assoc", assoc, "--out-dir", tmp_path / "ev", "--name", "m",
+                  "--threshold", "1e-6", "--overwrite").returncode == 0
+
+    report = invoke("gwas", "report", tmp_path / "ev", "--out-dir", mine)
+    assert report.returncode == 1 and f"{mine / 'report.md'} exists" in report.stderr and "--overwrite" in report.stderr
+    assert snapshot(mine) == before
+    twice = invoke("gwas", "report", tmp_path / "ev", tmp_path / "ev", "--out-dir", tmp_path / "rep")
+    assert twice.returncode == 1 and "is given twice" in twice.stderr
+    not_evaluated = invoke("gwas", "report", mine, "--out-dir", tmp_path / "rep")
+    assert not_evaluated.returncode == 1 and f"{mine}: no summary.json" in not_evaluated.stderr
+    ok = invoke("gwas", "report", tmp_path / "ev", "--out-dir", tmp_path / "rep")
+    assert ok.returncode == 0, ok
+    assert "](../ev/manhattan.png)" in (tmp_path / "rep" / "report.md").read_text()  # links work from the report's folder
+
+
+@needs_binaries
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("absent", "file not found"),
+        ("gemma_p_file", "no column SNP, CHR, BP, P"),
+        ("truncated", "line 7: a field is empty"),
+        ("p_above_one", "line 4: P '1.5' is not a p-value"),
+        ("all_na", "no SNP has a p-value"),
+    ],
+)
+def test_evaluate_checks_the_association_table(filesets: tuple[Path, Path], tmp_path: Path, case: str, fragment: str) -> None:
+    clean, _ = filesets
+    table = _assoc(clean).iloc[:40]
+    path = tmp_path / "assoc.tsv"
+    if case == "gemma_p_file":
+        path.write_text("0.1\t0.2\n0.3\tNA\n")
+    elif case == "truncated":
+        text = _write_assoc(path, table).read_text()
+        lines = text.splitlines()
+        path.write_text("\n".join(lines[:6] + [lines[6].split("\t")[0][:3]]) + "\n")
+    elif case == "p_above_one":
+        _write_assoc(path, table.assign(P=[0.5, 0.2, 1.5] + [0.3] * (len(table) - 3)))
+    elif case == "all_na":
+        _write_assoc(path, table.assign(P=np.nan))
+    before = snapshot(tmp_path)
+    result = invoke("gwas", "evaluate", "--bfile", clean, "--assoc", path, "--out-dir", tmp_path / "ev", "--name", "m")
+    assert result.returncode == 1 and fragment in result.stderr, result
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "ev").exists() and snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("absent", "k.cXX.txt: file not found"),
+        ("npz", "k.cXX.txt: a .npz archive; GEMMA reads a text matrix"),
+        ("other_cohort", "k.cXX.txt, line 1: 299 values, but the .fam lists 300 individuals"),
+        ("truncated", "k.cXX.txt: 120 rows, but the .fam lists 300 individuals"),
+        ("repeated_column", "--columns '1,1': column 1 is named twice"),
+    ],
+)
+def test_assoc_checks_the_kinship_before_gemma(filesets: tuple[Path, Path], tmp_path: Path, case: str, fragment: str) -> None:
+    clean, _ = filesets
+    pheno = _gemma_file(tmp_path / "pheno.gemma.txt", _two_traits())
+    kinship = tmp_path / "k.cXX.txt"
+    identity = "\n".join("\t".join("1" if i == j else "0" for j in range(N)) for i in range(N)) + "\n"
+    if case == "npz":
+        np.savez(tmp_path / "k.npz", K=np.eye(N))
+        (tmp_path / "k.npz").rename(kinship)
+    elif case == "other_cohort":
+        kinship.write_text("\n".join("\t".join("0" for _ in range(N - 1)) for _ in range(N - 1)) + "\n")
+    elif case in ("truncated", "repeated_column"):
+        kinship.write_text("\n".join(identity.splitlines()[:120] if case == "truncated" else identity.splitlines()) + "\n")
+    before = snapshot(tmp_path)
+    result = invoke("gwas", "assoc", "--bfile", clean, "--kinship", kinship, "--pheno", pheno,
+                    "--columns", "1,1" if case == "repeated_column" else "1,2", "--out", tmp_path / "assoc.tsv")
+    assert result.returncode == 1 and fragment in " ".join(result.stderr.split()), result
+    assert len(result.stderr.strip().splitlines()) == 1 and snapshot(tmp_path) == before

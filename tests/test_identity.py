@@ -276,3 +276,13 @@ def test_grm_ids_keyed_by_fid_iid(tmp_path: Path) -> None:
     matrix[rows, cols].astype(np.float32).tofile(tmp_path / "dup.grm.bin")
     with pytest.raises(FlowphenoError, match=r"dup.grm.id: FID 'F1' IID '1' appears more than once \(lines 1, 2\)"):
         read_kinship(tmp_path / "dup.grm.bin")
+
+
+def test_repeated_iids_without_fid_suggest_adding_fid(tmp_path: Path) -> None:
+    """IIDs 1, 2, 3 in every family and no FID column: the fix is to add FID, not to delete rows."""
+    write_table(tmp_path / "pheno.tsv", pedigree(families=20).drop(columns="FID"))
+    before = snapshot(tmp_path)
+    result = invoke("fit", "--pheno", tmp_path / "pheno.tsv", "--out", tmp_path / "run", "--mode", "iid")
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 1 and "IID '1' appears more than once (lines 2, 5," in message, result
+    assert "add a FID column" in message and snapshot(tmp_path) == before

@@ -84,6 +84,23 @@ def test_unseen_level_stops(data: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "z.tsv").exists()
 
 
+def test_transform_refuses_a_value_far_outside_the_fit(data: Path, tmp_path: Path) -> None:
+    """One data-entry error (1e6 where values are near 1) would be extrapolated by the flow and
+    carry the individual's other traits with it: stopped as in fit, unless --keep-outliers."""
+    pheno = pd.read_csv(data / "pheno.tsv", sep="\t")
+    pheno.loc[7, "t2"] = 1e6
+    write_table(tmp_path / "p.tsv", pheno)
+    args = ["transform", "--model", data / "run", "--pheno", tmp_path / "p.tsv", "--covar", data / "covar.tsv", "--out", tmp_path / "z.tsv"]
+    result = invoke(*args)
+    assert result.returncode == 1 and "IID i7 trait 't2' = 1e+06" in result.stderr and "--keep-outliers" in result.stderr, result
+    assert not (tmp_path / "z.tsv").exists()
+    kept = invoke(*args, "--keep-outliers")
+    assert kept.returncode == 0, kept
+    expected = _gaussianized(data / "run").drop(index=7)
+    got = pd.read_csv(tmp_path / "z.tsv", sep="\t").drop(index=7)
+    np.testing.assert_allclose(got[["t1", "t2", "t3", "t4"]], expected[["t1", "t2", "t3", "t4"]], rtol=0, atol=1e-6)
+
+
 def test_output_columns_follow_input_traits(data: Path) -> None:
     """With 16 layers of permutations, output column j is still the image of trait j."""
     pheno = pd.read_csv(data / "pheno.tsv", sep="\t")

@@ -58,6 +58,8 @@ def test_hs1940_fam_extra_columns_read_by_position(tmp_path: Path) -> None:
     assert (tmp_path / "k.txt.ids").read_text().splitlines() == ["\t".join(line.split()[:2]) for line in lines]
     kinship = read_kinship(tmp_path / "k.txt", tmp_path / "k.txt.ids")
     assert list(kinship.ids) == list(fam["IID"]) and list(kinship.fids) == list(fam["FID"])
+    beside = read_kinship(tmp_path / "k.txt")  # the .ids file written beside it is found without --grm-ids
+    assert list(beside.ids) == list(fam["IID"]) and list(beside.fids) == list(fam["FID"])
 
 
 def test_hs1940_real_fileset_passes_the_size_check(tmp_path: Path) -> None:
@@ -97,8 +99,15 @@ def _truncated_bed(prefix: Path) -> str:
     return "293 bytes, but 40 individuals in s.fam and 30 variants in s.bim need 3 + ceil(40/4) * 30 = 303 bytes"
 
 
+def _first_fam_line_deleted(prefix: Path) -> str:
+    """40 -> 39 individuals keeps the .bed size (ceil(39/4) = ceil(40/4)): only the padding tells."""
+    lines = Path(f"{prefix}.fam").read_text().splitlines(keepends=True)
+    Path(f"{prefix}.fam").write_text("".join(lines[1:]))
+    return "the unused bits after individual 39 are set in"
+
+
 BROKEN = {"truncated-fam": _truncated_fam, "wrong-magic": _wrong_magic, "individual-major": _individual_major,
-          "truncated-bed": _truncated_bed}
+          "truncated-bed": _truncated_bed, "first-fam-line-deleted": _first_fam_line_deleted}
 
 
 @pytest.mark.parametrize("case", list(BROKEN))

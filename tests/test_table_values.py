@@ -272,3 +272,21 @@ def test_diagnostics_mark_outliers() -> None:
         marks = axis.collections[1].get_offsets()
         assert marks.shape == (1, 2)
     assert [c.get_offsets().shape[0] for c in diagnostics_figure(values, values, ["a", "b", "c"], {}, iids).axes[0].collections] == [50]
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_covariate_level_held_by_one_individual_stops(tmp_path: Path, declared: bool) -> None:
+    """With the intercept each level gets its own mean: a level of one individual would set
+    that individual's residuals to 0 and erase its phenotype, silently."""
+    pheno = write_table(tmp_path / "pheno.tsv", _pheno())
+    covar = _covar().assign(rare=["A"] * (N - 1) + ["B"])
+    path = write_table(tmp_path / "covar.tsv", covar)
+    before = snapshot(tmp_path)
+    result = _fit(tmp_path, pheno, path, *(["--categorical", "rare"] if declared else []))
+    assert result.returncode == 1, result
+    assert f"level 'B' of covariate 'rare' is held by 1 of the {N} individuals used (IID i{N - 1})" in " ".join(result.stderr.split())
+    assert snapshot(tmp_path) == before and not (tmp_path / "run").exists()
+    # the same level given to two individuals keeps their difference: accepted with a warning
+    covar = _covar().assign(rare=["A"] * (N - 2) + ["B"] * 2)
+    two = _fit(tmp_path, pheno, write_table(tmp_path / "covar2.tsv", covar), *(["--categorical", "rare"] if declared else []))
+    assert two.returncode == 0 and "level 'B' of covariate 'rare' is held by 2 individuals" in " ".join(two.stderr.split()), two

@@ -25,6 +25,37 @@ GEMMA_MISSING = ("NA", "-9")
 """What GEMMA reads as a missing phenotype in a ``-p`` file (GEMMA manual, 4.1.1)."""
 
 
+def check_gemma_kinship(kinship: str | Path, n_fam: int) -> None:
+    """Check a kinship for GEMMA ``-k`` before any GEMMA run: a text matrix (``.cXX.txt``,
+    as ``gemma -gk 1`` or ``flowpheno gwas grm`` writes it) with ``n_fam`` rows of ``n_fam``
+    numbers, in the ``.fam`` order. Reads the file line by line (no matrix in memory).
+    Raises :class:`~flowpheno.errors.FlowphenoError` naming the file, the line and the fix.
+    """
+    kinship = Path(kinship)
+    if not kinship.is_file():
+        raise FlowphenoError(f"{kinship}: file not found; give the .cXX.txt written by flowpheno gwas grm (GEMMA -gk 1)")
+    with kinship.open("rb") as handle:
+        if handle.read(2) == b"PK":
+            raise FlowphenoError(f"{kinship}: a .npz archive; GEMMA reads a text matrix: give the .cXX.txt of flowpheno gwas grm")
+    rows = 0
+    with kinship.open(errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            rows += 1
+            fields = len(line.split())
+            if fields != n_fam:
+                raise FlowphenoError(
+                    f"{kinship}, line {number}: {fields} values, but the .fam lists {n_fam} individuals; compute the "
+                    "kinship from this fileset (flowpheno gwas grm --bfile PREFIX)"
+                )
+    if rows != n_fam:
+        raise FlowphenoError(
+            f"{kinship}: {rows} rows, but the .fam lists {n_fam} individuals (a truncated file?); compute the kinship "
+            "from this fileset (flowpheno gwas grm --bfile PREFIX)"
+        )
+
+
 def check_gemma_phenotypes(pheno: str | Path, columns: list[int], n_fam: int | None = None) -> None:
     """Check a GEMMA ``-p`` file before any GEMMA run: every selected column exists, has
     at least :data:`MIN_PHENOTYPED` values and is not constant, and (for an mvLMM, more
@@ -137,14 +168,38 @@ def read_gemma_assoc(path: str | Path) -> pd.DataFrame:
 
 
 def min_p_over_traits(per_trait: list[pd.DataFrame]) -> pd.DataFrame:
-    """The ``single`` baseline: per SNP, the smallest p over traits times their number (Bonferroni).
+    """The ``single`` baseline: per SNP, the smallest p over the traits tested there, times
+    their number (Bonferroni).
 
-    The per-trait p-values are kept as ``P_1 .. P_d``: the combined P is conservative
-    by construction, so calibration (lambda GC) is judged on the per-trait tests.
+    GEMMA applies its MAF and missingness filters to each trait's own individuals, so the
+    per-trait tables can hold different SNPs: they are combined on the union of SNPs (in
+    order of first appearance); a SNP a trait did not test contributes no p-value and does
+    not count in the factor. The per-trait p-values are kept as ``P_1 .. P_d`` (NaN where
+    untested): the combined P is conservative by construction, so calibration (lambda GC)
+    is judged on the per-trait tests.
+
+    Raises:
+        FlowphenoError: a table names one SNP twice (the ``.bim`` needs unique SNP IDs).
     """
-    merged = per_trait[0][["SNP", "CHR", "BP"]].copy()
-    p_values = np.column_stack([table.set_index("SNP").loc[merged["SNP"], "P"].to_numpy() for table in per_trait])
-    merged["P"] = np.minimum(np.nanmin(p_values, axis=1) * len(per_trait), 1.0)
+    frames = []
+    for table in per_trait:
+        duplicated = table["SNP"].duplicated()
+        if duplicated.any():
+            raise FlowphenoError(
+                f"SNP ID {str(table['SNP'][duplicated].iloc[0])!r} appears more than once in the association results: give every "
+                "SNP of the .bim a unique ID (e.g. plink1.9 --bfile PREFIX --set-missing-var-ids @:# --make-bed --out NEW)"
+            )
+        frames.append(table.set_index("SNP"))
+    order = pd.Index(pd.concat([frame.index.to_series() for frame in frames]).drop_duplicates())
+    positions = pd.concat([frame[["CHR", "BP"]] for frame in frames])
+    positions = positions[~positions.index.duplicated()].reindex(order)
+    p_values = np.column_stack([frame["P"].reindex(order).to_numpy(dtype=float) for frame in frames])
+    tested = np.isfinite(p_values).sum(axis=1)
+    merged = pd.DataFrame({"SNP": order.to_numpy(), "CHR": positions["CHR"].to_numpy(), "BP": positions["BP"].to_numpy()})
+    with np.errstate(invalid="ignore"):
+        smallest = np.where(tested > 0, np.fmin.reduce(np.where(np.isfinite(p_values), p_values, np.inf), axis=1), np.nan)
+    merged["P"] = np.minimum(smallest * tested, 1.0)
+    merged["TRAITS_TESTED"] = tested
     for j in range(p_values.shape[1]):
         merged[f"P_{j + 1}"] = p_values[:, j]
     return merged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,9 @@ from flowpheno.errors import FlowphenoError
 from flowpheno.gwas.baseline import rint_table
 from flowpheno.gwas.clump import clump
 from flowpheno.gwas.evaluate import genome_wide_threshold, summarise
-from flowpheno.gwas.gemma import MIN_PHENOTYPED, check_gemma_phenotypes, gemma_lmm, min_p_over_traits
+from flowpheno.gwas.gemma import MIN_PHENOTYPED, check_gemma_kinship, check_gemma_phenotypes, gemma_lmm, min_p_over_traits
 from flowpheno.gwas.plots import manhattan, qq
-from flowpheno.io.atomic import atomic_path
+from flowpheno.io.atomic import StagedDirectory, atomic_path, check_no_clobber, write_errors
 from flowpheno.io.ids import FID_GIVEN
 from flowpheno.io.outputs import write_phenotypes
 from flowpheno.io.plink import plink_prefix, read_fam
@@ -66,7 +67,9 @@ def association(bfile: str | Path, kinship: str | Path, pheno: str | Path, colum
     Raises :class:`~flowpheno.errors.FlowphenoError`.
     """
     out = Path(out)
-    check_gemma_phenotypes(pheno, columns, len(read_fam(f"{plink_prefix(bfile)}.fam")))
+    n_fam = len(read_fam(f"{plink_prefix(bfile)}.fam"))
+    check_gemma_phenotypes(pheno, columns, n_fam)
+    check_gemma_kinship(kinship, n_fam)
     if per_trait:
         tables, written = [], []
         try:
@@ -85,6 +88,69 @@ def association(bfile: str | Path, kinship: str | Path, pheno: str | Path, colum
     return result
 
 
+EVALUATION_FILES = ("summary.json", "loci.tsv", "manhattan.png", "qq.png", "clump.log")
+"""What :func:`evaluate_method` writes into its folder (``summary.json`` first)."""
+ASSOC_COLUMNS = ("SNP", "CHR", "BP", "P")
+
+
+def read_assoc(path: str | Path) -> pd.DataFrame:
+    """An association table (SNP, CHR, BP, P, as ``flowpheno gwas assoc`` writes it), checked.
+
+    Raises :class:`~flowpheno.errors.FlowphenoError` naming the file and the line when a
+    column is missing, a line is cut short (a truncated file), P is not a number in [0, 1]
+    or NA, or no SNP has a p-value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FlowphenoError(f"{path}: file not found; give the table written by flowpheno gwas assoc")
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
+        raise FlowphenoError(f"{path}: not a tab-separated association table ({' '.join(str(error).split())})") from None
+    missing = [column for column in ASSOC_COLUMNS if column not in table.columns]
+    if missing:
+        raise FlowphenoError(
+            f"{path}: no column {', '.join(missing)} (found: {', '.join(map(str, table.columns[:8]))}); give the table written "
+            "by flowpheno gwas assoc (SNP, CHR, BP, P), not GEMMA's own assoc.txt or a phenotype file"
+        )
+    short = (table[list(ASSOC_COLUMNS)] == "").any(axis=1).to_numpy()
+    if short.any():
+        line = int(np.flatnonzero(short)[0]) + 2
+        raise FlowphenoError(f"{path}, line {line}: a field is empty (a truncated or edited file?); rerun flowpheno gwas assoc")
+    p_text = table["P"].str.strip()
+    is_missing = p_text.isin(["NA", "nan", "NaN"])
+    p_values = pd.to_numeric(p_text.where(~is_missing), errors="coerce")
+    bad = (~is_missing & ~((p_values >= 0) & (p_values <= 1))).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise FlowphenoError(f"{path}, line {row + 2}: P {table['P'].iloc[row]!r} is not a p-value in [0, 1] or NA")
+    bp = pd.to_numeric(table["BP"], errors="coerce")
+    if bp.isna().any():
+        row = int(np.flatnonzero(bp.isna().to_numpy())[0])
+        raise FlowphenoError(f"{path}, line {row + 2}: BP {table['BP'].iloc[row]!r} is not a position")
+    if p_values.notna().sum() == 0:
+        raise FlowphenoError(f"{path}: no SNP has a p-value (every P is NA); check the GEMMA log of that run")
+    out = table.copy()
+    out["BP"] = bp.astype(np.int64)
+    out["P"] = p_values.astype(float)
+    for column in out.columns:
+        if column.startswith("P_") or column == "TRAITS_TESTED":
+            out[column] = pd.to_numeric(out[column].replace({"NA": np.nan, "": np.nan}), errors="coerce")
+    return out
+
+
+def read_truth(path: str | Path) -> pd.DataFrame:
+    """A truth table (``snp``, ``chrom``, ``pos`` per causal SNP, as ``flowpheno simulate`` writes it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FlowphenoError(f"{path}: file not found; give the truth.tsv written by flowpheno simulate")
+    truth = pd.read_csv(path, sep="\t", dtype={"snp": str, "chrom": str})
+    missing = [column for column in ("snp", "chrom", "pos") if column not in truth.columns]
+    if missing:
+        raise FlowphenoError(f"{path}: no column {', '.join(missing)}; give the truth.tsv written by flowpheno simulate")
+    return truth
+
+
 def evaluate_method(
     bfile: str | Path,
     assoc_path: str | Path,
@@ -96,34 +162,60 @@ def evaluate_method(
     r2: float = 0.1,
     kb: int = 250,
     window_kb: float = 250,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Clump, count (true/false) loci, lambda GC, Manhattan and QQ plots for one method."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    assoc = pd.read_csv(assoc_path, sep="\t", dtype={"SNP": str, "CHR": str})
-    truth = pd.read_csv(truth_path, sep="\t", dtype={"snp": str, "chrom": str}) if truth_path else None
-    p1 = genome_wide_threshold(threshold, int(assoc["P"].notna().sum()), alpha)
-    loci = clump(bfile, assoc, p1, r2=r2, kb=kb, log=out_dir / "clump.log")
-    counts, is_true = summarise(loci, assoc, truth, window_kb)
-    summary: dict[str, Any] = {"method": name, "threshold": p1, "snps_tested": int(assoc["P"].notna().sum()), **counts}
-    if is_true is not None:
-        loci = loci.assign(true_locus=is_true.to_numpy())
-    with atomic_path(out_dir / "loci.tsv") as tmp:
-        loci.assign(method=name).to_csv(tmp, sep="\t", index=False)
-    for figure, file in ((manhattan(assoc, p1, name, truth), "manhattan.png"), (qq(assoc, name), "qq.png")):
-        with atomic_path(out_dir / file) as tmp:
-            figure.savefig(tmp, dpi=110, format="png")
-    with atomic_path(out_dir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+    """Clump, count (true/false) loci, lambda GC, Manhattan and QQ plots for one method.
+
+    ``out_dir`` is written as a whole (:class:`~flowpheno.io.atomic.StagedDirectory`): it
+    must be new, empty or (with ``overwrite``) an earlier evaluation; the inputs are
+    checked (:func:`read_assoc`, :func:`read_truth`) before PLINK runs.
+    """
+    staged = StagedDirectory(out_dir, "gwas evaluate", {"--assoc": assoc_path, "--truth": truth_path,
+                                                         "--bfile": [f"{plink_prefix(bfile)}{s}" for s in (".bed", ".bim", ".fam")]},
+                             overwrite=overwrite, legacy=EVALUATION_FILES, option="--out-dir")
+    with staged:
+        assoc = read_assoc(assoc_path)
+        truth = read_truth(truth_path) if truth_path else None
+        tmp = staged.path
+        p1 = genome_wide_threshold(threshold, int(assoc["P"].notna().sum()), alpha)
+        loci = clump(bfile, assoc, p1, r2=r2, kb=kb, log=tmp / "clump.log")
+        counts, is_true = summarise(loci, assoc, truth, window_kb)
+        summary: dict[str, Any] = {"method": name, "threshold": p1, "snps_tested": int(assoc["P"].notna().sum()), **counts}
+        if is_true is not None:
+            loci = loci.assign(true_locus=is_true.to_numpy())
+        with write_errors(out_dir, "--out-dir"):
+            loci.assign(method=name).to_csv(tmp / "loci.tsv", sep="\t", index=False)
+            for figure, file in ((manhattan(assoc, p1, name, truth), "manhattan.png"), (qq(assoc, name), "qq.png")):
+                figure.savefig(tmp / file, dpi=110, format="png")
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        staged.commit()
     return summary
 
 
-def write_report(method_dirs: list[str | Path], out_dir: str | Path, title: str = "flowpheno GWAS comparison") -> pd.DataFrame:
-    """``loci.tsv`` (every locus of every method) and ``report.md`` (one row per method)."""
+def write_report(method_dirs: list[str | Path], out_dir: str | Path, title: str = "flowpheno GWAS comparison",
+                 overwrite: bool = False) -> pd.DataFrame:
+    """``loci.tsv`` (every locus of every method) and ``report.md`` (one row per method).
+
+    An existing ``report.md`` or ``loci.tsv`` in ``out_dir`` is replaced only with
+    ``overwrite``; every method folder must hold what ``gwas evaluate`` writes.
+    Raises :class:`~flowpheno.errors.FlowphenoError`.
+    """
     out_dir = Path(out_dir)
+    check_no_clobber([out_dir / "report.md", out_dir / "loci.tsv"], overwrite)
+    seen: set[Path] = set()
+    for directory in map(Path, method_dirs):
+        if directory.resolve() in seen:
+            raise FlowphenoError(f"{directory} is given twice; name each method's evaluation folder once")
+        seen.add(directory.resolve())
+        for name in ("summary.json", "loci.tsv"):
+            if not (directory / name).is_file():
+                raise FlowphenoError(f"{directory}: no {name}; give folders written by flowpheno gwas evaluate --out-dir")
     summaries, loci = [], []
     for directory in map(Path, method_dirs):
-        summaries.append(json.loads((directory / "summary.json").read_text()) | {"dir": directory})
+        try:
+            summaries.append(json.loads((directory / "summary.json").read_text()) | {"dir": directory})
+        except ValueError:
+            raise FlowphenoError(f"{directory}/summary.json: not valid JSON (a truncated file?); rerun flowpheno gwas evaluate") from None
         loci.append(pd.read_csv(directory / "loci.tsv", sep="\t", dtype={"CHR": str, "SNP": str}))
     table = pd.DataFrame(summaries)
     with atomic_path(out_dir / "loci.tsv") as tmp:
@@ -136,7 +228,7 @@ def write_report(method_dirs: list[str | Path], out_dir: str | Path, title: str 
         cells = [row.method, str(row.loci)]
         if has_truth:
             cells += [str(row.true_loci), str(row.false_loci), f"{row.power:.2f}" if row.power is not None else "-", f"{row.fdp:.2f}"]
-        relative = Path(row.dir).resolve().relative_to(out_dir.resolve()) if Path(row.dir).resolve().is_relative_to(out_dir.resolve()) else Path(row.dir)
+        relative = Path(os.path.relpath(Path(row.dir).resolve(), out_dir.resolve()))  # links work from report.md's folder
         cells += [f"{row.lambda_gc:.3f}", f"{row.threshold:.2g}", f"[Manhattan]({relative}/manhattan.png), [QQ]({relative}/qq.png)"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "lambda GC: median 1-df chi-square of the p-values / 0.455; for `single` the mean over its per-trait "

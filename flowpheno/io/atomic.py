@@ -227,15 +227,18 @@ def _probe(directory: Path, target: Path, option: str) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=directory))
 
 
-def check_file_output(out: str | Path, inputs: Inputs | None = None, option: str = "--out") -> Path:
+def check_file_output(out: str | Path, inputs: Inputs | None = None, option: str = "--out", overwrite: bool = False) -> Path:
     """Check a single-file output before any work: not an input, not inside an input folder,
-    not an existing folder, not under a file, and its folder (or nearest existing ancestor)
-    writable. Cleans leftovers of ended runs beside it. Creates nothing. Returns ``out``."""
+    not an existing folder, not under a file, not an existing file unless ``overwrite``
+    (it may be the user's own), and its folder (or nearest existing ancestor) writable.
+    Cleans leftovers of ended runs beside it. Creates nothing. Returns ``out``."""
     out = Path(out)
     _check_not_under_file(out, option)
     if out.is_dir():
         raise FlowphenoError(f"{option} {out} is a folder; give a file name, e.g. {out / 'output.tsv'}")
     check_disjoint(out, inputs or {}, option)
+    if out.exists() and not overwrite:
+        raise FlowphenoError(f"{option} {out} exists; pass --overwrite to replace it, or choose another name")
     existing = next(a for a in Path(os.path.abspath(out)).parents if a.exists())
     _probe(existing, out, option)
     clean_leftovers(out)
@@ -255,6 +258,23 @@ def check_folder_output(out: str | Path, inputs: Inputs | None = None, option: s
     existing = next(a for a in [Path(os.path.abspath(out)), *Path(os.path.abspath(out)).parents] if a.exists())
     _probe(existing, out, option)
     return out
+
+
+def check_no_clobber(paths: Iterable[str | Path], overwrite: bool, option: str = "--out-dir") -> None:
+    """Refuse to replace an existing file among ``paths`` unless ``overwrite``: files written
+    into a folder the user named may be the user's own (a hand-written ``report.md``).
+
+    Raises:
+        FlowphenoError: naming the first existing file and ``--overwrite``.
+    """
+    if overwrite:
+        return
+    existing = [Path(path) for path in paths if Path(path).exists()]
+    if existing:
+        raise FlowphenoError(
+            f"{option}: {existing[0]} exists{f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''}; "
+            "pass --overwrite to replace it, or choose another folder"
+        )
 
 
 def _manifest(folder: Path) -> dict[str, Any] | None:

@@ -95,9 +95,10 @@ def check_unique(keys: SampleKeys) -> None:
     same = np.flatnonzero(same)
     places = ", ".join(str(int(keys.lines[i])) if keys.lines is not None else str(i + 1) for i in same)
     label = "lines" if keys.lines is not None else "rows"
-    raise FlowphenoError(
-        f"{keys.source}: {keys.describe(first)} appears more than once ({label} {places}); keep one row per individual"
-    )
+    fix = ("keep one row per individual" if keys.fid is not None else
+           "if these are different individuals of different families, add a FID column (PLINK identifies an individual "
+           "by FID and IID); if they are one individual, keep one row")
+    raise FlowphenoError(f"{keys.source}: {keys.describe(first)} appears more than once ({label} {places}); {fix}")
 
 
 @dataclass

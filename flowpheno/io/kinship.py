@@ -175,6 +175,8 @@ def read_kinship(path: str | Path, ids_path: str | Path | None = None) -> Kinshi
     elif name.endswith(".txt"):
         if not path.exists():
             raise FlowphenoError(f"{path}: file not found")
+        if ids_path is None and Path(name + ".ids").is_file():
+            ids_path = name + ".ids"  # written beside it by flowpheno grm --out NAME.txt
         if ids_path is None:
             raise FlowphenoError(f"{path}: a GEMMA kinship has no IDs; give --grm-ids FILE or --fam FILE in the order GEMMA read them")
         matrix = np.loadtxt(path, ndmin=2)

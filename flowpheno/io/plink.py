@@ -89,7 +89,33 @@ def _checked_bed(prefix_text: str, resolved: str, stamps: tuple[tuple[int, int],
             f"need 3 + ceil({n}/4) * {m} = {expected} bytes; the .bed does not belong to this .fam/.bim (were lines "
             "deleted?): subset filesets with plink --keep/--extract --make-bed"
         )
+    _check_padding(bed, n, m)
     return n, m
+
+
+PADDING_CHECKED_VARIANTS = 4096
+"""How many variants' last bytes :func:`_check_padding` reads (the first ones)."""
+
+
+def _check_padding(bed: str, n: int, m: int) -> None:
+    """The unused 2-bit slots after the last individual of each variant must be 0 (PLINK
+    writes them so). When ``n`` is not a multiple of 4, deleting 1-3 ``.fam`` lines keeps
+    the size of the ``.bed``; the genotypes of the individuals no longer listed then sit in
+    these slots, and every later individual would be read shifted. Raises FlowphenoError."""
+    used = n % 4
+    if used == 0 or m == 0:
+        return
+    per_variant = (n + 3) // 4
+    checked = min(m, PADDING_CHECKED_VARIANTS)
+    data = np.memmap(bed, dtype=np.uint8, mode="r", offset=3, shape=(checked, per_variant))
+    mask = (0xFF << (2 * used)) & 0xFF
+    set_bits = np.flatnonzero(np.asarray(data[:, -1]) & mask)
+    if set_bits.size:
+        raise FlowphenoError(
+            f"{bed}: the unused bits after individual {n} are set in {set_bits.size} of the first {checked} variants "
+            f"(first: variant {int(set_bits[0]) + 1}): the .bed holds more individuals than the {n} of its .fam (were lines "
+            "deleted?); subset filesets with plink --keep --make-bed, or rewrite an intact fileset with plink --make-bed"
+        )
 
 
 def read_fam(path: str | Path) -> pd.DataFrame:

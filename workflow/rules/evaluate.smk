@@ -24,4 +24,4 @@ rule evaluate:
         "flowpheno gwas evaluate --bfile {params.bfile:q} --assoc {params.assoc:q} "
         "--out-dir {params.out_dir:q} --name {params.name:q} "
         "{params.truth:q} --threshold {GWAS[p_threshold]} --alpha {GWAS[alpha]} --r2 {GWAS[clump_r2]} "
-        "--kb {GWAS[clump_kb]} --truth-window-kb {GWAS[truth_window_kb]} > {log:q} 2>&1"
+        "--kb {GWAS[clump_kb]} --truth-window-kb {GWAS[truth_window_kb]} --overwrite > {log:q} 2>&1"

@@ -20,4 +20,4 @@ rule gemma_assoc:
         runtime=240,
     shell:
         "flowpheno gwas assoc --bfile {params.bfile:q} --kinship {input.grm:q} --pheno {input.pheno:q} "
-        "--columns {params.columns:q} {params.per_trait:q} --out {output:q} > {log:q} 2>&1"
+        "--columns {params.columns:q} {params.per_trait:q} --out {output:q} --overwrite > {log:q} 2>&1"

@@ -15,4 +15,4 @@ rule gemma_grm:
         mem_mb=8000,
         runtime=60,
     shell:
-        "flowpheno gwas grm --bfile {params.bfile:q} --out {output:q} > {log:q} 2>&1"
+        "flowpheno gwas grm --bfile {params.bfile:q} --out {output:q} --overwrite > {log:q} 2>&1"

@@ -23,7 +23,7 @@ rule rint:
     threads: 1
     shell:
         "flowpheno gwas rint --pheno {params.pheno:q} {params.covar:q} --traits {params.traits:q} "
-        "--fam {params.fam:q} --out {output:q} > {log:q} 2>&1"
+        "--fam {params.fam:q} --out {output:q} --overwrite > {log:q} 2>&1"
 
 
 rule fit_flow:
@@ -49,6 +49,6 @@ rule fit_flow:
         runtime=240,
     shell:
         "(flowpheno fit --pheno {params.pheno:q} {params.covar:q} --grm {input.grm:q} --grm-ids {params.fam:q} "
-        "--traits {params.traits:q} --mode {params.mode} {FIT_ARGS} --out {output.run:q} --quiet && "
+        "--traits {params.traits:q} --mode {params.mode} {FIT_ARGS} --out {output.run:q} --overwrite --quiet && "
         "flowpheno transform --model {output.run:q} --pheno {params.pheno:q} {params.covar:q} --format gemma "
-        "--fam {params.fam:q} --out {output.pheno:q} --device cpu) > {log:q} 2>&1"
+        "--fam {params.fam:q} --out {output.pheno:q} --device cpu --overwrite) > {log:q} 2>&1"

@@ -14,4 +14,4 @@ rule report:
         f"{OUT}/logs/report.log",
     threads: 1
     shell:
-        "flowpheno gwas report {params.dirs:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        "flowpheno gwas report {params.dirs:q} --out-dir {params.out_dir:q} --overwrite > {log:q} 2>&1"
