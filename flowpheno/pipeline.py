@@ -706,6 +706,8 @@ def transform_phenotypes(
         model = PhenotypeModel.load(model)
     if model.covariates and covar is None:
         raise FlowphenoError(f"the model was fitted with covariates ({', '.join(model.covariates)}); pass --covar FILE")
+    if covar is not None and not model.covariates:
+        raise FlowphenoError(f"--covar {covar}: the model was fitted without covariates, so they would be ignored; leave --covar out")
     phenotypes = read_phenotypes(pheno, model.traits)
     covariates = None
     if model.covariates:

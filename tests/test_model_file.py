@@ -220,3 +220,12 @@ def test_changed_transform_formula_detected(data: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(model_module, "flow_constants", base.flow_constants)
     with pytest.raises(FlowphenoError, match="maps its check input differently than when it was saved"):
         PhenotypeModel.load(data / "run")
+
+
+def test_transform_refuses_covariates_a_model_does_not_use(data: Path, tmp_path: Path) -> None:
+    """Covariates given to a model fitted without them would be silently ignored."""
+    run = tmp_path / "nocov"
+    assert invoke("fit", "--pheno", data / "pheno.tsv", "--out", run, *FIT).returncode == 0
+    result = invoke("transform", "--model", run, "--pheno", data / "pheno.tsv", "--covar", data / "covar.tsv", "--out", tmp_path / "z.tsv")
+    assert result.returncode == 1 and "the model was fitted without covariates" in result.stderr, result
+    assert not (tmp_path / "z.tsv").exists()
