@@ -211,7 +211,9 @@ def transform(
     from flowpheno.io.outputs import write_phenotypes
     from flowpheno.pipeline import transform_phenotypes
 
-    check_file_output(out, {"--model": model, "--pheno": pheno, "--covar": covar, "--fam": fam}, overwrite=overwrite)
+    fileset = [fam.with_suffix(suffix) for suffix in (".bed", ".bim")] if fam is not None else []  # read by GEMMA with the output
+    check_file_output(out, {"--model": model, "--pheno": pheno, "--covar": covar, "--fam": [fam, *fileset] if fam else None},
+                      overwrite=overwrite)
     table = transform_phenotypes(model, pheno, covar, device=_device(device), keep_outliers=keep_outliers)
     written = write_phenotypes(table, out, fmt, fam, source=str(pheno))  # the rows actually written, in the file's order
     complete = int(written.drop(columns=["FID", "IID"]).notna().all(axis=1).sum())

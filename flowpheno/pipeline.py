@@ -81,6 +81,9 @@ class FitConfig:
         owner = "FitConfig"
         if self.traits is not None and (not isinstance(self.traits, list) or not self.traits):
             raise OptionError(f"--traits {self.traits!r}: give at least one trait column name, or leave it out for every numeric column")
+        if self.traits is not None and len(set(self.traits)) != len(self.traits):
+            twice = next(trait for trait in self.traits if self.traits.count(trait) > 1)
+            raise OptionError(f"--traits: {twice!r} is named twice; name each trait column once")
         check_choice(owner, "mode", self.mode, MODES)
         if not isinstance(self.s2_grid, (list, tuple)) or (self.mode == "grid" and not self.s2_grid):
             raise OptionError(f"--s2-grid {self.s2_grid!r}: give at least one s2 value in [0, 1), e.g. 0,0.1,0.5")
@@ -280,6 +283,55 @@ def _check_residuals(residuals: np.ndarray, values: np.ndarray, traits: list[str
     for trait, rest, raw in zip(traits, residuals.std(axis=0), values.std(axis=0)):
         if not rest > 1e-9 * raw:
             raise FlowphenoError(f"{pheno}: trait {trait!r} is fully explained by the covariates of {covar}; drop it with --traits")
+
+
+MAX_TRAIT_CORRELATION = 0.999
+"""Two traits correlated beyond this among the complete rows are (nearly) the same trait: the
+flow's density degenerates and GEMMA's mvLMM cannot separate them."""
+LEVERAGE_STOP = 0.9
+"""An individual whose covariate row has leverage (hat-matrix diagonal of ``[1, covariates]``)
+above this keeps under 10% of its residual variance: its traits would be (nearly) erased."""
+
+
+def _check_collinear_traits(values: np.ndarray, traits: list[str], pheno: str) -> None:
+    """Stop on two traits (columns of the ``n x d`` complete rows) that are one trait twice."""
+    if values.shape[1] < 2:
+        return
+    correlation = np.corrcoef(values, rowvar=False)
+    upper = np.triu(np.abs(correlation), k=1)
+    i, j = np.unravel_index(int(np.argmax(upper)), upper.shape)
+    if upper[i, j] > MAX_TRAIT_CORRELATION:
+        raise FlowphenoError(
+            f"{pheno}: traits {traits[i]!r} and {traits[j]!r} have correlation {correlation[i, j]:.4f} among the complete "
+            "rows: they are one trait twice (the flow's density degenerates and GEMMA's mvLMM cannot separate them); "
+            "leave one out with --traits"
+        )
+
+
+def _check_leverage(phenotypes: Phenotypes, keep: np.ndarray, covar: str | Path | None, keep_outliers: bool) -> None:
+    """Stop when one individual's covariates alone determine its fit (leverage above
+    :data:`LEVERAGE_STOP`): a 0/1 covariate set for one person, or a mistyped value such as
+    age 99999, would set that person's residuals to ~0 on every trait, silently."""
+    if phenotypes.covariates is None or keep_outliers:
+        return
+    design = np.hstack([np.ones((int(keep.sum()), 1)), phenotypes.covariates[keep]])
+    q, r = np.linalg.qr(design)
+    rank = int((np.abs(np.diag(r)) > 1e-10 * max(1.0, float(np.abs(np.diag(r)).max()))).sum())
+    leverage = (q[:, :rank] ** 2).sum(axis=1) if rank == design.shape[1] else np.einsum(
+        "ij,ij->i", design, design @ np.linalg.pinv(design.T @ design))
+    worst = int(np.argmax(leverage))
+    if leverage[worst] > LEVERAGE_STOP:
+        row = phenotypes.covariates[keep][worst]
+        others = phenotypes.covariates[keep]
+        spread = np.nanstd(others, axis=0)
+        z = np.abs(row - np.nanmedian(others, axis=0)) / np.where(spread > 0, spread, np.inf)
+        column = phenotypes.covariate_names[int(np.argmax(z))]
+        iid = phenotypes.ids["IID"].to_numpy()[keep][worst]
+        raise FlowphenoError(
+            f"{covar}: the covariates of IID {iid} (most unusual: {column} = {row[int(np.argmax(z))]:g}) alone determine its "
+            f"fit (leverage {leverage[worst]:.3f}): its traits would be erased (residuals ~0); fix the value, set it to NA, "
+            "or pass --keep-outliers"
+        )
 
 
 def _check_levels(phenotypes: Phenotypes, keep: np.ndarray, covar: str | Path | None) -> None:
@@ -496,6 +548,8 @@ def _fit(
         )
     _check_traits(phenotypes.values[keep], phenotypes.traits, str(pheno), iids[keep])
     _check_levels(phenotypes, keep, covar)
+    _check_leverage(phenotypes, keep, covar, config.keep_outliers)
+    _check_collinear_traits(phenotypes.values[keep], phenotypes.traits, str(pheno))
     outliers = _check_outliers(phenotypes.values[keep], iids[keep], phenotypes.traits, str(pheno), config.keep_outliers)
     d = len(phenotypes.traits)
     if n_complete < 100 * d * d:
@@ -675,14 +729,14 @@ def _check_new_values(standardised: np.ndarray, phenotypes: Phenotypes, pheno: s
     iids = phenotypes.ids["IID"].to_numpy()
     shown = "; ".join(
         f"IID {iids[rows[k]]} trait {phenotypes.traits[cols[k]]!r} = {phenotypes.values[rows[k], cols[k]]:g} "
-        f"({far[rows[k], cols[k]]:.0f} SD)" for k in order[:3]
+        f"({far[rows[k], cols[k]]:.3g} SD)" for k in order[:3]
     )
     more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
     if far[rows, cols].max() > OUTLIER_STOP_Z and not keep_outliers:
         raise FlowphenoError(
             f"{pheno}: value(s) beyond {OUTLIER_STOP_Z:g} training SDs after covariates: {shown}{more}; the flow would "
-            "extrapolate (and carry that individual's other traits with it): fix or remove the value(s), or pass "
-            "--keep-outliers"
+            "extrapolate (and carry that individual's other traits with it): fix or remove the value(s) (or that "
+            "individual's covariates, when the trait value itself is ordinary), or pass --keep-outliers"
         )
     warnings.warn(f"{pheno}: value(s) beyond {OUTLIER_WARN_Z:g} training SDs after covariates: {shown}{more}", stacklevel=3)
 

@@ -204,3 +204,29 @@ def test_ragged_table_stops_naming_the_line(tmp_path: Path, text: str, fragment:
     with pytest.raises(FlowphenoError) as raised:
         read_table(tmp_path / "p.tsv")
     assert f"p.tsv: {fragment}" in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_transform_fam_is_checked_and_its_fileset_protected(tmp_path: Path) -> None:
+    """transform --fam: the .fam must still belong to its .bed (GEMMA reads them together), and
+    --out may not replace the .bed/.bim beside it, even with --overwrite."""
+    prefix = fileset(tmp_path / "s")
+    fam = read_fam(f"{prefix}.fam")
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame({"FID": fam["FID"], "IID": fam["IID"], "a": rng.gamma(2.0, size=len(fam)), "b": rng.normal(size=len(fam))})
+    table = pd.concat([table] * 2, ignore_index=True).assign(FID=lambda t: [f"x{i}" for i in range(len(t))])
+    table.iloc[: len(fam), 0] = fam["FID"].to_numpy()
+    table.to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    run = tmp_path / "run"
+    assert invoke("fit", "--pheno", tmp_path / "p.tsv", "--out", run, "--mode", "iid", "--epochs", "1", "--stages", "1",
+                  "--layers", "2", "--hidden", "16", "--device", "cpu").returncode == 0
+    for target in ("s.bed", "s.bim"):
+        result = invoke("transform", "--model", run, "--pheno", tmp_path / "p.tsv", "--format", "gemma", "--fam",
+                        f"{prefix}.fam", "--out", tmp_path / target, "--overwrite")
+        assert result.returncode == 1 and "is the --fam input" in result.stderr, result
+    lines = Path(f"{prefix}.fam").read_text().splitlines(keepends=True)
+    Path(f"{prefix}.fam").write_text("".join(lines[1:]))
+    before = snapshot(tmp_path)
+    result = invoke("transform", "--model", run, "--pheno", tmp_path / "p.tsv", "--format", "gemma", "--fam", f"{prefix}.fam",
+                    "--out", tmp_path / "z.txt")
+    assert result.returncode == 1 and "the unused bits after individual 39 are set in" in " ".join(result.stderr.split()), result
+    assert snapshot(tmp_path) == before

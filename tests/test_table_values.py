@@ -290,3 +290,36 @@ def test_covariate_level_held_by_one_individual_stops(tmp_path: Path, declared: 
     covar = _covar().assign(rare=["A"] * (N - 2) + ["B"] * 2)
     two = _fit(tmp_path, pheno, write_table(tmp_path / "covar2.tsv", covar), *(["--categorical", "rare"] if declared else []))
     assert two.returncode == 0 and "level 'B' of covariate 'rare' is held by 2 individuals" in " ".join(two.stderr.split()), two
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("one_person_dummy", "the covariates of IID i37 (most unusual: pilot = 1) alone determine its fit"),
+        ("mistyped_age", "the covariates of IID i37 (most unusual: age = 99999) alone determine its fit"),
+    ],
+)
+def test_covariate_that_erases_one_individual_stops(tmp_path: Path, case: str, fragment: str) -> None:
+    """A numeric covariate can erase a person's phenotype too: a 0/1 column set for one
+    individual, or one mistyped value, gives that row leverage ~1 (residuals ~0)."""
+    pheno = write_table(tmp_path / "pheno.tsv", _pheno())
+    covar = _covar()
+    if case == "one_person_dummy":
+        covar["pilot"] = [1 if i == 37 else 0 for i in range(N)]
+    else:
+        covar.loc[37, "age"] = 99999
+    path = write_table(tmp_path / "covar.tsv", covar)
+    before = snapshot(tmp_path)
+    result = _fit(tmp_path, pheno, path)
+    assert result.returncode == 1 and fragment in " ".join(result.stderr.split()), result
+    assert snapshot(tmp_path) == before
+    assert _fit(tmp_path, pheno, path, "--keep-outliers").returncode == 0  # the user's call, explicitly
+
+
+def test_one_trait_twice_stops(tmp_path: Path) -> None:
+    """Two identical columns (as in HS1940's own phenotype file) are one trait twice."""
+    pheno = write_table(tmp_path / "pheno.tsv", _pheno().assign(t1_copy=lambda t: t["t1"]))
+    result = _fit(tmp_path, pheno, None)
+    assert result.returncode == 1 and "traits 't1' and 't1_copy' have correlation 1.0000" in result.stderr, result
+    named_twice = _fit(tmp_path, pheno, None, "--traits", "t1,t1")
+    assert named_twice.returncode == 2 and "'t1' is named twice" in named_twice.stderr, named_twice

@@ -11,7 +11,7 @@ import pandas as pd
 from flowpheno.errors import FlowphenoError
 from flowpheno.io.atomic import atomic_path
 from flowpheno.io.ids import align, sample_keys
-from flowpheno.io.plink import fam_keys, read_fam
+from flowpheno.io.plink import check_bed, fam_keys, read_fam
 
 FORMATS = ("tsv", "gemma", "parquet")
 
@@ -24,6 +24,9 @@ def order_like_fam(table: pd.DataFrame, fam_path: str | Path, source: str = "the
     :func:`flowpheno.io.ids.align`). Raises :class:`FlowphenoError` when no
     individual matches, showing both files' first IDs.
     """
+    fileset = Path(fam_path).with_suffix("")
+    if all(Path(f"{fileset}{suffix}").is_file() for suffix in (".bed", ".bim")):
+        check_bed(fileset)  # the fileset GEMMA will read with this file must be intact (.fam edited beside its .bed?)
     fam = read_fam(fam_path)
     traits = [column for column in table.columns if column not in ("FID", "IID")]
     alignment = align(
