@@ -265,6 +265,7 @@ def test_evaluate_and_report_never_replace_a_users_files(filesets: tuple[Path, P
         ("truncated", "line 7: a field is empty"),
         ("p_above_one", "line 4: P '1.5' is not a p-value"),
         ("all_na", "no SNP has a p-value"),
+        ("cut_in_last_p", "the last line is cut (no newline at the end"),
     ],
 )
 def test_evaluate_checks_the_association_table(filesets: tuple[Path, Path], tmp_path: Path, case: str, fragment: str) -> None:
@@ -281,6 +282,9 @@ def test_evaluate_checks_the_association_table(filesets: tuple[Path, Path], tmp_
         _write_assoc(path, table.assign(P=[0.5, 0.2, 1.5] + [0.3] * (len(table) - 3)))
     elif case == "all_na":
         _write_assoc(path, table.assign(P=np.nan))
+    elif case == "cut_in_last_p":  # "... 0.953677" cut to "... 0." would read as P = 0, a top locus
+        text = _write_assoc(path, table).read_text()
+        path.write_text(text[: text.rindex("\t") + 3])
     before = snapshot(tmp_path)
     result = invoke("gwas", "evaluate", "--bfile", clean, "--assoc", path, "--out-dir", tmp_path / "ev", "--name", "m")
     assert result.returncode == 1 and fragment in result.stderr, result
@@ -296,6 +300,7 @@ def test_evaluate_checks_the_association_table(filesets: tuple[Path, Path], tmp_
         ("other_cohort", "k.cXX.txt, line 1: 299 values, but the .fam lists 300 individuals"),
         ("truncated", "k.cXX.txt: 120 rows, but the .fam lists 300 individuals"),
         ("repeated_column", "--columns '1,1': column 1 is named twice"),
+        ("text_cell", "k.cXX.txt, line 3, value 3: 'abc' is not a finite number"),
     ],
 )
 def test_assoc_checks_the_kinship_before_gemma(filesets: tuple[Path, Path], tmp_path: Path, case: str, fragment: str) -> None:
@@ -308,6 +313,12 @@ def test_assoc_checks_the_kinship_before_gemma(filesets: tuple[Path, Path], tmp_
         (tmp_path / "k.npz").rename(kinship)
     elif case == "other_cohort":
         kinship.write_text("\n".join("\t".join("0" for _ in range(N - 1)) for _ in range(N - 1)) + "\n")
+    elif case == "text_cell":
+        lines = identity.splitlines()
+        cells = lines[2].split("\t")
+        cells[2] = "abc"
+        lines[2] = "\t".join(cells)
+        kinship.write_text("\n".join(lines) + "\n")
     elif case in ("truncated", "repeated_column"):
         kinship.write_text("\n".join(identity.splitlines()[:120] if case == "truncated" else identity.splitlines()) + "\n")
     before = snapshot(tmp_path)
@@ -315,3 +326,34 @@ def test_assoc_checks_the_kinship_before_gemma(filesets: tuple[Path, Path], tmp_
                     "--columns", "1,1" if case == "repeated_column" else "1,2", "--out", tmp_path / "assoc.tsv")
     assert result.returncode == 1 and fragment in " ".join(result.stderr.split()), result
     assert len(result.stderr.strip().splitlines()) == 1 and snapshot(tmp_path) == before
+
+
+
+@needs_binaries
+def test_report_checks_its_folders_and_never_replaces_a_foreign_report(filesets: tuple[Path, Path], tmp_path: Path) -> None:
+    clean, _ = filesets
+    assoc = _write_assoc(tmp_path / "assoc.tsv", _assoc(clean))
+    assert invoke("gwas", "evaluate", "--bfile", clean, "--assoc", assoc, "--out-dir", tmp_path / "ev", "--name", "m",
+                  "--threshold", "1e-6").returncode == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.md").write_text("my notes\n")
+    before = snapshot(tmp_path / "mine")
+    foreign = invoke("gwas", "report", tmp_path / "ev", "--out-dir", tmp_path / "mine", "--overwrite")
+    assert foreign.returncode == 1 and "was not written by flowpheno gwas report" in foreign.stderr, foreign
+    assert snapshot(tmp_path / "mine") == before
+    assert invoke("gwas", "report", tmp_path / "ev", "--out-dir", tmp_path / "rep").returncode == 0
+    assert invoke("gwas", "report", tmp_path / "ev", "--out-dir", tmp_path / "rep", "--overwrite").returncode == 0  # ours
+    for name, content, fragment in [
+        ("summary.json", "{}", "summary.json: no method, loci, lambda_gc"),
+        ("summary.json", "[1, 2]", "summary.json: no method"),
+        ("loci.tsv", None, "not the loci table its summary.json describes"),
+    ]:
+        broken = tmp_path / f"broken_{name}_{len(content or '')}"
+        shutil.copytree(tmp_path / "ev", broken)
+        target = broken / name
+        target.write_text(content if content is not None else target.read_text()[:60])
+        if content is None:
+            target.write_text(target.read_text() + "\n")  # whole lines, but rows missing
+        result = invoke("gwas", "report", broken, "--out-dir", tmp_path / "rep2")
+        assert result.returncode == 1 and fragment in result.stderr, result
+        assert not (tmp_path / "rep2").exists() or not any((tmp_path / "rep2").iterdir())

@@ -362,3 +362,14 @@ def test_data_writers_never_write_into_a_users_folder(command: list[str], tmp_pa
     assert invoke(*command, "--out", fresh, "--overwrite").returncode == 0
     assert snapshot(fresh).keys() == written.keys()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left beside
+
+
+
+def test_overwrite_replaces_only_the_same_commands_output(tmp_path: Path) -> None:
+    """--overwrite replaces this command's own earlier output, never another command's results."""
+    images = tmp_path / "imgs"
+    assert invoke("bench", "images-data", "--individuals", "3", "--size", "8", "--out", images).returncode == 0
+    before = snapshot(images)
+    result = invoke("bench", "stocks-data", "--out", images, "--overwrite")
+    assert result.returncode == 1 and "holds the output of flowpheno bench images-data" in result.stderr, result
+    assert snapshot(images) == before

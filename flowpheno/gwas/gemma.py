@@ -25,6 +25,13 @@ GEMMA_MISSING = ("NA", "-9")
 """What GEMMA reads as a missing phenotype in a ``-p`` file (GEMMA manual, 4.1.1)."""
 
 
+def _finite_number(text: str) -> bool:
+    try:
+        return bool(np.isfinite(float(text)))
+    except ValueError:
+        return False
+
+
 def check_gemma_kinship(kinship: str | Path, n_fam: int) -> None:
     """Check a kinship for GEMMA ``-k`` before any GEMMA run: a text matrix (``.cXX.txt``,
     as ``gemma -gk 1`` or ``flowpheno gwas grm`` writes it) with ``n_fam`` rows of ``n_fam``
@@ -43,7 +50,19 @@ def check_gemma_kinship(kinship: str | Path, n_fam: int) -> None:
             if not line.strip():
                 continue
             rows += 1
-            fields = len(line.split())
+            cells = line.split()
+            fields = len(cells)
+            if fields == n_fam:
+                try:
+                    finite = np.isfinite(np.array(cells, dtype=float)).all()
+                except ValueError:
+                    finite = False
+                if not finite:
+                    bad = next(k for k, cell in enumerate(cells) if not _finite_number(cell))
+                    raise FlowphenoError(
+                        f"{kinship}, line {number}, value {bad + 1}: {cells[bad]!r} is not a finite number; recompute the kinship "
+                        "(flowpheno gwas grm --bfile PREFIX)"
+                    )
             if fields != n_fam:
                 raise FlowphenoError(
                     f"{kinship}, line {number}: {fields} values, but the .fam lists {n_fam} individuals; compute the "

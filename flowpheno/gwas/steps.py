@@ -103,6 +103,12 @@ def read_assoc(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FlowphenoError(f"{path}: file not found; give the table written by flowpheno gwas assoc")
+    with path.open("rb") as handle:
+        handle.seek(0, 2)
+        size = handle.tell()
+        handle.seek(max(size - 1, 0))
+        if size and handle.read(1) != b"\n":
+            raise FlowphenoError(f"{path}: the last line is cut (no newline at the end: a truncated file?); rerun flowpheno gwas assoc")
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
@@ -192,6 +198,25 @@ def evaluate_method(
     return summary
 
 
+SUMMARY_KEYS = ("method", "loci", "lambda_gc", "threshold", "snps_tested")
+REPORT_MARK = "<!-- written by flowpheno gwas report -->"
+"""Last line of every ``report.md``: an existing report without it is not replaced."""
+
+
+def _read_loci(path: Path, expected: int) -> pd.DataFrame:
+    """A ``loci.tsv`` of ``gwas evaluate``: whole lines, the columns it writes, ``expected`` rows."""
+    if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        raise FlowphenoError(f"{path}: the last line is cut (a truncated file?); rerun flowpheno gwas evaluate for that folder")
+    table = pd.read_csv(path, sep="\t", dtype={"CHR": str, "SNP": str})
+    missing = [column for column in ("CHR", "SNP", "BP", "P", "method") if column not in table.columns]
+    if missing or len(table) != expected or table[["CHR", "SNP", "BP", "P"]].isna().any().any():
+        raise FlowphenoError(
+            f"{path}: not the loci table its summary.json describes ({expected} loci; found {len(table)} rows"
+            f"{', no column ' + ', '.join(missing) if missing else ''}); rerun flowpheno gwas evaluate for that folder"
+        )
+    return table
+
+
 def write_report(method_dirs: list[str | Path], out_dir: str | Path, title: str = "flowpheno GWAS comparison",
                  overwrite: bool = False) -> pd.DataFrame:
     """``loci.tsv`` (every locus of every method) and ``report.md`` (one row per method).
@@ -202,6 +227,9 @@ def write_report(method_dirs: list[str | Path], out_dir: str | Path, title: str 
     """
     out_dir = Path(out_dir)
     check_no_clobber([out_dir / "report.md", out_dir / "loci.tsv"], overwrite)
+    report_path = out_dir / "report.md"
+    if report_path.is_file() and REPORT_MARK not in report_path.read_text(errors="replace"):
+        raise FlowphenoError(f"--out-dir: {report_path} was not written by flowpheno gwas report; it is never replaced: choose another folder")
     seen: set[Path] = set()
     for directory in map(Path, method_dirs):
         if directory.resolve() in seen:
@@ -213,29 +241,37 @@ def write_report(method_dirs: list[str | Path], out_dir: str | Path, title: str 
     summaries, loci = [], []
     for directory in map(Path, method_dirs):
         try:
-            summaries.append(json.loads((directory / "summary.json").read_text()) | {"dir": directory})
+            summary = json.loads((directory / "summary.json").read_text())
         except ValueError:
             raise FlowphenoError(f"{directory}/summary.json: not valid JSON (a truncated file?); rerun flowpheno gwas evaluate") from None
-        loci.append(pd.read_csv(directory / "loci.tsv", sep="\t", dtype={"CHR": str, "SNP": str}))
+        missing = [key for key in SUMMARY_KEYS if not isinstance(summary, dict) or key not in summary]
+        if missing:
+            raise FlowphenoError(f"{directory}/summary.json: no {', '.join(missing)}; rerun flowpheno gwas evaluate for that folder")
+        summaries.append(summary | {"dir": directory})
+        loci.append(_read_loci(directory / "loci.tsv", int(summary["loci"])))
     table = pd.DataFrame(summaries)
-    with atomic_path(out_dir / "loci.tsv") as tmp:
-        pd.concat(loci, ignore_index=True).to_csv(tmp, sep="\t", index=False)
     has_truth = "true_loci" in table.columns
-    header = "| method | loci | " + ("true | false | power | FDP | " if has_truth else "") + "lambda GC | threshold | plots |"
-    lines = [f"# {title}", "", f"SNPs tested: {int(table['snps_tested'].max())}; loci are PLINK 1.9 clumps of SNPs below the threshold.", "",
+    header = ("| method | loci | " + ("true | false | power | FDP | " if has_truth else "")
+              + "lambda GC | threshold | SNPs tested | plots |")
+    lines = [f"# {title}", "", "Loci are PLINK 1.9 clumps of SNPs below each method's threshold.", "",
              header, "|" + "---|" * (header.count("|") - 1)]
     for row in table.itertuples():
         cells = [row.method, str(row.loci)]
         if has_truth:
             cells += [str(row.true_loci), str(row.false_loci), f"{row.power:.2f}" if row.power is not None else "-", f"{row.fdp:.2f}"]
         relative = Path(os.path.relpath(Path(row.dir).resolve(), out_dir.resolve()))  # links work from report.md's folder
-        cells += [f"{row.lambda_gc:.3f}", f"{row.threshold:.2g}", f"[Manhattan]({relative}/manhattan.png), [QQ]({relative}/qq.png)"]
+        cells += [f"{row.lambda_gc:.3f}", f"{row.threshold:.2g}", str(row.snps_tested),
+                  f"[Manhattan]({relative}/manhattan.png), [QQ]({relative}/qq.png)"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "lambda GC: median 1-df chi-square of the p-values / 0.455; for `single` the mean over its per-trait "
               "tests (its min p x d combination is conservative by construction)."]
     if has_truth:
         lines += ["", "True locus: index SNP within the truth window of a causal SNP. Power: share of causal SNPs with a locus nearby. "
                   "FDP: false loci / loci."]
-    with atomic_path(out_dir / "report.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    lines += ["", REPORT_MARK]
+    found = [frame for frame in loci if len(frame)]
+    combined = pd.concat(found, ignore_index=True) if found else loci[0].iloc[:0]
+    with atomic_path(out_dir / "loci.tsv") as loci_tmp, atomic_path(out_dir / "report.md") as report_tmp:
+        combined.to_csv(loci_tmp, sep="\t", index=False)  # both renamed only when both are written
+        report_tmp.write_text("\n".join(lines) + "\n")
     return table

@@ -337,10 +337,17 @@ def _check_place(out: Path, inputs: Inputs, option: str) -> None:
         raise FlowphenoError(f"{option} {out} is an existing file; a folder is wanted: choose a new path")
 
 
-def _check_run_folder(out: Path, inputs: Inputs, overwrite: bool, legacy: Iterable[str], option: str) -> None:
+def _check_run_folder(out: Path, inputs: Inputs, overwrite: bool, legacy: Iterable[str], option: str,
+                      command: str | None = None) -> None:
     _check_place(out, inputs, option)
     if not out.exists() or not any(out.iterdir()):
         return
+    manifest = _manifest(out)
+    if command is not None and manifest is not None and manifest.get("command") not in (None, command):
+        raise FlowphenoError(
+            f"{option} {out} holds the output of flowpheno {manifest.get('command')}, not of flowpheno {command}; "
+            f"choose another {option} (--overwrite replaces only this command's own earlier output)"
+        )
     foreign = _foreign(out, legacy)
     if foreign is None:
         listing = sorted(p.name for p in out.iterdir())
@@ -370,7 +377,7 @@ class StagedDirectory:
         self.command, self.overwrite, self.legacy, self.option = command, overwrite, tuple(legacy), option
         self.inputs: Inputs = inputs or {}
         self.committed = False
-        _check_run_folder(self.target, self.inputs, overwrite, self.legacy, option)
+        _check_run_folder(self.target, self.inputs, overwrite, self.legacy, option, command)
         clean_leftovers(self.target)
         absolute = Path(os.path.abspath(self.target))
         self._created = [p for p in reversed(absolute.parents) if not p.exists()]
@@ -415,7 +422,7 @@ class StagedDirectory:
         with write_errors(self.target, self.option):
             self._write_manifest([name for name in _files(self.path) if name != MANIFEST])
             os.chmod(self.path, 0o777 & ~_umask())
-            _check_run_folder(self.target, self.inputs, self.overwrite, self.legacy, self.option)
+            _check_run_folder(self.target, self.inputs, self.overwrite, self.legacy, self.option, self.command)
             if self.target.is_dir() and any(self.target.iterdir()):
                 backup = Path(tempfile.mkdtemp(prefix=_prefix(self.target), suffix=".old.tmp", dir=self.path.parent))
                 os.replace(self.target, backup)  # rename over the empty folder just made
