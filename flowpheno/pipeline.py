@@ -315,10 +315,8 @@ def _check_leverage(phenotypes: Phenotypes, keep: np.ndarray, covar: str | Path 
     if phenotypes.covariates is None or keep_outliers:
         return
     design = np.hstack([np.ones((int(keep.sum()), 1)), phenotypes.covariates[keep]])
-    q, r = np.linalg.qr(design)
-    rank = int((np.abs(np.diag(r)) > 1e-10 * max(1.0, float(np.abs(np.diag(r)).max()))).sum())
-    leverage = (q[:, :rank] ** 2).sum(axis=1) if rank == design.shape[1] else np.einsum(
-        "ij,ij->i", design, design @ np.linalg.pinv(design.T @ design))
+    basis, singular, _ = np.linalg.svd(design, full_matrices=False)  # hat-matrix diagonal, rank-deficient designs too
+    leverage = (basis[:, : int((singular > 1e-10 * singular[0]).sum())] ** 2).sum(axis=1)
     worst = int(np.argmax(leverage))
     if leverage[worst] > LEVERAGE_STOP:
         row = phenotypes.covariates[keep][worst]
