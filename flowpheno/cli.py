@@ -521,6 +521,7 @@ def bench_images(
     seeds: int = typer.Option(2, "--seeds", min=1),
     methods: str = typer.Option("baseline,grid,joint", "--methods"),
     quick: bool = typer.Option(False, "--quick", help="CI size: 8x8, a tiny Glow, 3 epochs, 1 seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available); metrics are computed on the CPU"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds earlier results of this command"),
 ) -> None:
     """Images experiment: repeated images of individuals, one equicorrelated block each."""
@@ -534,6 +535,7 @@ def bench_images(
     from flowpheno.pipeline import package_versions
 
     chosen = _chosen_methods(methods, METHODS)
+    device = _device(device)
     size = 8 if quick else size
     if size % 4:
         raise FlowphenoError(f"--size {size}: the two-level flow needs a size divisible by 4 (for example 16 or 32)")
@@ -551,7 +553,7 @@ def bench_images(
         splits = split_images(image_set)
         seed_list = list(range(1 if quick else seeds))
         started = time.perf_counter()
-        records, flows = _methods_by_seeds(chosen, seed_list, lambda method, seed: run_method(method, splits, seed, sizes))
+        records, flows = _methods_by_seeds(chosen, seed_list, lambda method, seed: run_method(method, splits, seed, sizes, device))
         wall = time.perf_counter() - started
         command = "flowpheno bench images " + " ".join(sys.argv[3:])
         with write_errors(out):
@@ -559,6 +561,7 @@ def bench_images(
             (tmp / "table.md").write_text(table(records, splits, command, wall, embedded))
             (tmp / "results.json").write_text(json.dumps({
                 "command": command, "sizes": sizes_dict(sizes), "image_size": size, "data": splits.counts, "embedded_data": embedded,
+                "device": device,
                 "versions": package_versions(), "wall_seconds": wall, "runs": records}, indent=2))
             sample_figure(flows, splits, tmp / "samples.png")
         staged.commit()

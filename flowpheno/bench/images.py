@@ -80,29 +80,37 @@ def split_images(images: ImageSet, seed: int = 0) -> ImageSplits:
     return ImageSplits(x[train], x[val], x[test], x[one], images.individuals[train], images.shape, counts)
 
 
-def run_method(method: str, splits: ImageSplits, seed: int, sizes: ImageSizes) -> tuple[dict[str, Any], GlowFlow]:
+def run_method(
+    method: str, splits: ImageSplits, seed: int, sizes: ImageSizes, device: str = "cpu"
+) -> tuple[dict[str, Any], GlowFlow]:
+    """Train one method on ``device``; the flow returned and every metric are on the CPU."""
     started = time.perf_counter()
-    x = torch.as_tensor(splits.train)
-    x_val = torch.as_tensor(splits.val)
+    x = torch.as_tensor(splits.train).to(device)
+    x_val = torch.as_tensor(splits.val).to(device)
     config = TrainConfig(epochs=sizes.epochs, stages=1, batch_size=sizes.batch_size, lr=sizes.lr, seed=seed,
                          patience=sizes.patience, weight_decay=0.0)
 
     def make_flow() -> GlowFlow:
         torch.manual_seed(seed)
-        return GlowFlow(splits.shape, levels=sizes.levels, steps=sizes.steps, hidden=sizes.hidden, seed=seed)
+        return GlowFlow(splits.shape, levels=sizes.levels, steps=sizes.steps, hidden=sizes.hidden, seed=seed).to(device)
 
     individuals = torch.as_tensor(splits.train_individual)
+
+    def blocks(rho: float, shared: bool) -> EquicorrelatedBlocks:
+        return EquicorrelatedBlocks(individuals, rho=rho, shared=shared).to(device)
+
     if method == "baseline":
         flow = make_flow()
         flow.initialize(x)
-        outcome = fit_schedule(flow, IIDCovariance(len(x)), x, x_val, config)
+        outcome = fit_schedule(flow, IIDCovariance(len(x)).to(device), x, x_val, config)
     elif method == "grid":
-        outcome = fit_grid(make_flow, lambda rho: EquicorrelatedBlocks(individuals, rho=rho, shared=True), GRID, x, x_val, config)
+        outcome = fit_grid(make_flow, lambda rho: blocks(rho, shared=True), GRID, x, x_val, config)
     elif method == "joint":
-        outcome = fit_joint(make_flow(), EquicorrelatedBlocks(individuals, rho=0.3, shared=False), x, x_val, config)
+        outcome = fit_joint(make_flow(), blocks(0.3, shared=False), x, x_val, config)
     else:
         raise ValueError(f"unknown method {method!r}")
-    flow = outcome.flow.eval()
+    flow = outcome.flow.cpu().eval()
+    outcome.dependence.cpu()
     dims = x.shape[1]
     test_nll = iid_nll(flow, torch.as_tensor(splits.test))
     one_nll = iid_nll(flow, torch.as_tensor(splits.test_one))

@@ -241,7 +241,10 @@ class EquicorrelatedBlocks(DependenceModel):
         """
         rho, m = self.rho, self.sizes
         blocks = self.block_ids[idx]
-        r = torch.bincount(blocks, minlength=self.n_blocks).to(z_batch.dtype)
+        # rows per block in this batch; index_add_ rather than bincount, which waits for the device
+        r = torch.zeros(self.n_blocks, dtype=z_batch.dtype, device=z_batch.device).index_add_(
+            0, blocks, torch.ones_like(blocks, dtype=z_batch.dtype)
+        )
         sum_sq = torch.zeros(self.n_blocks, dtype=z_batch.dtype, device=z_batch.device).index_add_(
             0, blocks, z_batch.square().sum(dim=1)
         )

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.distributions import Transform
+from zuko.flows.coupling import GeneralCouplingTransform
 from zuko.lazy import LazyComposedTransform, LazyTransform, UnconditionalTransform
 from zuko.transforms import DependentTransform, MonotonicAffineTransform
 
@@ -88,6 +89,8 @@ class LatentFlow(nn.Module):
 def _layer_name(layer: nn.Module) -> str:
     if isinstance(layer, UnconditionalTransform):
         return getattr(layer.f, "__name__", type(layer.f).__name__)
+    if isinstance(layer, GeneralCouplingTransform):  # IndexedCoupling: the same transform and weights
+        return "GeneralCouplingTransform"
     return type(layer).__name__
 
 

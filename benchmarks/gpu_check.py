@@ -1,0 +1,331 @@
+"""One GPU check: CUDA against the CPU on the same fits, the dependence overhead on the GPU,
+the exact objective at biobank scale, the images experiment, and host-device syncs.
+
+    python benchmarks/gpu_check.py                  # a CUDA GPU: about 5 min on an H200-class GPU
+    python benchmarks/gpu_check.py --cpu-fallback   # no GPU: the same steps on the CPU at small sizes
+
+Needs flowpheno installed with a CUDA build of torch (README, "GPU") and the repository's
+`examples/`. Writes benchmarks/results/gpu.{json,md} (``--cpu-fallback``:
+gpu_cpu_fallback.{json,md}); the JSON is rewritten after every section, so a run cut short
+keeps what it measured. Sections:
+
+1. ``make example``'s fit (`flowpheno grm` + `flowpheno fit --seed 1`) with ``--device cuda``
+   and ``--device cpu``: s2 per stage and the Gaussianized traits, max |difference|.
+2. Seconds per flow epoch, iid against kinship (trace estimator), interleaved epochs, at
+   n = 10,000 (dense kinship) and n = 500,000 (rank-40 factor), on CUDA and on the CPU:
+   the dependence overhead ratio per device and the GPU/CPU speed ratio.
+3. ``--objective exact`` at n = 500,000 (rank 40) on CUDA: seconds per epoch and peak GPU
+   memory (``torch.cuda.max_memory_allocated``).
+4. ``flowpheno bench images --quick --device cuda``: wall time and test NLL.
+5. Host-device synchronisations per epoch (``torch.cuda.set_sync_debug_mode``), with the
+   flowpheno line that caused each. (On the CPU, tests/test_device_placement.py runs the
+   same pass on PyTorch's meta device, where any host read raises.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_overhead import family_kinship  # noqa: E402  (the same dense kinship as overhead.md)
+
+D = 6
+RANK = 40
+
+SIZES = {  # (GPU run, CPU fallback)
+    "dense_n": (10_000, 1_500),
+    "low_rank_n": (500_000, 20_000),
+    "timed_epochs": (3, 1),
+    "example_fit": ([], ["--epochs", "4", "--stages", "2"]),
+}
+
+
+def flowpheno_command() -> list[str]:
+    script = Path(sys.executable).parent / "flowpheno"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "flowpheno.cli"]
+
+
+def run(args: list[str], log: Path) -> float:
+    """Run a flowpheno command; raise with the tail of its output if it fails."""
+    started = time.perf_counter()
+    result = subprocess.run(flowpheno_command() + args, capture_output=True, text=True)
+    log.write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise RuntimeError(f"flowpheno {' '.join(args[:2])} failed: {(result.stdout + result.stderr)[-800:]}")
+    return time.perf_counter() - started
+
+
+# 1 ------------------------------------------------------------------------------------------
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation over the rows where both are present (a trait may be missing)."""
+    both = np.isfinite(a) & np.isfinite(b)
+    return float(np.corrcoef(a[both], b[both])[0, 1])
+
+
+def example_fit(devices: tuple[str, str], extra: list[str], work: Path) -> dict[str, Any]:
+    kinship = work / "kinship.npz"
+    run(["grm", "--bfile", str(ROOT / "examples" / "cohort"), "--out", str(kinship)], work / "grm.log")
+    runs = {}
+    for i, device in enumerate(devices):
+        out = work / f"run_{i}_{device}"
+        seconds = run(["fit", "--pheno", str(ROOT / "examples" / "pheno.tsv"), "--covar", str(ROOT / "examples" / "covar.tsv"),
+                       "--grm", str(kinship), "--out", str(out), "--seed", "1", "--device", device, *extra], work / f"fit_{i}.log")
+        fit = json.loads((out / "fit.json").read_text())
+        runs[f"{i}_{device}"] = {
+            "seconds": seconds,
+            "s2_per_stage": [stage.get("s2") for stage in fit["stages"]],
+            "best_validation_nll": fit["best_validation_nll"],
+            "latent": pd.read_csv(out / "gaussianized.tsv", sep="\t").iloc[:, 2:].to_numpy(),
+        }
+    (a, b) = runs.values()
+    s2_diff = max(abs(x - y) for x, y in zip(a["s2_per_stage"], b["s2_per_stage"]))
+    return {
+        "devices": list(devices), "extra_options": extra,
+        "seconds": {key: value["seconds"] for key, value in runs.items()},
+        "s2_per_stage": {key: value["s2_per_stage"] for key, value in runs.items()},
+        "best_validation_nll": {key: value["best_validation_nll"] for key, value in runs.items()},
+        "max_abs_s2_difference": s2_diff,
+        "max_abs_latent_difference": float(np.nanmax(np.abs(a["latent"] - b["latent"]))),
+        "latent_correlation_min": min(_correlation(a["latent"][:, j], b["latent"][:, j]) for j in range(a["latent"].shape[1])),
+    }
+
+
+# 2, 3 ---------------------------------------------------------------------------------------
+def kinship_models(n: int, path: str, device: str) -> tuple[Any, Any]:
+    """(iid, kinship) dependence models for ``n`` individuals on ``device``; eigendecomposition
+    or thin SVD in float64 on the device (not timed: flowpheno caches it on disk)."""
+    from flowpheno.dependence import IIDCovariance, KinshipCovariance
+
+    rng = np.random.default_rng(0)
+    if path == "dense":
+        kinship = torch.as_tensor(family_kinship(n, rng), dtype=torch.float64, device=device)
+        model = KinshipCovariance.from_matrix(kinship, s2=0.3)
+        del kinship
+    else:
+        pcs = torch.as_tensor(rng.normal(size=(n, RANK)), dtype=torch.float64, device=device)
+        pcs -= pcs.mean(dim=1, keepdim=True)
+        model = KinshipCovariance.from_factor(pcs / pcs.norm(dim=1, keepdim=True), s2=0.3)
+        del pcs
+    return IIDCovariance(n).to(device), model.float().to(device)
+
+
+def epoch_seconds(models: dict[str, Any], n: int, device: str, epochs: int, warmup: int, objective: str = "minibatch",
+                  batch_size: int = 1024) -> dict[str, list[float]]:
+    """Interleaved epochs of each model (one flow copy each, same start); warm-up epochs untimed."""
+    from flowpheno.flows import affine_coupling_flow
+    from flowpheno.train import EpochTrainer, TrainConfig
+
+    x = torch.randn(n, D, generator=torch.Generator().manual_seed(0)).to(device)
+    config = TrainConfig(batch_size=batch_size, seed=0, objective=objective)
+    trainers = {}
+    for name, dependence in models.items():
+        flow = affine_coupling_flow(D, layers=16, hidden=128, seed=0)
+        flow.initialize(x)
+        trainers[name] = EpochTrainer(flow.to(device), dependence, x, None, config, None)
+    for _ in range(warmup):
+        for trainer in trainers.values():
+            trainer.run(1, stage=0)
+    for _ in range(epochs):
+        for trainer in trainers.values():
+            trainer.run(1, stage=1)
+    return {name: [record["seconds"] for record in trainer.epochs[warmup:]] for name, trainer in trainers.items()}
+
+
+def overhead(devices: list[str], sizes: dict[str, Any]) -> dict[str, Any]:
+    rows = []
+    for path, n in (("dense", sizes["dense_n"]), ("low_rank", sizes["low_rank_n"])):
+        for device in devices:
+            iid, kinship = kinship_models(n, path, device)
+            big_on_cpu = device == "cpu" and n > 100_000  # one untimed-free epoch each: minutes on a CPU
+            timings = epoch_seconds({"iid": iid, "kinship": kinship}, n, device,
+                                    epochs=1 if big_on_cpu else sizes["timed_epochs"], warmup=0 if big_on_cpu else 1)
+            medians = {name: statistics.median(values) for name, values in timings.items()}
+            rows.append({"path": path, "n": n, "device": device, "epoch_seconds": timings, "iid_median": medians["iid"],
+                         "kinship_median": medians["kinship"], "overhead_ratio": medians["kinship"] / medians["iid"]})
+            del iid, kinship
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    for row in rows:
+        cpu = [r for r in rows if r["path"] == row["path"] and r["device"] == "cpu"]
+        if row["device"] != "cpu" and cpu:
+            row["speedup_over_cpu"] = {name: cpu[0][f"{name}_median"] / row[f"{name}_median"] for name in ("iid", "kinship")}
+    return {"rows": rows, "batch_size": 1024, "flow": "affine coupling, 16 layers, 128-128 SiLU", "d": D}
+
+
+def exact_objective(device: str, n: int) -> dict[str, Any]:
+    _, kinship = kinship_models(n, "low_rank", device)
+    kinship.logit_s2.requires_grad_(True)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    timings = epoch_seconds({"kinship": kinship}, n, device, epochs=2, warmup=1, objective="exact")["kinship"]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    return {"n": n, "rank": RANK, "device": device, "epoch_seconds": timings, "epoch_median": statistics.median(timings),
+            "peak_gpu_memory_gb": peak}
+
+
+# 4 ------------------------------------------------------------------------------------------
+def images(device: str, work: Path) -> dict[str, Any]:
+    out = work / "images"
+    seconds = run(["bench", "images", "--quick", "--device", device, "--out", str(out)], work / "images.log")
+    result = json.loads((out / "results.json").read_text())
+    return {"device": result.get("device", device), "wall_seconds": seconds,
+            "test_nll": {run_["method"]: run_["test_nll"] for run_ in result["runs"]}}
+
+
+# 5 ------------------------------------------------------------------------------------------
+def host_syncs(device: str, n: int) -> dict[str, Any]:
+    """Synchronising CUDA calls during one kinship epoch and one iid epoch, by flowpheno line."""
+    if not device.startswith("cuda"):
+        return {"skipped": "CPU: see tests/test_device_placement.py (the same pass on the meta device)"}
+    iid, kinship = kinship_models(n, "dense", device)
+    sites: collections.Counter[str] = collections.Counter()
+    original = warnings.showwarning
+
+    def record(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        ours = [f for f in traceback.extract_stack() if "/flowpheno/" in f.filename and "gpu_check" not in f.filename]
+        sites[f"{Path(ours[-1].filename).name}:{ours[-1].lineno} {ours[-1].line}" if ours else str(message)[:80]] += 1
+
+    counts = {}
+    for name, model in (("iid", iid), ("kinship", kinship)):
+        epoch_seconds({name: model}, n, device, epochs=0, warmup=1)  # compile kernels, build caches
+        sites.clear()
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            epoch_seconds({name: model}, n, device, epochs=1, warmup=0)
+        torch.cuda.set_sync_debug_mode("default")
+        warnings.showwarning = original
+        counts[name] = {"syncs": sum(sites.values()), "batches": -(-n // 1024), "sites": dict(sites.most_common())}
+    return {"n": n, "path": "dense", "per_epoch": counts,
+            "note": "one epoch includes building the trainer (optimizer, flow copy), the batches and the epoch-end read"}
+
+
+# --------------------------------------------------------------------------------------------
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"# GPU check ({result['device_name']})", "",
+             f"`{result['command']}`; {result['machine']}; torch {result['versions'].get('torch')}; "
+             f"wall time {result.get('wall_seconds', 0) / 60:.1f} min.", ""]
+    fit = result.get("example_fit")
+    if isinstance(fit, dict) and "error" not in fit:
+        a, b = fit["devices"]
+        lines += ["## 1. `make example`'s fit, same seed", "",
+                  f"| | {a} | {b} |", "|---|---|---|"]
+        keys = list(fit["seconds"])
+        lines.append(f"| wall time (s) | {fit['seconds'][keys[0]]:.1f} | {fit['seconds'][keys[1]]:.1f} |")
+        lines.append("| s2 per stage | " + " | ".join(", ".join(f"{v:.4f}" for v in fit["s2_per_stage"][k]) for k in keys) + " |")
+        lines.append("| best validation NLL | " + " | ".join(f"{fit['best_validation_nll'][k]:.4f}" for k in keys) + " |")
+        lines += ["", f"max |s2 difference| {fit['max_abs_s2_difference']:.2e}; max |Gaussianized trait difference| "
+                  f"{fit['max_abs_latent_difference']:.2e}; smallest per-trait correlation {fit['latent_correlation_min']:.5f}.", ""]
+    over = result.get("overhead")
+    if isinstance(over, dict) and "error" not in over:
+        lines += ["## 2. Seconds per flow epoch: iid vs kinship (batch 1024, d = 6, 16 x 128 affine coupling)", "",
+                  "| kinship | n | device | iid | kinship | kinship / iid (target <= 1.10) | CPU / this device (iid, kinship) |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in over["rows"]:
+            speed = row.get("speedup_over_cpu")
+            speed_text = f"{speed['iid']:.1f}x, {speed['kinship']:.1f}x" if speed else "-"
+            lines.append(f"| {row['path']} | {row['n']:,} | {row['device']} | {row['iid_median']:.3f} | {row['kinship_median']:.3f} | "
+                         f"{row['overhead_ratio']:.3f} | {speed_text} |")
+        lines.append("")
+    exact = result.get("exact_objective")
+    if isinstance(exact, dict) and "error" not in exact:
+        peak = f"{exact['peak_gpu_memory_gb']:.2f} GB" if exact["peak_gpu_memory_gb"] is not None else "n/a (CPU)"
+        lines += ["## 3. Exact objective", "", f"n = {exact['n']:,}, rank {exact['rank']}, {exact['device']}: "
+                  f"{exact['epoch_median']:.2f} s per epoch (one full-data step), peak GPU memory {peak}.", ""]
+    img = result.get("images")
+    if isinstance(img, dict) and "error" not in img:
+        nll = ", ".join(f"{k} {v:.3f}" for k, v in img["test_nll"].items())
+        lines += ["## 4. `flowpheno bench images --quick`", "", f"{img['device']}: {img['wall_seconds']:.1f} s; test NLL {nll}.", ""]
+    syncs = result.get("host_syncs")
+    if isinstance(syncs, dict) and "error" not in syncs:
+        lines += ["## 5. Host-device synchronisations per epoch", ""]
+        if "skipped" in syncs:
+            lines += [syncs["skipped"], ""]
+        else:
+            for name, count in syncs["per_epoch"].items():
+                lines.append(f"- {name}: {count['syncs']} in an epoch of {count['batches']} batches")
+                lines += [f"  - {times} x `{site}`" for site, times in count["sites"].items()]
+            lines += ["", syncs["note"], ""]
+    failed = [key for key, value in result.items() if isinstance(value, dict) and "error" in value]
+    for key in failed:
+        lines += [f"**{key} failed**: `{result[key]['error'][:300]}`", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu-fallback", action="store_true", help="no GPU: run every step on the CPU at small sizes")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", default="example_fit,overhead,exact_objective,images,host_syncs")
+    args = parser.parse_args()
+    pick = 1 if args.cpu_fallback else 0
+    sizes = {key: value[pick] for key, value in SIZES.items()}
+    if not args.cpu_fallback and not torch.cuda.is_available():
+        parser.error("this torch sees no CUDA GPU; use --cpu-fallback to check the script on the CPU")
+    device = "cpu" if args.cpu_fallback else "cuda"
+    from flowpheno.pipeline import package_versions
+
+    name = "gpu_cpu_fallback" if args.cpu_fallback else "gpu"
+    result: dict[str, Any] = {
+        "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:]),
+        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else f"CPU fallback ({platform.processor() or platform.machine()})",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
+        "versions": package_versions(), "sizes": sizes,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+        (args.out / f"{name}.md").write_text(markdown(result))
+
+    sections: dict[str, Callable[[Path], Any]] = {
+        "example_fit": lambda work: example_fit((device, "cpu"), sizes["example_fit"], work),
+        "overhead": lambda work: overhead([device, "cpu"] if device != "cpu" else ["cpu"], sizes),
+        "exact_objective": lambda work: exact_objective(device, sizes["low_rank_n"]),
+        "images": lambda work: images(device, work),
+        "host_syncs": lambda work: host_syncs(device, sizes["dense_n"]),
+    }
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        for key in [s.strip() for s in args.only.split(",") if s.strip()]:
+            section_started = time.perf_counter()
+            work = Path(scratch) / key
+            work.mkdir()
+            try:
+                result[key] = sections[key](work)
+            except Exception as error:  # one failed section must not lose the others' numbers
+                result[key] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()[-2000:]}
+            result.setdefault("section_seconds", {})[key] = time.perf_counter() - section_started
+            result["wall_seconds"] = time.perf_counter() - started
+            save()
+            print(f"{key}: {result['section_seconds'][key]:.1f} s", flush=True)
+    print(markdown(result))
+    if any(isinstance(v, dict) and "error" in v for v in result.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
