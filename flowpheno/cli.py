@@ -5,16 +5,18 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.text import Text
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from flowpheno import __version__
 from flowpheno.errors import FlowphenoError, OptionError
+from flowpheno.progress import fit_progress, progress_bars
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Relatedness-aware normalizing flows for multivariate GWAS.")
 console = Console(stderr=True)
@@ -46,58 +48,8 @@ def _floats(text: str, option: str) -> list[float]:
         raise OptionError(f"{option} {text!r}: give comma-separated numbers, e.g. 0,0.1,0.5") from None
 
 
-class _FitProgress:
-    """Rich progress bars fed by the training callback: runs/stages and epochs."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.stage_task: Any = None
-        self.epoch_task: Any = None
-
-    def __call__(self, record: dict[str, Any]) -> None:
-        event = record["event"]
-        if event == "plan":
-            total_stages = record["stages"] * record["runs"]
-            label = "s2 grid runs x stages" if record["runs"] > 1 else "stages"
-            self.stage_task = self.progress.add_task(label, total=total_stages)
-            self.epoch_task = self.progress.add_task("epochs", total=total_stages * record["epochs"])
-        elif event == "epoch" and self.epoch_task is not None:
-            val = record.get("val_nll")
-            detail = f"train {record['train_nll']:.3f}" + (f" val {val:.3f}" if val is not None else "")
-            if "s2" in record:
-                detail += f" s2 {record['s2']:.3f}"
-            self.progress.update(self.epoch_task, advance=1, description=f"epochs ({detail})")
-        elif event == "stage" and self.stage_task is not None and record["stage"] not in (0, "final"):
-            self.progress.update(self.stage_task, advance=1)
-
-
-class _LazyProgress(Progress):
-    """Progress bars that start drawing at the first task: a command that stops before any
-    work (a bad input) prints only its one error line."""
-
-    def __enter__(self) -> _LazyProgress:
-        return self
-
-    def add_task(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.live.is_started:
-            self.start()
-        return super().add_task(*args, **kwargs)
-
-    def stop(self) -> None:
-        if self.live.is_started:  # rich prints a blank line on stop, even when nothing was drawn
-            super().stop()
-
-
 def _progress() -> Progress:
-    return _LazyProgress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+    return progress_bars(console)
 
 
 @app.command()
@@ -159,10 +111,11 @@ def fit(
     patience: Optional[int] = typer.Option(None, "--patience", min=1, help="stop after this many epochs without a better validation NLL"),
     objective: str = typer.Option("minibatch", "--objective", help="minibatch (unbiased batch estimator) | exact (one full-data step per epoch, no estimator variance)"),
     scale_step: bool = typer.Option(False, "--scale-step", help="alternating: fit each trait's latent scale with s2 (corrects the downward s2 bias of strongly related samples)"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress (default: bars on a terminal, a line every 15 s and per stage in a log file)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds an earlier flowpheno run (never another folder)"),
 ) -> None:
     """Train the flow and write Gaussianized phenotypes, model, fit.json and diagnostics."""
+    from flowpheno.diagnostics import final_state_note
     from flowpheno.pipeline import FitConfig, fit_phenotypes
     from flowpheno.train import TrainConfig
 
@@ -181,17 +134,14 @@ def fit(
             objective=objective, profile_scale=scale_step,
         ),
     )
-    with _progress() as progress:
-        callback = None if quiet else _FitProgress(progress)
+    with nullcontext(None) if quiet else fit_progress(console) as callback:  # bars on a terminal, lines in a log
         _, table, report = fit_phenotypes(
             pheno, grm, covar, config, out=out, grm_ids=grm_ids, callback=callback, command=sys.argv, grm_pcs=grm_pcs,
-            grm_factor=grm_factor, overwrite=overwrite,
+            grm_factor=grm_factor, overwrite=overwrite, progress=False,
         )
     dropped = sum(entry["count"] for entry in report["dropped"].values())
-    summary = f"fitted {report['d']} traits on {report['n_used']} individuals ({dropped} dropped, see fit.json)"
-    if "s2" in report["covariance"]:
-        summary += f"; s2 = {report['covariance']['s2']:.3f}"
-    console.print(f"{summary}\nwrote {out}/gaussianized.tsv, model, fit.json, diagnostics.png")
+    summary = f"fitted {report['d']} traits on {report['n_used']} individuals ({dropped} dropped, see fit.json); {final_state_note(report)}"
+    console.print(f"{summary}\nwrote {out}/gaussianized.tsv, model, fit.json, diagnostics.png", soft_wrap=True)
 
 
 @app.command()

@@ -24,6 +24,7 @@ import torch
 
 from flowpheno import __version__
 from flowpheno.dependence import KinshipCovariance
+from flowpheno.diagnostics import final_state_note, gaussianity_report
 from flowpheno.errors import FlowphenoError, OptionError
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.atomic import StagedDirectory, atomic_path, write_errors
@@ -32,6 +33,7 @@ from flowpheno.io.outputs import write_phenotypes
 from flowpheno.io.ids import FID_GIVEN, SampleKeys, align
 from flowpheno.io.tables import MIN_PER_LEVEL, MISSING_STRINGS, covariate_design, default_traits, numeric_columns, read_table, table_keys
 from flowpheno.model import PhenotypeModel, least_squares_residuals
+from flowpheno.progress import fit_progress
 from flowpheno.train import FitOutcome, TrainConfig, fit_alternating, fit_grid, fit_iid, fit_joint
 from flowpheno.train.options import check_choice, check_float, check_int
 from flowpheno.train.schedules import Callback
@@ -440,6 +442,7 @@ def fit_phenotypes(
     grm_pcs: str | Path | None = None,
     grm_factor: str | Path | None = None,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> tuple[PhenotypeModel, pd.DataFrame, dict[str, Any]]:
     """Fit the relatedness-aware flow and Gaussianize every complete row.
 
@@ -452,6 +455,32 @@ def fit_phenotypes(
     ``out`` is checked before any input is read: it must be new, empty, or (with
     ``overwrite``) a run folder flowpheno wrote, and must not be, hold or lie inside an
     input; otherwise FlowphenoError (see :mod:`flowpheno.io.atomic`).
+
+    ``progress`` shows the training on stderr (:func:`flowpheno.progress.fit_progress`): live
+    bars in a terminal or a notebook (with ipywidgets), else a plain line every 15 s and one
+    per stage; ``progress=False`` prints nothing.
+
+    ``callback`` is called with one dict per event (also with ``progress=False``); its
+    ``"event"`` key says which:
+
+    - ``"plan"``, once before training: ``stages`` and ``epochs`` (per stage, the maxima:
+      ``TrainConfig.patience`` may stop earlier) and ``runs`` (the number of ``s2`` grid
+      values with ``mode="grid"``, else 1).
+    - ``"epoch"``, after every epoch: ``stage`` (1-based), ``epoch`` (counted over the
+      stages of one run), ``train_nll`` (the training objective: mean per individual of the
+      NLL under the dependence model, mini-batch estimate; the iid NLL with ``mode="iid"``),
+      ``val_nll`` (held-out score per individual of the validation rows, or None without
+      them; the kept state is the one with the lowest), ``non_finite_batches`` (batches
+      whose step was skipped), ``seconds`` (the epoch's wall time) and the covariance in use
+      (``s2`` and ``kinship_scale`` for a kinship model; none for iid). With ``mode="grid"``
+      also ``grid_value`` (the fixed ``s2`` of this run).
+    - ``"stage"``, after every stage: ``stage`` (0: the covariance's initial exact fit,
+      ``alternating`` only), ``flow_seconds`` and, for ``alternating``, ``s2_seconds`` (the
+      exact ``s2`` step that ends the stage), with the covariance after the stage (``s2``).
+    - ``"grid"``, after every ``mode="grid"`` run: ``value`` (its ``s2``), ``val_nll`` (its
+      best), ``seconds``, ``non_finite_batches`` and ``diverged`` (None, or why).
+
+    Records may carry further keys; read them with ``.get``.
     """
     caught: list[warnings.WarningMessage] = []
     try:
@@ -463,12 +492,14 @@ def fit_phenotypes(
             if out is not None:  # checked and created before anything is read or trained
                 inputs = fit_inputs(pheno, grm, covar, grm_ids, grm_pcs, grm_factor)
                 staged = StagedDirectory(out, "fit", inputs, overwrite=overwrite, legacy=RUN_FILES)
-            with staged or _nothing():
+            with staged or _nothing(), fit_progress() if progress else _nothing() as shown:
                 if grm_pcs is not None:
                     grm = read_pcs(grm_pcs)
                 elif grm_factor is not None:
                     grm = read_genotype_factor(grm_factor)
-                model, gaussianized, report = _fit(pheno, grm, covar, config or FitConfig(), staged, grm_ids, callback, command, caught)
+                model, gaussianized, report = _fit(
+                    pheno, grm, covar, config or FitConfig(), staged, grm_ids, _both(shown, callback), command, caught
+                )
     finally:  # also when the fit stops with an error: the warnings may explain it
         for warning in caught:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
@@ -478,6 +509,13 @@ def fit_phenotypes(
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
+
+
+def _both(first: Callback | None, second: Callback | None) -> Callback | None:
+    """One callback that calls ``first`` then ``second`` (either may be None)."""
+    if first is None or second is None:
+        return first or second
+    return lambda record: (first(record), second(record))
 
 
 def fit_inputs(
@@ -647,10 +685,14 @@ def _fit(
         "grid": outcome.grid,
         "epochs": outcome.epochs,
         "best_validation_nll": outcome.best_val_nll,
+        "best_epoch": outcome.best_epoch,
+        "best_stage": outcome.best_stage,
+        "gaussianity": gaussianity_report(standardised, latent[keep]),
         "non_finite_batches": outcome.non_finite_batches,
         "seconds": timings,
         "warnings": [str(warning.message) for warning in caught],
     }
+    report["final_state"] = final_state_note(report)
     if out is not None:
         write_fit_outputs(out, model, gaussianized, report, phenotypes, keep, latent)
     return model, gaussianized, report
@@ -699,7 +741,8 @@ def write_fit_outputs(
         tmp = staged.path
         model.save(tmp)
         write_phenotypes(gaussianized, tmp / "gaussianized.tsv")
-        before = phenotypes.values[keep]
+        covariates = phenotypes.covariates[keep] if phenotypes.covariates is not None else None
+        before = model.standardise(phenotypes.values[keep], covariates)  # the flow's input: covariate residuals, standardised
         figure = diagnostics_figure(before, latent[keep], model.traits, report, phenotypes.ids["IID"].to_numpy()[keep])
         figure.savefig(tmp / "diagnostics.png", dpi=110)
         report["seconds"]["write"] = time.perf_counter() - started

@@ -33,7 +33,12 @@ def chromosome_order(values: pd.Series) -> pd.Series:
 
 
 def manhattan(assoc: pd.DataFrame, threshold: float, title: str, truth: pd.DataFrame | None = None) -> Figure:
-    """-log10 p along the genome, chromosomes alternating colours; causal SNPs marked."""
+    """-log10 p along the genome, causal SNPs (``truth["snp"]``) circled.
+
+    ``assoc`` has columns SNP, CHR, BP, P. The x axis is the cumulative position: chromosomes
+    in :func:`chromosome_order`, each one's span (first to last SNP) after the previous one's,
+    labelled at its centre and drawn in alternating colours. The legend sits above the axes,
+    never over the points or the ``threshold`` line."""
     table = assoc.dropna(subset=["P"]).assign(order=lambda t: chromosome_order(t["CHR"])).sort_values(["order", "BP"])
     offsets, ticks, labels, start = {}, [], [], 0
     groups = table.groupby("order", sort=True)
@@ -55,8 +60,8 @@ def manhattan(assoc: pd.DataFrame, threshold: float, title: str, truth: pd.DataF
     axis.set_xticks(ticks, labels, fontsize=7)
     axis.set_xlabel("chromosome")
     axis.set_ylabel("-log10 p")
-    axis.set_title(title, fontsize=10)
-    axis.legend(fontsize=7, loc="upper right")
+    axis.set_title(title, fontsize=10, loc="left")
+    axis.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, frameon=False, borderaxespad=0.2)
     figure.tight_layout()
     return figure
 

@@ -114,6 +114,11 @@ class FitOutcome:
     diverged: str | None = None
     """What went wrong when training diverged (``"at stage 1 epoch 3 (validation NLL inf)"``), else None.
     The returned flow is then not usable."""
+    best_epoch: int | None = None
+    """The epoch (counted over all stages) whose state was restored: the best validation NLL
+    (None without validation rows: the last epoch's state is returned)."""
+    best_stage: int | None = None
+    """The stage of ``best_epoch``."""
 
 
 class _BestState:
@@ -174,6 +179,7 @@ class EpochTrainer:
         self.epochs: list[dict[str, Any]] = []
         self.epoch_count = 0
         self.best_epoch = 0
+        self.best_stage: int | None = None
         self.stopped = False
         self.non_finite_batches = 0
         self.diverged: str | None = None
@@ -322,7 +328,7 @@ class EpochTrainer:
             previous_best = self.best.value
             self.best.offer(val, self.flow, self.dependence)
             if self.best.value != previous_best:
-                self.best_epoch = self.epoch_count
+                self.best_epoch, self.best_stage = self.epoch_count, stage
             patience = self.config.patience
             self.stopped = self.stopped or (patience is not None and val is not None and self.epoch_count - self.best_epoch >= patience)
             record = {
@@ -358,9 +364,11 @@ class EpochTrainer:
         return None
 
     def outcome(self, stages: list[dict[str, Any]]) -> FitOutcome:
+        kept = self.best.value is not None
         return FitOutcome(
             self.flow, self.dependence, self.epochs, stages, self.best.value,
             non_finite_batches=self.non_finite_batches, diverged=self.diagnosis(),
+            best_epoch=self.best_epoch if kept else None, best_stage=self.best_stage if kept else None,
         )
 
 
