@@ -104,13 +104,14 @@ def association(bfile: str | Path, kinship: str | Path, pheno: str | Path, colum
         counts.append(check_covariate_design(design, usable, covar, what) if design is not None else int(usable.sum()))
     if design is not None:
         covariate_file = write_gemma_covariates(design, covariates_path(out))
+    adjust = {"covariates": covariate_file} if covariate_file is not None else {}
     try:
         if per_trait:
             tables, written = [], []
             try:
                 for column in columns:
                     written.append(out.with_name(f"{out.stem}.trait{column}.assoc.txt"))
-                    tables.append(gemma_lmm(bfile, kinship, pheno, [column], written[-1], covariate_file))
+                    tables.append(gemma_lmm(bfile, kinship, pheno, [column], written[-1], **adjust))
             except BaseException:  # no set of per-trait files that a later trait failed to join
                 for path in written:
                     path.unlink(missing_ok=True)
@@ -118,7 +119,7 @@ def association(bfile: str | Path, kinship: str | Path, pheno: str | Path, colum
             result = min_p_over_traits(tables)
             result.attrs["n_per_trait"] = counts
         else:
-            result = gemma_lmm(bfile, kinship, pheno, columns, out.with_name(f"{out.stem}.gemma.assoc.txt"), covariate_file)
+            result = gemma_lmm(bfile, kinship, pheno, columns, out.with_name(f"{out.stem}.gemma.assoc.txt"), **adjust)
             result.attrs["n_analysed"] = counts[0]
     except BaseException:  # GEMMA failed: no -c file without the table it was written for
         if covariate_file is not None:
