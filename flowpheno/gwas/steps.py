@@ -353,10 +353,11 @@ def _n_cell(summary: dict[str, Any]) -> str:
 def _lambda_cell(summary: dict[str, Any]) -> str:
     value = summary["lambda_gc"]
     text = f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+    per_trait = bool(summary.get("n_per_trait") or summary.get("lambda_gc_per_trait"))
     df = summary.get("lambda_gc_df")
-    if df is None:
+    if df is None or (summary.get("test") is None and not per_trait):  # the test was not recorded: P read as 1 df
         return f"{text} (1 df?)"
-    return f"{text} ({df} df{', per trait' if summary.get('n_per_trait') or summary.get('lambda_gc_per_trait') else ''})"
+    return f"{text} ({df} df{', per trait' if per_trait else ''})"
 
 
 def _fit_cell(evaluation_dir: Path) -> str:
