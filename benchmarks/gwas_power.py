@@ -1,40 +1,84 @@
-"""Loci found by each method on simulated cohorts with known truth, and calibration under the null.
+"""Loci found by each arm on simulated related cohorts with known truth, calibration under the
+null, and paired differences between arms across seeds.
 
-    python benchmarks/gwas_power.py                  # 3 seeds (n = 2000, 20,000 SNPs, 30 causal) + 1 null cohort
-    python benchmarks/gwas_power.py --seeds 1 2 --n 1000 --snps 5000
+    python benchmarks/gwas_power.py                    # 10 seeds x 2 cohort types + 3 null cohorts per type (hours)
+    python benchmarks/gwas_power.py --seeds 1 --null-seeds 101 --n 400 --snps 3000 --epochs 2 --stages 2 \\
+        --arms single flow_iid flow_kinship --out /tmp/gwas_power_smoke     # a smoke run
 
-Runs the real workflow (`snakemake gwas_all`: flowpheno simulate, GEMMA -gk 1, fits,
-GEMMA -lmm 3, PLINK clumping) once per cohort and writes
-benchmarks/results/gwas_power.{md,json}: loci / true / false / power / FDP per method
-and seed, their means, and lambda GC per method under the null.
+Runs the real workflow (`snakemake gwas_all`: flowpheno simulate, GEMMA GRM (LOCO unless
+--no-loco), fits, GEMMA -lmm 3, PLINK clumping) once per cohort. Arms (config `methods`):
+`single` (RINT per trait, univariate LMM per trait, min p x d), `rint_mv` (RINT per trait,
+the same mvLMM as the flows), `flow_iid`, `flow_kinship`, `oracle` (the simulator's own
+inverse map, then the same mvLMM). Cohort types: `standard` (three-generation families,
+5 chromosomes) and `deep` (four generations, 3 children per couple on average, 10
+chromosomes: relatedness matters more).
+
+Every finished cohort is appended to `{out}/gwas_power_rows.jsonl` (one line per cohort and
+arm, keyed by the cohort and the settings): a rerun skips the cohorts already there and
+the tables are rebuilt from all rows: benchmarks/results/gwas_power.{md,json} by default.
+Per arm: true loci, false loci, power, FDP, lambda GC (on the test's own df) under the null
+and the alternative, n analysed; the paired differences `flow_kinship - flow_iid`,
+`flow_iid - rint_mv` and `flow_iid - single` in true loci across seeds with standard errors
+and how many seeds agree in sign.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from flowpheno.gwas import TRUTH_WINDOW_KB  # noqa: E402  (the repository's own default, whatever is installed)
+
 RESULTS = ROOT / "benchmarks" / "results"
-METHODS = ["single", "flow_iid", "flow_kinship"]
+ARMS = ["single", "rint_mv", "flow_iid", "flow_kinship", "oracle"]
+COHORT_TYPES = {
+    "standard": {"chromosomes": 5},
+    "deep": {"chromosomes": 10, "generations": 4, "family_size": 3},
+}
+PAIRS = [("flow_kinship", "flow_iid"), ("flow_iid", "rint_mv"), ("flow_iid", "single"), ("flow_kinship", "single")]
+ROW_KEYS = ("n", "loci", "true_loci", "false_loci", "false_loci_near", "power", "fdp", "lambda_gc", "lambda_gc_df",
+            "lambda_gc_1df", "truth_window_genome_share", "causal_snps", "snps_tested")
 
 
-def run_cohort(workdir: Path, name: str, simulate: dict, fit: dict, cores: int) -> tuple[pd.DataFrame, float]:
-    """One workflow run; returns one row per method and its wall time."""
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short hash of everything that changes a cohort's numbers."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut by an interrupted run: that cohort is simply rerun
+                continue
+    return rows
+
+
+def run_cohort(workdir: Path, name: str, simulate: dict, arms: list[str], fit: dict, gwas: dict, cores: int) -> tuple[list[dict], float]:
+    """One workflow run; one row per arm (its evaluation summary) and the wall time."""
     config = {
         "outdir": str(workdir / name),
         "simulate": simulate,
         "trait_groups": {"all": [f"trait{j + 1}" for j in range(simulate["traits"])]},
-        "methods": METHODS,
+        "methods": arms,
         "fit": fit,
+        "gwas": gwas,
     }
     config_path = workdir / f"{name}.json"
     config_path.write_text(json.dumps(config))
@@ -48,79 +92,170 @@ def run_cohort(workdir: Path, name: str, simulate: dict, fit: dict, cores: int) 
     )
     seconds = time.perf_counter() - started
     rows = []
-    for method in METHODS:
-        summary = json.loads((workdir / name / "all" / method / "evaluation" / "summary.json").read_text())
-        values = {k: v for k, v in summary.items() if not isinstance(v, list) and k != "method"}
-        rows.append({"cohort": name, "method": method, **values})
-    return pd.DataFrame(rows), seconds
+    for arm in arms:
+        summary = json.loads((workdir / name / "all" / arm / "evaluation" / "summary.json").read_text())
+        rows.append({"arm": arm, **{key: summary.get(key) for key in ROW_KEYS}})
+    return rows, seconds
+
+
+def mean_se(values: pd.Series) -> str:
+    values = values.dropna().astype(float)
+    if values.empty:
+        return "-"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3g}"
+    return f"{values.mean():.3g} +- {values.std(ddof=1) / np.sqrt(len(values)):.2g}"
+
+
+def paired(alternative: pd.DataFrame, first: str, second: str, metric: str) -> dict[str, Any] | None:
+    """``first - second`` in ``metric`` per seed (same cohort): mean, standard error, signs."""
+    table = alternative.pivot_table(index="cohort", columns="arm", values=metric, aggfunc="first")
+    if first not in table or second not in table:
+        return None
+    difference = (table[first] - table[second]).dropna()
+    if difference.empty:
+        return None
+    se = float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else None
+    return {"pair": f"{first} - {second}", "metric": metric, "seeds": int(len(difference)), "mean": float(difference.mean()),
+            "se": se, "positive": int((difference > 0).sum()), "negative": int((difference < 0).sum()), "zero": int((difference == 0).sum())}
+
+
+def tables(rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    frame = pd.DataFrame(rows)
+    arms = [arm for arm in ARMS if arm in set(frame["arm"])]
+    lines = [
+        "# GWAS power and calibration on simulated related cohorts",
+        "",
+        f"`python benchmarks/gwas_power.py {' '.join(sys.argv[1:])}`".replace("``", "`"),
+        "",
+        f"n = {args.n}, {args.snps} SNPs, 4 traits, {args.causal} pleiotropic causal SNPs (latent variance share "
+        f"{args.causal_variance}), 3 populations; flows: {args.stages} stages x {args.epochs} epochs, 16 coupling layers; "
+        f"GRM {'leave-one-chromosome-out' if not args.no_loco else 'from every SNP'}; threshold alpha 0.05 / SNPs tested; "
+        f"PLINK clumps r2 0.1, 250 kb; a locus is true within {TRUTH_WINDOW_KB:g} kb of a causal SNP (the windows' share of "
+        "the genome is in the per-cohort table). lambda GC on each test's own scale: chi-square with d = 4 df for the mvLMM "
+        "arms, the mean of the per-trait 1-df lambdas for `single`.",
+        "",
+        "Cohort types: " + "; ".join(f"`{name}`: {', '.join(f'{k} {v}' for k, v in spec.items())}" for name, spec in COHORT_TYPES.items()),
+    ]
+    summary: dict[str, Any] = {"means": {}, "null": {}, "paired": {}}
+    for cohort_type in [t for t in COHORT_TYPES if t in set(frame["type"])]:
+        of_type = frame[frame["type"] == cohort_type]
+        alternative, null = of_type[~of_type["null"]], of_type[of_type["null"]]
+        lines += ["", f"## `{cohort_type}` cohorts"]
+        if not alternative.empty:
+            seeds = alternative["seed"].nunique()
+            lines += ["", f"### Mean +- standard error over {seeds} seed(s)", "",
+                      "| arm | n | loci | true loci | false loci | false near [1] | power | FDP | lambda GC |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            summary["means"][cohort_type] = {}
+            for arm in arms:
+                of_arm = alternative[alternative["arm"] == arm]
+                if of_arm.empty:
+                    continue
+                cells = [mean_se(of_arm[key]) for key in ("n", "loci", "true_loci", "false_loci", "false_loci_near", "power", "fdp", "lambda_gc")]
+                lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+                summary["means"][cohort_type][arm] = {key: float(of_arm[key].astype(float).mean()) for key in
+                                                      ("n", "true_loci", "false_loci", "power", "fdp", "lambda_gc") if of_arm[key].notna().any()}
+            differences = [d for first, second in PAIRS for metric in ("true_loci", "false_loci")
+                           if (d := paired(alternative, first, second, metric)) is not None]
+            summary["paired"][cohort_type] = differences
+            if differences:
+                lines += ["", "### Paired differences across seeds (same cohort)", "",
+                          "| difference | metric | seeds | mean +- SE | seeds > 0 / < 0 / = 0 |", "|---|---|---|---|---|"]
+                for d in differences:
+                    se = f" +- {d['se']:.2g}" if d["se"] is not None else ""
+                    lines.append(f"| {d['pair']} | {d['metric']} | {d['seeds']} | {d['mean']:.2f}{se} | "
+                                 f"{d['positive']} / {d['negative']} / {d['zero']} |")
+            lines += ["", "### Per seed", "",
+                      "| cohort | arm | n | loci | true | false | power | FDP | lambda GC (df) | window share |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            for row in alternative.itertuples():
+                lam = "-" if row.lambda_gc is None or pd.isna(row.lambda_gc) else f"{row.lambda_gc:.3f} ({row.lambda_gc_df})"
+                share = "-" if pd.isna(row.truth_window_genome_share) else f"{row.truth_window_genome_share:.1%}"
+                lines.append(f"| {row.cohort} | {row.arm} | {_int(row.n)} | {row.loci} | {_int(row.true_loci)} | {_int(row.false_loci)} | "
+                             f"{row.power:.2f} | {row.fdp:.2f} | {lam} | {share} |")
+        if not null.empty:
+            lines += ["", f"### Null cohorts ({null['seed'].nunique()} seed(s), no causal SNP: every locus is false)", "",
+                      "| arm | loci (all false) | lambda GC | lambda GC per seed |", "|---|---|---|---|"]
+            summary["null"][cohort_type] = {}
+            for arm in arms:
+                of_arm = null[null["arm"] == arm]
+                if of_arm.empty:
+                    continue
+                per_seed = ", ".join(f"{value:.3f}" for value in of_arm["lambda_gc"].astype(float))
+                lines.append(f"| {arm} | {mean_se(of_arm['loci'])} | {mean_se(of_arm['lambda_gc'])} | {per_seed} |")
+                summary["null"][cohort_type][arm] = {"loci": float(of_arm["loci"].mean()), "lambda_gc": float(of_arm["lambda_gc"].mean())}
+    timings = frame.drop_duplicates("cohort")[["cohort", "seconds"]]
+    lines += ["", "[1] false loci within the clumping distance (250 kb) of a causal SNP: secondary clumps of a true signal, "
+              "counted false by the truth window.",
+              "", "Wall time per cohort (s): " + ", ".join(f"{row.cohort} {row.seconds:.0f}" for row in timings.itertuples()), ""]
+    return "\n".join(lines), summary
+
+
+def _int(value: Any) -> str:
+    return "-" if value is None or pd.isna(value) else str(int(value))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--null-seed", type=int, default=101)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 11)))
+    parser.add_argument("--null-seeds", type=int, nargs="*", default=[101, 102, 103])
+    parser.add_argument("--cohorts", nargs="+", choices=list(COHORT_TYPES), default=list(COHORT_TYPES))
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=ARMS)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--snps", type=int, default=20000)
     parser.add_argument("--causal", type=int, default=30)
     parser.add_argument("--causal-variance", type=float, default=0.2)
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--stages", type=int, default=4)
+    parser.add_argument("--no-loco", action="store_true", help="one GRM from every SNP (config gwas.loco: false)")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "work" / "gwas_power")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
 
     fit = {"epochs": args.epochs, "stages": args.stages, "layers": 16, "hidden": 128, "batch_size": 256, "seed": 1,
            "device": "cpu", "extra": ""}
-    cohort = {"n": args.n, "snps": args.snps, "traits": 4, "chromosomes": 5}
-    tables, timings = [], {}
-    for seed in args.seeds:
-        simulate = {**cohort, "causal": args.causal, "causal_variance": args.causal_variance, "seed": seed}
-        table, timings[f"seed{seed}"] = run_cohort(args.workdir, f"seed{seed}", simulate, fit, args.cores)
-        tables.append(table)
-    null_table, timings["null"] = run_cohort(args.workdir, "null", {**cohort, "seed": args.null_seed, "null": True}, fit, args.cores)
+    gwas = {"loco": not args.no_loco, "truth_window_kb": TRUTH_WINDOW_KB}
+    rows_path = args.out / "gwas_power_rows.jsonl"
+    rows = read_rows(rows_path)
+    plan = [(cohort_type, seed, False) for cohort_type in args.cohorts for seed in args.seeds]
+    plan += [(cohort_type, seed, True) for cohort_type in args.cohorts for seed in args.null_seeds]
+    wanted = []
+    for cohort_type, seed, null in plan:
+        simulate = {"n": args.n, "snps": args.snps, "traits": 4, **COHORT_TYPES[cohort_type], "seed": seed}
+        simulate |= {"null": True} if null else {"causal": args.causal, "causal_variance": args.causal_variance}
+        arms = list(args.arms)
+        settings = {"simulate": simulate, "fit": fit, "gwas": gwas, "arms": arms}
+        key = settings_key(settings)
+        name = f"{cohort_type}_{'null' if null else 'seed'}{seed}_{key}"
+        wanted.append(key)
+        if any(row.get("key") == key for row in rows):
+            print(f"{name}: done before, skipped", flush=True)
+            continue
+        cohort_rows, seconds = run_cohort(args.workdir, name, simulate, arms, fit, gwas, args.cores)
+        finished = [{"cohort": name, "key": key, "type": cohort_type, "seed": seed, "null": null, "seconds": seconds, **row}
+                    for row in cohort_rows]
+        with rows_path.open("a") as handle:  # appended as each cohort finishes: an interrupted run resumes here
+            handle.write("".join(json.dumps(row) + "\n" for row in finished))
+        rows += finished
+        print(f"{name}: {seconds:.0f} s", flush=True)
 
-    power = pd.concat(tables, ignore_index=True)
-    means = power.groupby("method", sort=False)[["loci", "true_loci", "false_loci", "power", "fdp", "lambda_gc"]].agg(["mean", "sem"])
-    lines = [
-        "# GWAS power and calibration on simulated related cohorts",
-        "",
-        f"`python benchmarks/gwas_power.py` — n = {args.n}, {args.snps} SNPs, 4 traits, {args.causal} pleiotropic causal SNPs "
-        f"(latent variance share {args.causal_variance}), 3 populations, three-generation families; flows: "
-        f"{args.stages} stages x {args.epochs} epochs, 16 coupling layers; threshold alpha 0.05 / SNPs tested; "
-        "PLINK clumps r2 0.1, 250 kb; a locus is true within 250 kb of a causal SNP.",
-        "",
-        "## Per seed",
-        "",
-        "| cohort | method | loci | true | false | power | FDP | lambda GC |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in power.itertuples():
-        lines.append(f"| {row.cohort} | {row.method} | {row.loci} | {row.true_loci} | {row.false_loci} | {row.power:.2f} | "
-                     f"{row.fdp:.2f} | {row.lambda_gc:.3f} |")
-    lines += ["", f"## Mean +- standard error over {len(args.seeds)} seeds", "",
-              "| method | loci | true loci | false loci | power | lambda GC |", "|---|---|---|---|---|---|"]
-    for method in METHODS:
-        m = means.loc[method]
-        lines.append(
-            f"| {method} | {m[('loci', 'mean')]:.1f} +- {m[('loci', 'sem')]:.1f} | {m[('true_loci', 'mean')]:.1f} +- "
-            f"{m[('true_loci', 'sem')]:.1f} | {m[('false_loci', 'mean')]:.1f} +- {m[('false_loci', 'sem')]:.1f} | "
-            f"{m[('power', 'mean')]:.3f} | {m[('lambda_gc', 'mean')]:.3f} |"
-        )
-    lines += ["", "## Null cohort (no causal SNPs)", "", "| method | loci | lambda GC |", "|---|---|---|"]
-    for row in null_table.itertuples():
-        lines.append(f"| {row.method} | {row.loci} | {row.lambda_gc:.3f} |")
-    lines += ["", "Wall time per cohort (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), ""]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gwas_power.md").write_text("\n".join(lines))
+    chosen = [row for row in rows if row.get("key") in wanted]
+    markdown, summary = tables(chosen, args)
+    from flowpheno.pipeline import package_versions
+
+    (args.out / "gwas_power.md").write_text(markdown)
     (args.out / "gwas_power.json").write_text(json.dumps({
-        "settings": vars(args) | {"workdir": str(args.workdir), "out": str(args.out)},
-        "per_seed": power.replace({np.nan: None}).to_dict(orient="records"),
-        "null": null_table.replace({np.nan: None}).to_dict(orient="records"),
-        "seconds": timings,
+        "command": ["benchmarks/gwas_power.py", *sys.argv[1:]],
+        "settings": vars(args) | {"workdir": str(args.workdir), "out": str(args.out), "truth_window_kb": TRUTH_WINDOW_KB},
+        "versions": package_versions(),
+        **summary,
+        "rows": chosen,
     }, indent=2, default=str))
-    print("\n".join(lines))
+    print(markdown)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from rich.progress import Progress
 
 from flowpheno import __version__
 from flowpheno.errors import FlowphenoError, OptionError
+from flowpheno.gwas import TRUTH_WINDOW_KB
 from flowpheno.progress import fit_progress, progress_bars
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Relatedness-aware normalizing flows for multivariate GWAS.")
@@ -172,8 +173,8 @@ def transform(
 
 @app.command()
 def simulate(
-    out: Path = typer.Option(..., "--out", help="directory for cohort.bed/bim/fam, pheno.tsv, covar.tsv, truth.tsv"),
-    n: int = typer.Option(2000, "--n", min=20, help="individuals (three-generation families)"),
+    out: Path = typer.Option(..., "--out", help="directory for cohort.bed/bim/fam, pheno.tsv, oracle.tsv, covar.tsv, truth.tsv"),
+    n: int = typer.Option(2000, "--n", min=20, help="individuals (families of --generations generations)"),
     snps: int = typer.Option(20000, "--snps", min=100, help="SNPs kept (MAF >= 0.05, thinned at random)"),
     traits: int = typer.Option(4, "--traits", min=1, help="traits"),
     causal: int = typer.Option(30, "--causal", min=0, help="causal SNPs (pleiotropic)"),
@@ -181,6 +182,8 @@ def simulate(
     populations: int = typer.Option(3, "--populations", min=1, help="populations split from one ancestor"),
     chromosomes: int = typer.Option(5, "--chromosomes", min=1, help="chromosomes of 10 Mb"),
     causal_variance: float = typer.Option(0.2, "--causal-variance", help="share of latent variance from causal SNPs"),
+    generations: int = typer.Option(3, "--generations", min=3, help="generations per family (3: grandparents unsampled, children, grandchildren; more: deeper pedigrees)"),
+    family_size: int = typer.Option(2, "--family-size", min=1, help="children of each founder couple, and the mean number of children of every other couple"),
     seed: int = typer.Option(1, "--seed", help="random seed"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds an earlier simulated cohort"),
 ) -> None:
@@ -192,7 +195,8 @@ def simulate(
         with console.status(f"simulating {n} individuals with msprime"):
             structure = write_simulated_cohort(
                 staged.path, n=n, snps=snps, traits=traits, causal=0 if null else causal, populations=populations,
-                chromosomes=chromosomes, causal_variance=causal_variance, seed=seed,
+                chromosomes=chromosomes, causal_variance=causal_variance, seed=seed, generations=generations,
+                family_size=family_size,
             )
         staged.commit()
     console.print(
@@ -241,6 +245,7 @@ def gwas_rint(
     out: Path = typer.Option(..., "--out", help="GEMMA -p file to write"),
     covar: Optional[Path] = typer.Option(None, "--covar"),
     traits: Optional[str] = typer.Option(None, "--traits", help="comma-separated trait columns"),
+    no_rank: bool = typer.Option(False, "--no-rank", help="write the covariate residuals without the rank-inverse-normal step (traits already Gaussian, e.g. a simulated cohort's oracle.tsv)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
 ) -> None:
     """Baseline: covariates out, then rank-inverse-normal per trait, as a GEMMA -p file."""
@@ -249,7 +254,7 @@ def gwas_rint(
 
     check_file_output(out, {"--pheno": pheno, "--fam": fam, "--covar": covar}, overwrite=overwrite)
     chosen = [t.strip() for t in traits.split(",")] if traits else None
-    table = write_rint_phenotypes(pheno, out, fam, covar, chosen)
+    table = write_rint_phenotypes(pheno, out, fam, covar, chosen, rank=not no_rank)
     complete = int(table.drop(columns=["FID", "IID"]).notna().all(axis=1).sum())
     console.print(f"wrote {out}: {table.shape[1] - 2} traits, {complete} of {len(table)} .fam individuals with values")
 
@@ -262,17 +267,22 @@ def gwas_assoc(
     columns: str = typer.Option(..., "--columns", help="1-based phenotype columns, e.g. 1,2,3,4"),
     out: Path = typer.Option(..., "--out", help="association table to write (SNP, CHR, BP, P)"),
     per_trait: bool = typer.Option(False, "--per-trait", help="one univariate LMM per column, min p x d (the single baseline)"),
+    covar: Optional[Path] = typer.Option(None, "--covar", help="covariates (FID, IID, columns; text columns one-hot) GEMMA adjusts every test for (-c, with an intercept); individuals with a missing covariate are left out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
 ) -> None:
     """GEMMA -lmm 3: multivariate over the columns, or per trait with --per-trait."""
-    from flowpheno.gwas.steps import association
+    from flowpheno.gwas.steps import association, covariates_path
     from flowpheno.io.atomic import check_file_output
 
-    inputs = {"--bfile": _plink_members(bfile), "--kinship": kinship, "--pheno": pheno}
+    inputs = {"--bfile": _plink_members(bfile), "--kinship": kinship, "--pheno": pheno, "--covar": covar}
     check_file_output(out, inputs, overwrite=overwrite)
     check_file_output(out.with_suffix(".log"), inputs, overwrite=overwrite)
-    result = association(bfile, kinship, pheno, _columns(columns), out, per_trait=per_trait)
-    console.print(f"wrote {out}: {len(result)} SNPs")
+    if covar is not None:
+        check_file_output(covariates_path(out), inputs, overwrite=overwrite)
+    result = association(bfile, kinship, pheno, _columns(columns), out, per_trait=per_trait, covar=covar)
+    analysed = (f"{result.attrs['n_analysed']} individuals" if "n_analysed" in result.attrs
+                else "individuals per trait " + ", ".join(map(str, result.attrs.get("n_per_trait", []))))
+    console.print(f"wrote {out}: {len(result)} SNPs; {analysed} analysed" + (f" (covariates: {covariates_path(out)})" if covar else ""))
 
 
 @gwas_app.command("evaluate")
@@ -286,14 +296,20 @@ def gwas_evaluate(
     alpha: float = typer.Option(0.05, "--alpha"),
     r2: float = typer.Option(0.1, "--r2", help="clumping r2"),
     kb: int = typer.Option(250, "--kb", help="clumping window (kb)"),
-    window_kb: float = typer.Option(250, "--truth-window-kb", help="a locus within this of a causal SNP is true"),
+    window_kb: float = typer.Option(TRUTH_WINDOW_KB, "--truth-window-kb", help="a locus within this of a causal SNP is true (summary.json records the share of the genome these windows cover)"),
+    pheno: Optional[Path] = typer.Option(None, "--pheno", help="the GEMMA -p file that was tested (with --columns, --test): n analysed, lambda GC on the test's own scale"),
+    columns: Optional[str] = typer.Option(None, "--columns", help="its tested 1-based columns, e.g. 1,2,3,4"),
+    test: Optional[str] = typer.Option(None, "--test", help="mvlmm (one mvLMM over --columns: d-df lambda GC) or per-trait (gwas assoc --per-trait: per-trait 1-df lambdas)"),
+    covar: Optional[Path] = typer.Option(None, "--covar", help="the covariates given to gwas assoc --covar: individuals with a missing one are not counted in n"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out-dir if it holds an earlier evaluation"),
 ) -> None:
     """PLINK clumping, loci counts (true/false with a truth file), lambda GC, Manhattan and QQ plots."""
     from flowpheno.gwas.steps import evaluate_method
 
-    summary = evaluate_method(bfile, assoc, out_dir, name, truth, threshold, alpha, r2, kb, window_kb, overwrite=overwrite)
-    console.print(f"{name}: {summary['loci']} loci, lambda GC {summary['lambda_gc']:.3f}")
+    summary = evaluate_method(bfile, assoc, out_dir, name, truth, threshold, alpha, r2, kb, window_kb, overwrite=overwrite,
+                              pheno=pheno, columns=_columns(columns) if columns is not None else None, test=test, covar=covar)
+    n = f", n {summary['n']}" if "n" in summary else ""
+    console.print(f"{name}: {summary['loci']} loci, lambda GC {summary['lambda_gc']:.3f} ({summary['lambda_gc_df']} df){n}")
 
 
 @gwas_app.command("report")

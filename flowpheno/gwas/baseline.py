@@ -1,4 +1,5 @@
-"""The standard approach: covariates out, then a rank-based inverse normal transform per trait."""
+"""The standard approach: covariates out, then a rank-based inverse normal transform per trait
+(or, for traits already on a Gaussian scale, the covariate residuals alone)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ def rank_inverse_normal(values: np.ndarray, offset: float = 3.0 / 8.0) -> np.nda
     return out
 
 
-def rint_after_covariates(values: np.ndarray, covariates: np.ndarray | None) -> np.ndarray:
-    """Per trait: least-squares residuals on the covariates, then :func:`rank_inverse_normal`.
+def rint_after_covariates(values: np.ndarray, covariates: np.ndarray | None, rank: bool = True) -> np.ndarray:
+    """Per trait: least-squares residuals on ``[1, covariates]``, then :func:`rank_inverse_normal`
+    (``rank=False``: the residuals as they are, for traits already Gaussian, such as the
+    simulator's own inverse map of the ``oracle`` arm).
 
-    Each trait uses every individual with that trait and all covariates present.
+    ``values``: (n, d), NaN for missing; ``covariates``: (n, c) or None. Each trait uses
+    every individual with that trait and all covariates present; the others are NaN.
     """
     out = np.full(values.shape, np.nan)
     for j in range(values.shape[1]):
@@ -31,11 +35,12 @@ def rint_after_covariates(values: np.ndarray, covariates: np.ndarray | None) -> 
         residuals, _ = least_squares_residuals(values[usable, j : j + 1], None if covariates is None else covariates[usable])
         column = np.full(values.shape[0], np.nan)
         column[usable] = residuals[:, 0]
-        out[:, j] = rank_inverse_normal(column)
+        out[:, j] = rank_inverse_normal(column) if rank else column
     return out
 
 
-def rint_table(ids: pd.DataFrame, values: np.ndarray, covariates: np.ndarray | None, traits: list[str]) -> pd.DataFrame:
-    """FID, IID and the transformed traits, in input order."""
-    transformed = pd.DataFrame(rint_after_covariates(values, covariates), columns=traits)
+def rint_table(ids: pd.DataFrame, values: np.ndarray, covariates: np.ndarray | None, traits: list[str],
+               rank: bool = True) -> pd.DataFrame:
+    """FID, IID and the transformed traits (:func:`rint_after_covariates`), in input order."""
+    transformed = pd.DataFrame(rint_after_covariates(values, covariates, rank), columns=traits)
     return pd.concat([ids.reset_index(drop=True), transformed], axis=1)

@@ -1,4 +1,5 @@
-"""Calibration and power: genomic inflation, and loci matched to the simulated truth."""
+"""Calibration and power: genomic inflation on each test's own scale, and loci matched to
+the simulated truth with the share of the genome the truth windows cover."""
 
 from __future__ import annotations
 
@@ -6,16 +7,35 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2
 
-MEDIAN_CHI2_1DF = float(chi2.ppf(0.5, 1))
+from flowpheno.gwas import TRUTH_WINDOW_KB
+
+TESTS = ("mvlmm", "per-trait")
+"""What a GEMMA association table holds: one mvLMM over d traits (a d-df chi-square test),
+or one univariate LMM per trait (1-df tests) combined by min p x d."""
 
 
-def lambda_gc(p_values: np.ndarray) -> float:
-    """Genomic inflation: median 1-df chi-square of the p-values over its null median."""
+def lambda_gc(p_values: np.ndarray, df: int = 1) -> float:
+    """Genomic inflation on the test's own scale: ``median(chi2_df.isf(p)) / chi2_df.median``.
+
+    ``p_values``: (m,) p-values of one test (non-finite or out-of-range values are
+    ignored); ``df``: the degrees of freedom of its chi-square null (1 for a univariate
+    test, d for GEMMA's d-trait mvLMM score test, Zhou & Stephens 2014). A d-df test
+    read as 1-df exaggerates any deviation from 1 (a d-df lambda of 0.95 reads as about
+    0.88 on the 1-df scale for d = 4). Returns NaN when no p-value is usable.
+    """
     p = np.asarray(p_values, dtype=float)
     p = p[np.isfinite(p) & (p > 0) & (p <= 1)]
     if p.size == 0:
         return float("nan")
-    return float(np.median(chi2.isf(p, 1)) / MEDIAN_CHI2_1DF)
+    return float(np.median(chi2.isf(p, df)) / chi2.ppf(0.5, df))
+
+
+def lambda_gc_standard_error(m: int, df: int = 1) -> float:
+    """Sampling SD of :func:`lambda_gc` for ``m`` null p-values: the asymptotic SD of a
+    sample median, ``1 / (2 f(q) sqrt(m))`` with ``f`` the chi2_df density at its median ``q``,
+    divided by ``q``."""
+    median = chi2.ppf(0.5, df)
+    return float(1.0 / (2.0 * chi2.pdf(median, df) * np.sqrt(m)) / median)
 
 
 def genome_wide_threshold(setting: float | str, n_snps: int, alpha: float = 0.05) -> float:
@@ -52,17 +72,85 @@ def match_truth(loci: pd.DataFrame, truth: pd.DataFrame, window_kb: float) -> tu
     return is_true, found
 
 
-def summarise(
-    loci: pd.DataFrame, assoc: pd.DataFrame, truth: pd.DataFrame | None, window_kb: float
-) -> tuple[dict[str, float | int | None], pd.Series | None]:
-    """Loci found, true and false loci, power, false discovery proportion and lambda GC;
-    with the per-locus true/false flags when the truth is known."""
-    summary: dict[str, float | int | None] = {"loci": int(len(loci)), "lambda_gc": lambda_gc(assoc["P"].to_numpy())}
+def genome_spans(bim: pd.DataFrame) -> pd.DataFrame:
+    """First and last position of each chromosome of a ``.bim`` (columns ``chrom``, ``pos``):
+    a DataFrame indexed by :func:`same_chromosome_names`, columns ``start``, ``end`` (bp)."""
+    chrom = same_chromosome_names(bim["chrom"])
+    return bim.assign(chrom=chrom).groupby("chrom", sort=False)["pos"].agg(start="min", end="max")
+
+
+def truth_window_share(truth: pd.DataFrame, spans: pd.DataFrame, window_kb: float) -> float:
+    """Share of the genome (the sum of the chromosome spans of ``spans``) that the union of
+    the truth windows ``[pos - window, pos + window]`` covers, each clipped to its
+    chromosome's span: the chance that a locus placed at random is called true."""
+    window = window_kb * 1000
+    total = float((spans["end"] - spans["start"]).clip(lower=0).sum())
+    if total <= 0:
+        return float("nan")
+    covered = 0.0
+    causal_chr = same_chromosome_names(truth["chrom"])
+    for chrom, positions in truth.groupby(causal_chr.to_numpy())["pos"]:
+        if chrom not in spans.index:
+            continue
+        start, end = spans.loc[chrom, "start"], spans.loc[chrom, "end"]
+        intervals = sorted((max(p - window, start), min(p + window, end)) for p in positions.to_numpy())
+        reach = -np.inf
+        for low, high in intervals:  # union of sorted intervals
+            if high <= low:
+                continue
+            low = max(low, reach)
+            if high > low:
+                covered += high - low
+            reach = max(reach, high)
+    return covered / total
+
+
+def calibration(assoc: pd.DataFrame, test: str | None, d: int | None) -> dict[str, object]:
+    """lambda GC of an association table on its test's scale, and which scale that is.
+
+    ``test`` ``"mvlmm"``: the P column is a d-df chi-square test (``lambda_gc_df`` = d; the
+    1-df reading is kept as ``lambda_gc_1df`` for comparison with older reports).
+    ``"per-trait"``: the table's ``P_1 .. P_d`` columns are univariate LMM score tests,
+    each a 1-df chi-square: ``lambda_gc_per_trait`` holds each trait's own lambda and
+    ``lambda_gc`` their mean. The combined min p x d column has no chi-square null of its
+    own (its distribution depends on the correlation between the traits' tests, and
+    Bonferroni makes it conservative by construction); its 1-df reading is kept as
+    ``lambda_gc_combined`` only to show that. ``None`` (the test is not known): P read
+    as 1-df, per-trait columns as above when present.
+    """
     per_trait = [column for column in assoc.columns if column.startswith("P_")]
-    if per_trait:  # min-p combinations are conservative: calibration is that of the per-trait tests
-        summary["lambda_gc_combined"] = summary["lambda_gc"]
-        summary["lambda_gc_per_trait"] = [lambda_gc(assoc[column].to_numpy()) for column in per_trait]
-        summary["lambda_gc"] = float(np.mean(summary["lambda_gc_per_trait"]))
+    if test == "mvlmm":
+        df = int(d or 1)
+        return {"lambda_gc": lambda_gc(assoc["P"].to_numpy(), df), "lambda_gc_df": df, "lambda_gc_1df": lambda_gc(assoc["P"].to_numpy()),
+                "lambda_gc_scale": f"GEMMA mvLMM score test over {df} traits: chi-square with {df} df"}
+    if per_trait:
+        lambdas = [lambda_gc(assoc[column].to_numpy()) for column in per_trait]
+        return {"lambda_gc": float(np.mean(lambdas)), "lambda_gc_df": 1, "lambda_gc_per_trait": lambdas,
+                "lambda_gc_combined": lambda_gc(assoc["P"].to_numpy()),
+                "lambda_gc_scale": "mean of the per-trait univariate LMM score tests, each chi-square with 1 df"}
+    return {"lambda_gc": lambda_gc(assoc["P"].to_numpy()), "lambda_gc_df": 1,
+            "lambda_gc_scale": "P read as chi-square with 1 df (test not given)"}
+
+
+def summarise(
+    loci: pd.DataFrame,
+    assoc: pd.DataFrame,
+    truth: pd.DataFrame | None,
+    window_kb: float = TRUTH_WINDOW_KB,
+    test: str | None = None,
+    d: int | None = None,
+    spans: pd.DataFrame | None = None,
+    near_kb: float | None = None,
+) -> tuple[dict[str, object], pd.Series | None]:
+    """Loci found, true and false loci, power, false discovery proportion and lambda GC
+    (:func:`calibration`); with the per-locus true/false flags when the truth is known.
+
+    With ``spans`` (:func:`genome_spans` of the ``.bim``) the share of the genome the truth
+    windows cover is recorded (``truth_window_genome_share``); with ``near_kb`` the false
+    loci within that distance of a causal SNP (secondary clumps of a true signal) are
+    counted as ``false_loci_near``.
+    """
+    summary: dict[str, object] = {"loci": int(len(loci)), **calibration(assoc, test, d)}
     if truth is None:
         return summary, None
     is_true, found = match_truth(loci, truth, window_kb)
@@ -73,5 +161,11 @@ def summarise(
         "causal_found": found,
         "power": found / len(truth) if len(truth) else None,
         "fdp": float((~is_true).sum() / len(loci)) if len(loci) else 0.0,
+        "truth_window_kb": float(window_kb),
     })
+    if spans is not None:
+        summary["truth_window_genome_share"] = truth_window_share(truth, spans, window_kb)
+    if near_kb is not None and near_kb > window_kb:
+        near, _ = match_truth(loci, truth, near_kb)
+        summary.update({"false_loci_near": int((near & ~is_true).sum()), "near_kb": float(near_kb)})
     return summary, is_true

@@ -75,13 +75,14 @@ def check_gemma_kinship(kinship: str | Path, n_fam: int) -> None:
         )
 
 
-def check_gemma_phenotypes(pheno: str | Path, columns: list[int], n_fam: int | None = None) -> None:
+def check_gemma_phenotypes(pheno: str | Path, columns: list[int], n_fam: int | None = None) -> np.ndarray:
     """Check a GEMMA ``-p`` file before any GEMMA run: every selected column exists, has
     at least :data:`MIN_PHENOTYPED` values and is not constant, and (for an mvLMM, more
     than one column) at least that many individuals have every selected value.
 
     ``pheno``: whitespace-separated, no header, one row per ``.fam`` individual (``n_fam``
     rows when given), ``NA``/``-9`` missing; ``columns`` are 1-based (GEMMA ``-n``).
+    Returns the selected columns, ``(n, len(columns))``, NaN where missing.
     Raises :class:`~flowpheno.errors.FlowphenoError` naming the file, column and line.
     """
     pheno = Path(pheno)
@@ -129,6 +130,7 @@ def check_gemma_phenotypes(pheno: str | Path, columns: list[int], n_fam: int | N
         raise FlowphenoError(f"{pheno}: only {complete} individual(s) have every one of columns "
                              f"{','.join(map(str, columns))}; the mvLMM needs at least {MIN_PHENOTYPED}: "
                              "test fewer traits together")
+    return values
 
 def gemma_grm(bfile: str | Path, out: str | Path) -> Path:
     """``gemma -gk 1`` over every individual of ``bfile``; writes ``out`` (a ``.cXX.txt``)."""
@@ -153,11 +155,15 @@ def gemma_lmm(
     pheno: str | Path,
     columns: list[int],
     out: str | Path,
+    covariates: str | Path | None = None,
 ) -> pd.DataFrame:
-    """``gemma -lmm 3 -n columns``: univariate (one column) or mvLMM score test.
+    """``gemma -lmm 3 -n columns [-c covariates]``: univariate (one column) or mvLMM score test.
 
-    ``pheno`` is a GEMMA ``-p`` file (``.fam`` order); ``columns`` are 1-based.
-    Writes GEMMA's own ``assoc.txt`` to ``out`` and returns SNP, CHR, BP, P.
+    ``pheno`` is a GEMMA ``-p`` file (``.fam`` order); ``columns`` are 1-based;
+    ``covariates`` a GEMMA ``-c`` file (:func:`write_gemma_covariates`). GEMMA analyses the
+    individuals with every selected phenotype and every covariate present (GEMMA manual
+    4.1.4; ``PARAM::ProcessCvtPhen``). Writes GEMMA's own ``assoc.txt`` to ``out`` and
+    returns SNP, CHR, BP, P.
     """
     gemma = require("gemma")
     prefix = plink_prefix(bfile).resolve()
@@ -169,6 +175,8 @@ def gemma_lmm(
             gemma, "-bfile", str(prefix), "-k", str(Path(kinship).resolve()), "-p", str(Path(pheno).resolve()),
             "-n", *map(str, columns), "-lmm", "3", "-o", "assoc", "-outdir", "out",
         ]
+        if covariates is not None:
+            command += ["-c", str(Path(covariates).resolve())]
         run_logged(command, out.with_suffix(".log"), cwd=scratch_path)
         result = scratch_path / "out" / "assoc.assoc.txt"
         if not result.exists():
@@ -176,6 +184,58 @@ def gemma_lmm(
         with atomic_path(out) as tmp:
             shutil.copyfile(result, tmp)
     return read_gemma_assoc(out)
+
+
+def gemma_covariate_design(covar: str | Path, fam: str | Path) -> pd.DataFrame:
+    """The covariates of ``covar`` as GEMMA's ``-c`` design: rows in ``.fam`` order, an
+    ``intercept`` column of 1s first, then the covariates (text columns one-hot, as
+    ``flowpheno fit --covar`` reads them: :func:`flowpheno.pipeline.aligned_covariates`);
+    NaN where an individual is absent from ``covar`` or a value is missing.
+
+    Matched on (FID, IID), or IID alone when ``covar`` has no FID. Raises
+    :class:`~flowpheno.errors.FlowphenoError` when no individual matches.
+    """
+    from flowpheno.io.plink import fam_keys
+    from flowpheno.pipeline import aligned_covariates
+
+    fam_table = read_fam(fam)
+    aligned, _, _ = aligned_covariates(covar, fam_keys(fam_table, fam))
+    design = aligned.astype(float)
+    design.insert(0, "intercept", np.where(design.notna().all(axis=1), 1.0, np.nan))
+    return design
+
+
+def check_covariate_design(design: pd.DataFrame, usable: np.ndarray, covar: str | Path, what: str) -> int:
+    """Check a GEMMA ``-c`` design on the individuals GEMMA will analyse: those with
+    ``usable`` phenotypes and every covariate present. Returns their number.
+
+    GEMMA takes any column constant among them for an intercept, and a design of lower
+    rank makes its covariate projection singular; both are refused, naming the column.
+    Raises :class:`~flowpheno.errors.FlowphenoError`.
+    """
+    rows = usable & design.notna().all(axis=1).to_numpy()
+    n = int(rows.sum())
+    if n < MIN_PHENOTYPED:
+        raise FlowphenoError(f"{covar}: only {n} individual(s) with {what} have every covariate; GEMMA needs at least "
+                             f"{MIN_PHENOTYPED}: fill the covariates or leave --covar out")
+    matrix = design.to_numpy()[rows]
+    for j, name in enumerate(design.columns[1:], start=1):
+        if np.ptp(matrix[:, j]) == 0:
+            raise FlowphenoError(f"{covar}: covariate {name!r} is {matrix[0, j]:g} for all {n} individuals with {what}; "
+                                 "GEMMA would take it for the intercept: remove that column")
+    rank = int(np.linalg.matrix_rank(matrix))
+    if rank < matrix.shape[1]:
+        raise FlowphenoError(f"{covar}: the covariates are collinear among the {n} individuals with {what} (rank {rank} "
+                             f"of {matrix.shape[1]} columns with the intercept): remove a redundant column")
+    return n
+
+
+def write_gemma_covariates(design: pd.DataFrame, out: str | Path) -> Path:
+    """Write a :func:`gemma_covariate_design` as a GEMMA ``-c`` file (no header,
+    tab-separated, ``NA`` for missing: GEMMA drops those individuals). Atomic."""
+    with atomic_path(out) as tmp:
+        design.to_csv(tmp, sep="\t", header=False, index=False, na_rep="NA", float_format="%.10g")
+    return Path(out)
 
 
 def read_gemma_assoc(path: str | Path) -> pd.DataFrame:

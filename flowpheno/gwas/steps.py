@@ -13,8 +13,17 @@ import pandas as pd
 from flowpheno.errors import FlowphenoError
 from flowpheno.gwas.baseline import rint_table
 from flowpheno.gwas.clump import clump
-from flowpheno.gwas.evaluate import genome_wide_threshold, summarise
-from flowpheno.gwas.gemma import MIN_PHENOTYPED, check_gemma_kinship, check_gemma_phenotypes, gemma_lmm, min_p_over_traits
+from flowpheno.gwas.evaluate import TESTS, TRUTH_WINDOW_KB, genome_spans, genome_wide_threshold, summarise
+from flowpheno.gwas.gemma import (
+    MIN_PHENOTYPED,
+    check_covariate_design,
+    check_gemma_kinship,
+    check_gemma_phenotypes,
+    gemma_covariate_design,
+    gemma_lmm,
+    min_p_over_traits,
+    write_gemma_covariates,
+)
 from flowpheno.gwas.plots import manhattan, qq
 from flowpheno.io.atomic import StagedDirectory, atomic_path, check_no_clobber, write_errors
 from flowpheno.io.ids import FID_GIVEN
@@ -24,16 +33,18 @@ from flowpheno.pipeline import Phenotypes, read_phenotypes
 
 
 def write_rint_phenotypes(pheno: str | Path, out: str | Path, fam: str | Path, covar: str | Path | None = None,
-                          traits: list[str] | None = None) -> pd.DataFrame:
+                          traits: list[str] | None = None, rank: bool = True) -> pd.DataFrame:
     """Rank-inverse-normal traits after covariates, as a GEMMA ``-p`` file in ``.fam`` order.
 
-    Rows are matched to the ``.fam`` on (FID, IID) (IID alone when ``pheno`` has no
-    FID). Returns the table as written: the ``.fam``'s FID, IID and the traits (NaN
-    where the individual has no complete row).
+    With ``rank=False`` the covariate residuals are written as they are (no rank step:
+    for traits already on a Gaussian scale, e.g. the simulator's ``oracle.tsv``). Rows are
+    matched to the ``.fam`` on (FID, IID) (IID alone when ``pheno`` has no FID). Returns
+    the table as written: the ``.fam``'s FID, IID and the traits (NaN where the individual
+    has no value or a missing covariate).
     """
     phenotypes = read_phenotypes(pheno, traits, covar)
     check_rint_traits(phenotypes, pheno, covar)
-    table = rint_table(phenotypes.id_table(), phenotypes.values, phenotypes.covariates, phenotypes.traits)
+    table = rint_table(phenotypes.id_table(), phenotypes.values, phenotypes.covariates, phenotypes.traits, rank)
     table.attrs[FID_GIVEN] = phenotypes.fid_given
     return write_phenotypes(table, out, "gemma", fam, source=str(pheno))
 
@@ -57,32 +68,63 @@ def check_rint_traits(phenotypes: Phenotypes, pheno: str | Path, covar: str | Pa
                                  "it carries no association: leave it out of --traits")
 
 
+def covariates_path(out: str | Path) -> Path:
+    """Where :func:`association` writes GEMMA's ``-c`` file for the table ``out``: ``{stem}.covariates.txt``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.covariates.txt")
+
+
 def association(bfile: str | Path, kinship: str | Path, pheno: str | Path, columns: list[int], out: str | Path,
-                per_trait: bool = False) -> pd.DataFrame:
+                per_trait: bool = False, covar: str | Path | None = None) -> pd.DataFrame:
     """One mvLMM over ``columns``, or (``per_trait``) one LMM per column combined by min p x d.
 
-    The ``-p`` file is checked first (:func:`check_gemma_phenotypes`). Writes ``out``
-    (SNP, CHR, BP, P) and GEMMA's own tables beside it: ``{stem}.gemma.assoc.txt``, or
+    The ``-p`` file is checked first (:func:`check_gemma_phenotypes`). With ``covar``
+    (FID, IID and covariates, read like ``fit --covar``) GEMMA adjusts every test for them
+    (``-c``, with an intercept column): residualising the phenotypes alone (RINT or flow
+    after covariates) leaves the SNP unadjusted, and a covariate that correlates with
+    genotype (principal components, batch confounded with ancestry) then still confounds
+    the test. The ``-c`` file, in ``.fam`` order, is kept as :func:`covariates_path`;
+    individuals with a missing covariate are left out by GEMMA, as the attrs ``n_analysed``
+    (mvLMM) or ``n_per_trait`` of the returned table say.
+    Writes ``out`` (SNP, CHR, BP, P) and GEMMA's own tables beside it: ``{stem}.gemma.assoc.txt``, or
     ``{stem}.trait{k}.assoc.txt`` per column, all removed again when a later column fails.
     Raises :class:`~flowpheno.errors.FlowphenoError`.
     """
     out = Path(out)
-    n_fam = len(read_fam(f"{plink_prefix(bfile)}.fam"))
-    check_gemma_phenotypes(pheno, columns, n_fam)
+    fam = f"{plink_prefix(bfile)}.fam"
+    n_fam = len(read_fam(fam))
+    values = check_gemma_phenotypes(pheno, columns, n_fam)
     check_gemma_kinship(kinship, n_fam)
-    if per_trait:
-        tables, written = [], []
-        try:
-            for column in columns:
-                written.append(out.with_name(f"{out.stem}.trait{column}.assoc.txt"))
-                tables.append(gemma_lmm(bfile, kinship, pheno, [column], written[-1]))
-        except BaseException:  # no set of per-trait files that a later trait failed to join
-            for path in written:
-                path.unlink(missing_ok=True)
-            raise
-        result = min_p_over_traits(tables)
-    else:
-        result = gemma_lmm(bfile, kinship, pheno, columns, out.with_name(f"{out.stem}.gemma.assoc.txt"))
+    covariate_file, counts = None, []
+    design = gemma_covariate_design(covar, fam) if covar is not None else None
+    groups = [[j] for j in range(len(columns))] if per_trait else [list(range(len(columns)))]
+    for group in groups:
+        usable = np.isfinite(values[:, group]).all(axis=1)
+        what = f"column {columns[group[0]]}" if per_trait else f"every one of columns {','.join(map(str, columns))}"
+        counts.append(check_covariate_design(design, usable, covar, what) if design is not None else int(usable.sum()))
+    if design is not None:
+        covariate_file = write_gemma_covariates(design, covariates_path(out))
+    adjust = {"covariates": covariate_file} if covariate_file is not None else {}
+    try:
+        if per_trait:
+            tables, written = [], []
+            try:
+                for column in columns:
+                    written.append(out.with_name(f"{out.stem}.trait{column}.assoc.txt"))
+                    tables.append(gemma_lmm(bfile, kinship, pheno, [column], written[-1], **adjust))
+            except BaseException:  # no set of per-trait files that a later trait failed to join
+                for path in written:
+                    path.unlink(missing_ok=True)
+                raise
+            result = min_p_over_traits(tables)
+            result.attrs["n_per_trait"] = counts
+        else:
+            result = gemma_lmm(bfile, kinship, pheno, columns, out.with_name(f"{out.stem}.gemma.assoc.txt"), **adjust)
+            result.attrs["n_analysed"] = counts[0]
+    except BaseException:  # GEMMA failed: no -c file without the table it was written for
+        if covariate_file is not None:
+            covariate_file.unlink(missing_ok=True)
+        raise
     with atomic_path(out) as tmp:
         result.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     return result
@@ -157,6 +199,39 @@ def read_truth(path: str | Path) -> pd.DataFrame:
     return truth
 
 
+def analysed_individuals(bfile: str | Path, pheno: str | Path, columns: list[int], test: str,
+                         covar: str | Path | None = None) -> dict[str, Any]:
+    """How many individuals GEMMA analysed: those with every tested phenotype of the ``-p``
+    file ``pheno`` (the mvLMM keeps complete rows over ``columns``; a per-trait LMM the
+    rows with its own column) and, with ``covar`` (the file given to ``gwas assoc --covar``),
+    every covariate present, as GEMMA drops the others (``PARAM::ProcessCvtPhen``).
+
+    Returns ``{"n": int}`` for ``"mvlmm"``; ``{"n": individuals in at least one test,
+    "n_per_trait": [int, ...]}`` for ``"per-trait"``. Raises
+    :class:`~flowpheno.errors.FlowphenoError` (a bad ``-p`` file, ``test`` unknown).
+    """
+    if test not in TESTS:
+        raise FlowphenoError(f"--test {test!r}: choose mvlmm (one mvLMM over --columns) or per-trait (gwas assoc --per-trait)")
+    fam = f"{plink_prefix(bfile)}.fam"
+    values = check_gemma_phenotypes(pheno, columns, len(read_fam(fam)))
+    present = np.isfinite(values)
+    if covar is not None:
+        present &= gemma_covariate_design(covar, fam).notna().all(axis=1).to_numpy()[:, None]
+    if test == "mvlmm":
+        return {"n": int(present.all(axis=1).sum())}
+    return {"n": int(present.any(axis=1).sum()), "n_per_trait": [int(k) for k in present.sum(axis=0)]}
+
+
+def _check_test_matches(assoc: pd.DataFrame, assoc_path: str | Path, test: str | None, columns: list[int] | None) -> None:
+    """A per-trait table (``P_1 .. P_d``) evaluated as one, with as many columns as tested; an mvLMM table without them."""
+    per_trait = [column for column in assoc.columns if column.startswith("P_")]
+    if test == "mvlmm" and per_trait:
+        raise FlowphenoError(f"{assoc_path}: a per-trait table (columns {', '.join(per_trait[:4])}); evaluate it with --test per-trait")
+    if test == "per-trait" and len(per_trait) != len(columns or []):
+        raise FlowphenoError(f"{assoc_path}: {len(per_trait)} per-trait p-value column(s) (P_1 ..) for {len(columns or [])} "
+                             "--columns; give the table of flowpheno gwas assoc --per-trait over the same columns")
+
+
 def evaluate_method(
     bfile: str | Path,
     assoc_path: str | Path,
@@ -167,26 +242,56 @@ def evaluate_method(
     alpha: float = 0.05,
     r2: float = 0.1,
     kb: int = 250,
-    window_kb: float = 250,
+    window_kb: float = TRUTH_WINDOW_KB,
     overwrite: bool = False,
+    pheno: str | Path | None = None,
+    columns: list[int] | None = None,
+    test: str | None = None,
+    covar: str | Path | None = None,
 ) -> dict[str, Any]:
     """Clump, count (true/false) loci, lambda GC, Manhattan and QQ plots for one method.
 
+    With ``pheno``, ``columns`` and ``test`` (the GEMMA ``-p`` file, its 1-based columns
+    and ``"mvlmm"`` or ``"per-trait"``) lambda GC is computed on the test's own scale (a
+    d-df chi-square for the mvLMM) and the individuals analysed are counted
+    (:func:`analysed_individuals`); without them P is read as a 1-df test and n is not
+    recorded. ``summary.json`` says which (``lambda_gc_df``, ``lambda_gc_scale``). With a
+    truth file, the share of the genome the truth windows cover (chromosome spans of the
+    ``.bim``) is recorded beside the counts, and false loci within ``kb`` of a causal SNP
+    are counted as ``false_loci_near``.
+
     ``out_dir`` is written as a whole (:class:`~flowpheno.io.atomic.StagedDirectory`): it
     must be new, empty or (with ``overwrite``) an earlier evaluation; the inputs are
-    checked (:func:`read_assoc`, :func:`read_truth`) before PLINK runs.
+    checked (:func:`read_assoc`, :func:`read_truth`, the ``-p`` file) before PLINK runs.
     """
-    staged = StagedDirectory(out_dir, "gwas evaluate", {"--assoc": assoc_path, "--truth": truth_path,
+    given = {"--pheno": pheno, "--columns": columns, "--test": test}
+    if any(value is not None for value in given.values()) and not all(value is not None for value in given.values()):
+        missing = ", ".join(option for option, value in given.items() if value is None)
+        raise FlowphenoError(f"{missing}: --pheno, --columns and --test go together (the GEMMA -p file, its tested columns "
+                             "and mvlmm or per-trait); give all three, or none for a 1-df lambda GC without n")
+    if covar is not None and test is None:
+        raise FlowphenoError("--covar counts the individuals GEMMA analysed: give it with --pheno, --columns and --test")
+    staged = StagedDirectory(out_dir, "gwas evaluate", {"--assoc": assoc_path, "--truth": truth_path, "--pheno": pheno, "--covar": covar,
                                                          "--bfile": [f"{plink_prefix(bfile)}{s}" for s in (".bed", ".bim", ".fam")]},
                              overwrite=overwrite, legacy=EVALUATION_FILES, option="--out-dir")
     with staged:
         assoc = read_assoc(assoc_path)
         truth = read_truth(truth_path) if truth_path else None
+        counted: dict[str, Any] = {}
+        if test is not None:
+            _check_test_matches(assoc, assoc_path, test, columns)
+            counted = {"test": test, "columns": list(columns or []), **analysed_individuals(bfile, pheno, columns, test, covar)}
+        spans = None
+        if truth is not None:
+            bim = pd.read_csv(f"{plink_prefix(bfile)}.bim", sep=r"\s+", header=None, usecols=[0, 3], names=["chrom", "pos"],
+                              dtype={"chrom": str})
+            spans = genome_spans(bim)
         tmp = staged.path
         p1 = genome_wide_threshold(threshold, int(assoc["P"].notna().sum()), alpha)
         loci = clump(bfile, assoc, p1, r2=r2, kb=kb, log=tmp / "clump.log")
-        counts, is_true = summarise(loci, assoc, truth, window_kb)
-        summary: dict[str, Any] = {"method": name, "threshold": p1, "snps_tested": int(assoc["P"].notna().sum()), **counts}
+        counts, is_true = summarise(loci, assoc, truth, window_kb, test=test, d=len(columns) if columns else None,
+                                    spans=spans, near_kb=kb)
+        summary: dict[str, Any] = {"method": name, "threshold": p1, "snps_tested": int(assoc["P"].notna().sum()), **counted, **counts}
         if is_true is not None:
             loci = loci.assign(true_locus=is_true.to_numpy())
         with write_errors(out_dir, "--out-dir"):
@@ -199,6 +304,83 @@ def evaluate_method(
 
 
 SUMMARY_KEYS = ("method", "loci", "lambda_gc", "threshold", "snps_tested")
+
+
+def _arm(summary: dict[str, Any]) -> tuple[str, str]:
+    """(arm, trait group) of a method named ``arm:group`` (the workflow's names), or (name, "")."""
+    arm, _, group = str(summary["method"]).partition(":")
+    return arm, group
+
+
+def _gap_shares(summaries: list[dict[str, Any]]) -> dict[int, float | None]:
+    """Per row: the share of the ``single`` -> ``oracle`` difference in true loci that the
+    row's arm closes, within its trait group; empty when no group has both arms."""
+    by_group: dict[str, dict[str, int]] = {}
+    for summary in summaries:
+        arm, group = _arm(summary)
+        if arm in ("single", "oracle") and isinstance(summary.get("true_loci"), int):
+            by_group.setdefault(group, {})[arm] = summary["true_loci"]
+    shares: dict[int, float | None] = {}
+    for position, summary in enumerate(summaries):
+        ends = by_group.get(_arm(summary)[1], {})
+        if len(ends) == 2 and isinstance(summary.get("true_loci"), int):
+            gap = ends["oracle"] - ends["single"]
+            shares[position] = (summary["true_loci"] - ends["single"]) / gap if gap else None
+    return shares if any(len(ends) == 2 for ends in by_group.values()) else {}
+
+
+def _truth_line(summaries: list[dict[str, Any]]) -> str:
+    """Causal SNPs, truth window and the share of the genome it covers (as the evaluations recorded them)."""
+    causal = sorted({summary["causal_snps"] for summary in summaries if "causal_snps" in summary})
+    windows = sorted({summary["truth_window_kb"] for summary in summaries if "truth_window_kb" in summary})
+    shares = [summary["truth_window_genome_share"] for summary in summaries if "truth_window_genome_share" in summary]
+    text = f"Causal SNPs: {', '.join(map(str, causal))}."
+    if windows:
+        text += f" A locus is true within {', '.join(f'{w:g}' for w in windows)} kb of one"
+        text += f"; these windows cover {max(shares):.1%} of the genome (.bim span)." if shares else "."
+    return text
+
+
+def _n_cell(summary: dict[str, Any]) -> str:
+    if "n" not in summary:
+        return "-"
+    per_trait = summary.get("n_per_trait")
+    if per_trait:
+        return f"{summary['n']} ({min(per_trait)}-{max(per_trait)})"
+    return str(summary["n"])
+
+
+def _lambda_cell(summary: dict[str, Any]) -> str:
+    value = summary["lambda_gc"]
+    text = f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+    per_trait = bool(summary.get("n_per_trait") or summary.get("lambda_gc_per_trait"))
+    df = summary.get("lambda_gc_df")
+    if df is None or (summary.get("test") is None and not per_trait):  # the test was not recorded: P read as 1 df
+        return f"{text} (1 df?)"
+    return f"{text} ({df} df{', per trait' if per_trait else ''})"
+
+
+def _fit_cell(evaluation_dir: Path) -> str:
+    """s2 and the kept epoch of the flow fitted for this method (``../run/fit.json``), or -."""
+    path = evaluation_dir / ".." / "run" / "fit.json"
+    if not path.is_file():
+        return "-"
+    try:
+        fit = json.loads(path.read_text())
+        s2 = (fit.get("covariance") or {}).get("s2")
+        epochs = [record for record in fit.get("epochs") or [] if isinstance(record, dict)]
+        scored = [record for record in epochs if isinstance(record.get("val_nll"), (int, float))]
+        parts = [f"s2 {s2:.3f}" if isinstance(s2, (int, float)) else "iid"]
+        if scored:
+            best = min(scored, key=lambda record: record["val_nll"])
+            stages = max((record.get("stage") for record in epochs if isinstance(record.get("stage"), int)), default=None)
+            where = f" (stage {best['stage']} of {stages})" if isinstance(best.get("stage"), int) and stages else ""
+            parts.append(f"kept epoch {best['epoch']} of {len(epochs)}{where}")
+        elif epochs:
+            parts.append(f"{len(epochs)} epochs")
+        return "; ".join(parts)
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return "fit.json unreadable"
 REPORT_MARK = "<!-- written by flowpheno gwas report -->"
 """Last line of every ``report.md``: an existing report without it is not replaced."""
 
@@ -219,7 +401,11 @@ def _read_loci(path: Path, expected: int) -> pd.DataFrame:
 
 def write_report(method_dirs: list[str | Path], out_dir: str | Path, title: str = "flowpheno GWAS comparison",
                  overwrite: bool = False) -> pd.DataFrame:
-    """``loci.tsv`` (every locus of every method) and ``report.md`` (one row per method).
+    """``loci.tsv`` (every locus of every method) and ``report.md`` (one row per method: n
+    analysed, loci, true/false loci, power, FDP, lambda GC with its degrees of freedom, the
+    flow's fit (s2, kept epoch) from ``run/fit.json`` beside each evaluation folder, and,
+    when ``single`` and ``oracle`` arms of a trait group are both given, the share of the
+    gap in true loci between them that each arm closes).
 
     An existing ``report.md`` or ``loci.tsv`` in ``out_dir`` is replaced only with
     ``overwrite``; every method folder must hold what ``gwas evaluate`` writes.
@@ -251,20 +437,43 @@ def write_report(method_dirs: list[str | Path], out_dir: str | Path, title: str 
         loci.append(_read_loci(directory / "loci.tsv", int(summary["loci"])))
     table = pd.DataFrame(summaries)
     has_truth = "true_loci" in table.columns
-    header = ("| method | loci | " + ("true | false | power | FDP | " if has_truth else "")
-              + "lambda GC | threshold | SNPs tested | plots |")
-    lines = [f"# {title}", "", "Loci are PLINK 1.9 clumps of SNPs below each method's threshold.", "",
-             header, "|" + "---|" * (header.count("|") - 1)]
-    for row in table.itertuples():
-        cells = [row.method, str(row.loci)]
+    gaps = _gap_shares(summaries) if has_truth else {}
+    header = ("| method | n | loci | " + ("true | false | power | FDP | " if has_truth else "")
+              + "lambda GC [1] | fit [2] | " + ("single -> oracle gap closed [3] | " if gaps else "")
+              + "threshold | SNPs tested | plots |")
+    lines = [f"# {title}", "", "Loci are PLINK 1.9 clumps of SNPs below each method's threshold.", ""]
+    if has_truth:
+        lines += [_truth_line(summaries), ""]
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    for position, summary in enumerate(summaries):
+        row = table.iloc[position]
+        cells = [str(summary["method"]), _n_cell(summary), str(summary["loci"])]
         if has_truth:
-            cells += [str(row.true_loci), str(row.false_loci), f"{row.power:.2f}" if row.power is not None else "-", f"{row.fdp:.2f}"]
-        relative = Path(os.path.relpath(Path(row.dir).resolve(), out_dir.resolve()))  # links work from report.md's folder
-        cells += [f"{row.lambda_gc:.3f}", f"{row.threshold:.2g}", str(row.snps_tested),
+            power = summary.get("power")
+            cells += [str(summary.get("true_loci", "-")), str(summary.get("false_loci", "-")),
+                      f"{power:.2f}" if isinstance(power, (int, float)) else "-",
+                      f"{summary['fdp']:.2f}" if isinstance(summary.get("fdp"), (int, float)) else "-"]
+        cells += [_lambda_cell(summary), _fit_cell(Path(row["dir"]))]
+        if gaps:
+            share = gaps.get(position)
+            cells.append("-" if share is None else f"{share:.0%}")
+        relative = Path(os.path.relpath(Path(row["dir"]).resolve(), out_dir.resolve()))  # links work from report.md's folder
+        cells += [f"{summary['threshold']:.2g}", str(summary["snps_tested"]),
                   f"[Manhattan]({relative}/manhattan.png), [QQ]({relative}/qq.png)"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "lambda GC: median 1-df chi-square of the p-values / 0.455; for `single` the mean over its per-trait "
-              "tests (its min p x d combination is conservative by construction)."]
+    lines += ["", "n: individuals GEMMA analysed (the mvLMM keeps only individuals with every tested trait and covariate; "
+              "`single`: individuals in at least one per-trait test, the per-trait range in brackets); - where the evaluation "
+              "was not given the tested phenotype file (gwas evaluate --pheno --columns --test).",
+              "", "[1] lambda GC: median of the chi-square quantiles of the p-values with the test's own degrees of freedom, "
+              "over that distribution's median: for an mvLMM over d traits a chi-square with d df (written `d df`); for "
+              "`single` the mean of the per-trait univariate tests' 1-df lambdas (its min p x d combination has no chi-square "
+              "null of its own and is conservative by construction). `1 df?`: the test was not recorded and P was read as 1 df, "
+              "which exaggerates any deviation of a d-df test from 1.",
+              "", "[2] fit: the flow's s2 (share of latent variance explained by kinship; `iid`: none) and the kept epoch "
+              "(lowest validation NLL) of all epochs run, from `run/fit.json` beside the evaluation folder."]
+    if gaps:
+        lines += ["", "[3] (true loci - true loci of `single`) / (true loci of `oracle` - true loci of `single`) in the same "
+                  "trait group: the share of the way from per-trait RINT to the simulator's own inverse map."]
     if has_truth:
         lines += ["", "True locus: index SNP within the truth window of a causal SNP. Power: share of causal SNPs with a locus nearby. "
                   "FDP: false loci / loci."]

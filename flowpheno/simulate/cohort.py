@@ -23,8 +23,18 @@ def kinship_summary(dosage: np.ndarray) -> float:
     return float((grm[upper] >= 0.1).mean())
 
 
+def family_design(generations: int, family_size: int) -> str:
+    """One line describing the pedigrees of :func:`~flowpheno.simulate.genotypes._family_pedigree`."""
+    first = f"{2 * family_size} children + {2 * family_size - 2} spouses"
+    text = f"grandparents (unsampled) -> {first} -> 1-{2 * family_size - 1} children per couple"
+    if generations > 3:
+        text += f", {generations - 3} more generation(s), each child with an unrelated spouse"
+    return text
+
+
 SIMULATED_FILES = (
-    "cohort.bed", "cohort.bim", "cohort.fam", "pheno.tsv", "covar.tsv", "truth.tsv", "populations.tsv", "structure.json",
+    "cohort.bed", "cohort.bim", "cohort.fam", "pheno.tsv", "oracle.tsv", "covar.tsv", "truth.tsv", "populations.tsv",
+    "structure.json",
 )
 """What :func:`write_simulated_cohort` writes (``structure.json`` last)."""
 
@@ -39,19 +49,26 @@ def write_simulated_cohort(
     chromosomes: int = 5,
     causal_variance: float = 0.2,
     seed: int = 1,
+    generations: int = 3,
+    family_size: int = 2,
 ) -> dict[str, Any]:
     """Simulate (see :mod:`flowpheno.simulate`) and write ``cohort.*``, ``pheno.tsv``,
-    ``covar.tsv``, ``truth.tsv`` (causal SNPs and effects), ``populations.tsv`` (each
-    individual's population; FID is the family) and ``structure.json`` (counts)."""
+    ``oracle.tsv`` (the traits of ``pheno.tsv`` mapped back by the simulator's own inverse:
+    covariate effects removed, then the inverse of its non-Gaussian map; NA where not
+    defined), ``covar.tsv``, ``truth.tsv`` (causal SNPs and effects), ``populations.tsv``
+    (each individual's population; FID is the family) and ``structure.json`` (counts).
+    ``generations`` and ``family_size`` shape the pedigrees (:func:`~flowpheno.simulate.genotypes._family_pedigree`)."""
     out = Path(out)
-    genotypes = simulate_genotypes(n, populations=populations, chromosomes=chromosomes, snps=snps, seed=seed)
+    genotypes = simulate_genotypes(n, populations=populations, chromosomes=chromosomes, snps=snps, seed=seed,
+                                   generations=generations, family_size=family_size)
     phenotypes = simulate_phenotypes(
         genotypes, traits=traits, causal=causal, causal_variance=causal_variance if causal else 0.0, seed=seed + 1000
     )
     out.mkdir(parents=True, exist_ok=True)
     write_plink(out / "cohort", genotypes.dosage, genotypes.fam, genotypes.bim)
     members = genotypes.fam[["FID", "IID"]].assign(population=[f"pop{p}" for p in genotypes.population])
-    tables = (("pheno", phenotypes.pheno), ("covar", phenotypes.covar), ("truth", phenotypes.truth), ("populations", members))
+    tables = (("pheno", phenotypes.pheno), ("oracle", phenotypes.oracle), ("covar", phenotypes.covar), ("truth", phenotypes.truth),
+              ("populations", members))
     for name, table in tables:
         with atomic_path(out / f"{name}.tsv") as tmp:
             table.to_csv(tmp, sep="\t", index=False, na_rep="NA", float_format="%.6g")
@@ -61,7 +78,10 @@ def write_simulated_cohort(
         "chromosomes": chromosomes,
         "populations": {f"pop{p}": int((genotypes.population == p).sum()) for p in sorted(set(genotypes.population))},
         "families": int(len(set(genotypes.family))),
-        "family_design": "grandparents (unsampled) -> 4 children + 2 spouses -> 1-3 grandchildren per couple",
+        "family_design": family_design(generations, family_size),
+        "generations": generations,
+        "family_size": family_size,
+        "mean_family_size": float(len(genotypes.fam) / len(set(genotypes.family))),
         "traits": traits,
         "causal_snps": causal,
         "causal_variance": causal_variance if causal else 0.0,

@@ -1,7 +1,7 @@
 """Genotypes of related individuals from structured populations, simulated with msprime.
 
 Families (grandparents, their children, spouses, grandchildren: siblings, first
-cousins, parent-offspring pairs) are built as an msprime pedigree; msprime simulates
+cousins, parent-offspring pairs; optionally deeper and larger) are built as an msprime pedigree; msprime simulates
 recombination through it exactly (``fixed_pedigree``) and completes the ancestry
 under a demography of populations split from one ancestor, which gives structure.
 """
@@ -36,19 +36,41 @@ def _demography(populations: int, split_time: float, population_size: float):  #
     return demography
 
 
-def _family_pedigree(builder, population: int, rng: np.random.Generator) -> list[tuple[int, str]]:  # noqa: ANN001
-    """Three generations; returns (pedigree individual, role) for the sampled members."""
+def _family_pedigree(
+    builder, population: int, rng: np.random.Generator, generations: int = 3, family_size: int = 2  # noqa: ANN001
+) -> list[tuple[int, str]]:
+    """One family over ``generations`` generations; returns (pedigree individual, role) for the sampled members.
+
+    Two unsampled founder couples have ``family_size`` children each; the first child of
+    one couple marries the first of the other (their children are cousins of both sides),
+    every other child marries an unrelated spouse. Each couple has 1 to ``2 family_size - 1``
+    children (mean ``family_size``). With more than 3 generations every child of the
+    previous generation marries an unrelated spouse and has children in turn, so families
+    grow deeper and larger (second cousins, avuncular pairs, ...). ``generations = 3``,
+    ``family_size = 2`` is the classic design: 4 children + 2 spouses -> 1-3 grandchildren
+    per couple.
+    """
     add = builder.add_individual
-    grand_a = [add(time=2, population=population, is_sample=False) for _ in range(2)]
-    grand_b = [add(time=2, population=population, is_sample=False) for _ in range(2)]
-    child_a = [add(time=1, parents=grand_a, population=population, is_sample=True) for _ in range(2)]
-    child_b = [add(time=1, parents=grand_b, population=population, is_sample=True) for _ in range(2)]
-    spouses = [add(time=1, population=population, is_sample=True) for _ in range(2)]
+    top = generations - 1
+    grand_a = [add(time=top, population=population, is_sample=False) for _ in range(2)]
+    grand_b = [add(time=top, population=population, is_sample=False) for _ in range(2)]
+    child_a = [add(time=top - 1, parents=grand_a, population=population, is_sample=True) for _ in range(family_size)]
+    child_b = [add(time=top - 1, parents=grand_b, population=population, is_sample=True) for _ in range(family_size)]
+    married_out = child_a[1:] + child_b[1:]
+    spouses = [add(time=top - 1, population=population, is_sample=True) for _ in married_out]
     members = [(i, "parent") for i in child_a + child_b + spouses]
-    couples = [(child_a[0], child_b[0]), (child_a[1], spouses[0]), (child_b[1], spouses[1])]
-    for mother, father in couples:
-        for _ in range(int(rng.integers(1, 4))):
-            members.append((add(time=0, parents=[mother, father], population=population, is_sample=True), "child"))
+    couples = [(child_a[0], child_b[0]), *zip(married_out, spouses)]
+    for time in range(top - 2, -1, -1):
+        children = []
+        for mother, father in couples:
+            for _ in range(int(rng.integers(1, 2 * family_size))):
+                children.append(add(time=time, parents=[mother, father], population=population, is_sample=True))
+        role = "child" if time == 0 else "parent"
+        members += [(i, role) for i in children]
+        if time > 0:  # every child marries an unrelated spouse of its generation
+            partners = [add(time=time, population=population, is_sample=True) for _ in children]
+            members += [(i, "parent") for i in partners]
+            couples = list(zip(children, partners))
     return members
 
 
@@ -64,14 +86,19 @@ def simulate_genotypes(
     recombination_rate: float = 1e-8,
     mutation_rate: float = 1.5e-8,
     seed: int = 1,
+    generations: int = 3,
+    family_size: int = 2,
 ) -> SimulatedGenotypes:
-    """About ``n_target`` genotyped individuals in three-generation families.
+    """About ``n_target`` genotyped individuals in families of ``generations`` generations
+    (:func:`_family_pedigree`; the last family is cut at ``n_target``).
 
     SNPs are thinned at random to ``snps`` among those with MAF >= ``min_maf``, keeping
     physical order, so LD is realistic and files stay small.
     """
     import msprime
 
+    if generations < 3 or family_size < 1:
+        raise ValueError(f"generations must be >= 3 and family_size >= 1, got {generations} and {family_size}")
     rng = np.random.default_rng(seed)
     demography = _demography(populations, split_time, population_size)
     builder = msprime.PedigreeBuilder(demography=demography)
@@ -79,7 +106,7 @@ def simulate_genotypes(
     family = 0
     while len(members) < n_target:
         population = int(rng.integers(populations))
-        members += [(ind, role, population, family) for ind, role in _family_pedigree(builder, population, rng)]
+        members += [(ind, role, population, family) for ind, role in _family_pedigree(builder, population, rng, generations, family_size)]
         family += 1
     members = members[:n_target]
     pedigree = builder.finalise(sequence_length=chromosome_length)

@@ -4,7 +4,10 @@ Latent Gaussian traits ``U`` = causal SNP effects (some SNPs act on several trai
 + a polygenic background (many small effects, so related and same-population
 individuals are correlated) + noise; then a fixed invertible map gives skewed,
 heavy-tailed marginals and crescent-shaped couplings between traits that per-trait
-rank normalisation cannot undo; finally covariate effects (age, sex, batch).
+rank normalisation cannot undo; finally covariate effects (age, sex, batch), added on the
+observed scale. The ``oracle`` table undoes both exactly: observed minus the known
+covariate effects, then :func:`inverse_nonlinear_map` (the best any Gaussianizing map
+can do; the ``oracle`` arm of the GWAS comparison).
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ class SimulatedPhenotypes:
     covar: pd.DataFrame
     truth: pd.DataFrame
     latent: np.ndarray
+    oracle: pd.DataFrame
+    """FID, IID and the traits of ``pheno`` mapped back to the latent scale by the simulator's
+    own inverse (:func:`oracle_latent`); NaN where the observed trait, or the trait its
+    map is coupled to, is missing."""
 
 
 def nonlinear_map(latent: np.ndarray) -> np.ndarray:
@@ -44,6 +51,53 @@ def nonlinear_map(latent: np.ndarray) -> np.ndarray:
         else:
             y[:, j] = u[:, j] * np.exp(0.35 * anchor)  # heteroscedastic
     return y
+
+
+def _anchor_index(j: int) -> int:
+    """The trait whose latent value enters trait ``j``'s map: itself every 4th trait, else the previous one."""
+    return j - 1 if j % 4 else j
+
+
+def inverse_nonlinear_map(observed: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`nonlinear_map`: latent traits from observed ones (before covariate effects).
+
+    ``observed``: (n, d). Trait j's map involves the latent value of trait j - 1 (except
+    every 4th trait), so traits are inverted in order; a row whose trait j or the trait its
+    map is coupled to is NaN gives NaN for trait j (the latent is not defined there), and a
+    log-normal value <= 0 (outside the map's range) gives NaN.
+    """
+    y = np.asarray(observed, dtype=float)
+    u = np.full_like(y, np.nan)
+    for j in range(y.shape[1]):
+        kind = j % 4
+        anchor = u[:, _anchor_index(j)]
+        if kind == 0:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                u[:, j] = np.where(y[:, j] > 0, np.log(np.where(y[:, j] > 0, y[:, j], 1.0)) / 0.6, np.nan)
+        elif kind == 1:
+            u[:, j] = y[:, j] - 0.9 * (anchor**2 - 1)
+        elif kind == 2:
+            u[:, j] = np.arcsinh(y[:, j] - 0.5 * anchor**2) / 0.9
+        else:
+            u[:, j] = y[:, j] * np.exp(-0.35 * anchor)
+    return u
+
+
+BATCH_EFFECTS = {"b1": 0.0, "b2": 0.3, "b3": -0.2}
+
+
+def covariate_effects(age: np.ndarray, sex: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """(n,) shift added to every observed trait: ``0.01 (age - 50) + 0.2 [sex = 2] + batch``
+    (batch b1 0, b2 +0.3, b3 -0.2)."""
+    batch_effect = pd.Series(batch).map(BATCH_EFFECTS).to_numpy(dtype=float)
+    return 0.01 * (np.asarray(age, dtype=float) - 50) + 0.2 * (np.asarray(sex) == 2) + batch_effect
+
+
+def oracle_latent(observed: np.ndarray, age: np.ndarray, sex: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """The simulator's own Gaussianizing map of observed traits (n, d): the known covariate
+    effects removed, then :func:`inverse_nonlinear_map`. On the simulated values it returns
+    the latent traits exactly (up to rounding) wherever they are defined."""
+    return inverse_nonlinear_map(np.asarray(observed, dtype=float) - covariate_effects(age, sex, batch)[:, None])
 
 
 def _standardise(matrix: np.ndarray) -> np.ndarray:
@@ -105,9 +159,9 @@ def simulate_phenotypes(
     age = rng.uniform(20, 80, n).round(1)
     sex = genotypes.fam["SEX"].astype(int).to_numpy()
     batch = rng.choice(["b1", "b2", "b3"], size=n)
-    batch_effect = pd.Series(batch).map({"b1": 0.0, "b2": 0.3, "b3": -0.2}).to_numpy()
-    observed += (0.01 * (age - 50))[:, None] + 0.2 * (sex == 2)[:, None] + batch_effect[:, None]
+    observed += covariate_effects(age, sex, batch)[:, None]
     observed[rng.random(observed.shape) < missing_rate] = np.nan
+    oracle = oracle_latent(observed, age, sex, batch)
 
     names = [f"trait{j + 1}" for j in range(traits)]
     ids = genotypes.fam[["FID", "IID"]].reset_index(drop=True)
@@ -115,4 +169,5 @@ def simulate_phenotypes(
     covar = ids.assign(age=age, sex=sex, batch=batch)
     bim = genotypes.bim.iloc[causal_snps].reset_index(drop=True)
     truth = pd.concat([bim[["snp", "chrom", "pos"]], pd.DataFrame(effects, columns=[f"effect_{t}" for t in names])], axis=1)
-    return SimulatedPhenotypes(pheno, covar, truth, latent)
+    oracle_table = pd.concat([ids, pd.DataFrame(oracle, columns=names)], axis=1)
+    return SimulatedPhenotypes(pheno, covar, truth, latent, oracle_table)
