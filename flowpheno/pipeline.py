@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from flowpheno import __version__
-from flowpheno.dependence import KinshipCovariance
+from flowpheno.dependence import HeldOutKinship, KinshipCovariance
 from flowpheno.errors import FlowphenoError, OptionError
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.atomic import StagedDirectory, atomic_path, write_errors
@@ -409,23 +409,31 @@ def _split(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _kinship_model(
-    kinship: Kinship | KinshipFactor, train_rows: np.ndarray, device: str, timings: dict[str, float]
-) -> tuple[KinshipCovariance, bool | None]:
-    """``train_rows``: the kinship's row positions of the training individuals, in order."""
+    kinship: Kinship | KinshipFactor, train_rows: np.ndarray, val_rows: np.ndarray, device: str, timings: dict[str, float]
+) -> tuple[KinshipCovariance, HeldOutKinship | None, bool | None]:
+    """The training rows' covariance model (float32) and, when there are validation rows, their
+    kinship with the training rows and among themselves (float64, for the conditional held-out
+    score). ``train_rows``/``val_rows``: the kinship's row positions of the training and
+    validation individuals, in order."""
     started = time.perf_counter()
     if isinstance(kinship, KinshipFactor):  # thin SVD of the factor: O(n r^2), no n x n matrix
         factor = torch.as_tensor(kinship.rows(train_rows), dtype=torch.float64)
-        model = KinshipCovariance.from_factor(factor).float()
+        model = KinshipCovariance.from_factor(factor)
+        held_out = model.held_out_factor(torch.as_tensor(kinship.rows(val_rows), dtype=torch.float64)) if len(val_rows) else None
         timings["thin_svd"] = time.perf_counter() - started
-        return model.to(device), None
+        return model.float().to(device), None if held_out is None else held_out.to(device), None
     source = Path(kinship.source)
     cache_dir = source.parent if source.parent.exists() else None
     eigenvalues, eigenvectors, hit = spectral_decomposition(kinship.rows(train_rows), kinship.source, cache_dir)
     timings["eigendecomposition"] = time.perf_counter() - started
-    model = KinshipCovariance(
-        torch.as_tensor(eigenvalues, dtype=torch.float32), torch.as_tensor(eigenvectors, dtype=torch.float32)
-    )
-    return model.to(device), hit
+    model = KinshipCovariance(torch.as_tensor(eigenvalues), torch.as_tensor(eigenvectors))
+    held_out = None
+    if len(val_rows):
+        started = time.perf_counter()
+        held_out = model.held_out(torch.as_tensor(kinship.cross(val_rows, train_rows)), torch.as_tensor(kinship.rows(val_rows)))
+        held_out = held_out.to(device)
+        timings["held_out_kinship"] = time.perf_counter() - started
+    return model.float().to(device), held_out, hit
 
 
 def fit_phenotypes(
@@ -575,13 +583,15 @@ def _fit(
 
     cache_hit = None
     kinship_model = None
+    held_out = None
     if kinship is not None:
-        kinship_model, cache_hit = _kinship_model(kinship, kinship_rows[keep][train_rows], device, timings)
+        positions = kinship_rows[keep]
+        kinship_model, held_out, cache_hit = _kinship_model(kinship, positions[train_rows], positions[val_rows], device, timings)
     if callback:
         grid_runs = len(config.s2_grid) if config.mode == "grid" else 1
         callback({"event": "plan", "stages": config.train.stages, "epochs": config.train.epochs, "runs": grid_runs})
     started = time.perf_counter()
-    outcome = _run_mode(config, make_flow, kinship_model, x_train, x_val, callback)
+    outcome = _run_mode(config, make_flow, kinship_model, x_train, x_val, callback, held_out)
     timings["training"] = time.perf_counter() - started
     advice = f"lower --lr (now {config.train.lr:g}) or check the traits for extreme values"
     if outcome.diverged is not None:
@@ -646,7 +656,10 @@ def _fit(
         "stages": outcome.stages,
         "grid": outcome.grid,
         "epochs": outcome.epochs,
+        "validation_score": outcome.validation_score,
         "best_validation_nll": outcome.best_val_nll,
+        "best_validation_nll_iid": outcome.best_val_scores.get("val_nll_iid"),
+        "best_validation_nll_conditional": outcome.best_val_scores.get("val_nll_conditional"),
         "non_finite_batches": outcome.non_finite_batches,
         "seconds": timings,
         "warnings": [str(warning.message) for warning in caught],
@@ -663,16 +676,19 @@ def _run_mode(
     x_train: torch.Tensor,
     x_val: torch.Tensor | None,
     callback: Callback | None,
+    held_out: HeldOutKinship | None = None,
 ) -> FitOutcome:
+    """Train in ``config.mode``; kinship modes score validation rows conditionally on the
+    training rows when ``held_out`` is given (``iid`` mode never does)."""
     if config.mode == "iid":
         return fit_iid(make_flow(), x_train, x_val, config.train, callback)
     assert kinship is not None
     if config.mode == "alternating":
-        return fit_alternating(make_flow(), kinship, x_train, x_val, config.train, callback)
+        return fit_alternating(make_flow(), kinship, x_train, x_val, config.train, callback, held_out)
     if config.mode == "joint":
-        return fit_joint(make_flow(), kinship, x_train, x_val, config.train, callback)
+        return fit_joint(make_flow(), kinship, x_train, x_val, config.train, callback, held_out)
 
-    return fit_grid(make_flow, kinship.with_s2, config.s2_grid, x_train, x_val, config.train, callback)
+    return fit_grid(make_flow, kinship.with_s2, config.s2_grid, x_train, x_val, config.train, callback, held_out)
 
 
 def write_fit_outputs(

@@ -49,7 +49,8 @@ def diagnostics_figure(
         loss_axis.plot(x, [record["train_nll"] for record in epochs], label="train (estimator)", lw=1)
         val = [record["val_nll"] for record in epochs]
         if any(v is not None for v in val):
-            loss_axis.plot(x, [np.nan if v is None else v for v in val], label="validation (iid)", lw=1)
+            score = "conditional" if report.get("validation_score") == "val_nll_conditional" else "iid"
+            loss_axis.plot(x, [np.nan if v is None else v for v in val], label=f"validation ({score})", lw=1)
         loss_axis.legend(fontsize=7)
     loss_axis.set_xlabel("epoch", fontsize=8)
     loss_axis.set_ylabel("NLL (nats / individual)", fontsize=8)
