@@ -98,7 +98,7 @@ def fit(
     categorical: Optional[str] = typer.Option(None, "--categorical", help="comma-separated covariate columns to one-hot encode whatever their values (needed for text columns with more than 50 levels)"),
     keep_outliers: bool = typer.Option(False, "--keep-outliers", help="fit even when a trait value lies beyond robust |z| 100 (median/MAD)"),
     mode: str = typer.Option("alternating", "--mode", help="iid | grid | alternating | joint"),
-    s2_grid: str = typer.Option("0,0.01,0.1,0.25,0.5", "--s2-grid", help="s2 values tried by --mode grid"),
+    s2_grid: str = typer.Option("0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--s2-grid", help="s2 values tried by --mode grid"),
     epochs: int = typer.Option(25, "--epochs", min=1, help="flow epochs per stage"),
     stages: int = typer.Option(4, "--stages", min=1, help="stages (alternating: flow epochs then an s2 update)"),
     layers: int = typer.Option(16, "--layers", min=1, help="coupling layers"),

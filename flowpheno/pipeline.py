@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from flowpheno import __version__
-from flowpheno.dependence import KinshipCovariance
+from flowpheno.dependence import HeldOutKinship, KinshipCovariance
 from flowpheno.diagnostics import final_state_note, gaussianity_report
 from flowpheno.errors import FlowphenoError, OptionError
 from flowpheno.flows import affine_coupling_flow
@@ -62,7 +62,10 @@ class FitConfig:
 
     traits: list[str] | None = None
     mode: Mode = "alternating"
-    s2_grid: list[float] = field(default_factory=lambda: [0.0, 0.01, 0.1, 0.25, 0.5])
+    s2_grid: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    """``--mode grid``: one fit per value. Steps of 0.1 up to 0.9 reach highly heritable traits
+    and leave the grid's own error (<= 0.05) below the held-out score's resolution
+    (``benchmarks/results/validation.md``)."""
     layers: int = 16
     hidden: int = 128
     val_frac: float = 0.15
@@ -411,23 +414,31 @@ def _split(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _kinship_model(
-    kinship: Kinship | KinshipFactor, train_rows: np.ndarray, device: str, timings: dict[str, float]
-) -> tuple[KinshipCovariance, bool | None]:
-    """``train_rows``: the kinship's row positions of the training individuals, in order."""
+    kinship: Kinship | KinshipFactor, train_rows: np.ndarray, val_rows: np.ndarray, device: str, timings: dict[str, float]
+) -> tuple[KinshipCovariance, HeldOutKinship | None, bool | None]:
+    """The training rows' covariance model (float32) and, when there are validation rows, their
+    kinship with the training rows and among themselves (float64, for the conditional held-out
+    score). ``train_rows``/``val_rows``: the kinship's row positions of the training and
+    validation individuals, in order."""
     started = time.perf_counter()
     if isinstance(kinship, KinshipFactor):  # thin SVD of the factor: O(n r^2), no n x n matrix
         factor = torch.as_tensor(kinship.rows(train_rows), dtype=torch.float64)
-        model = KinshipCovariance.from_factor(factor).float()
+        model = KinshipCovariance.from_factor(factor)
+        held_out = model.held_out_factor(torch.as_tensor(kinship.rows(val_rows), dtype=torch.float64)) if len(val_rows) else None
         timings["thin_svd"] = time.perf_counter() - started
-        return model.to(device), None
+        return model.float().to(device), None if held_out is None else held_out.to(device), None
     source = Path(kinship.source)
     cache_dir = source.parent if source.parent.exists() else None
     eigenvalues, eigenvectors, hit = spectral_decomposition(kinship.rows(train_rows), kinship.source, cache_dir)
     timings["eigendecomposition"] = time.perf_counter() - started
-    model = KinshipCovariance(
-        torch.as_tensor(eigenvalues, dtype=torch.float32), torch.as_tensor(eigenvectors, dtype=torch.float32)
-    )
-    return model.to(device), hit
+    model = KinshipCovariance(torch.as_tensor(eigenvalues), torch.as_tensor(eigenvectors))
+    held_out = None
+    if len(val_rows):
+        started = time.perf_counter()
+        held_out = model.held_out(torch.as_tensor(kinship.cross(val_rows, train_rows)), torch.as_tensor(kinship.rows(val_rows)))
+        held_out = held_out.to(device)
+        timings["held_out_kinship"] = time.perf_counter() - started
+    return model.float().to(device), held_out, hit
 
 
 def fit_phenotypes(
@@ -613,13 +624,15 @@ def _fit(
 
     cache_hit = None
     kinship_model = None
+    held_out = None
     if kinship is not None:
-        kinship_model, cache_hit = _kinship_model(kinship, kinship_rows[keep][train_rows], device, timings)
+        positions = kinship_rows[keep]
+        kinship_model, held_out, cache_hit = _kinship_model(kinship, positions[train_rows], positions[val_rows], device, timings)
     if callback:
         grid_runs = len(config.s2_grid) if config.mode == "grid" else 1
         callback({"event": "plan", "stages": config.train.stages, "epochs": config.train.epochs, "runs": grid_runs})
     started = time.perf_counter()
-    outcome = _run_mode(config, make_flow, kinship_model, x_train, x_val, callback)
+    outcome = _run_mode(config, make_flow, kinship_model, x_train, x_val, callback, held_out)
     timings["training"] = time.perf_counter() - started
     advice = f"lower --lr (now {config.train.lr:g}) or check the traits for extreme values"
     if outcome.diverged is not None:
@@ -684,7 +697,10 @@ def _fit(
         "stages": outcome.stages,
         "grid": outcome.grid,
         "epochs": outcome.epochs,
+        "validation_score": outcome.validation_score,
         "best_validation_nll": outcome.best_val_nll,
+        "best_validation_nll_iid": outcome.best_val_scores.get("val_nll_iid"),
+        "best_validation_nll_conditional": outcome.best_val_scores.get("val_nll_conditional"),
         "best_epoch": outcome.best_epoch,
         "best_stage": outcome.best_stage,
         "gaussianity": gaussianity_report(standardised, latent[keep]),
@@ -705,16 +721,19 @@ def _run_mode(
     x_train: torch.Tensor,
     x_val: torch.Tensor | None,
     callback: Callback | None,
+    held_out: HeldOutKinship | None = None,
 ) -> FitOutcome:
+    """Train in ``config.mode``; kinship modes score validation rows conditionally on the
+    training rows when ``held_out`` is given (``iid`` mode never does)."""
     if config.mode == "iid":
         return fit_iid(make_flow(), x_train, x_val, config.train, callback)
     assert kinship is not None
     if config.mode == "alternating":
-        return fit_alternating(make_flow(), kinship, x_train, x_val, config.train, callback)
+        return fit_alternating(make_flow(), kinship, x_train, x_val, config.train, callback, held_out)
     if config.mode == "joint":
-        return fit_joint(make_flow(), kinship, x_train, x_val, config.train, callback)
+        return fit_joint(make_flow(), kinship, x_train, x_val, config.train, callback, held_out)
 
-    return fit_grid(make_flow, kinship.with_s2, config.s2_grid, x_train, x_val, config.train, callback)
+    return fit_grid(make_flow, kinship.with_s2, config.s2_grid, x_train, x_val, config.train, callback, held_out)
 
 
 def write_fit_outputs(

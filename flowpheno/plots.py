@@ -165,7 +165,8 @@ def _loss_panel(axis: Axes, epochs: list[dict[str, Any]], report: dict[str, Any]
               label=f"training objective ({model} model, training rows)")
     val = [_number(record.get("val_nll")) for record in epochs]
     if not np.isnan(val).all():
-        axis.plot(x, val, lw=1, color="C1", label="validation (held-out rows)")
+        score = "conditional on the training rows" if report.get("validation_score") == "val_nll_conditional" else "iid"
+        axis.plot(x, val, lw=1, color="C1", label=f"validation (held-out rows, {score})")
     _stage_boundaries(axis, epochs, "stage-boundary", labels=True)
     best_epoch = report.get("best_epoch")
     if best_epoch is not None:

@@ -10,11 +10,12 @@ from flowpheno.dependence.base import DependenceModel, trace_estimate
 from flowpheno.dependence.blocks import EquicorrelatedBlocks
 from flowpheno.dependence.control_variate import LatentControlVariate
 from flowpheno.dependence.iid import IIDCovariance
-from flowpheno.dependence.kinship import KinshipCovariance, optimise_s2
+from flowpheno.dependence.kinship import HeldOutKinship, KinshipCovariance, optimise_s2
 
 __all__ = [
     "DependenceModel",
     "EquicorrelatedBlocks",
+    "HeldOutKinship",
     "IIDCovariance",
     "LatentControlVariate",
     "KinshipCovariance",

@@ -10,6 +10,10 @@ are 0. With ``D = s2 k + (1 - s2)`` and ``R = U^T Z`` (``O(n r d)``)::
     Sigma^-1           = I / (1 - s2) + U diag(1/D - 1/(1 - s2)) U^T
 
 No ``n x n`` matrix is formed on the low-rank path. ``s2 = sigmoid(t)``.
+
+Held-out rows ``v`` (relatives of the training rows ``t``) are scored by their conditional
+density given the training latents, ``Z_v | Z_t ~ MN(Sigma_vt Sigma_tt^-1 Z_t, Sigma_vv|t, I_d)``
+(:class:`HeldOutKinship`, :meth:`KinshipCovariance.conditional_gaussian_nll`).
 """
 
 from __future__ import annotations
@@ -73,6 +77,9 @@ class KinshipCovariance(DependenceModel):
         )
         self._cached_precision: Tensor | None = None
         self._cached_for: int | None = None
+        self.register_buffer("factor_basis", None)
+        """``V`` (``p x r``) of the thin SVD ``W_t = U S V^T`` when built by :meth:`from_factor`, else None:
+        how held-out factor rows enter the training eigenbasis (:meth:`held_out_factor`)."""
 
     @classmethod
     def from_matrix(cls, kinship: Tensor, **kwargs: object) -> KinshipCovariance:
@@ -87,14 +94,21 @@ class KinshipCovariance(DependenceModel):
         Singular values below ``tolerance`` times the largest are dropped (their
         eigenvalues are 0 and join the complement).
         """
-        left, singular, _ = torch.linalg.svd(factor, full_matrices=False)
+        left, singular, right_t = torch.linalg.svd(factor, full_matrices=False)
         keep = singular > tolerance * singular.max()
-        return cls(singular[keep].square(), left[:, keep], **kwargs)
+        model = cls(singular[keep].square(), left[:, keep], **kwargs)
+        model.factor_basis = right_t[keep].T.contiguous()
+        return model
 
     def with_s2(self, s2: float) -> KinshipCovariance:
-        """A separate model over the same decomposition (eigenvectors shared, not copied)."""
+        """A separate model with ``s2`` fixed, over the same decomposition (eigenvectors
+        shared, not copied). ``s2 = 0`` is exact (``logit = -inf``): the iid baseline itself."""
         twin = KinshipCovariance(self.eigenvalues, self.eigenvectors, s2=s2, scale=1.0)
         twin.scale = self.scale
+        twin.factor_basis = self.factor_basis
+        if s2 == 0:
+            with torch.no_grad():
+                twin.logit_s2.fill_(-math.inf)
         return twin
 
     @property
@@ -182,7 +196,7 @@ class KinshipCovariance(DependenceModel):
             with torch.no_grad():
                 self._cached_precision = self.precision()
             self._cached_for = current
-        return self._cached_precision[idx[:, None], idx[None, :]]
+        return self._cached_precision.index_select(0, idx).index_select(1, idx)  # faster than P[idx[:, None], idx]
 
     def _s2_version(self) -> int:
         """Changes whenever ``s2`` is written (set, optimiser step, restore): a cache key that
@@ -240,6 +254,177 @@ class KinshipCovariance(DependenceModel):
 
     def describe(self) -> dict[str, float | list[float]]:
         return {"s2": float(self.s2.detach()), "kinship_scale": float(self.scale)}
+
+    def held_out(self, cross: Tensor, within: Tensor) -> HeldOutKinship:
+        """Held-out rows of a dense kinship, for :meth:`conditional_gaussian_nll`.
+
+        Args:
+            cross: ``K_vt`` (``m x n``), kinship of the ``m`` held-out rows with the training
+                rows in this model's order, on the scale of the matrix this model was built from.
+            within: ``K_vv`` (``m x m``), kinship among the held-out rows.
+
+        Precomputes ``A = c K_vt U`` (``O(m n r)``, once) in the dtype of ``cross``; ``c`` is
+        :attr:`scale`. Use float64 for a float32 model: the conditional covariance subtracts
+        two close matrices when relatives are close.
+        """
+        if cross.shape != (within.shape[0], self.n) or within.shape[0] != within.shape[1]:
+            shapes = f"{tuple(cross.shape)} and {tuple(within.shape)}"
+            raise ValueError(f"held-out kinship blocks of shapes {shapes} do not fit n = {self.n}")
+        dtype = cross.dtype
+        cross_rotated = self.scale * (cross @ self.eigenvectors.to(dtype))
+        return HeldOutKinship(cross_rotated, self.eigenvalues.to(dtype), within=self.scale * within)
+
+    def held_out_factor(self, factor_rows: Tensor) -> HeldOutKinship:
+        """Held-out rows of a low-rank kinship ``K = W W^T``, for :meth:`conditional_gaussian_nll`.
+
+        Args:
+            factor_rows: ``W_v`` (``m x p``), the held-out rows of the factor whose training rows
+                built this model (:meth:`from_factor`).
+
+        With ``G = sqrt(c) W_v`` and ``W_t = U S V^T``: ``c K_vt U = (G V) diag(sqrt(k))`` and
+        ``c K_vv = G G^T``, never formed (``O(m p r)`` once; no ``m x m`` or ``n x n`` matrix).
+
+        Raises:
+            ValueError: the model was not built from a factor.
+        """
+        if self.factor_basis is None:
+            raise ValueError("held_out_factor needs a model built by KinshipCovariance.from_factor")
+        dtype = factor_rows.dtype
+        basis = self.factor_basis.to(dtype)
+        if factor_rows.shape[1] != basis.shape[0]:
+            raise ValueError(f"held-out factor rows have {factor_rows.shape[1]} columns, the training factor {basis.shape[0]}")
+        scaled = math.sqrt(self.scale) * factor_rows
+        eigenvalues = self.eigenvalues.to(dtype)
+        return HeldOutKinship((scaled @ basis) * eigenvalues.sqrt(), eigenvalues, factor=scaled, basis=basis)
+
+    def conditional_mean(self, z_train: Tensor, held_out: HeldOutKinship) -> Tensor:
+        """``Sigma_vt Sigma_tt^-1 Z_t = s2 A diag(1/D) U^T Z_t`` (``m x d``), in the held-out dtype.
+
+        ``z_train``: ``(n, d)`` training latents in model order. ``O(n r d + m r d)``: the
+        ``n - r`` zero eigenvalues of a low-rank kinship do not enter (``K_vt`` has no
+        component there).
+        """
+        dtype = held_out.cross_rotated.dtype
+        s2 = self.s2.detach().to(dtype)
+        rotated = self.rotate(z_train).detach().to(dtype)
+        spectrum = s2 * held_out.eigenvalues + (1 - s2)
+        return s2 * (held_out.cross_rotated @ (rotated / spectrum[:, None]))
+
+    def conditional_gaussian_nll(self, z_train: Tensor, z_val: Tensor, held_out: HeldOutKinship) -> Tensor:
+        """``-log N(Z_v; Sigma_vt Sigma_tt^-1 Z_t, Sigma_vv|t (x) I_d) / m``: nats per held-out row.
+
+        The Gaussian term of the held-out rows' density given the training rows (each of the
+        ``d`` latent columns independently), ``Sigma_vv|t = Sigma_vv - Sigma_vt Sigma_tt^-1 Sigma_tv``
+        for the current ``s2``. At ``s2 = 0`` it is exactly the iid term
+        ``(1/2m) (m d log 2 pi + |Z_v|^2)`` (bitwise: ``mu = 0`` and ``Sigma_vv|t = I`` exactly).
+
+        Args:
+            z_train: ``(n, d)`` latents of the training rows, in model order.
+            z_val: ``(m, d)`` latents of the held-out rows, in the order of ``held_out``.
+            held_out: from :meth:`held_out` (dense: ``O(m^2 r + m^3)`` per new ``s2``, cached,
+                then ``O(m^2 d)``) or :meth:`held_out_factor` (``O(p^2 r + p^3)`` per new ``s2``,
+                then ``O(m p d)``; no ``m x m`` matrix).
+
+        Returns:
+            A 0-d tensor in the held-out dtype (no gradient).
+        """
+        m, d = z_val.shape
+        dtype = held_out.cross_rotated.dtype
+        with torch.no_grad():
+            residual = z_val.detach().to(dtype) - self.conditional_mean(z_train, held_out)
+            log_det, quad = held_out.log_det_and_quad_form(float(self.s2), residual)
+        return gaussian_nll_from_terms(m, d, log_det, quad)
+
+
+def gaussian_nll_from_terms(m: int, d: int, log_det: Tensor | float, quad: Tensor) -> Tensor:
+    """``(m d log 2 pi + d log det Sigma + tr(Z^T Sigma^-1 Z)) / (2 m)`` for ``m`` rows of ``d`` columns."""
+    return 0.5 * (m * d * math.log(2 * math.pi) + d * log_det + quad) / m
+
+
+class HeldOutKinship(nn.Module):
+    """Kinship of ``m`` held-out rows with the training rows of a :class:`KinshipCovariance`
+    (in its eigenbasis) and among themselves: what their conditional density given the
+    training latents needs. Built by :meth:`KinshipCovariance.held_out` (dense) or
+    :meth:`KinshipCovariance.held_out_factor` (low rank); shared by every ``s2`` of a grid.
+
+    With ``c K'_tt = U diag(k) U^T`` (``c``: the model's scale), ``D = s2 k + 1 - s2`` and
+    ``A = c K_vt U`` (``m x r``)::
+
+        Sigma_vv|t = s2 c K_vv + (1 - s2) I - s2^2 A diag(1/D) A^T                 (dense)
+                   = (1 - s2) I + G M G^T,  G = sqrt(c) W_v,
+                     M = s2 [(I - V V^T) + V diag((1 - s2)/D) V^T]  (p x p)        (K = W W^T)
+
+    The low-rank form follows from ``A = (G V) diag(sqrt(k))``; its log-det and inverse come
+    from the ``p x p`` core ``C = (1 - s2) I + M^1/2 G^T G M^1/2`` (matrix determinant lemma,
+    Woodbury), ``p x p`` being ``r x r`` when the training factor has full column rank.
+    Source: the Gaussian conditional (e.g. Rasmussen & Williams 2006, eq. A.6).
+    """
+
+    def __init__(
+        self,
+        cross_rotated: Tensor,
+        eigenvalues: Tensor,
+        within: Tensor | None = None,
+        factor: Tensor | None = None,
+        basis: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if (within is None) == (factor is None):
+            raise ValueError("give either the dense within-block kinship or the held-out factor rows")
+        self.m = cross_rotated.shape[0]
+        self.register_buffer("cross_rotated", cross_rotated)
+        self.register_buffer("eigenvalues", eigenvalues)
+        self.register_buffer("within", within)
+        self.register_buffer("factor", factor)
+        self.register_buffer("basis", basis)
+        self.register_buffer("gram", None if factor is None else factor.T @ factor)
+        self._cache: tuple[float, Tensor, Tensor, Tensor | None] | None = None
+
+    @property
+    def low_rank(self) -> bool:
+        return self.factor is not None
+
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        self._cache = None  # moved or cast: the cached factor would be stale
+        return super()._apply(fn, *args, **kwargs)
+
+    def _core(self, s2: float) -> tuple[Tensor, Tensor, Tensor | None]:
+        """For this ``s2``: the Cholesky factor ``L`` and ``log det Sigma_vv|t``; on the
+        low-rank path ``L`` is that of the core ``C`` and the third item is ``M^1/2``."""
+        if self._cache is not None and self._cache[0] == s2:
+            return self._cache[1], self._cache[2], self._cache[3]
+        sigma = 1.0 - s2
+        spectrum = s2 * self.eigenvalues + sigma
+        if not self.low_rank:
+            assert self.within is not None
+            covariance = s2 * self.within - (s2 * s2) * (self.cross_rotated / spectrum) @ self.cross_rotated.T
+            covariance.diagonal().add_(sigma)
+            cholesky = torch.linalg.cholesky(covariance)
+            log_det = 2.0 * torch.log(cholesky.diagonal()).sum()
+            root = None
+        else:
+            assert self.basis is not None and self.gram is not None
+            p = self.basis.shape[0]
+            eye = torch.eye(p, dtype=self.gram.dtype, device=self.gram.device)
+            shrink = 1.0 - torch.sqrt(sigma / spectrum)
+            root = math.sqrt(s2) * (eye - (self.basis * shrink) @ self.basis.T)
+            core = root @ self.gram @ root
+            core = (core + core.T) / 2
+            core.diagonal().add_(sigma)
+            cholesky = torch.linalg.cholesky(core)
+            log_det = 2.0 * torch.log(cholesky.diagonal()).sum() + (self.m - p) * math.log(sigma)
+        self._cache = (s2, cholesky, log_det, root)
+        return cholesky, log_det, root
+
+    def log_det_and_quad_form(self, s2: float, residual: Tensor) -> tuple[Tensor, Tensor]:
+        """``log det Sigma_vv|t`` and ``tr(E^T Sigma_vv|t^-1 E)`` for ``E = Z_v - mean`` (``m x d``)."""
+        cholesky, log_det, root = self._core(s2)
+        if root is None:
+            whitened = torch.linalg.solve_triangular(cholesky, residual, upper=False).contiguous()  # row-major like
+            return log_det, whitened.square().sum()  # the residual: at s2 = 0 the sum is the iid one to the last bit
+        assert self.factor is not None
+        projected = torch.linalg.solve_triangular(cholesky, root @ (self.factor.T @ residual), upper=False)
+        return log_det, (residual.square().sum() - projected.square().sum()) / (1.0 - s2)
 
 
 def s2_objective(

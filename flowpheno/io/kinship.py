@@ -53,6 +53,10 @@ class Kinship:
         """The sub-matrix for row ``positions`` (from :func:`flowpheno.io.ids.align`), in that order."""
         return self.matrix[np.ix_(positions, positions)]
 
+    def cross(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """The ``len(rows) x len(columns)`` block ``K[rows][:, columns]`` (e.g. held-out x training)."""
+        return self.matrix[np.ix_(rows, columns)]
+
 
 @dataclass
 class KinshipFactor:

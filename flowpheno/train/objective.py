@@ -12,7 +12,8 @@ import math
 import torch
 from torch import Tensor
 
-from flowpheno.dependence import DependenceModel, EquicorrelatedBlocks, LatentControlVariate
+from flowpheno.dependence import DependenceModel, EquicorrelatedBlocks, HeldOutKinship, KinshipCovariance, LatentControlVariate
+from flowpheno.dependence.kinship import gaussian_nll_from_terms
 from flowpheno.flows import LatentFlow
 
 
@@ -71,6 +72,45 @@ def iid_nll(flow: LatentFlow, x: Tensor, batch_size: int = 8192) -> float:
 
 
 @torch.no_grad()
+def held_out_nll(
+    flow: LatentFlow,
+    x_val: Tensor,
+    x_train: Tensor | None = None,
+    kinship: KinshipCovariance | None = None,
+    held_out: HeldOutKinship | None = None,
+    batch_size: int = 8192,
+) -> tuple[float, float | None]:
+    """Held-out NLL in nats per held-out row (summed over traits), as ``(iid, conditional)``.
+
+    ``iid``: ``-(1/m) sum_v [log N(z_v; 0, I_d) + log |det J_g(x_v)|]`` (what :func:`iid_nll` gives).
+    ``conditional`` (None without ``kinship``/``held_out``): the held-out rows' density given the
+    training rows ``x_train`` (``n x d``, in the kinship model's order),
+    ``-(1/m) [log N(Z_v; Sigma_vt Sigma_tt^-1 Z_t, Sigma_vv|t (x) I_d) + sum_v log |det J_g(x_v)|]``
+    under the kinship model's current ``s2``: relatives of training rows are not scored as if
+    they were strangers. Both are computed in the held-out blocks' dtype (float64 from the
+    pipeline) from the same latents, so at ``s2 = 0`` they are equal to the last bit.
+    """
+    z_val, ladj = _latents_and_log_dets(flow, x_val, batch_size)
+    dtype = held_out.cross_rotated.dtype if held_out is not None else torch.float64
+    z_val, ladj = z_val.to(dtype), ladj.to(dtype)
+    m, d = z_val.shape
+    log_det_jacobian = ladj.sum() / m
+    iid = gaussian_nll_from_terms(m, d, 0.0, z_val.square().sum()) - log_det_jacobian
+    if kinship is None or held_out is None or x_train is None:
+        return float(iid), None
+    z_train = push_forward(flow, x_train, batch_size)
+    conditional = kinship.conditional_gaussian_nll(z_train, z_val, held_out) - log_det_jacobian
+    return float(iid), float(conditional)
+
+
+@torch.no_grad()
 def push_forward(flow: LatentFlow, x: Tensor, batch_size: int = 8192) -> Tensor:
     """``Z = g(X)`` for all rows, without building a graph."""
     return torch.cat([flow(x[start : start + batch_size])[0] for start in range(0, x.shape[0], batch_size)])
+
+
+@torch.no_grad()
+def _latents_and_log_dets(flow: LatentFlow, x: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    """``Z = g(X)`` (``n x d``) and ``log |det J_g(x_i)|`` (``n``), without building a graph."""
+    pieces = [flow(x[start : start + batch_size]) for start in range(0, x.shape[0], batch_size)]
+    return torch.cat([z for z, _ in pieces]), torch.cat([ladj for _, ladj in pieces])

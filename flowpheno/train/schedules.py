@@ -2,8 +2,17 @@
 
 Every schedule trains the flow by mini-batch gradient steps on the unbiased NLL
 estimate (Adamax, exponential lr decay per epoch, weight decay on flow weights only),
-keeps the state with the best held-out iid NLL, and reports one record per epoch and
+keeps the state with the best held-out NLL, and reports one record per epoch and
 one per stage through ``callback`` (the CLI draws progress bars from them).
+
+The held-out score: given the held-out rows' kinship (``held_out``, a
+:class:`HeldOutKinship`), a kinship fit scores them by their conditional density given the
+training rows (``val_nll_conditional``): held-out individuals are relatives of training
+ones, and their iid NLL rewards a flow that memorises families, which biases grid search
+and early stopping towards ``s2 = 0``. Without it (``iid`` mode, equicorrelated blocks),
+the iid NLL (``val_nll_iid``). Grid selection, early stopping, the kept state and the
+divergence checks all use the one score named by :attr:`EpochTrainer.score`; every
+epoch record also carries the iid NLL.
 """
 
 from __future__ import annotations
@@ -18,11 +27,13 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
-from flowpheno.dependence import DependenceModel, EquicorrelatedBlocks, IIDCovariance, KinshipCovariance, LatentControlVariate
+from flowpheno.dependence import (
+    DependenceModel, EquicorrelatedBlocks, HeldOutKinship, IIDCovariance, KinshipCovariance, LatentControlVariate,
+)
 from flowpheno.errors import FlowphenoError, OptionError
 from flowpheno.flows import LatentFlow
 from flowpheno.train.exact import exact_backward
-from flowpheno.train.objective import iid_nll, minibatch_nll, push_forward, stratified_blocks_nll, whole_blocks_nll
+from flowpheno.train.objective import held_out_nll, minibatch_nll, push_forward, stratified_blocks_nll, whole_blocks_nll
 from flowpheno.train.options import check_bool, check_choice, check_float, check_int
 
 Callback = Callable[[dict[str, Any]], None]
@@ -52,7 +63,7 @@ class TrainConfig:
     covariance_lr: float = 0.03
     seed: int = 0
     patience: int | None = None
-    """Stop after this many epochs without a better validation NLL (None: never)."""
+    """Stop after this many epochs without a better validation NLL (the selection score; None: never)."""
     max_grad_norm: float | None = 10.0
     """Clip the gradient norm: one outlying batch must not poison Adamax's running maximum."""
     estimator: Estimator = "plain"
@@ -108,6 +119,7 @@ class FitOutcome:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     stages: list[dict[str, Any]] = field(default_factory=list)
     best_val_nll: float | None = None
+    """The best held-out score, the one named by ``validation_score``."""
     grid: list[dict[str, Any]] = field(default_factory=list)
     non_finite_batches: int = 0
     """Batches whose loss, latents or gradient were not finite: their step was skipped."""
@@ -119,10 +131,16 @@ class FitOutcome:
     (None without validation rows: the last epoch's state is returned)."""
     best_stage: int | None = None
     """The stage of ``best_epoch``."""
+    validation_score: str = "val_nll_iid"
+    """The key of the held-out score that chose the state (and the grid value): ``val_nll_conditional``
+    (kinship with held-out kinship blocks) or ``val_nll_iid``."""
+    best_val_scores: dict[str, float | None] = field(default_factory=dict)
+    """Both held-out scores of the kept state: ``val_nll_iid`` and, where defined, ``val_nll_conditional``."""
 
 
 class _BestState:
-    """Snapshot of the flow and covariance parameters with the lowest validation NLL.
+    """Snapshot of the flow and covariance parameters with the lowest validation NLL
+    (the selection score), and every held-out score of that state.
 
     Only the dependence model's parameters are copied, never its buffers (the
     kinship eigenvectors are n x n and do not change).
@@ -130,12 +148,16 @@ class _BestState:
 
     def __init__(self) -> None:
         self.value: float | None = None
+        self.scores: dict[str, float | None] = {}
         self.state: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
 
-    def offer(self, value: float | None, flow: LatentFlow, dependence: DependenceModel) -> None:
+    def offer(
+        self, value: float | None, flow: LatentFlow, dependence: DependenceModel, scores: dict[str, float | None] | None = None
+    ) -> None:
         """Keep this state if ``value`` is finite and lower than the best so far (NaN and inf never are)."""
         if value is not None and math.isfinite(value) and (self.value is None or value < self.value):
             self.value = value
+            self.scores = dict(scores or {})
             covariance = {name: p.detach().clone() for name, p in dependence.named_parameters()}
             self.state = (copy.deepcopy(flow.state_dict()), covariance)
 
@@ -158,11 +180,19 @@ class EpochTrainer:
         x_val: Tensor | None,
         config: TrainConfig,
         callback: Callback | None,
+        held_out: HeldOutKinship | None = None,
     ) -> None:
         self.flow, self.dependence = flow, dependence
         self.x_train, self.x_val = x_train, x_val
         self.config, self.callback = config, callback
         config.validate()
+        if held_out is not None and not isinstance(dependence, KinshipCovariance):
+            raise FlowphenoError("the held-out kinship scores a kinship model; this dependence model has none")
+        if held_out is not None and x_val is not None and held_out.m != x_val.shape[0]:
+            raise FlowphenoError(f"the held-out kinship has {held_out.m} rows but there are {x_val.shape[0]} validation rows")
+        self.held_out = held_out
+        self.score = "val_nll_conditional" if held_out is not None else "val_nll_iid"
+        """The held-out score that selects, stops and diagnoses (see the module docstring)."""
         if config.batching != "uniform" and not isinstance(dependence, EquicorrelatedBlocks):
             raise FlowphenoError("block-aware batching needs equicorrelated blocks (--blocks), not a kinship or iid model")
         groups: list[dict[str, Any]] = [
@@ -189,13 +219,23 @@ class EpochTrainer:
         non-finite batch is then replayed from its start with the per-batch check."""
         self.untrained_val_nll = self.validation_nll()
 
-    def validation_nll(self) -> float | None:
+    def validation_scores(self) -> dict[str, float | None]:
+        """``{"val_nll_iid": ..., "val_nll_conditional": ...}`` (nats per held-out individual; the
+        conditional one only with a held-out kinship), empty without validation rows."""
         if self.x_val is None or self.x_val.shape[0] == 0:
-            return None
+            return {}
         self.flow.eval()
-        value = iid_nll(self.flow, self.x_val)
+        kinship = self.dependence if isinstance(self.dependence, KinshipCovariance) else None
+        iid, conditional = held_out_nll(self.flow, self.x_val, self.x_train, kinship, self.held_out)
         self.flow.train()
-        return value
+        scores: dict[str, float | None] = {"val_nll_iid": iid}
+        if self.held_out is not None:
+            scores["val_nll_conditional"] = conditional
+        return scores
+
+    def validation_nll(self) -> float | None:
+        """The selection score (:attr:`score`) of the current state, None without validation rows."""
+        return self.validation_scores().get(self.score)
 
     def _control_variate(self) -> LatentControlVariate | None:
         """For a fixed, non-identity covariance: latents of every row, refreshed once per call."""
@@ -314,7 +354,8 @@ class EpochTrainer:
             else:
                 train_nll, bad, batches = self._minibatch_epoch(n, device, control)
             self.scheduler.step()
-            val = self.validation_nll()
+            scores = self.validation_scores()
+            val = scores.get(self.score)
             self.epoch_count += 1
             self.non_finite_batches += bad
             if bad > MAX_NON_FINITE_SHARE * batches:
@@ -326,7 +367,7 @@ class EpochTrainer:
                 self.stopped = True
                 self.diverged = f"at stage {stage} epoch {self.epoch_count} (validation NLL {val:g})"
             previous_best = self.best.value
-            self.best.offer(val, self.flow, self.dependence)
+            self.best.offer(val, self.flow, self.dependence, scores)
             if self.best.value != previous_best:
                 self.best_epoch, self.best_stage = self.epoch_count, stage
             patience = self.config.patience
@@ -336,6 +377,7 @@ class EpochTrainer:
                 "epoch": self.epoch_count,
                 "train_nll": float(train_nll),
                 "val_nll": val,
+                **scores,
                 "non_finite_batches": bad,
                 "seconds": time.perf_counter() - started,
                 **self.dependence.describe(),
@@ -369,6 +411,7 @@ class EpochTrainer:
             self.flow, self.dependence, self.epochs, stages, self.best.value,
             non_finite_batches=self.non_finite_batches, diverged=self.diagnosis(),
             best_epoch=self.best_epoch if kept else None, best_stage=self.best_stage if kept else None,
+            validation_score=self.score, best_val_scores=self.best.scores,
         )
 
 
@@ -384,13 +427,15 @@ def fit_schedule(
     x_val: Tensor | None,
     config: TrainConfig,
     callback: Callback | None = None,
+    held_out: HeldOutKinship | None = None,
 ) -> FitOutcome:
     """Train for ``stages x epochs`` epochs with ``dependence`` as it is.
 
     Covers ``iid`` (``IIDCovariance``), one grid value (fixed ``s2`` or ``rho``) and
     ``joint`` (covariance parameters with ``requires_grad`` join the optimiser).
+    With ``held_out`` (a kinship model only) the held-out rows are scored conditionally.
     """
-    trainer = EpochTrainer(flow, dependence, x_train, x_val, config, callback)
+    trainer = EpochTrainer(flow, dependence, x_train, x_val, config, callback, held_out)
     stages: list[dict[str, Any]] = []
     for stage in range(1, config.stages + 1):
         started = time.perf_counter()
@@ -420,8 +465,13 @@ def fit_grid(
     x_val: Tensor | None,
     config: TrainConfig,
     callback: Callback | None = None,
+    held_out: HeldOutKinship | None = None,
 ) -> FitOutcome:
-    """One fresh flow per fixed covariance value (``s2`` or ``rho``); the best validation NLL wins."""
+    """One fresh flow per fixed covariance value (``s2`` or ``rho``); the best validation NLL wins.
+
+    With ``held_out`` (kinship) that is the conditional held-out NLL, which at ``s2 = 0``
+    equals the iid one; each grid record carries both scores of its kept state.
+    """
     if x_val is None or x_val.shape[0] == 0:
         raise FlowphenoError("grid search picks s2 by validation NLL: set --val-frac above 0")
     best: FitOutcome | None = None
@@ -431,8 +481,9 @@ def fit_grid(
         flow.initialize(x_train)
         dependence = make_dependence(value)
         started = time.perf_counter()
-        outcome = fit_schedule(flow, dependence, x_train, x_val, config, _tag(callback, value))
-        grid.append({"value": value, "val_nll": outcome.best_val_nll, "seconds": time.perf_counter() - started,
+        outcome = fit_schedule(flow, dependence, x_train, x_val, config, _tag(callback, value), held_out)
+        grid.append({"value": value, "val_nll": outcome.best_val_nll, **outcome.best_val_scores,
+                     "seconds": time.perf_counter() - started,
                      "non_finite_batches": outcome.non_finite_batches, "diverged": outcome.diverged})
         _emit(callback, {"event": "grid", **grid[-1]})
         if best is None or _grid_score(outcome) < _grid_score(best):
@@ -463,6 +514,7 @@ def fit_alternating(
     x_val: Tensor | None,
     config: TrainConfig,
     callback: Callback | None = None,
+    held_out: HeldOutKinship | None = None,
 ) -> FitOutcome:
     """Stages of (flow epochs at a fixed covariance) then (exact covariance on all latents).
 
@@ -497,7 +549,7 @@ def fit_alternating(
     refit(push_forward(flow, x_train))
     stages = [{"stage": 0, f"{key}_seconds": time.perf_counter() - started, **dependence.describe()}]
     _emit(callback, {"event": "stage", **stages[0]})
-    trainer = EpochTrainer(flow, dependence, x_train, x_val, config, callback)
+    trainer = EpochTrainer(flow, dependence, x_train, x_val, config, callback, held_out)
     for stage in range(1, config.stages + 1):
         started = time.perf_counter()
         trainer.run(config.epochs, stage)
@@ -540,6 +592,7 @@ def fit_joint(
     x_val: Tensor | None,
     config: TrainConfig,
     callback: Callback | None = None,
+    held_out: HeldOutKinship | None = None,
 ) -> FitOutcome:
     """Flow and covariance parameters (``s2`` or every ``rho_k``) by one optimiser.
 
@@ -553,4 +606,4 @@ def fit_joint(
     else:
         for parameter in dependence.parameters():
             parameter.requires_grad_(True)
-    return fit_schedule(flow, dependence, x_train, x_val, config, callback)
+    return fit_schedule(flow, dependence, x_train, x_val, config, callback, held_out)
