@@ -1,10 +1,10 @@
 """CPU threads: how many this process may use, and a scope that holds torch and BLAS to them.
 
 A fit left to torch's default starts one thread per core even when the cores are shared;
-on a loaded machine the threads then wait on each other (an epoch of the example cohort:
-0.38 s with one thread, 4.3 s with the default next to four busy processes on 2 cores).
-Commands therefore take ``--threads N`` (PLINK, regenie and GEMMA users expect it) and
-default to the CPUs this process may use, as a cluster scheduler granted them.
+on a loaded machine the threads then wait on each other and an epoch takes about ten times
+longer than with one thread (``benchmarks/results/threads.md``). Commands therefore take
+``--threads N`` (as PLINK, regenie and GEMMA users expect) and default to the CPUs this
+process may use, as a cluster scheduler granted them.
 """
 
 from __future__ import annotations
