@@ -19,6 +19,24 @@ from flowpheno.errors import FlowphenoError, OptionError
 from flowpheno.gwas import TRUTH_WINDOW_KB
 from flowpheno.progress import fit_progress, progress_bars
 
+
+def _flags_without_placeholder() -> None:
+    """Show flags as flags in ``--help``: typer 0.29's rich help prints a value placeholder
+    (``--quiet <bool>``) after options that take no value, where its plain help (and click)
+    print none. Older typer has no ``display_type_rich`` and needs nothing."""
+    option = getattr(getattr(typer, "core", None), "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "flowpheno_flags", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> Optional[str]:
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich.flowpheno_flags = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
+_flags_without_placeholder()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Relatedness-aware normalizing flows for multivariate GWAS.")
 console = Console(stderr=True)
 
@@ -49,6 +67,14 @@ def _floats(text: str, option: str) -> list[float]:
         raise OptionError(f"{option} {text!r}: give comma-separated numbers, e.g. 0,0.1,0.5") from None
 
 
+THREADS_HELP = ("CPU threads for torch and BLAS/OpenMP (default: the CPUs this process may use: its CPU affinity, "
+                "or SLURM_CPUS_PER_TASK when smaller)")
+
+
+def _threads_option() -> Any:
+    return typer.Option(None, "--threads", min=1, help=THREADS_HELP)
+
+
 def _progress() -> Progress:
     return progress_bars(console)
 
@@ -60,6 +86,7 @@ def grm(
     maf: float = typer.Option(0.01, "--maf", help="skip SNPs with minor allele frequency below this (GEMMA default)"),
     max_missing: float = typer.Option(0.05, "--max-missing", help="skip SNPs missing in more than this share (GEMMA default)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
+    threads: Optional[int] = _threads_option(),
 ) -> None:
     """Centred genetic relatedness matrix, as GEMMA -gk 1 computes it."""
     import numpy as np
@@ -67,12 +94,13 @@ def grm(
     from flowpheno.io.atomic import atomic_path, check_file_output
     from flowpheno.io.kinship import write_npz
     from flowpheno.io.plink import centred_grm, sample_fids
+    from flowpheno.threads import thread_limits
 
     inputs = {"--bfile": _plink_members(bfile)}
     check_file_output(out, inputs, overwrite=overwrite)
     if str(out).endswith(".txt"):
         check_file_output(str(out) + ".ids", inputs, overwrite=overwrite)
-    with console.status(f"computing the centred GRM from {bfile}"):
+    with console.status(f"computing the centred GRM from {bfile}"), thread_limits(threads):
         matrix, ids, used = centred_grm(bfile, maf=maf, max_missing=max_missing)
     fids = sample_fids(bfile)
     if str(out).endswith(".txt"):
@@ -114,6 +142,7 @@ def fit(
     scale_step: bool = typer.Option(False, "--scale-step", help="alternating: fit each trait's latent scale with s2 (corrects the downward s2 bias of strongly related samples)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress (default: bars on a terminal, a line every 15 s and per stage in a log file)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds an earlier flowpheno run (never another folder)"),
+    threads: Optional[int] = _threads_option(),
 ) -> None:
     """Train the flow and write Gaussianized phenotypes, model, fit.json and diagnostics."""
     from flowpheno.diagnostics import final_state_note
@@ -130,6 +159,7 @@ def fit(
         device=_device(device),
         categorical=[c.strip() for c in categorical.split(",") if c.strip()] if categorical else None,
         keep_outliers=keep_outliers,
+        threads=threads,
         train=TrainConfig(
             epochs=epochs, stages=stages, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, patience=patience,
             objective=objective, profile_scale=scale_step,
@@ -156,6 +186,7 @@ def transform(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda"),
     keep_outliers: bool = typer.Option(False, "--keep-outliers", help="transform values beyond 100 training SDs too"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
+    threads: Optional[int] = _threads_option(),
 ) -> None:
     """Gaussianize phenotypes with a fitted model."""
     from flowpheno.io.atomic import check_file_output
@@ -165,7 +196,7 @@ def transform(
     fileset = [fam.with_suffix(suffix) for suffix in (".bed", ".bim")] if fam is not None else []  # read by GEMMA with the output
     check_file_output(out, {"--model": model, "--pheno": pheno, "--covar": covar, "--fam": [fam, *fileset] if fam else None},
                       overwrite=overwrite)
-    table = transform_phenotypes(model, pheno, covar, device=_device(device), keep_outliers=keep_outliers)
+    table = transform_phenotypes(model, pheno, covar, device=_device(device), keep_outliers=keep_outliers, threads=threads)
     written = write_phenotypes(table, out, fmt, fam, source=str(pheno))  # the rows actually written, in the file's order
     complete = int(written.drop(columns=["FID", "IID"]).notna().all(axis=1).sum())
     console.print(f"wrote {out} ({fmt}): {complete} of {len(written)} individuals Gaussianized")
@@ -186,13 +217,15 @@ def simulate(
     family_size: int = typer.Option(2, "--family-size", min=1, help="children of each founder couple, and the mean number of children of every other couple"),
     seed: int = typer.Option(1, "--seed", help="random seed"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds an earlier simulated cohort"),
+    threads: Optional[int] = _threads_option(),
 ) -> None:
     """Simulate a related, structured cohort with non-Gaussian pleiotropic traits and known truth."""
     from flowpheno.io.atomic import StagedDirectory
     from flowpheno.simulate.cohort import SIMULATED_FILES, write_simulated_cohort
+    from flowpheno.threads import thread_limits
 
     with StagedDirectory(out, "simulate", overwrite=overwrite, legacy=SIMULATED_FILES) as staged:
-        with console.status(f"simulating {n} individuals with msprime"):
+        with console.status(f"simulating {n} individuals with msprime"), thread_limits(threads):
             structure = write_simulated_cohort(
                 staged.path, n=n, snps=snps, traits=traits, causal=0 if null else causal, populations=populations,
                 chromosomes=chromosomes, causal_variance=causal_variance, seed=seed, generations=generations,
@@ -339,7 +372,8 @@ def bench_synthetic(
     methods: Optional[str] = typer.Option(None, "--methods", help="subset of baseline,grid,joint,joint_blockbatch,alternating,alternating_strat (blocks) / baseline,grid,alternating,alternating_scaled (kinship)"),
     seeds: int = typer.Option(10, "--seeds", min=1, help="seeds 0..N-1"),
     quick: bool = typer.Option(False, "--quick", help="CI size: small n, few epochs, 1 seed, crescent and sinewave"),
-    jobs: int = typer.Option(1, "--jobs", min=1, help="parallel processes"),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="parallel processes (each gets --threads / --jobs threads, at least 1)"),
+    threads: Optional[int] = _threads_option(),
 ) -> None:
     """Table 1 of the paper: 2-D shapes with dependent training data (blocks, kinship)."""
     import json
@@ -373,7 +407,7 @@ def bench_synthetic(
         task = progress.add_task("runs (setting x shape x method x seed)", total=total)
         results = run_all(out, chosen_settings, chosen_shapes, wanted, seed_list, sizes, jobs,
                           on_result=lambda record: progress.update(task, advance=1),
-                          on_plan=lambda done, _: progress.update(task, completed=done))
+                          on_plan=lambda done, _: progress.update(task, completed=done), threads=threads)
     wall = time.perf_counter() - started  # results: exactly the runs asked for in this call
     command = "flowpheno bench synthetic " + " ".join(sys.argv[3:])
     with atomic_path(out / "table1.md") as tmp:
@@ -426,6 +460,7 @@ def bench_stocks(
     methods: str = typer.Option("baseline,grid,joint", "--methods"),
     quick: bool = typer.Option(False, "--quick", help="CI size: small flow, few epochs, 1 seed"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds earlier results of this command"),
+    threads: Optional[int] = _threads_option(),
 ) -> None:
     """Stocks experiment: daily log-return pairs, one equicorrelated block per pair."""
     import json
@@ -435,13 +470,14 @@ def bench_stocks(
     from flowpheno.io.atomic import StagedDirectory, write_errors
     from flowpheno.io.prices import marked_synthetic
     from flowpheno.pipeline import package_versions
+    from flowpheno.threads import thread_limits
 
     chosen = _chosen_methods(methods, METHODS)
     sizes = StocksSizes.quick() if quick else StocksSizes()
     seed_list = list(range(1 if quick else seeds))
     staged = StagedDirectory(out, "bench stocks", {"--prices": list(prices)}, overwrite=overwrite,
                              legacy=("results.json", "table.md", "density_regions.png"))
-    with staged:
+    with staged, thread_limits(threads):
         data = load_pairs(list(prices), [p.strip() for p in pairs.split(",") if p.strip()], start, end)
         synthetic = marked_synthetic(list(prices))
         started = time.perf_counter()
@@ -489,6 +525,7 @@ def bench_images(
     quick: bool = typer.Option(False, "--quick", help="CI size: 8x8, a tiny Glow, 3 epochs, 1 seed"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available); metrics are computed on the CPU"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds earlier results of this command"),
+    threads: Optional[int] = _threads_option(),
 ) -> None:
     """Images experiment: repeated images of individuals, one equicorrelated block each."""
     import json
@@ -499,6 +536,7 @@ def bench_images(
     from flowpheno.io.atomic import StagedDirectory, write_errors
     from flowpheno.io.images import read_image_folder
     from flowpheno.pipeline import package_versions
+    from flowpheno.threads import thread_limits
 
     chosen = _chosen_methods(methods, METHODS)
     device = _device(device)
@@ -509,7 +547,7 @@ def bench_images(
     embedded = images is None
     staged = StagedDirectory(out, "bench images", {"--images": images}, overwrite=overwrite,
                              legacy=("results.json", "table.md", "samples.png"))
-    with staged, tempfile.TemporaryDirectory() as scratch:
+    with staged, tempfile.TemporaryDirectory() as scratch, thread_limits(threads):
         if embedded:
             from flowpheno.simulate.digits import make_digit_individuals
 

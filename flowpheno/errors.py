@@ -1,4 +1,14 @@
-"""User-facing errors: one line that names the file, row or ID and the fix."""
+"""User-facing errors (one line that names the file, row or ID and the fix) and warnings."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PASSED_THROUGH = (_PACKAGE, os.path.abspath(contextlib.__file__))
 
 
 class FlowphenoError(Exception):
@@ -9,3 +19,22 @@ class OptionError(FlowphenoError, ValueError):
     """An option value outside its allowed range or set: a usage error (the CLI exits 2)."""
 
     exit_code = 2
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that attributes a warning raised by the function calling this one
+    to the first frame outside flowpheno (the user's script, notebook cell or test), as
+    Python 3.12's ``warnings.warn(skip_file_prefixes=...)`` does; ``contextlib`` frames
+    (the ``with`` blocks flowpheno opens) are passed through too."""
+    frame = sys._getframe(2)  # the caller of the function that called this one
+    level = 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PASSED_THROUGH):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn(message)`` pointing at the code that called flowpheno, not at the
+    flowpheno line that noticed the problem. One line: ``message`` must hold no newline."""
+    warnings.warn(message, category, stacklevel=caller_stacklevel())

@@ -7,6 +7,7 @@ A notebook user gets the CLI's power from :func:`fit_phenotypes` and
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 import time
@@ -25,7 +26,7 @@ import torch
 from flowpheno import __version__
 from flowpheno.dependence import HeldOutKinship, KinshipCovariance
 from flowpheno.diagnostics import final_state_note, gaussianity_report
-from flowpheno.errors import FlowphenoError, OptionError
+from flowpheno.errors import FlowphenoError, OptionError, warn
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.atomic import StagedDirectory, atomic_path, write_errors
 from flowpheno.io.kinship import Kinship, KinshipFactor, read_genotype_factor, read_kinship, read_pcs, spectral_decomposition
@@ -34,6 +35,7 @@ from flowpheno.io.ids import FID_GIVEN, SampleKeys, align
 from flowpheno.io.tables import MIN_PER_LEVEL, MISSING_STRINGS, covariate_design, default_traits, numeric_columns, read_table, table_keys
 from flowpheno.model import PhenotypeModel, least_squares_residuals
 from flowpheno.progress import fit_progress
+from flowpheno.threads import thread_limits, thread_report
 from flowpheno.train import FitOutcome, TrainConfig, fit_alternating, fit_grid, fit_iid, fit_joint
 from flowpheno.train.options import check_choice, check_float, check_int
 from flowpheno.train.schedules import Callback
@@ -72,6 +74,9 @@ class FitConfig:
     device: str = "cpu"
     categorical: list[str] | None = None
     keep_outliers: bool = False
+    threads: int | None = None
+    """CPU threads for torch and BLAS/OpenMP during the fit (None: the CPUs this process may
+    use, see :func:`flowpheno.threads.cpu_limit`); fit.json records the count used."""
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -96,6 +101,7 @@ class FitConfig:
             check_float(owner, "s2_grid", value, "every s2 value must be in [0, 1)", 0.0, 1.0)
         check_int(owner, "layers", self.layers, 1)
         check_int(owner, "hidden", self.hidden, 1)
+        check_int(owner, "threads", self.threads, 1, optional=True)
         check_float(owner, "val_frac", self.val_frac, "must be in [0, 0.9)", 0.0, 0.9)
         if self.mode == "grid" and self.val_frac == 0:
             raise OptionError("--val-frac 0: --mode grid picks s2 by validation NLL; set --val-frac above 0")
@@ -163,10 +169,9 @@ def read_phenotypes(
     if traits is None:
         traits, skipped = default_traits(table)
         if skipped:
-            warnings.warn(
+            warn(
                 f"{pheno}: text column(s) {', '.join(map(repr, skipped))} are not traits and were skipped; "
                 "name the traits with --traits to silence this",
-                stacklevel=2,
             )
     if not traits:
         raise FlowphenoError(f"{pheno}: no numeric trait columns besides FID/IID")
@@ -361,10 +366,9 @@ def _check_levels(phenotypes: Phenotypes, keep: np.ndarray, covar: str | Path | 
                     "level or set that cell to NA"
                 )
             if count == 2:
-                warnings.warn(
+                warn(
                     f"{covar}: level {level!r} of covariate {column!r} is held by 2 individuals ({who}): only their "
                     "difference remains after covariates; consider merging it into another level",
-                    stacklevel=3,
                 )
 
 
@@ -399,12 +403,28 @@ def _check_outliers(
             "fix or remove the value(s) (a data-entry error squeezes every other value of the trait), "
             "or pass --keep-outliers to fit with them"
         )
-    warnings.warn(
+    warn(
         f"{pheno}: {len(found)} value(s) beyond robust |z| {OUTLIER_WARN_Z:g} (median/MAD): {shown}{more}; "
         "kept (listed in fit.json 'outliers', marked in diagnostics.png)",
-        stacklevel=2,
     )
     return found
+
+
+def _mvlmm_advice(n: int, d: int) -> str:
+    """The warning for ``n < 100 d^2``: GEMMA's mvLMM over all ``d`` traits estimates ``d x d``
+    genetic and residual covariances, which its authors find unstable below about
+    ``100 d^2`` individuals; the largest trait group that ``n`` supports, and how to test it."""
+    group = math.isqrt(n // 100)
+    how = "test the traits one at a time (flowpheno gwas assoc --per-trait)"
+    if group >= 2:
+        columns = ",".join(str(j) for j in range(1, group + 1))
+        how = (f"test groups of at most {group} traits (the workflow's trait_groups; by hand flowpheno gwas assoc "
+               f"--columns {columns}) or one trait at a time (--per-trait)")
+    return (
+        f"{n} individuals for {d} traits: GEMMA's mvLMM of all {d} traits at once needs about 100 d^2 = {100 * d * d} "
+        f"individuals (with fewer, its {d} x {d} genetic and residual covariance estimates are unstable: "
+        f"'matrix is singular', NaN Vg/Ve); the Gaussianized traits are not affected, but {how}"
+    )
 
 
 def _split(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -492,6 +512,10 @@ def fit_phenotypes(
       best), ``seconds``, ``non_finite_batches`` and ``diverged`` (None, or why).
 
     Records may carry further keys; read them with ``.get``.
+
+    Torch and the BLAS/OpenMP pools run on ``config.threads`` threads (default: the CPUs
+    this process may use) and are restored afterwards, except torch's inter-op pool, which
+    torch lets a process size only once (:func:`flowpheno.threads.thread_limits`).
     """
     caught: list[warnings.WarningMessage] = []
     try:
@@ -503,13 +527,15 @@ def fit_phenotypes(
             if out is not None:  # checked and created before anything is read or trained
                 inputs = fit_inputs(pheno, grm, covar, grm_ids, grm_pcs, grm_factor)
                 staged = StagedDirectory(out, "fit", inputs, overwrite=overwrite, legacy=RUN_FILES)
-            with staged or _nothing(), fit_progress() if progress else _nothing() as shown:
+            config = config or FitConfig()
+            config.validate()  # before its thread count is applied
+            with staged or _nothing(), thread_limits(config.threads), fit_progress() if progress else _nothing() as shown:
                 if grm_pcs is not None:
                     grm = read_pcs(grm_pcs)
                 elif grm_factor is not None:
                     grm = read_genotype_factor(grm_factor)
                 model, gaussianized, report = _fit(
-                    pheno, grm, covar, config or FitConfig(), staged, grm_ids, _both(shown, callback), command, caught
+                    pheno, grm, covar, config, staged, grm_ids, _both(shown, callback), command, caught
                 )
     finally:  # also when the fit stops with an error: the warnings may explain it
         for warning in caught:
@@ -599,12 +625,8 @@ def _fit(
     _check_collinear_traits(phenotypes.values[keep], phenotypes.traits, str(pheno))
     outliers = _check_outliers(phenotypes.values[keep], iids[keep], phenotypes.traits, str(pheno), config.keep_outliers)
     d = len(phenotypes.traits)
-    if n_complete < 100 * d * d:
-        warnings.warn(
-            f"{n_complete} individuals for {d} traits: GEMMA's mvLMM is unstable below about 100 d^2 = {100 * d * d}; "
-            "test smaller trait groups",
-            stacklevel=2,
-        )
+    if d > 1 and n_complete < 100 * d * d:
+        warn(_mvlmm_advice(n_complete, d))
     fit_covariates = phenotypes.covariates[keep] if phenotypes.covariates is not None else None
     residuals, beta = least_squares_residuals(phenotypes.values[keep], fit_covariates)
     center, scale = residuals.mean(axis=0), residuals.std(axis=0)
@@ -638,10 +660,9 @@ def _fit(
     if outcome.diverged is not None:
         raise FlowphenoError(f"training diverged {outcome.diverged}: {advice}; nothing was written")
     if outcome.non_finite_batches:
-        warnings.warn(
+        warn(
             f"skipped the step of {outcome.non_finite_batches} training batches with a non-finite loss, latent or gradient; "
             f"if the fit looks poor, {advice}",
-            stacklevel=2,
         )
 
     model = PhenotypeModel(
@@ -673,6 +694,7 @@ def _fit(
         "seed": config.train.seed,
         "versions": package_versions(),
         "device": device,
+        "threads": thread_report(config.threads),
         "n_rows": int(len(iids)),
         "n_used": n_complete,
         "n_train": int(len(train_rows)),
@@ -798,7 +820,7 @@ def _check_new_values(standardised: np.ndarray, phenotypes: Phenotypes, pheno: s
             "extrapolate (and carry that individual's other traits with it): fix or remove the value(s) (or that "
             "individual's covariates, when the trait value itself is ordinary), or pass --keep-outliers"
         )
-    warnings.warn(f"{pheno}: value(s) beyond {OUTLIER_WARN_Z:g} training SDs after covariates: {shown}{more}", stacklevel=3)
+    warn(f"{pheno}: value(s) beyond {OUTLIER_WARN_Z:g} training SDs after covariates: {shown}{more}")
 
 
 def transform_phenotypes(
@@ -807,6 +829,7 @@ def transform_phenotypes(
     covar: str | Path | None = None,
     device: str = "cpu",
     keep_outliers: bool = False,
+    threads: int | None = None,
 ) -> pd.DataFrame:
     """Gaussianize a phenotype table with a fitted model; rows in input order, NaN where incomplete.
 
@@ -814,8 +837,17 @@ def transform_phenotypes(
     model's own scale (covariate residuals in units of the training SD): above
     :data:`OUTLIER_WARN_Z` a warning, above :data:`OUTLIER_STOP_Z` a FlowphenoError
     unless ``keep_outliers`` (the flow extrapolates there, and the other traits of that
-    individual go with it).
+    individual go with it). ``threads``: CPU threads for torch and BLAS, as
+    :attr:`FitConfig.threads` (default: the CPUs this process may use).
     """
+    check_int("transform_phenotypes", "threads", threads, 1, optional=True)
+    with thread_limits(threads):
+        return _transform_phenotypes(model, pheno, covar, device, keep_outliers)
+
+
+def _transform_phenotypes(
+    model: str | Path | PhenotypeModel, pheno: str | Path, covar: str | Path | None, device: str, keep_outliers: bool
+) -> pd.DataFrame:
     if not isinstance(model, PhenotypeModel):
         model = PhenotypeModel.load(model)
     if model.covariates and covar is None:

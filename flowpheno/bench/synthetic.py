@@ -29,6 +29,7 @@ from flowpheno.dependence import EquicorrelatedBlocks, IIDCovariance, KinshipCov
 from flowpheno.flows import spline_coupling_flow
 from flowpheno.io.atomic import atomic_path
 from flowpheno.io.kinship import spectral_decomposition
+from flowpheno.threads import per_worker, thread_limits
 from flowpheno.train import TrainConfig, fit_alternating, fit_grid, fit_joint, fit_schedule
 from flowpheno.train.objective import iid_nll
 
@@ -205,9 +206,9 @@ def prepare_kinship(seeds: Iterable[int], sizes: BenchSizes, cache_dir: Path) ->
         spectral_decomposition(correlation, f"bench-correlation-seed{seed}", cache_dir)
 
 
-def _worker(args: tuple[str, str, str, int, BenchSizes, Path]) -> dict[str, Any]:
-    torch.set_num_threads(1)
-    return run_one(*args[:5], cache_dir=args[5])
+def _worker(args: tuple[str, str, str, int, BenchSizes, Path], threads: int) -> dict[str, Any]:
+    with thread_limits(threads):
+        return run_one(*args[:5], cache_dir=args[5])
 
 
 def run_all(
@@ -220,13 +221,15 @@ def run_all(
     jobs: int = 1,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     on_plan: Callable[[int, int], None] | None = None,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """The records of every (setting, shape, method, seed) asked for, in that order: stored
     runs of the same :func:`run_identity` are reused, the others trained over ``jobs``
     processes and stored as ``out/runs/{run_key}.json``. ``on_plan(done, total)`` is told
     how many are reused before training starts; ``on_result`` gets each new record.
     Stored runs that were not asked for (other sizes, settings, methods) are left alone
-    and are not returned."""
+    and are not returned. ``threads`` (default: the CPUs this process may use) is shared:
+    this process uses all of them, each of the ``jobs`` workers ``threads // jobs`` (at least 1)."""
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "cache"
@@ -255,14 +258,16 @@ def run_all(
         if on_result:
             on_result(record)
 
-    prepare_kinship([task[3] for task in todo if task[0] == "kinship"], sizes, cache_dir)
-    if jobs <= 1:
-        for task in todo:
-            store(run_one(*task[:5], cache_dir=task[5]))
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for future in as_completed([pool.submit(_worker, task) for task in todo]):
-                store(future.result())
+    with thread_limits(threads):
+        prepare_kinship([task[3] for task in todo if task[0] == "kinship"], sizes, cache_dir)
+        if jobs <= 1:
+            for task in todo:
+                store(run_one(*task[:5], cache_dir=task[5]))
+        else:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                each = per_worker(threads, jobs)
+                for future in as_completed([pool.submit(_worker, task, each) for task in todo]):
+                    store(future.result())
     return [records[key] for key in asked]
 
 

@@ -25,7 +25,6 @@ import re
 import shutil
 import socket
 import tempfile
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -33,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from flowpheno.errors import FlowphenoError
+from flowpheno.errors import FlowphenoError, warn
 
 MANIFEST = ".flowpheno-run"
 """File in every run folder flowpheno writes: JSON with the command and the files written."""
@@ -143,8 +142,7 @@ def clean_leftovers(target: str | Path) -> list[Path]:
     for entry in entries:
         name = entry.name
         if name == f".{target.name}.old":
-            warnings.warn(f"{entry} may hold an earlier copy of {target} left by an interrupted run; check it, then delete it",
-                          stacklevel=2)
+            warn(f"{entry} may hold an earlier copy of {target} left by an interrupted run; check it, then delete it")
             continue
         if not (name.startswith(start) and name.endswith(".tmp")):
             continue
@@ -152,27 +150,25 @@ def clean_leftovers(target: str | Path) -> list[Path]:
         match = re.fullmatch(r"(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)(\.[A-Za-z0-9_.]+)?", middle)
         if match is None:
             if re.fullmatch(r"[a-z0-9_]{8}", middle):
-                warnings.warn(f"{entry} ({_size(entry) / 1e6:.1f} MB) is a leftover of an interrupted run; "
-                              "delete it if no flowpheno run is writing there", stacklevel=2)
+                warn(f"{entry} ({_size(entry) / 1e6:.1f} MB) is a leftover of an interrupted run; "
+                     "delete it if no flowpheno run is writing there")
             continue
         host, pid = match["host"], int(match["pid"])
         if host != _host():
-            warnings.warn(f"{entry} is being written, or was left, by flowpheno process {pid} on {host}; left as it is",
-                          stacklevel=2)
+            warn(f"{entry} is being written, or was left, by flowpheno process {pid} on {host}; left as it is")
         elif pid == os.getpid():
             continue
         elif _alive(pid):
-            warnings.warn(f"{entry} is being written by process {pid}, still running; left as it is", stacklevel=2)
+            warn(f"{entry} is being written by process {pid}, still running; left as it is")
         else:
             size = _size(entry)
             try:
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             except OSError as error:
-                warnings.warn(f"could not remove {entry}, a leftover of an interrupted run: {error.strerror}", stacklevel=2)
+                warn(f"could not remove {entry}, a leftover of an interrupted run: {error.strerror}")
                 continue
             removed.append(entry)
-            warnings.warn(f"removed {entry} ({size / 1e6:.1f} MB), left by an interrupted flowpheno run (process {pid} has ended)",
-                          stacklevel=2)
+            warn(f"removed {entry} ({size / 1e6:.1f} MB), left by an interrupted flowpheno run (process {pid} has ended)")
     return removed
 
 

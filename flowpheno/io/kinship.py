@@ -7,7 +7,6 @@ kinship file under a content hash, so a second ``fit`` on the same matrix skips 
 from __future__ import annotations
 
 import hashlib
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.linalg
 
-from flowpheno.errors import FlowphenoError
+from flowpheno.errors import FlowphenoError, warn
 from flowpheno.io.atomic import atomic_path
 from flowpheno.io.ids import SampleKeys, check_unique, make_keys
 from flowpheno.io.plink import centred_grm, plink_prefix, read_fam, sample_fids, standardised_genotype_factor
@@ -282,7 +281,10 @@ def spectral_decomposition(
     """``K = U diag(k) U^T`` with ``k >= 0``; cached under a content hash of ``matrix``.
 
     Eigenvalues below ``-1e-6`` times the largest are an error (the matrix is not a
-    valid kinship); smaller negatives are round-off and clipped to 0 with a warning.
+    valid kinship); smaller negatives are round-off and clipped to 0 with a warning. The
+    cache stores how many were clipped, so a run that reads it warns exactly as the run
+    that computed it (two identical fits record the same warnings); a cache written before
+    it stored that count is recomputed once.
     Returns ``(k, U, cache_hit)``.
     """
     digest = hashlib.sha256(np.ascontiguousarray(matrix, dtype=np.float64).tobytes()).hexdigest()[:20]
@@ -291,8 +293,10 @@ def spectral_decomposition(
         cache = Path(cache_dir) / f".{Path(source).name}.eig-{matrix.shape[0]}-{digest}.npz"
         cached = _read_cache(cache, matrix.shape[0])
         if cached is not None:
-            _check_relatedness(matrix, cached[0], source)
-            return cached[0], cached[1], True
+            eigenvalues, eigenvectors, clipped = cached
+            _warn_clipped(source, clipped)
+            _check_relatedness(matrix, eigenvalues, source)
+            return eigenvalues, eigenvectors, True
     eigenvalues, eigenvectors = scipy.linalg.eigh(matrix, overwrite_a=False, check_finite=False, driver="evd")
     largest = max(float(eigenvalues.max()), 0.0)
     negative = eigenvalues < -NEGATIVE_EIGENVALUE_TOLERANCE * largest
@@ -301,42 +305,54 @@ def spectral_decomposition(
             f"{source}: kinship has {int(negative.sum())} eigenvalues below -{NEGATIVE_EIGENVALUE_TOLERANCE:g} x the largest "
             f"(smallest {eigenvalues.min():.3g}); it is not positive semi-definite: recompute it (e.g. flowpheno grm) or bend it"
         )
-    if (eigenvalues < 0).any():
-        warnings.warn(f"{source}: clipped {int((eigenvalues < 0).sum())} tiny negative eigenvalues to 0", stacklevel=2)
-        eigenvalues = np.clip(eigenvalues, 0.0, None)
+    clipped = int((eigenvalues < 0).sum())
+    _warn_clipped(source, clipped)
+    eigenvalues = np.clip(eigenvalues, 0.0, None)
     _check_relatedness(matrix, eigenvalues, source)
     if cache is not None:
         try:
             with atomic_path(cache) as tmp:
                 with tmp.open("wb") as handle:
-                    np.savez(handle, eigenvalues=eigenvalues, eigenvectors=eigenvectors)
+                    np.savez(handle, eigenvalues=eigenvalues, eigenvectors=eigenvectors, clipped=np.int64(clipped))
         except OSError as error:
-            warnings.warn(f"could not cache the eigendecomposition in {cache.parent}: {error}", stacklevel=2)
+            warn(f"could not cache the eigendecomposition in {cache.parent}: {error}")
     return eigenvalues, eigenvectors, False
 
 
-def _read_cache(cache: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cached ``(k, U)``, or None when absent. An unreadable or inconsistent cache file
-    (truncated by a killed run, a full disk) is named in a warning and deleted, so the
-    decomposition is recomputed and cached again."""
+def _warn_clipped(source: str, clipped: int) -> None:
+    if clipped:
+        warn(f"{source}: clipped {clipped} tiny negative eigenvalues (round-off, above -{NEGATIVE_EIGENVALUE_TOLERANCE:g} x "
+             "the largest) to 0")
+
+
+def _read_cache(cache: Path, n: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """The cached ``(k, U, eigenvalues clipped)``, or None when absent or written without the
+    clipped count (an older cache: recomputed and replaced). An unreadable or inconsistent
+    cache file (truncated by a killed run, a full disk) is named in a warning and deleted,
+    so the decomposition is recomputed and cached again."""
     if not cache.exists():
         return None
     try:
         with np.load(cache, allow_pickle=False) as archive:
             eigenvalues, eigenvectors = archive["eigenvalues"], archive["eigenvectors"]
+            clipped = archive["clipped"] if "clipped" in archive.files else None
         if eigenvalues.shape != (n,) or eigenvectors.shape != (n, n):
             raise ValueError(f"arrays of shape {eigenvalues.shape} and {eigenvectors.shape}, expected ({n},) and ({n}, {n})")
         if not (np.isfinite(eigenvalues).all() and np.isfinite(eigenvectors).all()):
             raise ValueError("non-finite values")
+        if clipped is not None and (clipped.shape != () or not 0 <= int(clipped) <= n):
+            raise ValueError(f"clipped count {clipped!r}, expected one number in [0, {n}]")
     except Exception as error:  # zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, ...: all mean "unusable"
         reason = " ".join(str(error).split()) or type(error).__name__
-        warnings.warn(f"{cache}: unreadable eigendecomposition cache ({reason}); deleted it and recomputing", stacklevel=3)
+        warn(f"{cache}: unreadable eigendecomposition cache ({reason}); deleted it and recomputing")
         try:
             cache.unlink()
         except OSError:
             pass
         return None
-    return eigenvalues, eigenvectors
+    if clipped is None:  # written before the cache held the clipped count: recomputed (and replaced) once
+        return None
+    return eigenvalues, eigenvectors, int(clipped)
 
 
 def _check_relatedness(matrix: np.ndarray, eigenvalues: np.ndarray, source: str) -> None:

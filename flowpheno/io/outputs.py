@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from flowpheno.errors import FlowphenoError
+from flowpheno.errors import FlowphenoError, warn
 from flowpheno.io.atomic import atomic_path
 from flowpheno.io.ids import align, sample_keys
 from flowpheno.io.plink import check_bed, fam_keys, read_fam
@@ -35,10 +34,9 @@ def order_like_fam(table: pd.DataFrame, fam_path: str | Path, source: str = "the
     )
     left_out = len(table) - len(np.unique(alignment.positions[alignment.found]))
     if left_out:
-        warnings.warn(
+        warn(
             f"{left_out} of {len(table)} individuals of {source} are not in {fam_path} (matched on {alignment.by}) "
             "and are left out of the output",
-            stacklevel=2,
         )
     ordered = alignment.take(table[traits])
     return pd.concat([fam[["FID", "IID"]].reset_index(drop=True), ordered], axis=1)

@@ -6,13 +6,12 @@ import codecs
 import csv
 import io
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from flowpheno.errors import FlowphenoError
+from flowpheno.errors import FlowphenoError, warn
 from flowpheno.io.ids import FID_GIVEN, SampleKeys, sample_keys
 
 MISSING_STRINGS = ["NA", "nan", "NaN", "", ".", "-9"]
@@ -136,10 +135,9 @@ def _parquet_table(path: Path) -> tuple[pd.DataFrame, None]:
             row = int(np.flatnonzero(values.isna().to_numpy())[0])
             raise FlowphenoError(f"{path}: {column} is missing in row {row + 1}; every individual needs an ID")
         if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-            warnings.warn(
+            warn(
                 f"{path}: {column} column is stored as numbers ({values.dtype}); read as text, but leading zeros "
                 "(000123) are lost in such a file: store IDs as strings",
-                stacklevel=3,
             )
             if pd.api.types.is_float_dtype(values) and (values == values.round()).all():
                 values = values.astype(np.int64)

@@ -31,6 +31,7 @@ FLAGS: dict[str, str] = {
     "hidden": "--hidden",
     "val_frac": "--val-frac",
     "device": "--device",
+    "threads": "--threads",
 }
 """Field of ``TrainConfig``/``FitConfig`` -> the ``flowpheno fit`` flag that sets it."""
 
