@@ -38,7 +38,7 @@ def _flags_without_placeholder() -> None:
 
 _flags_without_placeholder()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Relatedness-aware normalizing flows for multivariate GWAS.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a log file gets whole lines, not lines cut at 80 columns
 
 
 def _device(requested: Optional[str]) -> str:
