@@ -19,7 +19,7 @@ from flowpheno.gwas.plots import manhattan, qq
 from flowpheno.io.atomic import StagedDirectory, atomic_path, check_no_clobber, write_errors
 from flowpheno.io.ids import FID_GIVEN
 from flowpheno.io.outputs import write_phenotypes
-from flowpheno.io.plink import plink_prefix, read_fam
+from flowpheno.io.plink import plink_prefix, read_bim, read_fam
 from flowpheno.pipeline import Phenotypes, read_phenotypes
 
 
@@ -58,8 +58,9 @@ def check_rint_traits(phenotypes: Phenotypes, pheno: str | Path, covar: str | Pa
 
 
 def association(bfile: str | Path, kinship: str | Path, pheno: str | Path, columns: list[int], out: str | Path,
-                per_trait: bool = False) -> pd.DataFrame:
-    """One mvLMM over ``columns``, or (``per_trait``) one LMM per column combined by min p x d.
+                per_trait: bool = False, chromosome: str | None = None) -> pd.DataFrame:
+    """One mvLMM over ``columns``, or (``per_trait``) one LMM per column combined by min p x d;
+    over every SNP, or only those on ``chromosome`` (a ``.bim`` code: LOCO runs).
 
     The ``-p`` file is checked first (:func:`check_gemma_phenotypes`). Writes ``out``
     (SNP, CHR, BP, P) and GEMMA's own tables beside it: ``{stem}.gemma.assoc.txt``, or
@@ -75,14 +76,14 @@ def association(bfile: str | Path, kinship: str | Path, pheno: str | Path, colum
         try:
             for column in columns:
                 written.append(out.with_name(f"{out.stem}.trait{column}.assoc.txt"))
-                tables.append(gemma_lmm(bfile, kinship, pheno, [column], written[-1]))
+                tables.append(gemma_lmm(bfile, kinship, pheno, [column], written[-1], chromosome))
         except BaseException:  # no set of per-trait files that a later trait failed to join
             for path in written:
                 path.unlink(missing_ok=True)
             raise
-        result = min_p_over_traits(tables)
+        result = min_p_over_traits(tables, read_bim(f"{plink_prefix(bfile)}.bim")["snp"].tolist())
     else:
-        result = gemma_lmm(bfile, kinship, pheno, columns, out.with_name(f"{out.stem}.gemma.assoc.txt"))
+        result = gemma_lmm(bfile, kinship, pheno, columns, out.with_name(f"{out.stem}.gemma.assoc.txt"), chromosome)
     with atomic_path(out) as tmp:
         result.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     return result
