@@ -70,6 +70,18 @@ def test_user_config_is_not_merged_with_the_example(tmp_path: Path) -> None:
     assert "checkpoint" in planned  # the per-chromosome (LOCO) jobs follow from the prepared .bim
 
 
+def test_loco_off_tests_every_snp_with_the_full_grm(tmp_path: Path) -> None:
+    config = user_config(tmp_path) | {"gwas": {"loco": False, "p_threshold": 5e-8}}
+    result = dry_run(tmp_path, config)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    commands = shell_commands(result.stdout)
+    assoc = [command for command in commands if command.startswith("flowpheno gwas assoc")]
+    assert len(assoc) == 3 and all(f"--kinship {tmp_path / 'out' / 'grm' / 'kinship.cXX.txt'}" in command for command in assoc)
+    assert not any("--chr" in command or "--loco" in command or "gwas gather" in command for command in commands)
+    assert sum("--per-trait" in command for command in assoc) == 1
+    assert all("--threshold 5e-08" in command for command in commands if command.startswith("flowpheno gwas evaluate"))
+
+
 def test_default_configuration_is_the_example(tmp_path: Path) -> None:
     work = tmp_path / "repo"
     work.mkdir()
