@@ -1,14 +1,17 @@
 # flowpheno GWAS comparison: flow training -> GEMMA mvLMM -> PLINK clumping -> loci counts,
-# against the univariate rank-inverse-normal baseline and an iid flow.
+# against rank-inverse-normal baselines (univariate and mvLMM) and an iid flow.
 #
-#   snakemake gwas_all -c2                                   # config/config.yaml (embedded example)
-#   snakemake gwas_all -c2 --configfile config/simulated.yaml
-#   snakemake gwas_all --profile profiles/slurm              # one job per method and trait group
+#   snakemake gwas_all -c2                                        # the embedded example (config/example.yaml)
+#   snakemake gwas_all -c2 --configfile config/simulated.yaml     # a simulated cohort with known truth
+#   snakemake gwas_all --profile profiles/slurm --configfile my.yaml   # one job per arm, group and chromosome
 
 import os
 
-# defaults from the repository's config; --configfile / --config override them, from any --directory
-configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+# Without --configfile, the embedded example. A --configfile is the whole configuration: it is never
+# merged with the example's (a key it leaves out means "none" or the command's default).
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config", "example.yaml")
 
 
 include: "workflow/rules/common.smk"

@@ -254,10 +254,28 @@ def _columns(text: str) -> list[int]:
     return columns
 
 
+@gwas_app.command("prepare")
+def gwas_prepare(
+    bfile: Path = typer.Option(..., "--bfile", help="PLINK 1 prefix of the cohort"),
+    out: Path = typer.Option(..., "--out", help="prefix of the fileset to write (.bed/.bim/.fam, .excluded.tsv, .log)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the files of --out if they exist"),
+) -> None:
+    """The fileset every GWAS step reads: SNPs at a negative position (-9) or on chromosome 0 left out, sorted by PLINK."""
+    from flowpheno.gwas.fileset import FILESET_SUFFIXES, describe_fileset, prepare_fileset
+    from flowpheno.io.atomic import check_file_output
+
+    inputs = {"--bfile": _plink_members(bfile)}
+    for suffix in FILESET_SUFFIXES:
+        check_file_output(Path(f"{out}{suffix}"), inputs, overwrite=overwrite)
+    summary = prepare_fileset(bfile, out)
+    console.print("wrote " + describe_fileset(summary, bfile, out))
+
+
 @gwas_app.command("grm")
 def gwas_grm(
     bfile: Path = typer.Option(..., "--bfile", help="PLINK 1 prefix"),
     out: Path = typer.Option(..., "--out", help="GEMMA kinship to write (.cXX.txt)"),
+    loco: Optional[str] = typer.Option(None, "--loco", help="leave this chromosome out: the GRM of every SNP not on it"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
 ) -> None:
     """Centred GRM with GEMMA -gk 1 over every individual of the fileset."""
@@ -267,8 +285,8 @@ def gwas_grm(
     inputs = {"--bfile": _plink_members(bfile)}
     check_file_output(out, inputs, overwrite=overwrite)
     check_file_output(out.with_suffix(".log"), inputs, overwrite=overwrite)
-    gemma_grm(bfile, out)
-    console.print(f"wrote {out}")
+    gemma_grm(bfile, out, loco=loco)
+    console.print(f"wrote {out}" + (f" (every chromosome but {loco})" if loco is not None else ""))
 
 
 @gwas_app.command("rint")
@@ -301,6 +319,7 @@ def gwas_assoc(
     out: Path = typer.Option(..., "--out", help="association table to write (SNP, CHR, BP, P)"),
     per_trait: bool = typer.Option(False, "--per-trait", help="one univariate LMM per column, min p x d (the single baseline)"),
     covar: Optional[Path] = typer.Option(None, "--covar", help="covariates (FID, IID, columns; text columns one-hot) GEMMA adjusts every test for (-c, with an intercept); individuals with a missing covariate are left out"),
+    chromosome: Optional[str] = typer.Option(None, "--chr", help="test only the SNPs on this chromosome (LOCO: with its --loco GRM)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
 ) -> None:
     """GEMMA -lmm 3: multivariate over the columns, or per trait with --per-trait."""
@@ -312,10 +331,29 @@ def gwas_assoc(
     check_file_output(out.with_suffix(".log"), inputs, overwrite=overwrite)
     if covar is not None:
         check_file_output(covariates_path(out), inputs, overwrite=overwrite)
-    result = association(bfile, kinship, pheno, _columns(columns), out, per_trait=per_trait, covar=covar)
+    result = association(bfile, kinship, pheno, _columns(columns), out, per_trait=per_trait, covar=covar, chromosome=chromosome)
     analysed = (f"{result.attrs['n_analysed']} individuals" if "n_analysed" in result.attrs
                 else "individuals per trait " + ", ".join(map(str, result.attrs.get("n_per_trait", []))))
-    console.print(f"wrote {out}: {len(result)} SNPs; {analysed} analysed" + (f" (covariates: {covariates_path(out)})" if covar else ""))
+    console.print(f"wrote {out}: {len(result)} SNPs" + (f" on chromosome {chromosome}" if chromosome is not None else "")
+                  + f"; {analysed} analysed" + (f" (covariates: {covariates_path(out)})" if covar else ""))
+
+
+@gwas_app.command("gather")
+def gwas_gather(
+    parts: list[Path] = typer.Argument(..., help="association tables of flowpheno gwas assoc --chr, one per chromosome"),
+    bfile: Path = typer.Option(..., "--bfile", help="PLINK 1 prefix the tables were computed on"),
+    out: Path = typer.Option(..., "--out", help="association table to write (SNP, CHR, BP, P)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it exists"),
+) -> None:
+    """One association table from per-chromosome (LOCO) ones: every chromosome once, no SNP twice."""
+    from flowpheno.gwas.gemma import gather_chromosomes
+    from flowpheno.io.atomic import atomic_path, check_file_output
+
+    check_file_output(out, {"--bfile": _plink_members(bfile), "PARTS": parts}, overwrite=overwrite)
+    table = gather_chromosomes(parts, bfile)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    console.print(f"wrote {out}: {len(table)} SNPs from {len(parts)} chromosomes")
 
 
 @gwas_app.command("evaluate")

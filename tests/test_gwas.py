@@ -4,6 +4,7 @@ Snakemake workflow on a tiny simulated cohort with the real GEMMA and PLINK bina
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -109,8 +110,9 @@ def test_workflow_end_to_end(tmp_path: Path) -> None:
         f"outdir: {json.dumps(str(work / 'out'))}\n"
         "simulate: {n: 300, snps: 3000, traits: 3, causal: 10, chromosomes: 2, seed: 3, causal_variance: 0.3}\n"
         "trait_groups: {all: [trait1, trait2, trait3]}\n"
+        "methods: [single, rint_mv, flow_iid, flow_kinship]\n"
         "fit: {epochs: 2, stages: 2, layers: 4, hidden: 32, batch_size: 128, seed: 1, device: cpu, extra: ''}\n"
-    )
+    )  # gwas.loco is left at its default: true
     local = Path(sys.executable).parent / "snakemake"
     snakemake = str(local) if local.exists() else shutil.which("snakemake")
     result = subprocess.run(
@@ -122,17 +124,35 @@ def test_workflow_end_to_end(tmp_path: Path) -> None:
     assert sorted(p.name for p in work.iterdir() if p.name != ".snakemake") == ["out", "test.yaml"]
     out = work / "out"
     report = (out / "report.md").read_text()
-    for method in ("single:all", "flow_iid:all", "flow_kinship:all"):
-        assert f"| {method} |" in report
-        summary = json.loads((out / "all" / method.split(":")[0] / "evaluation" / "summary.json").read_text())
+    bim = pd.read_csv(out / "genotypes" / "cohort.bim", sep="\t", header=None, dtype={0: str, 1: str})
+    for method in ("single", "rint_mv", "flow_iid", "flow_kinship"):
+        assert f"| {method}:all |" in report
+        summary = json.loads((out / "all" / method / "evaluation" / "summary.json").read_text())
         assert summary["snps_tested"] == 3000 and summary["causal_snps"] == 10
-        assert 0.7 < summary["lambda_gc"] < 1.3
+        # LOCO leaves the tested chromosome's polygenic background out of the GRM: in these families every SNP of a
+        # 10 Mb chromosome is linked to it, so lambda GC is above 1 (about 2.2-2.5 here; about 1.0 with the full GRM)
+        assert 0.8 < summary["lambda_gc"] < 3.5
         assert summary["true_loci"] + summary["false_loci"] == summary["loci"]
         for plot in ("manhattan.png", "qq.png"):
-            assert (out / "all" / method.split(":")[0] / "evaluation" / plot).stat().st_size > 10_000
+            assert (out / "all" / method / "evaluation" / plot).stat().st_size > 10_000
+        # LOCO: one GEMMA run per chromosome, each testing that chromosome's SNPs with the GRM leaving it out
+        assoc = pd.read_csv(out / "all" / method / "assoc.tsv", sep="\t", dtype={"SNP": str, "CHR": str})
+        assert assoc["SNP"].tolist() == bim[1].tolist()
+        for chromosome in ("1", "2"):
+            part = pd.read_csv(out / "all" / method / "loco" / f"{chromosome}.assoc.tsv", sep="\t", dtype={"CHR": str})
+            assert set(part["CHR"]) == {chromosome} and len(part) == (bim[0] == chromosome).sum()
+    for chromosome in ("1", "2"):
+        log = (out / "grm" / "loco" / f"{chromosome}.cXX.log").read_text()  # GEMMA's own count
+        assert int(re.search(r"number of analyzed SNPs\s+=\s+(\d+)", log).group(1)) == (bim[0] != chromosome).sum()
+    rint = pd.read_csv(out / "all" / "rint_mv" / "pheno.gemma.txt", sep="\t", header=None, na_values="NA")
+    assert rint.equals(pd.read_csv(out / "all" / "single" / "pheno.gemma.txt", sep="\t", header=None, na_values="NA"))
+    assert "-n 1 2 3 -lmm 3" in (out / "all" / "rint_mv" / "loco" / "1.assoc.gemma.assoc.log").read_text()
     loci = pd.read_csv(out / "loci.tsv", sep="\t")
     assert set(loci.columns) >= {"CHR", "SNP", "BP", "P", "method", "true_locus"}
     fit = json.loads((out / "all" / "flow_kinship" / "run" / "fit.json").read_text())
     assert fit["config"]["mode"] == "alternating" and fit["n_used"] > 250
     gemma_pheno = pd.read_csv(out / "all" / "flow_kinship" / "pheno.gemma.txt", sep="\t", header=None, na_values="NA")
     assert gemma_pheno.shape == (300, 3)
+    benchmarks = {path.name for path in (out / "benchmarks").iterdir()}
+    assert {"prepare_genotypes.tsv", "gemma_grm_loco_1.tsv", "gemma_assoc_all_rint_mv_2.tsv", "fit_flow_all_flow_kinship.tsv",
+            "report.tsv"} <= benchmarks

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from flowpheno.errors import FlowphenoError
 from flowpheno.gwas.tools import require, run_logged
-from flowpheno.io.plink import plink_prefix
+from flowpheno.io.plink import plink_prefix, plink_unsorted, read_bim
 
 LOCUS_COLUMNS = ["CHR", "SNP", "BP", "P", "TOTAL"]
 
@@ -49,10 +50,19 @@ def clump(
     see :func:`plink_chromosome_codes` for those PLINK rejects even then. PLINK writes
     its own codes (``chrX`` becomes ``23``), so a locus keeps the CHR and BP of its
     index SNP in ``assoc`` (the ``.bim`` names). Returns columns :data:`LOCUS_COLUMNS`.
-    Raises :class:`~flowpheno.errors.FlowphenoError` when PLINK fails (log tail shown).
+
+    PLINK 1.9 clumps only a sorted ``.bim`` (positions never decreasing within a
+    chromosome, each chromosome in one block; variants at a negative position are
+    skipped): an unsorted one is refused here, before PLINK runs, naming the first
+    offending line (``flowpheno gwas prepare`` writes a sorted copy).
+    Raises :class:`~flowpheno.errors.FlowphenoError` for that, or when PLINK fails (log tail shown).
     """
     plink = require("plink1.9")
     prefix = plink_prefix(bfile).resolve()
+    unsorted = plink_unsorted(read_bim(f"{prefix}.bim"))
+    if unsorted:
+        raise FlowphenoError(f"{prefix}.bim is not sorted ({unsorted}); PLINK 1.9 clumps only a sorted .bim: write a "
+                             "sorted copy with flowpheno gwas prepare --bfile PREFIX --out NEW and use NEW")
     with tempfile.TemporaryDirectory() as scratch:
         scratch_path = Path(scratch)
         assoc[["SNP", "P"]].dropna().to_csv(scratch_path / "assoc.tsv", sep="\t", index=False)

@@ -17,7 +17,7 @@ import pandas as pd
 from flowpheno.errors import FlowphenoError
 from flowpheno.gwas.tools import require, run_logged
 from flowpheno.io.atomic import atomic_path
-from flowpheno.io.plink import plink_prefix, read_fam
+from flowpheno.io.plink import bim_chromosomes, check_snp_ids, plink_prefix, read_bim, read_fam
 
 MIN_PHENOTYPED = 10
 """Fewest individuals with a trait (with every trait, for the mvLMM) GEMMA is asked to test."""
@@ -132,17 +132,48 @@ def check_gemma_phenotypes(pheno: str | Path, columns: list[int], n_fam: int | N
                              "test fewer traits together")
     return values
 
-def gemma_grm(bfile: str | Path, out: str | Path) -> Path:
-    """``gemma -gk 1`` over every individual of ``bfile``; writes ``out`` (a ``.cXX.txt``)."""
+def chromosome_snps(bfile: str | Path, chromosome: str, on: bool) -> list[str]:
+    """IDs of the ``.bim`` SNPs on ``chromosome`` (``on``), or on every other chromosome.
+
+    Codes are compared as written in the ``.bim`` (``chr1`` is not ``1``). Raises
+    :class:`~flowpheno.errors.FlowphenoError` when no SNP is on ``chromosome``, when
+    none is left, or when SNP IDs repeat (GEMMA ``-snps`` selects by ID).
+    """
+    bim_path = f"{plink_prefix(bfile)}.bim"
+    bim = read_bim(bim_path)
+    check_snp_ids(bim, bim_path)
+    chromosomes = bim_chromosomes(bim)
+    if chromosome not in chromosomes:
+        shown = ", ".join(chromosomes[:30]) + (", ..." if len(chromosomes) > 30 else "")
+        raise FlowphenoError(f"{bim_path}: no SNP on chromosome {chromosome!r}; its chromosomes: {shown}")
+    selected = bim.loc[(bim["chrom"] == chromosome) == on, "snp"].tolist()
+    if not selected:
+        raise FlowphenoError(f"{bim_path}: every SNP is on chromosome {chromosome!r}; a leave-one-chromosome-out GRM "
+                             "needs SNPs on other chromosomes: compute one GRM from all SNPs (without --loco)")
+    return selected
+
+
+def gemma_grm(bfile: str | Path, out: str | Path, loco: str | None = None) -> Path:
+    """``gemma -gk 1`` (centred GRM) over every individual of ``bfile``; writes ``out`` (a ``.cXX.txt``).
+
+    ``loco``: a chromosome code of the ``.bim``; the GRM then uses every SNP not on it
+    (leave-one-chromosome-out), selected with GEMMA ``-snps`` (GEMMA manual, 4.5: the
+    same matrix as ``-gk 1`` on a fileset holding only those SNPs, without writing one).
+    GEMMA's own ``-loco`` reads BIMBAM files only.
+    """
     gemma = require("gemma")
     prefix = plink_prefix(bfile).resolve()
     out = Path(out)
     n = len(read_fam(f"{prefix}.fam"))
+    snps = chromosome_snps(prefix, loco, on=False) if loco is not None else None
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as scratch:
         scratch_path = Path(scratch)
         (scratch_path / "all.txt").write_text("1\n" * n)  # every individual "phenotyped", so none is dropped
-        run_logged([gemma, "-bfile", str(prefix), "-p", "all.txt", "-gk", "1", "-o", "grm", "-outdir", "out"],
-                   out.with_suffix(".log"), cwd=scratch_path)
+        command = [gemma, "-bfile", str(prefix), "-p", "all.txt", "-gk", "1", "-o", "grm", "-outdir", "out"]
+        if snps is not None:
+            (scratch_path / "snps.txt").write_text("\n".join(snps) + "\n")
+            command += ["-snps", "snps.txt"]
+        run_logged(command, out.with_suffix(".log"), cwd=scratch_path)
         result = scratch_path / "out" / "grm.cXX.txt"
         with atomic_path(out) as tmp:
             shutil.copyfile(result, tmp)
@@ -156,14 +187,16 @@ def gemma_lmm(
     columns: list[int],
     out: str | Path,
     covariates: str | Path | None = None,
+    chromosome: str | None = None,
 ) -> pd.DataFrame:
     """``gemma -lmm 3 -n columns [-c covariates]``: univariate (one column) or mvLMM score test.
 
     ``pheno`` is a GEMMA ``-p`` file (``.fam`` order); ``columns`` are 1-based;
     ``covariates`` a GEMMA ``-c`` file (:func:`write_gemma_covariates`). GEMMA analyses the
     individuals with every selected phenotype and every covariate present (GEMMA manual
-    4.1.4; ``PARAM::ProcessCvtPhen``). Writes GEMMA's own ``assoc.txt`` to ``out`` and
-    returns SNP, CHR, BP, P.
+    4.1.4; ``PARAM::ProcessCvtPhen``). ``chromosome`` (a ``.bim`` code) tests only the SNPs
+    on it (GEMMA ``-snps``), e.g. with the leave-one-chromosome-out GRM of that chromosome.
+    Writes GEMMA's own ``assoc.txt`` to ``out`` and returns SNP, CHR, BP, P.
     """
     gemma = require("gemma")
     prefix = plink_prefix(bfile).resolve()
@@ -177,6 +210,9 @@ def gemma_lmm(
         ]
         if covariates is not None:
             command += ["-c", str(Path(covariates).resolve())]
+        if chromosome is not None:
+            (scratch_path / "snps.txt").write_text("\n".join(chromosome_snps(prefix, chromosome, on=True)) + "\n")
+            command += ["-snps", "snps.txt"]
         run_logged(command, out.with_suffix(".log"), cwd=scratch_path)
         result = scratch_path / "out" / "assoc.assoc.txt"
         if not result.exists():
@@ -246,13 +282,14 @@ def read_gemma_assoc(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame({"SNP": table["rs"], "CHR": table["chr"], "BP": table["ps"], "P": table["p_score"]})
 
 
-def min_p_over_traits(per_trait: list[pd.DataFrame]) -> pd.DataFrame:
+def min_p_over_traits(per_trait: list[pd.DataFrame], snp_order: list[str] | None = None) -> pd.DataFrame:
     """The ``single`` baseline: per SNP, the smallest p over the traits tested there, times
     their number (Bonferroni).
 
     GEMMA applies its MAF and missingness filters to each trait's own individuals, so the
     per-trait tables can hold different SNPs: they are combined on the union of SNPs (in
-    order of first appearance); a SNP a trait did not test contributes no p-value and does
+    the order of ``snp_order``, the ``.bim``'s SNP IDs, when given; otherwise in order of
+    first appearance); a SNP a trait did not test contributes no p-value and does
     not count in the factor. The per-trait p-values are kept as ``P_1 .. P_d`` (NaN where
     untested): the combined P is conservative by construction, so calibration (lambda GC)
     is judged on the per-trait tests.
@@ -270,6 +307,9 @@ def min_p_over_traits(per_trait: list[pd.DataFrame]) -> pd.DataFrame:
             )
         frames.append(table.set_index("SNP"))
     order = pd.Index(pd.concat([frame.index.to_series() for frame in frames]).drop_duplicates())
+    if snp_order is not None:
+        listed = pd.Index(snp_order)
+        order = listed[listed.isin(order)].append(order[~order.isin(listed)])
     positions = pd.concat([frame[["CHR", "BP"]] for frame in frames])
     positions = positions[~positions.index.duplicated()].reindex(order)
     p_values = np.column_stack([frame["P"].reindex(order).to_numpy(dtype=float) for frame in frames])
@@ -282,3 +322,53 @@ def min_p_over_traits(per_trait: list[pd.DataFrame]) -> pd.DataFrame:
     for j in range(p_values.shape[1]):
         merged[f"P_{j + 1}"] = p_values[:, j]
     return merged
+
+
+def gather_chromosomes(parts: list[str | Path], bfile: str | Path) -> pd.DataFrame:
+    """One association table from per-chromosome ones (``flowpheno gwas assoc --chr``).
+
+    Each part holds SNP, CHR, BP, P (and the per-trait columns of ``--per-trait``) for
+    one chromosome; together they must name every chromosome of the ``.bim`` once and
+    no SNP twice, and every SNP must be in the ``.bim``. Rows follow the ``.bim``'s
+    chromosome order. Raises :class:`~flowpheno.errors.FlowphenoError` naming the part.
+    """
+    bim_path = f"{plink_prefix(bfile)}.bim"
+    bim = read_bim(bim_path)
+    chromosomes = bim_chromosomes(bim)
+    known = set(bim["snp"])
+    tables: dict[str, pd.DataFrame] = {}
+    empty: list[pd.DataFrame] = []
+    for part in map(Path, parts):
+        if not part.is_file():
+            raise FlowphenoError(f"{part}: file not found; give the tables written by flowpheno gwas assoc --chr")
+        if part.stat().st_size and not part.read_bytes().endswith(b"\n"):
+            raise FlowphenoError(f"{part}: the last line is cut (a truncated file?); rerun flowpheno gwas assoc --chr")
+        table = pd.read_csv(part, sep="\t", dtype={"SNP": str, "CHR": str})
+        missing = [column for column in ("SNP", "CHR", "BP", "P") if column not in table.columns]
+        if missing:
+            raise FlowphenoError(f"{part}: no column {', '.join(missing)}; give the tables written by flowpheno gwas assoc --chr")
+        if table.empty:
+            empty.append(table)
+            continue
+        codes = list(dict.fromkeys(table["CHR"]))
+        if len(codes) != 1:
+            raise FlowphenoError(f"{part}: SNPs on chromosomes {', '.join(codes[:5])}; give one table per chromosome "
+                                 "(flowpheno gwas assoc --chr)")
+        if codes[0] in tables:
+            raise FlowphenoError(f"{part}: chromosome {codes[0]!r} is given twice; give each chromosome's table once")
+        unknown = ~table["SNP"].isin(known)
+        if unknown.any():
+            raise FlowphenoError(f"{part}: SNP {table['SNP'][unknown].iloc[0]!r} is not in {bim_path}; gather the tables "
+                                 "of this fileset")
+        tables[codes[0]] = table
+    if len(tables) + len(empty) != len(chromosomes) or not set(tables) <= set(chromosomes):
+        absent = [code for code in chromosomes if code not in tables]
+        raise FlowphenoError(f"{len(parts)} tables for the {len(chromosomes)} chromosomes of {bim_path}; give one per "
+                             f"chromosome (without results: {', '.join(absent[:10])})")
+    if not tables:
+        raise FlowphenoError(f"no SNP was tested on any chromosome of {bim_path}; check the GEMMA logs beside the tables")
+    gathered = pd.concat([tables[code] for code in chromosomes if code in tables], ignore_index=True)
+    repeated = gathered["SNP"].duplicated()
+    if repeated.any():
+        raise FlowphenoError(f"SNP {gathered['SNP'][repeated].iloc[0]!r} is in two tables; give each chromosome's table once")
+    return gathered

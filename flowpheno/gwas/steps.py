@@ -28,7 +28,7 @@ from flowpheno.gwas.plots import manhattan, qq
 from flowpheno.io.atomic import StagedDirectory, atomic_path, check_no_clobber, write_errors
 from flowpheno.io.ids import FID_GIVEN
 from flowpheno.io.outputs import write_phenotypes
-from flowpheno.io.plink import plink_prefix, read_fam
+from flowpheno.io.plink import plink_prefix, read_bim, read_fam
 from flowpheno.pipeline import Phenotypes, read_phenotypes
 
 
@@ -75,8 +75,9 @@ def covariates_path(out: str | Path) -> Path:
 
 
 def association(bfile: str | Path, kinship: str | Path, pheno: str | Path, columns: list[int], out: str | Path,
-                per_trait: bool = False, covar: str | Path | None = None) -> pd.DataFrame:
-    """One mvLMM over ``columns``, or (``per_trait``) one LMM per column combined by min p x d.
+                per_trait: bool = False, covar: str | Path | None = None, chromosome: str | None = None) -> pd.DataFrame:
+    """One mvLMM over ``columns``, or (``per_trait``) one LMM per column combined by min p x d;
+    over every SNP, or only those on ``chromosome`` (a ``.bim`` code: LOCO runs).
 
     The ``-p`` file is checked first (:func:`check_gemma_phenotypes`). With ``covar``
     (FID, IID and covariates, read like ``fit --covar``) GEMMA adjusts every test for them
@@ -111,15 +112,15 @@ def association(bfile: str | Path, kinship: str | Path, pheno: str | Path, colum
             try:
                 for column in columns:
                     written.append(out.with_name(f"{out.stem}.trait{column}.assoc.txt"))
-                    tables.append(gemma_lmm(bfile, kinship, pheno, [column], written[-1], **adjust))
+                    tables.append(gemma_lmm(bfile, kinship, pheno, [column], written[-1], chromosome=chromosome, **adjust))
             except BaseException:  # no set of per-trait files that a later trait failed to join
                 for path in written:
                     path.unlink(missing_ok=True)
                 raise
-            result = min_p_over_traits(tables)
+            result = min_p_over_traits(tables, read_bim(f"{plink_prefix(bfile)}.bim")["snp"].tolist())
             result.attrs["n_per_trait"] = counts
         else:
-            result = gemma_lmm(bfile, kinship, pheno, columns, out.with_name(f"{out.stem}.gemma.assoc.txt"), **adjust)
+            result = gemma_lmm(bfile, kinship, pheno, columns, out.with_name(f"{out.stem}.gemma.assoc.txt"), chromosome=chromosome, **adjust)
             result.attrs["n_analysed"] = counts[0]
     except BaseException:  # GEMMA failed: no -c file without the table it was written for
         if covariate_file is not None:

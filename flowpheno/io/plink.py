@@ -149,6 +149,84 @@ def read_fam(path: str | Path) -> pd.DataFrame:
     return fam
 
 
+BIM_COLUMNS = ["chrom", "snp", "cm", "pos", "a0", "a1"]
+
+
+def read_bim(path: str | Path) -> pd.DataFrame:
+    """The six ``.bim`` columns (chrom, snp, cm, pos, a0, a1) in file order.
+
+    Chromosome codes and SNP IDs are kept as text exactly (``chr1``, ``01``,
+    ``scaffold_12``); ``pos`` is an integer (PLINK writes ``-9`` for an unknown
+    position). Raises :class:`FlowphenoError` naming the file and the line when a line
+    has fewer than six fields or a position that is not an integer.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FlowphenoError(f"{path}: file not found")
+    try:
+        bim = pd.read_csv(path, sep=r"\s+", header=None, usecols=range(6), names=BIM_COLUMNS, dtype=str,
+                          keep_default_na=False, skip_blank_lines=True)
+    except (pd.errors.ParserError, ValueError) as error:
+        raise FlowphenoError(f"{path}: not a .bim file ({' '.join(str(error).split())}); a .bim line has six fields") from None
+    short = (bim.isna() | (bim == "")).any(axis=1).to_numpy()
+    if short.any():
+        raise FlowphenoError(f"{path}: line {int(np.flatnonzero(short)[0]) + 1} has fewer than six fields; a .bim line is "
+                             "chromosome, SNP ID, cM, position, allele 1, allele 2")
+    position = pd.to_numeric(bim["pos"], errors="coerce")
+    bad = (position.isna() | (position != position.round())).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise FlowphenoError(f"{path}: line {row + 1}: position {bim['pos'].iloc[row]!r} is not an integer")
+    bim["pos"] = position.astype(np.int64)
+    return bim
+
+
+def bim_chromosomes(bim: pd.DataFrame) -> list[str]:
+    """Chromosome codes of a :func:`read_bim` table, each once, in order of first appearance."""
+    return list(dict.fromkeys(bim["chrom"]))
+
+
+def check_snp_ids(bim: pd.DataFrame, source: str | Path) -> None:
+    """Every SNP ID of a ``.bim`` is unique: GEMMA ``-snps`` lists, PLINK ``--exclude`` and the
+    association tables name SNPs by ID. Raises :class:`FlowphenoError` naming the ID and its lines."""
+    duplicated = bim["snp"].duplicated(keep=False)
+    if duplicated.any():
+        snp = bim["snp"][duplicated].iloc[0]
+        lines = [str(i + 1) for i in bim.index[bim["snp"] == snp][:3]]
+        raise FlowphenoError(
+            f"{source}: SNP ID {snp!r} is on lines {', '.join(lines)}; give every SNP a unique ID "
+            "(plink1.9 --bfile PREFIX --set-missing-var-ids @:# --make-bed --out NEW)"
+        )
+
+
+def plink_unsorted(bim: pd.DataFrame) -> str | None:
+    """Why PLINK 1.9 would call this ``.bim`` unsorted, or ``None`` when it is sorted.
+
+    PLINK 1.9 skips variants with a negative position, stops on a chromosome whose
+    variants are not in one block ("split chromosome", for every command but
+    ``--make-bed``), and refuses ``--clump`` (and other window-based commands) when a
+    position decreases within a chromosome ("requires a sorted .bim"). Both are
+    checked here by chromosome code as written in the ``.bim``.
+    """
+    codes = bim["chrom"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    block_codes = codes[starts]
+    if len(set(block_codes)) != len(block_codes):
+        seen: set[str] = set()
+        for start, code in zip(starts, block_codes):
+            if code in seen:
+                return f"chromosome {code!r} is split: it appears again at line {bim.index[start] + 1} after other chromosomes"
+            seen.add(code)
+    placed = bim[bim["pos"] >= 0]
+    previous = placed.groupby("chrom", sort=False)["pos"].shift()
+    decreasing = (placed["pos"] < previous).to_numpy()
+    if decreasing.any():
+        row = placed.index[int(np.flatnonzero(decreasing)[0])]
+        return (f"line {row + 1}: position {bim.at[row, 'pos']} of {bim.at[row, 'snp']} on chromosome "
+                f"{bim.at[row, 'chrom']!r} comes after a larger one")
+    return None
+
+
 def fam_keys(fam: pd.DataFrame, source: str | Path) -> SampleKeys:
     """(FID, IID) keys of a :func:`read_fam` table, with its line numbers."""
     lines = fam.attrs.get("lines")

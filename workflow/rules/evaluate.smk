@@ -1,27 +1,41 @@
-# PLINK 1.9 clumping into loci, counts against the truth, lambda GC, Manhattan and QQ plots.
+# PLINK 1.9 clumping into loci, counts against the truth, lambda GC, Manhattan and QQ plots. The
+# gwas.* thresholds the configuration leaves out keep flowpheno gwas evaluate's defaults.
 
-GWAS = config["gwas"]
+EVALUATE_ARGS = options(GWAS, {"p_threshold": "--threshold", "alpha": "--alpha", "clump_r2": "--r2", "clump_kb": "--kb",
+                               "truth_window_kb": "--truth-window-kb"})
+
+
+def tested(wildcards):
+    """The GEMMA -p file and columns the arm's association tested, and which test (mvLMM or per trait)."""
+    if not ARM_OPTIONS:
+        return []
+    test = "per-trait" if wildcards.method == "single" else "mvlmm"
+    return ["--pheno", f"{OUT}/{wildcards.group}/{wildcards.method}/pheno.gemma.txt", "--columns", columns(wildcards),
+            "--test", test]
 
 
 rule evaluate:
     input:
-        [f"{OUT}/{{group}}/{{method}}/assoc.tsv"] + list(BED) + TRUTH_INPUT,
+        [f"{OUT}/{{group}}/{{method}}/assoc.tsv", f"{OUT}/{{group}}/{{method}}/pheno.gemma.txt"] + list(BED) + TRUTH_INPUT,
     output:
         summary=f"{OUT}/{{group}}/{{method}}/evaluation/summary.json",
         loci=f"{OUT}/{{group}}/{{method}}/evaluation/loci.tsv",
         manhattan=f"{OUT}/{{group}}/{{method}}/evaluation/manhattan.png",
         qq=f"{OUT}/{{group}}/{{method}}/evaluation/qq.png",
     params:
-        bfile=COHORT["bfile"],
+        bfile=GENOTYPES,
         assoc=f"{OUT}/{{group}}/{{method}}/assoc.tsv",
         out_dir=f"{OUT}/{{group}}/{{method}}/evaluation",
         name="{method}:{group}",
         truth=TRUTH_ARG,
+        tested=tested,
+        options=EVALUATE_ARGS,
     log:
         f"{OUT}/logs/evaluate_{{group}}_{{method}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/evaluate_{{group}}_{{method}}.tsv"
     threads: 1
     shell:
         "flowpheno gwas evaluate --bfile {params.bfile:q} --assoc {params.assoc:q} "
-        "--out-dir {params.out_dir:q} --name {params.name:q} "
-        "{params.truth:q} --threshold {GWAS[p_threshold]} --alpha {GWAS[alpha]} --r2 {GWAS[clump_r2]} "
-        "--kb {GWAS[clump_kb]} --truth-window-kb {GWAS[truth_window_kb]} --overwrite > {log:q} 2>&1"
+        "--out-dir {params.out_dir:q} --name {params.name:q} {params.truth:q} {params.tested:q} "
+        "{params.options:q} --overwrite > {log:q} 2>&1"

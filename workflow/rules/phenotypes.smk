@@ -1,10 +1,13 @@
-# Phenotypes GEMMA tests: rank-inverse-normal per trait (single), or Gaussianized by a flow.
-# FIT_ARGS holds numbers and fit.extra, which is pasted verbatim (options, not paths).
+# Phenotypes GEMMA tests (one -p file per arm, rows in .fam order): rank-inverse-normal per trait
+# after covariates (single, rint_mv), Gaussianized by a flow (flow_iid, flow_kinship), or by the
+# simulator's own inverse map (oracle). FIT_ARGS holds the fit options the configuration sets (numbers)
+# and fit.extra, which is pasted verbatim (options, not paths); the others keep flowpheno fit's defaults.
 
-FIT = config["fit"]
-FIT_ARGS = (
-    f"--epochs {FIT['epochs']} --stages {FIT['stages']} --layers {FIT['layers']} --hidden {FIT['hidden']} "
-    f"--batch-size {FIT['batch_size']} --seed {FIT['seed']} --device {FIT['device']} {FIT.get('extra', '')}"
+FIT = config.get("fit") or {}
+FIT_ARGS = " ".join(
+    options(FIT, {"epochs": "--epochs", "stages": "--stages", "layers": "--layers", "hidden": "--hidden",
+                  "batch_size": "--batch-size", "seed": "--seed", "device": "--device"})
+    + ([FIT["extra"]] if FIT.get("extra") else [])
 )
 
 
@@ -12,18 +15,44 @@ rule rint:
     input:
         [COHORT["pheno"], FAM] + COVAR_INPUT,
     output:
-        f"{OUT}/{{group}}/single/pheno.gemma.txt",
+        f"{OUT}/{{group}}/{{method}}/pheno.gemma.txt",
+    wildcard_constraints:
+        method="single|rint_mv",
     params:
         pheno=COHORT["pheno"],
         fam=FAM,
         covar=COVAR_ARG,
         traits=traits,
     log:
-        f"{OUT}/logs/rint_{{group}}.log",
+        f"{OUT}/logs/rint_{{group}}_{{method}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/rint_{{group}}_{{method}}.tsv"
     threads: 1
     shell:
         "flowpheno gwas rint --pheno {params.pheno:q} {params.covar:q} --traits {params.traits:q} "
         "--fam {params.fam:q} --out {output:q} --overwrite > {log:q} 2>&1"
+
+
+if "oracle" in METHODS:
+
+    rule oracle:
+        input:
+            [COHORT["oracle"], FAM] + COVAR_INPUT,
+        output:
+            f"{OUT}/{{group}}/oracle/pheno.gemma.txt",
+        params:
+            pheno=COHORT["oracle"],
+            fam=FAM,
+            covar=COVAR_ARG,
+            traits=traits,
+        log:
+            f"{OUT}/logs/oracle_{{group}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/oracle_{{group}}.tsv"
+        threads: 1
+        shell:
+            "flowpheno gwas rint --pheno {params.pheno:q} --no-rank {params.covar:q} --traits {params.traits:q} "
+            "--fam {params.fam:q} --out {output:q} --overwrite > {log:q} 2>&1"
 
 
 rule fit_flow:
@@ -43,6 +72,8 @@ rule fit_flow:
         mode=lambda wildcards: FLOW_MODES[wildcards.method],
     log:
         f"{OUT}/logs/fit_{{group}}_{{method}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/fit_flow_{{group}}_{{method}}.tsv"
     threads: 2
     resources:
         mem_mb=16000,

@@ -12,6 +12,8 @@ rule report:
         out_dir=OUT,
     log:
         f"{OUT}/logs/report.log",
+    benchmark:
+        f"{OUT}/benchmarks/report.tsv"
     threads: 1
     shell:
         "flowpheno gwas report {params.dirs:q} --out-dir {params.out_dir:q} --overwrite > {log:q} 2>&1"

@@ -1,7 +1,6 @@
 # A simulated cohort with known truth (only when the configuration has a `simulate` block).
 
 
-
 def simulate_options(block):
     """`flowpheno simulate` options from the `simulate` block, one list item per word."""
     options = []
@@ -19,11 +18,14 @@ if SIMULATE:
             f"{OUT}/cohort/pheno.tsv",
             f"{OUT}/cohort/covar.tsv",
             f"{OUT}/cohort/truth.tsv",
+            [COHORT["oracle"]] if ARM_OPTIONS else [],
         params:
             out=f"{OUT}/cohort",
             options=simulate_options(SIMULATE),
         log:
             f"{OUT}/logs/simulate.log",
+        benchmark:
+            f"{OUT}/benchmarks/simulate.tsv"
         threads: 1
         resources:
             mem_mb=8000,
