@@ -68,7 +68,7 @@ def _floats(text: str, option: str) -> list[float]:
 
 
 THREADS_HELP = ("CPU threads for torch and BLAS/OpenMP (default: the CPUs this process may use: its CPU affinity, "
-                "or SLURM_CPUS_PER_TASK when smaller)")
+                "or SLURM_CPUS_PER_TASK or OMP_NUM_THREADS when smaller)")
 
 
 def _threads_option() -> Any:

@@ -24,14 +24,16 @@ _interop_set: int | None = None
 def cpu_limit() -> tuple[int, str]:
     """``(cpus, where from)``: the CPUs this process may run on (``os.sched_getaffinity``:
     taskset, cgroups cpusets, a SLURM allocation), or ``SLURM_CPUS_PER_TASK`` when set and
-    smaller (SLURM may bind a task to a whole node's cores but grant it fewer)."""
+    smaller (SLURM may bind a task to a whole node's cores but grant it fewer), or
+    ``OMP_NUM_THREADS`` when set and smaller still (the limit torch itself would obey)."""
     try:
         cpus, source = len(os.sched_getaffinity(0)), "CPU affinity"
     except (AttributeError, OSError):  # macOS and Windows have no affinity call
         cpus, source = os.cpu_count() or 1, "CPU count"
-    granted = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
-    if granted.isdigit() and 0 < int(granted) < cpus:
-        cpus, source = int(granted), "SLURM_CPUS_PER_TASK"
+    for variable in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):  # a grant, or the user's own OpenMP limit
+        granted = os.environ.get(variable, "").strip()
+        if granted.isdigit() and 0 < int(granted) < cpus:
+            cpus, source = int(granted), variable
     return max(cpus, 1), source
 
 

@@ -110,7 +110,7 @@ def test_workflow_end_to_end(tmp_path: Path) -> None:
         f"outdir: {json.dumps(str(work / 'out'))}\n"
         "simulate: {n: 300, snps: 3000, traits: 3, causal: 10, chromosomes: 2, seed: 3, causal_variance: 0.3}\n"
         "trait_groups: {all: [trait1, trait2, trait3]}\n"
-        "methods: [single, rint_mv, flow_iid, flow_kinship]\n"
+        "methods: [single, rint_mv, flow_iid, flow_kinship, oracle]\n"
         "fit: {epochs: 2, stages: 2, layers: 4, hidden: 32, batch_size: 128, seed: 1, device: cpu, extra: ''}\n"
     )  # gwas.loco is left at its default: true
     local = Path(sys.executable).parent / "snakemake"
@@ -125,7 +125,7 @@ def test_workflow_end_to_end(tmp_path: Path) -> None:
     out = work / "out"
     report = (out / "report.md").read_text()
     bim = pd.read_csv(out / "genotypes" / "cohort.bim", sep="\t", header=None, dtype={0: str, 1: str})
-    for method in ("single", "rint_mv", "flow_iid", "flow_kinship"):
+    for method in ("single", "rint_mv", "flow_iid", "flow_kinship", "oracle"):
         assert f"| {method}:all |" in report
         summary = json.loads((out / "all" / method / "evaluation" / "summary.json").read_text())
         assert summary["snps_tested"] == 3000 and summary["causal_snps"] == 10

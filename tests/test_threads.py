@@ -79,6 +79,7 @@ def test_threads_flag_reaches_fit_json_and_a_bad_value_is_one_line(tmp_path: Pat
 
 def test_default_threads_follow_affinity_and_slurm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     mask = os.sched_getaffinity(0)
     assert cpu_limit() == (len(mask), "CPU affinity")
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(len(mask) + 4))  # more than the mask allows: the mask wins
@@ -98,6 +99,15 @@ def test_default_threads_follow_affinity_and_slurm(monkeypatch: pytest.MonkeyPat
             assert used == 1 and torch.get_num_threads() == 1
     finally:
         os.sched_setaffinity(0, mask)
+
+
+def test_default_threads_respect_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cpu_limit() == (1 if cpus > 1 else cpus, "OMP_NUM_THREADS" if cpus > 1 else "CPU affinity")
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cpus + 3))  # above the CPUs allowed: the affinity wins
+    assert cpu_limit() == (cpus, "CPU affinity")
 
 
 def test_jobs_share_the_threads() -> None:

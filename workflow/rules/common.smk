@@ -13,11 +13,6 @@ SIMULATE = config.get("simulate") or None
 GWAS = config["gwas"]
 LOCO = GWAS["loco"]
 
-# `flowpheno gwas assoc --covar`, `gwas evaluate --pheno/--columns/--test`, `gwas rint --no-rank` and the
-# oracle.tsv of `flowpheno simulate`: the covariates in GEMMA, the evaluation on each test's own scale and
-# the oracle arm use them.
-ARM_OPTIONS = False
-
 if SIMULATE:
     COHORT = {
         "bfile": f"{OUT}/cohort/cohort",
@@ -40,9 +35,6 @@ RINT_METHODS = [method for method in ("single", "rint_mv") if method in METHODS]
 if "oracle" in METHODS and not SIMULATE:
     raise ValueError("config methods: oracle needs the simulator's own inverse map, known only for a cohort the workflow "
                      "simulates (a `simulate` block); remove oracle from methods")
-if "oracle" in METHODS and not ARM_OPTIONS:
-    raise ValueError("config methods: oracle needs flowpheno gwas rint --no-rank and the oracle.tsv of flowpheno simulate, "
-                     "which this flowpheno does not have; remove oracle from methods")
 
 # Every GWAS step reads one fileset: the cohort's, sorted, without SNPs at a negative position or on
 # chromosome 0 (flowpheno gwas prepare; its .log and .excluded.tsv say what was left out).
@@ -55,7 +47,7 @@ COVAR_ARG = ["--covar", COHORT["covar"]] if COHORT["covar"] else []
 COVAR_INPUT = [COHORT["covar"]] if COHORT["covar"] else []
 TRUTH_INPUT = [COHORT["truth"]] if COHORT["truth"] else []
 TRUTH_ARG = ["--truth", COHORT["truth"]] if COHORT["truth"] else []
-GEMMA_COVAR_ARG = COVAR_ARG if GWAS["gemma_covariates"] and ARM_OPTIONS else []
+GEMMA_COVAR_ARG = COVAR_ARG if GWAS["gemma_covariates"] else []
 
 
 wildcard_constraints:

@@ -7,8 +7,6 @@ EVALUATE_ARGS = options(GWAS, {"p_threshold": "--threshold", "alpha": "--alpha",
 
 def tested(wildcards):
     """The GEMMA -p file and columns the arm's association tested, and which test (mvLMM or per trait)."""
-    if not ARM_OPTIONS:
-        return []
     test = "per-trait" if wildcards.method == "single" else "mvlmm"
     return ["--pheno", f"{OUT}/{wildcards.group}/{wildcards.method}/pheno.gemma.txt", "--columns", columns(wildcards),
             "--test", test]

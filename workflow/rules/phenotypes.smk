@@ -80,6 +80,6 @@ rule fit_flow:
         runtime=240,
     shell:
         "(flowpheno fit --pheno {params.pheno:q} {params.covar:q} --grm {input.grm:q} --grm-ids {params.fam:q} "
-        "--traits {params.traits:q} --mode {params.mode} {FIT_ARGS} --out {output.run:q} --overwrite --quiet && "
+        "--traits {params.traits:q} --mode {params.mode} {FIT_ARGS} --out {output.run:q} --threads {threads} --overwrite && "
         "flowpheno transform --model {output.run:q} --pheno {params.pheno:q} {params.covar:q} --format gemma "
-        "--fam {params.fam:q} --out {output.pheno:q} --device cpu --overwrite) > {log:q} 2>&1"
+        "--fam {params.fam:q} --out {output.pheno:q} --device cpu --threads {threads} --overwrite) > {log:q} 2>&1"

@@ -18,7 +18,7 @@ if SIMULATE:
             f"{OUT}/cohort/pheno.tsv",
             f"{OUT}/cohort/covar.tsv",
             f"{OUT}/cohort/truth.tsv",
-            [COHORT["oracle"]] if ARM_OPTIONS else [],
+            COHORT["oracle"],
         params:
             out=f"{OUT}/cohort",
             options=simulate_options(SIMULATE),
@@ -31,4 +31,4 @@ if SIMULATE:
             mem_mb=8000,
             runtime=60,
         shell:
-            "flowpheno simulate --out {params.out:q} {params.options:q} > {log:q} 2>&1"
+            "flowpheno simulate --out {params.out:q} {params.options:q} --threads {threads} > {log:q} 2>&1"
