@@ -75,6 +75,15 @@ def _threads_option() -> Any:
     return typer.Option(None, "--threads", min=1, help=THREADS_HELP)
 
 
+def _tool_threads(threads: Optional[int]) -> None:
+    """GEMMA and PLINK, run by the ``gwas`` commands, get ``--threads`` through
+    ``OMP_NUM_THREADS`` (:func:`flowpheno.gwas.tools.run_logged` reads it)."""
+    if threads is not None:
+        import os
+
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
 def _progress() -> Progress:
     return progress_bars(console)
 
@@ -259,8 +268,10 @@ def gwas_prepare(
     bfile: Path = typer.Option(..., "--bfile", help="PLINK 1 prefix of the cohort"),
     out: Path = typer.Option(..., "--out", help="prefix of the fileset to write (.bed/.bim/.fam, .excluded.tsv, .log)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the files of --out if they exist"),
+    threads: Optional[int] = _threads_option(),
 ) -> None:
     """The fileset every GWAS step reads: SNPs at a negative position (-9) or on chromosome 0 left out, sorted by PLINK."""
+    _tool_threads(threads)
     from flowpheno.gwas.fileset import FILESET_SUFFIXES, describe_fileset, prepare_fileset
     from flowpheno.io.atomic import check_file_output
 
@@ -277,8 +288,10 @@ def gwas_grm(
     out: Path = typer.Option(..., "--out", help="GEMMA kinship to write (.cXX.txt)"),
     loco: Optional[str] = typer.Option(None, "--loco", help="leave this chromosome out: the GRM of every SNP not on it"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
+    threads: Optional[int] = _threads_option(),
 ) -> None:
     """Centred GRM with GEMMA -gk 1 over every individual of the fileset."""
+    _tool_threads(threads)
     from flowpheno.gwas.gemma import gemma_grm
     from flowpheno.io.atomic import check_file_output
 
@@ -321,8 +334,10 @@ def gwas_assoc(
     covar: Optional[Path] = typer.Option(None, "--covar", help="covariates (FID, IID, columns; text columns one-hot) GEMMA adjusts every test for (-c, with an intercept); individuals with a missing covariate are left out"),
     chromosome: Optional[str] = typer.Option(None, "--chr", help="test only the SNPs on this chromosome (LOCO: with its --loco GRM)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
+    threads: Optional[int] = _threads_option(),
 ) -> None:
     """GEMMA -lmm 3: multivariate over the columns, or per trait with --per-trait."""
+    _tool_threads(threads)
     from flowpheno.gwas.steps import association, covariates_path
     from flowpheno.io.atomic import check_file_output
 
@@ -373,8 +388,10 @@ def gwas_evaluate(
     test: Optional[str] = typer.Option(None, "--test", help="mvlmm (one mvLMM over --columns: d-df lambda GC) or per-trait (gwas assoc --per-trait: per-trait 1-df lambdas)"),
     covar: Optional[Path] = typer.Option(None, "--covar", help="the covariates given to gwas assoc --covar: individuals with a missing one are not counted in n"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out-dir if it holds an earlier evaluation"),
+    threads: Optional[int] = _threads_option(),
 ) -> None:
     """PLINK clumping, loci counts (true/false with a truth file), lambda GC, Manhattan and QQ plots."""
+    _tool_threads(threads)
     from flowpheno.gwas.steps import evaluate_method
 
     summary = evaluate_method(bfile, assoc, out_dir, name, truth, threshold, alpha, r2, kb, window_kb, overwrite=overwrite,

@@ -209,3 +209,21 @@ def test_flags_read_as_flags_in_help(command: list[str]) -> None:
     assert "<bool>" not in result.stdout and "--help" in result.stdout
     if command != ["--"]:
         assert "--threads" in result.stdout
+
+
+def test_gemma_and_plink_get_the_thread_count(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """GEMMA reads the BLAS/OpenMP variables, PLINK 1.9 its --threads; `gwas ... --threads N` sets them."""
+    import shutil
+
+    from flowpheno.gwas.tools import run_logged
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    log = tmp_path / "env.log"
+    run_logged(["sh", "-c", "echo threads $OMP_NUM_THREADS $OPENBLAS_NUM_THREADS"], log)
+    assert "threads 1 1" in log.read_text()
+    plink = shutil.which("plink1.9") or shutil.which("plink")
+    if plink is None:
+        pytest.skip("apt-get install plink1.9")
+    run_logged([plink, "--version"], tmp_path / "plink.log")
+    assert (tmp_path / "plink.log").read_text().splitlines()[0].endswith("--version --threads 1")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 from flowpheno.errors import FlowphenoError
+from flowpheno.threads import available_cpus
 
 PACKAGES = {"gemma": "gemma", "plink1.9": "plink1.9"}
 ALTERNATIVE_NAMES = {"plink1.9": ["plink1.9", "plink"], "gemma": ["gemma"]}
@@ -22,12 +24,22 @@ def require(tool: str) -> str:
 
 
 def run_logged(command: list[str], log: Path, cwd: Path | None = None, tail_lines: int = 15) -> None:
-    """Run ``command`` with stdout and stderr in ``log``; on failure show the log's tail."""
+    """Run ``command`` with stdout and stderr in ``log``; on failure show the log's tail.
+
+    The tool gets the CPUs this process may use (:func:`flowpheno.threads.available_cpus`:
+    its affinity, or ``SLURM_CPUS_PER_TASK`` / ``OMP_NUM_THREADS`` when smaller, which the
+    ``--threads`` of the ``flowpheno gwas`` commands sets): GEMMA through the BLAS/OpenMP
+    thread variables, PLINK 1.9 through its ``--threads``.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
+    threads = str(available_cpus())
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    if Path(command[0]).name.startswith("plink"):
+        command = [*command, "--threads", threads]
     with log.open("w") as handle:
         handle.write("$ " + " ".join(command) + "\n")
         handle.flush()
-        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, check=False)
+        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, check=False, env=env)
     text = log.read_text(errors="replace")
     failed = result.returncode != 0 or any(mark in text for mark in ("ERROR:", "error!", "FAILED:"))
     if failed:

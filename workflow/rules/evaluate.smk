@@ -36,4 +36,4 @@ rule evaluate:
     shell:
         "flowpheno gwas evaluate --bfile {params.bfile:q} --assoc {params.assoc:q} "
         "--out-dir {params.out_dir:q} --name {params.name:q} {params.truth:q} {params.tested:q} "
-        "{params.options:q} --overwrite > {log:q} 2>&1"
+        "{params.options:q} --threads {threads} --overwrite > {log:q} 2>&1"

@@ -33,7 +33,7 @@ if LOCO:
         shell:
             "flowpheno gwas assoc --bfile {params.bfile:q} --kinship {input.grm:q} --pheno {input.pheno:q} "
             "--columns {params.columns:q} {params.per_trait:q} {params.covar:q} --chr {wildcards.chrom:q} "
-            "--out {output:q} --overwrite > {log:q} 2>&1"
+            "--out {output:q} --threads {threads} --overwrite > {log:q} 2>&1"
 
     def chromosome_tables(wildcards):
         return [f"{OUT}/{wildcards.group}/{wildcards.method}/loco/{chrom}.assoc.tsv" for chrom in loco_chromosomes()]
@@ -79,4 +79,4 @@ else:
             runtime=240,
         shell:
             "flowpheno gwas assoc --bfile {params.bfile:q} --kinship {input.grm:q} --pheno {input.pheno:q} "
-            "--columns {params.columns:q} {params.per_trait:q} {params.covar:q} --out {output:q} --overwrite > {log:q} 2>&1"
+            "--columns {params.columns:q} {params.per_trait:q} {params.covar:q} --out {output:q} --threads {threads} --overwrite > {log:q} 2>&1"

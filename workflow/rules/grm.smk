@@ -22,7 +22,7 @@ checkpoint prepare_genotypes:
         mem_mb=8000,
         runtime=60,
     shell:
-        "flowpheno gwas prepare --bfile {params.bfile:q} --out {params.out:q} --overwrite > {log:q} 2>&1"
+        "flowpheno gwas prepare --bfile {params.bfile:q} --out {params.out:q} --threads {threads} --overwrite > {log:q} 2>&1"
 
 
 rule gemma_grm:
@@ -41,7 +41,7 @@ rule gemma_grm:
         mem_mb=8000,
         runtime=60,
     shell:
-        "flowpheno gwas grm --bfile {params.bfile:q} --out {output:q} --overwrite > {log:q} 2>&1"
+        "flowpheno gwas grm --bfile {params.bfile:q} --out {output:q} --threads {threads} --overwrite > {log:q} 2>&1"
 
 
 rule gemma_grm_loco:
@@ -60,4 +60,4 @@ rule gemma_grm_loco:
         mem_mb=8000,
         runtime=60,
     shell:
-        "flowpheno gwas grm --bfile {params.bfile:q} --loco {wildcards.chrom:q} --out {output:q} --overwrite > {log:q} 2>&1"
+        "flowpheno gwas grm --bfile {params.bfile:q} --loco {wildcards.chrom:q} --out {output:q} --threads {threads} --overwrite > {log:q} 2>&1"
