@@ -151,6 +151,10 @@ def test_workflow_end_to_end(tmp_path: Path) -> None:
     assert set(loci.columns) >= {"CHR", "SNP", "BP", "P", "method", "true_locus"}
     fit = json.loads((out / "all" / "flow_kinship" / "run" / "fit.json").read_text())
     assert fit["config"]["mode"] == "alternating" and fit["n_used"] > 250
+    # the fit's log shows its progress (a plain line per stage end at least), not bars or silence
+    fit_log = (out / "logs" / "fit_all_flow_kinship.log").read_text()
+    assert re.search(r"stage 1/2 epoch 1/4: train NLL -?\d", fit_log) and "stage 2/2 done" in fit_log, fit_log[-2000:]
+    assert fit["threads"]["used"] == 2  # the rule's `threads: 2`
     gemma_pheno = pd.read_csv(out / "all" / "flow_kinship" / "pheno.gemma.txt", sep="\t", header=None, na_values="NA")
     assert gemma_pheno.shape == (300, 3)
     benchmarks = {path.name for path in (out / "benchmarks").iterdir()}
