@@ -380,31 +380,46 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     return (values - median) / np.where(mad > 0, mad, np.inf)
 
 
+def _individual(entry: dict[str, Any]) -> str:
+    """``FID f IID i (line k)`` of an outlier entry (FID and line when known)."""
+    fid = f"FID {entry['fid']} " if entry.get("fid") is not None else ""
+    line = f" (line {entry['line']})" if entry.get("line") is not None else ""
+    return f"{fid}IID {entry['iid']}{line}"
+
+
 def _check_outliers(
-    values: np.ndarray, iids: np.ndarray, traits: list[str], pheno: str, keep_outliers: bool
+    values: np.ndarray, who: list[dict[str, Any]], traits: list[str], pheno: str, keep_outliers: bool
 ) -> list[dict[str, Any]]:
     """Values of the ``n x d`` complete rows with robust ``|z|`` above :data:`OUTLIER_WARN_Z`,
-    largest first (a warning); raises above :data:`OUTLIER_STOP_Z` unless ``keep_outliers``."""
+    largest first (a warning); raises above :data:`OUTLIER_STOP_Z` unless ``keep_outliers``.
+
+    ``who[r]``: the individual of row ``r`` (``iid``, and ``fid`` when the file gives FIDs,
+    ``line`` of the input file when known); each entry returned starts with it: IIDs may repeat
+    across families, so an entry names the individual by (FID, IID)."""
     z = robust_z(values)
     rows, cols = np.nonzero(np.abs(z) > OUTLIER_WARN_Z)
     found = sorted(
-        ({"iid": str(iids[r]), "trait": traits[c], "value": float(values[r, c]), "robust_z": round(float(z[r, c]), 1)}
+        ({**who[r], "trait": traits[c], "value": float(values[r, c]), "robust_z": round(float(z[r, c]), 1)}
          for r, c in zip(rows, cols)),
         key=lambda entry: -abs(entry["robust_z"]),
     )
     if not found:
         return found
-    worst = found[0]
-    shown = "; ".join(f"IID {o['iid']} trait {o['trait']!r} = {o['value']:g} (robust z {o['robust_z']:g})" for o in found[:3])
-    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    if abs(worst["robust_z"]) > OUTLIER_STOP_Z and not keep_outliers:
+
+    def listed(entries: list[dict[str, Any]]) -> str:
+        shown = "; ".join(f"{_individual(o)} trait {o['trait']!r} = {o['value']:g} (robust z {o['robust_z']:g})"
+                          for o in entries[:3])
+        return shown + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+
+    gross = [o for o in found if abs(o["robust_z"]) > OUTLIER_STOP_Z]
+    if gross and not keep_outliers:
         raise FlowphenoError(
-            f"{pheno}: gross outlier(s) beyond robust |z| {OUTLIER_STOP_Z:g} (median/MAD): {shown}{more}; "
+            f"{pheno}: gross outlier(s) beyond robust |z| {OUTLIER_STOP_Z:g} (median/MAD): {listed(gross)}; "
             "fix or remove the value(s) (a data-entry error squeezes every other value of the trait), "
             "or pass --keep-outliers to fit with them"
         )
     warn(
-        f"{pheno}: {len(found)} value(s) beyond robust |z| {OUTLIER_WARN_Z:g} (median/MAD): {shown}{more}; "
+        f"{pheno}: {len(found)} value(s) beyond robust |z| {OUTLIER_WARN_Z:g} (median/MAD): {listed(found)}; "
         "kept (listed in fit.json 'outliers', marked in diagnostics.png)",
     )
     return found
@@ -623,7 +638,12 @@ def _fit(
     _check_levels(phenotypes, keep, covar)
     _check_leverage(phenotypes, keep, covar, config.keep_outliers)
     _check_collinear_traits(phenotypes.values[keep], phenotypes.traits, str(pheno))
-    outliers = _check_outliers(phenotypes.values[keep], iids[keep], phenotypes.traits, str(pheno), config.keep_outliers)
+    who = [
+        {**({"fid": str(fid)} if phenotypes.fid_given else {}), "iid": str(iid),
+         **({"line": int(phenotypes.lines[r])} if phenotypes.lines is not None else {})}
+        for r, (fid, iid) in enumerate(zip(phenotypes.ids["FID"], phenotypes.ids["IID"])) if keep[r]
+    ]
+    outliers = _check_outliers(phenotypes.values[keep], who, phenotypes.traits, str(pheno), config.keep_outliers)
     d = len(phenotypes.traits)
     if d > 1 and n_complete < 100 * d * d:
         warn(_mvlmm_advice(n_complete, d))
@@ -784,7 +804,8 @@ def write_fit_outputs(
         write_phenotypes(gaussianized, tmp / "gaussianized.tsv")
         covariates = phenotypes.covariates[keep] if phenotypes.covariates is not None else None
         before = model.standardise(phenotypes.values[keep], covariates)  # the flow's input: covariate residuals, standardised
-        figure = diagnostics_figure(before, latent[keep], model.traits, report, phenotypes.ids["IID"].to_numpy()[keep])
+        figure = diagnostics_figure(before, latent[keep], model.traits, report,
+                                    phenotypes.ids[["FID", "IID"]].to_numpy(dtype=str)[keep])
         figure.savefig(tmp / "diagnostics.png", dpi=110)
         report["seconds"]["write"] = time.perf_counter() - started
         with atomic_path(tmp / "fit.json") as path:

@@ -37,12 +37,12 @@ def diagnostics_figure(
     absent); a caption saying what the panels show and where the final ``s2`` comes from.
 
     ``before`` (covariate residuals, standardised, as :meth:`PhenotypeModel.standardise`
-    returns them) and ``after`` are ``n x d`` with columns in ``traits`` order; rows whose IID
-    (``iids``, length ``n``) is listed in ``report["outliers"]`` are marked with a red cross in
-    every scatter panel. ``report`` is ``fit.json``'s content (every key optional).
+    returns them) and ``after`` are ``n x d`` with columns in ``traits`` order; rows listed in
+    ``report["outliers"]`` are marked with a red cross in every scatter panel: ``iids`` holds
+    each row's IID (length ``n``) or its (FID, IID) (``n x 2``); an entry with a ``fid`` marks
+    only that family's individual (IIDs may repeat across families). ``report`` is ``fit.json``'s content (every key optional).
     """
-    flagged = {entry["iid"] for entry in report.get("outliers", [])}
-    marked = np.isin(np.asarray(iids, dtype=str), list(flagged)) if iids is not None and flagged else np.zeros(len(before), bool)
+    marked = _flagged_rows(report.get("outliers", []), iids, len(before))
     d = len(traits)
     pairs = list(combinations(range(d), 2))[:MAX_PAIRS]
     shown = list(range(min(d, MAX_QQ)))
@@ -90,6 +90,21 @@ def diagnostics_figure(
     mode = report.get("config", {}).get("mode", "?")
     figure.suptitle(f"flowpheno fit --mode {mode}: n = {report.get('n_used', len(before))}, d = {d}", y=1 - 0.1 / size[1], va="top")
     return figure
+
+
+def _flagged_rows(outliers: list[dict[str, Any]], ids: np.ndarray | None, n: int) -> np.ndarray:
+    """Rows of the outlier entries, matched on (FID, IID) where both are known, else on IID."""
+    marked = np.zeros(n, dtype=bool)
+    if ids is None or not outliers:
+        return marked
+    ids = np.asarray(ids, dtype=str)
+    fids, iids = (ids[:, 0], ids[:, 1]) if ids.ndim == 2 else (None, ids)
+    for entry in outliers:
+        hit = iids == str(entry["iid"])
+        if fids is not None and entry.get("fid") is not None:
+            hit &= fids == str(entry["fid"])
+        marked |= hit
+    return marked
 
 
 def _qq_panel(axis: Axes, before: np.ndarray, after: np.ndarray, trait: str, first: bool) -> None:

@@ -121,7 +121,7 @@ BAD: list[tuple[str, Callable[[], list[str]], Callable[[], list[str]] | None, li
     ("covar-all-missing", lambda: _lines(_pheno()), lambda: _lines(_column(_covar(), "age", ["NA"] * N)), [],
      ["c.tsv: covariate column 'age' is missing for every individual"]),
     ("gross-outlier", lambda: _edit(_pheno(), 12, "t2", "250000"), None, [],
-     ["IID i10 trait 't2' = 250000 (robust z ", "--keep-outliers"]),
+     ["FID f10 IID i10 (line 12) trait 't2' = 250000 (robust z ", "--keep-outliers"]),
 ]
 
 
@@ -204,7 +204,7 @@ def test_barcode_value_names_its_own_trait(tmp_path: Path) -> None:
     lines = _edit(table, 20, "t3", "4006381333931")  # a barcode pasted into t3
     result = _fit(tmp_path, _write(tmp_path / "p.tsv", lines), None)
     assert result.returncode == 1
-    assert "IID i18 trait 't3' = 4.00638e+12" in result.stderr and "'t1'" not in result.stderr
+    assert "FID f18 IID i18 (line 20) trait 't3' = 4.00638e+12" in result.stderr and "'t1'" not in result.stderr
 
 
 def _robust_z(values: pd.Series, iid: str, table: pd.DataFrame) -> float:
@@ -221,9 +221,9 @@ def test_outlier_warned_and_recorded(tmp_path: Path) -> None:
     assert 15 < z < OUTLIER_STOP_Z
     result = _fit(tmp_path, write_table(tmp_path / "p.tsv", table), None)
     assert result.returncode == 0, result
-    assert f"IID i10 trait 't1' = 30 (robust z {z:g})" in result.stderr
+    assert f"FID f10 IID i10 (line 12) trait 't1' = 30 (robust z {z:g})" in result.stderr
     report = json.loads((tmp_path / "run" / "fit.json").read_text())
-    assert report["outliers"] == [{"iid": "i10", "trait": "t1", "value": 30.0, "robust_z": z}]
+    assert report["outliers"] == [{"fid": "f10", "iid": "i10", "line": 12, "trait": "t1", "value": 30.0, "robust_z": z}]
 
 
 def test_gross_outlier_kept_on_request(tmp_path: Path) -> None:
@@ -233,7 +233,7 @@ def test_gross_outlier_kept_on_request(tmp_path: Path) -> None:
     result = _fit(tmp_path, write_table(tmp_path / "p.tsv", table), None, "--keep-outliers")
     assert result.returncode == 0, result
     report = json.loads((tmp_path / "run" / "fit.json").read_text())
-    assert report["outliers"] == [{"iid": "i10", "trait": "t2", "value": 250000.0, "robust_z": z}]
+    assert report["outliers"] == [{"fid": "f10", "iid": "i10", "line": 12, "trait": "t2", "value": 250000.0, "robust_z": z}]
     assert z > OUTLIER_STOP_Z
 
 
@@ -272,6 +272,25 @@ def test_diagnostics_mark_outliers() -> None:
         marks = axis.collections[1].get_offsets()
         assert marks.shape == (1, 2)
     assert [c.get_offsets().shape[0] for c in diagnostics_figure(values, values, ["a", "b", "c"], {}, iids).axes[0].collections] == [50]
+
+
+def test_outlier_named_and_marked_by_family_when_iids_repeat(tmp_path: Path) -> None:
+    """IIDs 1..k inside every family (as PLINK allows): the outlier is one individual, named by
+    FID, IID and line, and only it is marked in the diagnostics."""
+    from flowpheno.plots import diagnostics_figure
+
+    table = _pheno().assign(FID=[f"fam{i // 4}" for i in range(N)], IID=[str(i % 4 + 1) for i in range(N)])
+    table.loc[10, "t1"] = 30.0  # FID fam2, IID 3, line 12
+    result = _fit(tmp_path, write_table(tmp_path / "p.tsv", table), None)
+    assert result.returncode == 0, result
+    assert "FID fam2 IID 3 (line 12) trait 't1' = 30 (robust z " in result.stderr
+    report = json.loads((tmp_path / "run" / "fit.json").read_text())
+    assert [(o["fid"], o["iid"], o["line"]) for o in report["outliers"]] == [("fam2", "3", 12)]
+    ids = table[["FID", "IID"]].to_numpy(dtype=str)
+    figure = diagnostics_figure(table[["t1", "t2", "t3"]].to_numpy(), table[["t1", "t2", "t3"]].to_numpy(), ["t1", "t2", "t3"],
+                                report, ids)
+    crosses = [axis.collections[1].get_offsets() for axis in figure.axes if len(axis.collections) > 1 and axis.get_gid() != "qq"]
+    assert crosses and all(marks.shape == (1, 2) for marks in crosses)
 
 
 @pytest.mark.parametrize("declared", [False, True])
