@@ -425,6 +425,26 @@ def _check_outliers(
     return found
 
 
+S2_SETTLED = 0.02
+"""``s2`` moving by more than this over the last stage of ``alternating``/``joint`` is reported."""
+
+
+def _check_settled_s2(outcome: FitOutcome, config: FitConfig) -> None:
+    """Warn when ``s2`` was still moving at the end of training (it rises stage by stage while
+    the flow learns the traits' shape): the reported value is then not yet the estimate."""
+    values = [stage["s2"] for stage in outcome.stages  # the stages' own values, not the final refit
+              if isinstance(stage.get("stage"), int) and isinstance(stage.get("s2"), (int, float))]
+    if config.mode not in ("alternating", "joint") or len(values) < 2:
+        return
+    change = values[-1] - values[-2]
+    if abs(change) > S2_SETTLED:
+        warn(
+            f"s2 was still moving in the last stage ({values[-2]:.3f} -> {values[-1]:.3f}): it is not settled; "
+            f"train longer (--stages, now {config.train.stages}; --epochs, now {config.train.epochs}) "
+            "and compare, or pick s2 with --mode grid"
+        )
+
+
 def _mvlmm_advice(n: int, d: int) -> str:
     """The warning for ``n < 100 d^2``: GEMMA's mvLMM over all ``d`` traits estimates ``d x d``
     genetic and residual covariances, which its authors find unstable below about
@@ -684,6 +704,7 @@ def _fit(
             f"skipped the step of {outcome.non_finite_batches} training batches with a non-finite loss, latent or gradient; "
             f"if the fit looks poor, {advice}",
         )
+    _check_settled_s2(outcome, config)
 
     model = PhenotypeModel(
         flow=outcome.flow.cpu(),

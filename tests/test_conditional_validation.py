@@ -243,3 +243,27 @@ def test_fit_reports_which_score_chose(mode: str, kinship: str | None, tmp_path:
         assert report["grid"][0]["val_nll_conditional"] == report["grid"][0]["val_nll_iid"]  # s2 = 0
         chosen = min(report["grid"], key=lambda g: g["val_nll_conditional"])["value"]
         assert report["covariance"]["s2"] == pytest.approx(chosen, abs=1e-6)
+
+
+def test_unsettled_s2_is_reported(tmp_path: Path) -> None:
+    """A fit stopped while s2 still moves says so in a warning and in fit.json."""
+    from flowpheno.pipeline import S2_SETTLED, FitConfig, fit_phenotypes
+    from flowpheno.train import TrainConfig
+
+    from conftest import family_kinship, write_table
+
+    rng = np.random.default_rng(0)
+    kinship = family_kinship(200, rng)
+    latent = np.linalg.cholesky(0.8 * kinship + 0.2 * np.eye(200)) @ rng.normal(size=(200, 2))
+    ids = [f"i{k}" for k in range(200)]
+    pheno = write_table(tmp_path / "p.tsv", pd.DataFrame({"FID": ids, "IID": ids, "a": np.exp(latent[:, 0]),
+                                                          "b": latent[:, 1] ** 3 + latent[:, 1]}))
+    np.savez(tmp_path / "k.npz", K=kinship, ids=np.array(ids))
+    config = FitConfig(mode="alternating", layers=2, hidden=8, train=TrainConfig(epochs=1, stages=2, lr=1e-2))
+    with pytest.warns(UserWarning) as caught:
+        _, _, report = fit_phenotypes(pheno, tmp_path / "k.npz", config=config, progress=False)
+    values = [stage["s2"] for stage in report["stages"] if isinstance(stage.get("stage"), int)]
+    moving = abs(values[-1] - values[-2]) > S2_SETTLED
+    assert moving, values  # one epoch per stage: s2 still climbs (seeded, CPU: deterministic)
+    said = [str(w.message) for w in caught if "s2 was still moving" in str(w.message)]
+    assert bool(said) == moving and any("still moving" in w for w in report["warnings"]) == moving
