@@ -100,6 +100,7 @@ def test_default_configuration_is_the_example(tmp_path: Path) -> None:
     (lambda config: config.update(methods=["single", "oracle"]), "oracle needs the simulator's own inverse map"),
     (lambda config: config.update(methods=["single", "rint"]), "'rint' is not one of"),
     (lambda config: config["cohort"].pop("bfile"), "cohort.bfile is required"),
+    (lambda config: config["trait_groups"]["body"].append("bmi"), "config trait_groups.body: "),
 ])
 def test_bad_configuration_stops_before_any_job(tmp_path: Path, change, message: str) -> None:  # noqa: ANN001
     config = user_config(tmp_path)
@@ -108,3 +109,19 @@ def test_bad_configuration_stops_before_any_job(tmp_path: Path, change, message:
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_loco_with_one_chromosome_stops_before_any_job(tmp_path: Path) -> None:
+    """Known from the .bim before any job (LOCO needs two chromosomes with placed SNPs)."""
+    bim = pd.read_csv(EXAMPLES / "cohort.bim", sep="\t", header=None)
+    for suffix in (".bed", ".fam"):
+        (tmp_path / f"one{suffix}").symlink_to(EXAMPLES / f"cohort{suffix}")
+    bim[0] = 1
+    bim.to_csv(tmp_path / "one.bim", sep="\t", header=False, index=False)
+    config = user_config(tmp_path)
+    config["cohort"]["bfile"] = str(tmp_path / "one")
+    result = dry_run(tmp_path, config)
+    assert result.returncode != 0 and "every placed SNP is on chromosome 1" in result.stdout + result.stderr
+    assert "set gwas.loco: false" in result.stdout + result.stderr and not (tmp_path / "out").exists()
+    config["gwas"] = {"loco": False}
+    assert dry_run(tmp_path, config).returncode == 0

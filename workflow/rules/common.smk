@@ -29,6 +29,35 @@ else:
     COHORT = {key: given.get(key) or "" for key in ("bfile", "pheno", "covar", "truth")}
 
 GROUPS = config["trait_groups"]
+
+
+def check_cohort_files():
+    """Before any job: every trait of trait_groups is a column of the cohort's phenotype file, and
+    LOCO has two or more chromosomes with placed SNPs (a simulated cohort is checked by its own steps)."""
+    import os
+
+    import pandas as pd
+
+    from flowpheno.io.tables import read_table
+
+    if os.path.exists(COHORT["pheno"]):
+        columns = [str(c) for c in read_table(COHORT["pheno"]).columns]
+        for group, traits in GROUPS.items():
+            for trait in traits:
+                if trait not in columns:
+                    raise ValueError(f"config trait_groups.{group}: {COHORT['pheno']} has no column {trait!r} "
+                                     f"(its columns: {', '.join(columns[:20])})")
+    bim = COHORT["bfile"] + ".bim"
+    if LOCO and os.path.exists(bim):
+        table = pd.read_csv(bim, sep=r"\s+", header=None, usecols=[0, 3], dtype={0: str})
+        placed = table.loc[(table[3] >= 0) & (table[0] != "0"), 0].unique()
+        if len(placed) < 2:
+            raise ValueError(f"{bim}: every placed SNP is on chromosome {', '.join(placed) or 'none'}; leave-one-chromosome-out "
+                             "association needs two or more: set gwas.loco: false in the configuration")
+
+
+if not SIMULATE:
+    check_cohort_files()
 METHODS = config["methods"]
 FLOW_MODES = {"flow_iid": "iid", "flow_kinship": "alternating"}
 RINT_METHODS = [method for method in ("single", "rint_mv") if method in METHODS]

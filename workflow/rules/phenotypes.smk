@@ -2,6 +2,7 @@
 # after covariates (single, rint_mv), Gaussianized by a flow (flow_iid, flow_kinship), or by the
 # simulator's own inverse map (oracle). FIT_ARGS holds the fit options the configuration sets (numbers)
 # and fit.extra, which is pasted verbatim (options, not paths); the others keep flowpheno fit's defaults.
+# It reaches the shell as a param, so that changing a fit setting re-runs the fits (Snakemake's params trigger).
 
 FIT = config.get("fit") or {}
 FIT_ARGS = " ".join(
@@ -70,6 +71,7 @@ rule fit_flow:
         covar=COVAR_ARG,
         traits=traits,
         mode=lambda wildcards: FLOW_MODES[wildcards.method],
+        fit=FIT_ARGS,
     log:
         f"{OUT}/logs/fit_{{group}}_{{method}}.log",
     benchmark:
@@ -80,6 +82,6 @@ rule fit_flow:
         runtime=240,
     shell:
         "(flowpheno fit --pheno {params.pheno:q} {params.covar:q} --grm {input.grm:q} --grm-ids {params.fam:q} "
-        "--traits {params.traits:q} --mode {params.mode} {FIT_ARGS} --out {output.run:q} --threads {threads} --overwrite && "
+        "--traits {params.traits:q} --mode {params.mode} {params.fit} --out {output.run:q} --threads {threads} --overwrite && "
         "flowpheno transform --model {output.run:q} --pheno {params.pheno:q} {params.covar:q} --format gemma "
         "--fam {params.fam:q} --out {output.pheno:q} --device cpu --threads {threads} --overwrite) > {log:q} 2>&1"
