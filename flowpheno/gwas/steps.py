@@ -313,7 +313,7 @@ def _arm(summary: dict[str, Any]) -> tuple[str, str]:
     return arm, group
 
 
-def _gap_shares(summaries: list[dict[str, Any]]) -> dict[int, float | None]:
+def _gap_shares(summaries: list[dict[str, Any]]) -> dict[int, tuple[int, int] | None]:
     """Per row: the share of the ``single`` -> ``oracle`` difference in true loci that the
     row's arm closes, within its trait group; empty when no group has both arms."""
     by_group: dict[str, dict[str, int]] = {}
@@ -321,12 +321,12 @@ def _gap_shares(summaries: list[dict[str, Any]]) -> dict[int, float | None]:
         arm, group = _arm(summary)
         if arm in ("single", "oracle") and isinstance(summary.get("true_loci"), int):
             by_group.setdefault(group, {})[arm] = summary["true_loci"]
-    shares: dict[int, float | None] = {}
-    for position, summary in enumerate(summaries):
+    shares: dict[int, tuple[int, int] | None] = {}
+    for position, summary in enumerate(summaries):  # (true loci gained over single, the single -> oracle gap)
         ends = by_group.get(_arm(summary)[1], {})
         if len(ends) == 2 and isinstance(summary.get("true_loci"), int):
             gap = ends["oracle"] - ends["single"]
-            shares[position] = (summary["true_loci"] - ends["single"]) / gap if gap else None
+            shares[position] = (summary["true_loci"] - ends["single"], gap) if gap else None
     return shares if any(len(ends) == 2 for ends in by_group.values()) else {}
 
 
@@ -457,7 +457,7 @@ def write_report(method_dirs: list[str | Path], out_dir: str | Path, title: str 
         cells += [_lambda_cell(summary), _fit_cell(Path(row["dir"]))]
         if gaps:
             share = gaps.get(position)
-            cells.append("-" if share is None else f"{share:.0%}")
+            cells.append("-" if share is None else f"{share[0] / share[1]:.0%} ({share[0]:+d} of {share[1]} loci)")
         relative = Path(os.path.relpath(Path(row["dir"]).resolve(), out_dir.resolve()))  # links work from report.md's folder
         cells += [f"{summary['threshold']:.2g}", str(summary["snps_tested"]),
                   f"[Manhattan]({relative}/manhattan.png), [QQ]({relative}/qq.png)"]
@@ -474,7 +474,9 @@ def write_report(method_dirs: list[str | Path], out_dir: str | Path, title: str 
               "(lowest validation NLL) of all epochs run, from `run/fit.json` beside the evaluation folder."]
     if gaps:
         lines += ["", "[3] (true loci - true loci of `single`) / (true loci of `oracle` - true loci of `single`) in the same "
-                  "trait group: the share of the way from per-trait RINT to the simulator's own inverse map."]
+                  "trait group: the share of the way from per-trait RINT to the simulator's own inverse map (in brackets: the true loci "
+                  "gained over `single` and the gap; a gap of a few loci makes the share coarse). True loci only: read it "
+                  "beside the false loci and FDP."]
     if has_truth:
         lines += ["", "True locus: index SNP within the truth window of a causal SNP. Power: share of causal SNPs with a locus nearby. "
                   "FDP: false loci / loci."]
