@@ -203,10 +203,10 @@ def test_per_trait_failure_removes_earlier_trait_files(filesets: tuple[Path, Pat
     assert invoke("gwas", "grm", "--bfile", clean, "--out", tmp_path / "k.cXX.txt").returncode == 0
     real = steps.gemma_lmm
 
-    def second_fails(bfile, kinship, pheno, columns, out):  # noqa: ANN001, ANN202
+    def second_fails(bfile, kinship, pheno, columns, out, **options):  # noqa: ANN001, ANN003, ANN202
         if columns == [2]:
             raise FlowphenoError("gemma failed (exit 1; log x.log)")
-        return real(bfile, kinship, pheno, columns, out)
+        return real(bfile, kinship, pheno, columns, out, **options)
 
     monkeypatch.setattr(steps, "gemma_lmm", second_fails)
     result = invoke("gwas", "assoc", "--bfile", clean, "--kinship", tmp_path / "k.cXX.txt", "--pheno", pheno,

@@ -105,14 +105,14 @@ def check_outputs(out: Path, raw_bim: pd.DataFrame, pheno: pd.DataFrame) -> None
         # among the analysed individuals (MAF >= 0.01, missingness <= 0.05), union over the traits for single
         assoc = pd.read_csv(arm / "assoc.tsv", sep="\t", dtype={"SNP": str, "CHR": str})
         if method == "single":
-            per_trait = [testable(genotypes, bim, gemma_p[column].notna().to_numpy()) for column in (0, 1)]
+            per_trait = [gemma_testable(genotypes, bim, gemma_p[column].notna().to_numpy()) for column in (0, 1)]
             expected = per_trait[0] | per_trait[1]
             assert set(assoc.loc[assoc["P_1"].notna(), "SNP"]) == per_trait[0]
             assert set(assoc.loc[assoc["P_2"].notna(), "SNP"]) == per_trait[1]
             # GEMMA keeps different SNPs for the two traits' individuals: combined on the union
             assert ((assoc["TRAITS_TESTED"] == 1).sum() == len(per_trait[0] ^ per_trait[1])) and per_trait[0] != per_trait[1]
         else:
-            expected = testable(genotypes, bim, gemma_p.notna().all(axis=1).to_numpy())
+            expected = gemma_testable(genotypes, bim, gemma_p.notna().all(axis=1).to_numpy())
         assert assoc["SNP"].tolist() == [snp for snp in bim["snp"] if snp in expected]  # once each, in .bim order
         assert assoc["CHR"].tolist() == bim.set_index("snp").loc[assoc["SNP"], "chrom"].tolist() and assoc["P"].notna().all()
         summary = json.loads((arm / "evaluation" / "summary.json").read_text())
@@ -127,7 +127,7 @@ def check_outputs(out: Path, raw_bim: pd.DataFrame, pheno: pd.DataFrame) -> None
         assert "17" in set(loci.loc[loci["method"] == f"{method}:cd8_mch", "CHR"]), method
 
 
-def testable(genotypes: np.ndarray, bim: pd.DataFrame, analysed: np.ndarray) -> set[str]:
+def gemma_testable(genotypes: np.ndarray, bim: pd.DataFrame, analysed: np.ndarray) -> set[str]:
     """SNPs GEMMA tests among the ``analysed`` individuals: minor allele frequency >= 0.01 and at most
     5% missing calls (its defaults, ``-maf 0.01 -miss 0.05``; GEMMA manual 4.2)."""
     dosage = genotypes[analysed]
