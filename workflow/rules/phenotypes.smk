@@ -76,6 +76,7 @@ rule fit_flow:
         f"{OUT}/logs/fit_{{group}}_{{method}}.log",
     benchmark:
         f"{OUT}/benchmarks/fit_flow_{{group}}_{{method}}.tsv"
+    priority: 10  # the longest single jobs: start them before the many short GEMMA jobs
     threads: 2
     resources:
         mem_mb=16000,
