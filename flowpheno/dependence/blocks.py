@@ -9,6 +9,7 @@ precision diagonal ``(1+(m-2) rho)/((1-rho)(1+(m-1) rho))``, off-diagonal
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -20,14 +21,19 @@ RHO_MAX = 0.9995
 
 
 class EquicorrelatedBlocks(DependenceModel):
-    """Block-diagonal ``Sigma`` with one ``rho`` shared by all blocks or one per block.
+    """Block-diagonal ``Sigma`` with one ``rho`` shared by all blocks or one per block
+    (repeated measurements of one individual, or members of one family, as blocks).
 
     Args:
-        block_ids: length-n integer labels (0..B-1) of each row's block.
-        rho: initial correlation(s) in [0, 1).
+        block_ids: ``(n,)`` integer labels of each row's block (any integers; relabelled
+            ``0..B-1`` in sorted order, which is the order of per-block ``rho``).
+        rho: initial correlation (unitless, in ``[0, 1)``): a number, or ``(B,)`` per block
+            (clipped to ``[1e-6, 1 - 1e-6]``).
         shared: one ``rho`` for every block (grid search) instead of one per block.
         learn_rho: whether ``rho`` receives gradients (joint training).
     """
+
+    batchings: ClassVar[tuple[str, ...]] = ("uniform", "blocks", "stratified")
 
     def __init__(
         self,
@@ -61,15 +67,18 @@ class EquicorrelatedBlocks(DependenceModel):
         return torch.sigmoid(self.logit_rho).expand(self.n_blocks)
 
     def set_rho(self, rho: float | Tensor) -> None:
+        """Set ``rho``: a number, or ``(B,)`` per block (clipped to ``[1e-6, 1 - 1e-6]``)."""
         with torch.no_grad():
             value = torch.as_tensor(rho, dtype=self.logit_rho.dtype).clamp(1e-6, 1 - 1e-6)
             self.logit_rho.copy_(torch.logit(value).expand_as(self.logit_rho))
 
     def log_det(self) -> Tensor:
+        """``sum_k (m_k - 1) log(1 - rho_k) + log(1 + (m_k - 1) rho_k)``."""
         rho, m = self.rho, self.sizes
         return ((m - 1) * torch.log1p(-rho) + torch.log1p((m - 1) * rho)).sum()
 
     def quad_form(self, z: Tensor) -> Tensor:
+        """Per block ``(sum |z_i|^2 - rho/(1 + (m-1) rho) |sum z_i|^2) / (1 - rho)``, summed: ``O(n d)``."""
         rho, m = self.rho, self.sizes
         sum_sq = torch.zeros(self.n_blocks, dtype=z.dtype, device=z.device).index_add_(
             0, self.block_ids, z.square().sum(dim=1)
@@ -94,6 +103,7 @@ class EquicorrelatedBlocks(DependenceModel):
         return (1 + (m - 2) * rho) / denom, -rho / denom
 
     def precision_block(self, idx: Tensor) -> Tensor:
+        """``Sigma^-1[idx][:, idx]`` (``(b, b)``) from the closed-form entries: ``O(b^2)``."""
         diagonal, off_diagonal = self.precision_entries()
         blocks = self.block_ids[idx]
         same_block = blocks[:, None] == blocks[None, :]
@@ -182,6 +192,30 @@ class EquicorrelatedBlocks(DependenceModel):
             rho = torch.where(singleton, torch.sigmoid(self.logit_rho.detach()).double().cpu(), rho)
         self.set_rho(rho.to(self.logit_rho))
         return torch.sigmoid(self.logit_rho.detach())
+
+    def refit(self, z: Tensor, profile_scale: bool = False) -> Tensor | None:
+        """The exact ``rho`` step (:meth:`fit_rho`); ``profile_scale`` is not offered."""
+        if profile_scale:
+            return super().refit(z, profile_scale)
+        self.fit_rho(z)
+        return None
+
+    def batches(self, batching: str, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+        """``blocks``: :meth:`block_batches`; ``stratified``: :meth:`stratified_batches`."""
+        if batching == "blocks":
+            return self.block_batches(batch_size, generator)
+        if batching == "stratified":
+            return self.stratified_batches(batch_size, generator)
+        return super().batches(batching, batch_size, generator)
+
+    def batch_gaussian_nll(self, z_batch: Tensor, idx: Tensor, batching: str, n_batches: int) -> Tensor:
+        """``blocks``: :meth:`whole_blocks_gaussian_nll` (exact); ``stratified``:
+        :meth:`stratified_gaussian_nll` (unbiased, bounded below)."""
+        if batching == "blocks":
+            return self.whole_blocks_gaussian_nll(z_batch, idx, n_batches)
+        if batching == "stratified":
+            return self.stratified_gaussian_nll(z_batch, idx, n_batches)
+        return super().batch_gaussian_nll(z_batch, idx, batching, n_batches)
 
     def dealt_blocks(self, n_batches: int) -> Tensor:
         """Which blocks :meth:`stratified_batches` deals across batches (at least two rows per batch)."""
@@ -280,6 +314,7 @@ class EquicorrelatedBlocks(DependenceModel):
         return total * n_batches / self.n
 
     def describe(self) -> dict[str, float | list[float]]:
+        """``{"rho": r}`` (shared) or ``{"rho": [per block], "block_sizes": [...]}``."""
         rho = torch.sigmoid(self.logit_rho).detach().cpu()
         if self.shared:
             return {"rho": float(rho[0])}

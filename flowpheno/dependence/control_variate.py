@@ -23,7 +23,12 @@ from flowpheno.dependence.base import DependenceModel, trace_estimate
 
 
 class LatentControlVariate:
-    """Latents from each row's last visit and their image under ``Sigma^-1`` (fixed covariance)."""
+    """Latents from each row's last visit and their image under ``Sigma^-1`` (fixed covariance).
+
+    Args:
+        dependence: the covariance, fixed while this object is in use.
+        latent: ``(n, d)`` latents of every row (model order) to start from; copied.
+    """
 
     def __init__(self, dependence: DependenceModel, latent: Tensor) -> None:
         self.dependence = dependence
@@ -31,7 +36,8 @@ class LatentControlVariate:
         self.precision_latent = dependence.precision_times(self.latent).detach()
 
     def quad_form_estimate(self, z_batch: Tensor, idx: Tensor) -> Tensor:
-        """Unbiased estimate of ``tr(Z^T Sigma^-1 Z)`` with ``Z`` the current latents."""
+        """Unbiased estimate of ``tr(Z^T Sigma^-1 Z)`` with ``Z`` the current latents, from the
+        batch rows ``idx`` (``(b,)``, uniform) and their latents ``z_batch`` (``(b, d)``)."""
         n, b = self.dependence.n, z_batch.shape[0]
         delta = z_batch - self.latent[idx]
         known = (self.latent * self.precision_latent).sum()

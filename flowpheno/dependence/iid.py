@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -9,12 +11,20 @@ from flowpheno.dependence.base import DependenceModel
 
 
 class IIDCovariance(DependenceModel):
-    """Independent rows; the batch estimate is the usual ``(n/b) sum |z_i|^2``."""
+    """Independent rows, ``Sigma = I_n``; the batch estimate is the usual ``(n/b) sum |z_i|^2``.
+
+    No parameters: :meth:`refit` has nothing to fit.
+
+    Args:
+        n: number of rows.
+    """
+
+    identity: ClassVar[bool] = True
 
     def __init__(self, n: int) -> None:
         super().__init__()
         self.n = n
-        self.register_buffer("_anchor", torch.zeros(()))
+        self.register_buffer("_anchor", torch.zeros(()))  # carries the model's dtype and device
 
     def log_det(self) -> Tensor:
         return self._anchor
@@ -30,3 +40,7 @@ class IIDCovariance(DependenceModel):
 
     def minibatch_quad_form(self, z_batch: Tensor, idx: Tensor) -> Tensor:
         return (self.n / z_batch.shape[0]) * z_batch.square().sum()
+
+    def refit(self, z: Tensor, profile_scale: bool = False) -> Tensor | None:
+        """Nothing to fit (``Sigma = I``); ``profile_scale`` is not offered."""
+        return super().refit(z, profile_scale) if profile_scale else None

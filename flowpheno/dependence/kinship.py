@@ -19,6 +19,7 @@ density given the training latents, ``Z_v | Z_t ~ MN(Sigma_vt Sigma_tt^-1 Z_t, S
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -33,6 +34,10 @@ S2_MAX = 1.0 - 1e-4
 DENSE_PRECISION_MAX_N = 30_000
 """Above this n the dense precision (n^2 floats) is never cached."""
 
+DENSE_PRECISION_MIN_RANK = 256
+"""From this rank on (with ``s2`` fixed, on the CPU) batch precision entries are gathered from a
+cached dense precision; below it the ``O(b^2 r)`` product from ``U[idx]`` is as cheap."""
+
 
 def _logit(p: float) -> float:
     p = min(max(p, 1e-6), S2_MAX)
@@ -40,20 +45,34 @@ def _logit(p: float) -> float:
 
 
 class KinshipCovariance(DependenceModel):
-    """``s2 K + (1 - s2) I`` from the (possibly truncated) eigendecomposition of ``K``.
+    """``Sigma = s2 c K + (1 - s2) I`` from the (possibly truncated) eigendecomposition of ``K``
+    (DESIGN.md). Up to scale this is the row covariance ``lambda c K + I`` of GEMMA's linear
+    mixed model (GEMMA manual, the univariate LMM), with ``lambda = s2 / (1 - s2)``.
 
-    ``K`` is rescaled to unit mean diagonal (``n / trace K``) so that ``s2`` is the
-    share of latent variance explained by relatedness; ``scale`` records the factor.
-    Batch precision entries come from a cached dense precision when the kinship is
-    dense and ``s2`` fixed (one ``O(n^2 r)`` product per stage, gathers per batch), and
-    otherwise from ``U[idx]`` (``O(b^2 r)`` per batch, differentiable in ``s2`` for joint
-    training).
+    ``K`` is rescaled by ``c = scale`` to unit mean diagonal (``n / trace K``) so that ``s2``
+    (unitless, in ``[0, 1)``) is the share of latent variance explained by relatedness.
+    Batch precision entries come from a cached dense precision when the kinship is dense
+    (rank >= :data:`DENSE_PRECISION_MIN_RANK`, ``n <=`` :data:`DENSE_PRECISION_MAX_N`), ``s2``
+    fixed and the model on the CPU (one ``O(n^2 r)`` product per value of ``s2``, gathers per
+    batch); the cache is keyed on the value of ``s2`` it was built for, so no way of writing
+    ``s2`` (``set_s2``, an optimiser step, ``load_state_dict``, ``logit_s2.data``, a new
+    Parameter) can leave it stale. Otherwise the entries come from ``U[idx]`` (``O(b^2 r)``
+    per batch, differentiable in ``s2`` for joint training); off the CPU that is always so,
+    because checking the key there would make every batch wait for the device.
 
     Args:
-        eigenvalues: the ``r`` eigenvalues of ``K`` that are not known to be zero.
-        eigenvectors: ``n x r`` orthonormal columns.
-        n: number of rows (default: ``eigenvectors.shape[0]``).
+        eigenvalues: ``(r,)``, the eigenvalues of ``K`` that are not known to be zero (``>= 0``).
+        eigenvectors: ``(n, r)`` orthonormal columns ``U``; ``r = n`` for a dense kinship,
+            ``r < n`` for a low-rank one (the other ``n - r`` eigenvalues are 0).
+        s2: initial ``s2`` in ``[0, 1)`` (clipped to ``[1e-6,`` :data:`S2_MAX` ``]`` on the logit scale).
+        learn_s2: whether ``s2`` receives gradients (``joint`` training).
+        scale: the factor ``c`` applied to ``eigenvalues``; default ``n / sum(eigenvalues)``
+            (unit mean diagonal). Pass ``1.0`` for eigenvalues already on that scale.
     """
+
+    refit_name: ClassVar[str] = "s2"
+    conditional_scoring: ClassVar[bool] = True
+    profiles_scale: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -76,23 +95,26 @@ class KinshipCovariance(DependenceModel):
             torch.tensor(_logit(s2), dtype=eigenvalues.dtype, device=eigenvalues.device), requires_grad=learn_s2
         )
         self._cached_precision: Tensor | None = None
-        self._cached_for: int | None = None
+        self._cached_for: float | None = None
+        """The value of ``logit_s2`` the cached precision was built for."""
         self.register_buffer("factor_basis", None)
         """``V`` (``p x r``) of the thin SVD ``W_t = U S V^T`` when built by :meth:`from_factor`, else None:
         how held-out factor rows enter the training eigenbasis (:meth:`held_out_factor`)."""
 
     @classmethod
     def from_matrix(cls, kinship: Tensor, **kwargs: object) -> KinshipCovariance:
-        """Decompose a dense symmetric ``K`` (``torch.linalg.eigh``) and build the model."""
+        """Decompose a dense symmetric ``K`` (``(n, n)``, ``torch.linalg.eigh``; negative eigenvalues
+        clipped to 0) and build the model; ``kwargs`` as for the constructor."""
         eigenvalues, eigenvectors = torch.linalg.eigh(kinship)
         return cls(eigenvalues.clamp_min(0.0), eigenvectors, **kwargs)
 
     @classmethod
     def from_factor(cls, factor: Tensor, tolerance: float = 1e-10, **kwargs: object) -> KinshipCovariance:
-        """``K = W W^T`` from an ``n x r`` factor by its thin SVD (``O(n r^2)``; no ``n x n`` matrix).
+        """``K = W W^T`` from an ``(n, p)`` factor ``W`` (standardised genotypes of ``p < n`` SNPs,
+        or ``p`` principal components) by its thin SVD (``O(n p^2)``; no ``n x n`` matrix).
 
         Singular values below ``tolerance`` times the largest are dropped (their
-        eigenvalues are 0 and join the complement).
+        eigenvalues are 0 and join the complement); ``kwargs`` as for the constructor.
         """
         left, singular, right_t = torch.linalg.svd(factor, full_matrices=False)
         keep = singular > tolerance * singular.max()
@@ -113,10 +135,12 @@ class KinshipCovariance(DependenceModel):
 
     @property
     def learn_s2(self) -> bool:
+        """Whether ``s2`` receives gradients (``logit_s2.requires_grad``)."""
         return self.logit_s2.requires_grad
 
     @property
     def s2(self) -> Tensor:
+        """``sigmoid(logit_s2)``: 0-d, unitless, in ``[0, 1)``."""
         return torch.sigmoid(self.logit_s2)
 
     @property
@@ -125,23 +149,25 @@ class KinshipCovariance(DependenceModel):
         return self.n - self.rank
 
     def set_s2(self, s2: float) -> None:
-        """Fix ``s2`` (the cached precision is rebuilt on next use)."""
+        """Set ``s2`` (in ``[0, 1)``; the cached precision follows on next use)."""
         with torch.no_grad():
             self.logit_s2.fill_(_logit(s2))
 
     def spectrum(self) -> Tensor:
-        """``D = s2 k + (1 - s2)`` for the stored eigenvalues."""
+        """``D = s2 k + (1 - s2)`` (``(r,)``) for the stored eigenvalues ``k``."""
         s2 = self.s2
         return s2 * self.eigenvalues + (1 - s2)
 
     def log_det(self) -> Tensor:
+        """``sum_j log D_j + (n - r) log(1 - s2)``."""
         return torch.log(self.spectrum()).sum() + self.complement * torch.log1p(-self.s2)
 
     def rotate(self, z: Tensor) -> Tensor:
-        """``U^T Z``: the latent in the eigenbasis, where rows are independent."""
+        """``U^T Z`` (``(r, d)``) for ``z``: ``(n, d)``: the latent in the eigenbasis, where rows are independent."""
         return self.eigenvectors.T @ z.to(self.eigenvectors.dtype)
 
     def quad_form(self, z: Tensor) -> Tensor:
+        """``sum_j |R_j|^2 / D_j + (|Z|^2 - |R|^2) / (1 - s2)`` with ``R = U^T Z``: ``O(n r d)``."""
         rotated = self.rotate(z)
         rotated_sq = rotated.square().sum(dim=1)
         total = (rotated_sq / self.spectrum()).sum()
@@ -160,7 +186,7 @@ class KinshipCovariance(DependenceModel):
         return block
 
     def precision_times(self, z: Tensor) -> Tensor:
-        """``Sigma^-1 Z`` through the spectrum: ``O(n r d)``."""
+        """``Sigma^-1 Z`` (``(n, d)``) through the spectrum: ``O(n r d)``."""
         z = z.to(self.eigenvectors.dtype)
         rotated = self.rotate(z)
         if not self.complement:
@@ -171,7 +197,7 @@ class KinshipCovariance(DependenceModel):
     def precision_columns_times(self, idx: Tensor, values: Tensor) -> Tensor:
         """``Sigma^-1[:, idx] @ values``: from the cached dense precision when there is one
         (``O(n b d)``), else through the spectrum (``O(n r d)``)."""
-        if self._cached_precision is not None and self._cached_for == self._s2_version():
+        if self._cached_precision is not None and self._cached_for == self._s2_key():
             return self._cached_precision[:, idx] @ values.to(self._cached_precision.dtype)
         values = values.to(self.eigenvectors.dtype)
         rows = self.eigenvectors[idx]
@@ -183,30 +209,58 @@ class KinshipCovariance(DependenceModel):
         return out
 
     def precision(self) -> Tensor:
-        """Dense ``Sigma^-1`` for the current ``s2`` (``n x n``: only for moderate n)."""
+        """Dense ``Sigma^-1`` (``(n, n)``) for the current ``s2``: only for moderate n."""
         return self._precision_from_rows(self.eigenvectors, self.eigenvectors)
 
     def precision_block(self, idx: Tensor) -> Tensor:
-        dense_cache = not self.learn_s2 and self.rank >= 256 and self.n <= DENSE_PRECISION_MAX_N
-        if not dense_cache:
+        """``Sigma^-1[idx][:, idx]`` (``(b, b)``): gathered from the cached dense precision where
+        it is used (see the class docstring), else ``U[idx] diag(w) U[idx]^T`` (``O(b^2 r)``)."""
+        if not self._dense_cache_used():
             rows = self.eigenvectors[idx]
             return self._precision_from_rows(rows, rows)
-        current = self._s2_version()
+        current = self._s2_key()
         if self._cached_precision is None or self._cached_for != current:
             with torch.no_grad():
                 self._cached_precision = self.precision()
             self._cached_for = current
         return self._cached_precision.index_select(0, idx).index_select(1, idx)  # faster than P[idx[:, None], idx]
 
-    def _s2_version(self) -> int:
-        """Changes whenever ``s2`` is written (set, optimiser step, restore): a cache key that
-        needs no device-to-host copy of ``s2`` per batch."""
-        return self.logit_s2._version
+    def _dense_cache_used(self) -> bool:
+        """Whether batch entries come from a cached dense precision: ``s2`` fixed, a dense enough
+        kinship of moderate ``n``, on the CPU (where reading the key costs nothing)."""
+        return (
+            not self.learn_s2
+            and self.rank >= DENSE_PRECISION_MIN_RANK
+            and self.n <= DENSE_PRECISION_MAX_N
+            and self.logit_s2.device.type == "cpu"
+        )
 
-    def release_cache(self) -> None:
-        """Free the dense precision (n x n) once a flow stage is over."""
+    def _s2_key(self) -> float:
+        """The current value of ``logit_s2``: the cache key. A version counter would not do:
+        ``logit_s2.data`` writes do not bump it and a new Parameter restarts it at 0."""
+        return float(self.logit_s2.detach())
+
+    def release_caches(self) -> None:
+        """Free the dense precision (``n x n``) once a flow stage is over."""
         self._cached_precision = None
         self._cached_for = None
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.release_caches()  # moved or cast: the cached precision would be on the old device or dtype
+        return super()._apply(fn, *args, **kwargs)
+
+    def refit(self, z: Tensor, profile_scale: bool = False) -> Tensor | None:
+        """The exact ``s2`` step: :meth:`fit_s2`, or with ``profile_scale`` :meth:`fit_s2_and_scale`
+        (returns the per-trait latent standard deviations, ``(d,)``)."""
+        if profile_scale:
+            return self.fit_s2_and_scale(z)[1]
+        self.fit_s2(z)
+        return None
+
+    def start_joint(self, z: Tensor) -> None:
+        """``s2`` starts at the exact optimum for the initial latents ``z`` (``(n, d)``), then learns."""
+        self.fit_s2(z)
+        self.logit_s2.requires_grad_(True)
 
     @torch.no_grad()
     def _spectrum_sums(self, z: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -253,6 +307,7 @@ class KinshipCovariance(DependenceModel):
         return s2, torch.as_tensor(np.sqrt(variance), dtype=z.dtype, device=z.device)
 
     def describe(self) -> dict[str, float | list[float]]:
+        """``{"s2": ..., "kinship_scale": c}``."""
         return {"s2": float(self.s2.detach()), "kinship_scale": float(self.scale)}
 
     def held_out(self, cross: Tensor, within: Tensor) -> HeldOutKinship:

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from flowpheno.dependence import DependenceModel, EquicorrelatedBlocks, HeldOutKinship, KinshipCovariance, LatentControlVariate
+from flowpheno.dependence import DependenceModel, HeldOutKinship, LatentControlVariate
 from flowpheno.dependence.kinship import gaussian_nll_from_terms
 from flowpheno.flows import LatentFlow
 
@@ -34,24 +34,15 @@ def minibatch_nll(
     return gaussian - ladj.mean(), z
 
 
-def whole_blocks_nll(
-    flow: LatentFlow, blocks: EquicorrelatedBlocks, x_batch: Tensor, idx: Tensor, n_batches: int
+def layout_batch_nll(
+    flow: LatentFlow, dependence: DependenceModel, x_batch: Tensor, idx: Tensor, batching: str, n_batches: int
 ) -> tuple[Tensor, Tensor]:
-    """Per-row NLL of a batch of whole blocks, scaled so an epoch's mean batch loss is the
-    exact objective (block-aware batching: no trace estimator)."""
+    """Per-row NLL of one batch of a model's own layout (:meth:`DependenceModel.batches`, e.g.
+    whole equicorrelated blocks: exact; stratified: unbiased and bounded below), scaled so that
+    an epoch's mean batch loss is (in expectation) the exact objective; and the batch latents."""
     z, ladj = flow(x_batch)
-    gaussian = blocks.whole_blocks_gaussian_nll(z, idx, n_batches)
-    return gaussian - ladj.sum() * n_batches / blocks.n, z
-
-
-def stratified_blocks_nll(
-    flow: LatentFlow, blocks: EquicorrelatedBlocks, x_batch: Tensor, idx: Tensor, n_batches: int
-) -> tuple[Tensor, Tensor]:
-    """Unbiased per-row NLL from one stratified batch (large blocks dealt evenly, small
-    blocks whole); its Gaussian term is bounded below for any latents."""
-    z, ladj = flow(x_batch)
-    gaussian = blocks.stratified_gaussian_nll(z, idx, n_batches)
-    return gaussian - ladj.sum() * n_batches / blocks.n, z
+    gaussian = dependence.batch_gaussian_nll(z, idx, batching, n_batches)
+    return gaussian - ladj.sum() * n_batches / dependence.n, z
 
 
 def exact_nll(flow: LatentFlow, dependence: DependenceModel, x: Tensor) -> Tensor:
@@ -76,7 +67,7 @@ def held_out_nll(
     flow: LatentFlow,
     x_val: Tensor,
     x_train: Tensor | None = None,
-    kinship: KinshipCovariance | None = None,
+    kinship: DependenceModel | None = None,
     held_out: HeldOutKinship | None = None,
     batch_size: int = 8192,
 ) -> tuple[float, float | None]:
@@ -84,7 +75,8 @@ def held_out_nll(
 
     ``iid``: ``-(1/m) sum_v [log N(z_v; 0, I_d) + log |det J_g(x_v)|]`` (what :func:`iid_nll` gives).
     ``conditional`` (None without ``kinship``/``held_out``): the held-out rows' density given the
-    training rows ``x_train`` (``n x d``, in the kinship model's order),
+    training rows ``x_train`` (``n x d``, in the kinship model's order; ``kinship``: a model with
+    :attr:`~DependenceModel.conditional_scoring`),
     ``-(1/m) [log N(Z_v; Sigma_vt Sigma_tt^-1 Z_t, Sigma_vv|t (x) I_d) + sum_v log |det J_g(x_v)|]``
     under the kinship model's current ``s2``: relatives of training rows are not scored as if
     they were strangers. Both are computed in the held-out blocks' dtype (float64 from the

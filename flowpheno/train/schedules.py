@@ -27,13 +27,11 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
-from flowpheno.dependence import (
-    DependenceModel, EquicorrelatedBlocks, HeldOutKinship, IIDCovariance, KinshipCovariance, LatentControlVariate,
-)
+from flowpheno.dependence import DependenceModel, HeldOutKinship, IIDCovariance, LatentControlVariate
 from flowpheno.errors import FlowphenoError, OptionError
 from flowpheno.flows import LatentFlow
 from flowpheno.train.exact import exact_backward
-from flowpheno.train.objective import held_out_nll, minibatch_nll, push_forward, stratified_blocks_nll, whole_blocks_nll
+from flowpheno.train.objective import held_out_nll, layout_batch_nll, minibatch_nll, push_forward
 from flowpheno.train.options import check_bool, check_choice, check_float, check_int
 
 Callback = Callable[[dict[str, Any]], None]
@@ -186,15 +184,21 @@ class EpochTrainer:
         self.x_train, self.x_val = x_train, x_val
         self.config, self.callback = config, callback
         config.validate()
-        if held_out is not None and not isinstance(dependence, KinshipCovariance):
-            raise FlowphenoError("the held-out kinship scores a kinship model; this dependence model has none")
+        if held_out is not None and not dependence.conditional_scoring:
+            raise FlowphenoError(
+                f"the held-out kinship scores a kinship model; {type(dependence).__name__} cannot score held-out rows "
+                "given the training rows"
+            )
         if held_out is not None and x_val is not None and held_out.m != x_val.shape[0]:
             raise FlowphenoError(f"the held-out kinship has {held_out.m} rows but there are {x_val.shape[0]} validation rows")
         self.held_out = held_out
         self.score = "val_nll_conditional" if held_out is not None else "val_nll_iid"
         """The held-out score that selects, stops and diagnoses (see the module docstring)."""
-        if config.batching != "uniform" and not isinstance(dependence, EquicorrelatedBlocks):
-            raise FlowphenoError("block-aware batching needs equicorrelated blocks (--blocks), not a kinship or iid model")
+        if config.batching not in dependence.batchings:
+            raise FlowphenoError(
+                f"batching '{config.batching}' needs equicorrelated blocks (EquicorrelatedBlocks); "
+                f"{type(dependence).__name__} batches only: {', '.join(dependence.batchings)}"
+            )
         groups: list[dict[str, Any]] = [
             {"params": list(flow.parameters()), "weight_decay": config.weight_decay, "lr": config.lr}
         ]
@@ -225,8 +229,8 @@ class EpochTrainer:
         if self.x_val is None or self.x_val.shape[0] == 0:
             return {}
         self.flow.eval()
-        kinship = self.dependence if isinstance(self.dependence, KinshipCovariance) else None
-        iid, conditional = held_out_nll(self.flow, self.x_val, self.x_train, kinship, self.held_out)
+        conditional_model = self.dependence if self.held_out is not None else None
+        iid, conditional = held_out_nll(self.flow, self.x_val, self.x_train, conditional_model, self.held_out)
         self.flow.train()
         scores: dict[str, float | None] = {"val_nll_iid": iid}
         if self.held_out is not None:
@@ -240,15 +244,13 @@ class EpochTrainer:
     def _control_variate(self) -> LatentControlVariate | None:
         """For a fixed, non-identity covariance: latents of every row, refreshed once per call."""
         fixed = not any(p.requires_grad for p in self.dependence.parameters())
-        if self.config.estimator != "control_variate" or not fixed or isinstance(self.dependence, IIDCovariance):
+        if self.config.estimator != "control_variate" or not fixed or self.dependence.identity:
             return None
         return LatentControlVariate(self.dependence, push_forward(self.flow, self.x_train))
 
     def _batches(self, n: int, device: torch.device) -> list[Tensor]:
-        if self.config.batching == "blocks":
-            return self.dependence.block_batches(self.config.batch_size, self.generator)
-        if self.config.batching == "stratified":
-            return self.dependence.stratified_batches(self.config.batch_size, self.generator)
+        if self.config.batching != "uniform":
+            return self.dependence.batches(self.config.batching, self.config.batch_size, self.generator)
         order = torch.randperm(n, generator=self.generator).to(device)
         return list(order.split(self.config.batch_size))
 
@@ -315,10 +317,10 @@ class EpochTrainer:
         rows = torch.zeros((), device=device)
         bad = torch.zeros((), dtype=torch.long, device=device)
         for idx in batches:
-            if self.config.batching == "blocks":
-                loss, z = whole_blocks_nll(self.flow, self.dependence, self.x_train[idx], idx, len(batches))
-            elif self.config.batching == "stratified":
-                loss, z = stratified_blocks_nll(self.flow, self.dependence, self.x_train[idx], idx, len(batches))
+            if self.config.batching != "uniform":
+                loss, z = layout_batch_nll(
+                    self.flow, self.dependence, self.x_train[idx], idx, self.config.batching, len(batches)
+                )
             else:
                 loss, z = minibatch_nll(self.flow, self.dependence, self.x_train[idx], idx, control)
             self.optimizer.zero_grad(set_to_none=True)
@@ -445,8 +447,7 @@ def fit_schedule(
         if trainer.stopped:
             break
     trainer.best.restore(flow, dependence)
-    if isinstance(dependence, KinshipCovariance):
-        dependence.release_cache()
+    dependence.release_caches()
     return trainer.outcome(stages)
 
 
@@ -509,14 +510,15 @@ def _tag(callback: Callback | None, value: float) -> Callback | None:
 
 def fit_alternating(
     flow: LatentFlow,
-    dependence: KinshipCovariance | EquicorrelatedBlocks,
+    dependence: DependenceModel,
     x_train: Tensor,
     x_val: Tensor | None,
     config: TrainConfig,
     callback: Callback | None = None,
     held_out: HeldOutKinship | None = None,
 ) -> FitOutcome:
-    """Stages of (flow epochs at a fixed covariance) then (exact covariance on all latents).
+    """Stages of (flow epochs at a fixed covariance) then (exact covariance on all latents:
+    :meth:`DependenceModel.refit`).
 
     Kinship: ``s2`` by a bounded Brent search after one rotation (with
     ``config.profile_scale``, jointly with each trait's latent scale, which is then folded
@@ -527,21 +529,15 @@ def fit_alternating(
     the new ``s2`` at every stage. After the best flow state is restored, the covariance
     is refitted once so it matches the returned flow.
     """
-    kinship = isinstance(dependence, KinshipCovariance)
-    if config.profile_scale and not kinship:
-        raise FlowphenoError("profile_scale is implemented for the kinship model only")
+    if config.profile_scale and not dependence.profiles_scale:
+        raise FlowphenoError("profile_scale is implemented for the kinship model only, not " + type(dependence).__name__)
 
     def refit(z: Tensor, move_flow: bool = True) -> None:
-        if not kinship:
-            dependence.fit_rho(z)
-        elif config.profile_scale:
-            _, scale = dependence.fit_s2_and_scale(z)
-            if move_flow:
-                flow.rescale_latent(1.0 / scale)
-        else:
-            dependence.fit_s2(z)
+        scale = dependence.refit(z, profile_scale=config.profile_scale)
+        if scale is not None and move_flow:
+            flow.rescale_latent(1.0 / scale)
 
-    key = "s2" if kinship else "covariance"
+    key = dependence.refit_name
     flow.initialize(x_train)
     for parameter in dependence.parameters():
         parameter.requires_grad_(False)
@@ -554,8 +550,7 @@ def fit_alternating(
         started = time.perf_counter()
         trainer.run(config.epochs, stage)
         flow_seconds = time.perf_counter() - started
-        if kinship:
-            dependence.release_cache()
+        dependence.release_caches()
         if trainer.diverged is not None:
             break  # no covariance step on a diverged flow's latents
         started = time.perf_counter()
@@ -596,14 +591,10 @@ def fit_joint(
 ) -> FitOutcome:
     """Flow and covariance parameters (``s2`` or every ``rho_k``) by one optimiser.
 
-    For kinship, ``s2`` starts at the exact optimum for the initial latents and the
-    batch precision is rebuilt from ``U[idx]`` each step so gradients reach ``s2``.
+    The covariance parameters become trainable through :meth:`DependenceModel.start_joint`:
+    for kinship, ``s2`` starts at the exact optimum for the initial latents and the batch
+    precision is rebuilt from ``U[idx]`` each step so gradients reach ``s2``.
     """
     flow.initialize(x_train)
-    if isinstance(dependence, KinshipCovariance):
-        dependence.fit_s2(push_forward(flow, x_train))
-        dependence.logit_s2.requires_grad_(True)
-    else:
-        for parameter in dependence.parameters():
-            parameter.requires_grad_(True)
+    dependence.start_joint(push_forward(flow, x_train))
     return fit_schedule(flow, dependence, x_train, x_val, config, callback, held_out)
