@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from flowpheno.errors import FlowphenoError
-from flowpheno.flows import LatentFlow, build_flow
+from flowpheno.flows import TabularFlow, build_flow
 from flowpheno.flows.base import FLOW_KINDS, flow_constants
 from flowpheno.io.atomic import atomic_path
 
@@ -64,7 +64,7 @@ def least_squares_residuals(values: np.ndarray, covariates: np.ndarray | None) -
 class PhenotypeModel:
     """Everything ``transform`` needs to map raw traits to Gaussianized ones."""
 
-    flow: LatentFlow
+    flow: TabularFlow
     traits: list[str]
     covariates: list[str]
     beta: np.ndarray
@@ -186,7 +186,7 @@ def _probe_input(features: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _probe(flow: LatentFlow) -> dict[str, list[Any]]:
+def _probe(flow: TabularFlow) -> dict[str, list[Any]]:
     """The flow's latent and log-det on a fixed ``4 x d`` input (standardised units)."""
     on_cpu = copy.deepcopy(flow).cpu()  # the same arithmetic at save and at load, whatever the fit's device
     z, ladj = on_cpu(_probe_input(int(flow.config["features"])))
@@ -232,7 +232,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _build(meta: dict[str, Any], path: Path) -> LatentFlow:
+def _build(meta: dict[str, Any], path: Path) -> TabularFlow:
     config = meta["flow"]
     if config.get("kind") not in FLOW_KINDS:
         raise _damaged(path, f"unknown flow kind {config.get('kind')!r} (known: {', '.join(FLOW_KINDS)})")
@@ -252,7 +252,7 @@ def _build(meta: dict[str, Any], path: Path) -> LatentFlow:
     return flow
 
 
-def _load_weights(flow: LatentFlow, path: Path) -> None:
+def _load_weights(flow: TabularFlow, path: Path) -> None:
     try:
         state = load_file(str(path))
     except Exception as error:  # safetensors raises several types for truncated or garbage files
@@ -285,7 +285,7 @@ def _array(meta: dict[str, Any], key: str, shape: tuple[int, ...], path: Path) -
     return value
 
 
-def _verify_probe(flow: LatentFlow, meta: dict[str, Any], path: Path) -> None:
+def _verify_probe(flow: TabularFlow, meta: dict[str, Any], path: Path) -> None:
     try:
         expected_z = np.asarray(meta["probe"]["z"], dtype=float)
         expected_ladj = np.asarray(meta["probe"]["ladj"], dtype=float)

@@ -676,12 +676,10 @@ def _fit(
 
     train_rows, val_rows = _split(n_complete, config.val_frac, config.train.seed)
     device = config.device
-    torch.manual_seed(config.train.seed)
     x_train = torch.as_tensor(standardised[train_rows], dtype=torch.float32, device=device)
     x_val = torch.as_tensor(standardised[val_rows], dtype=torch.float32, device=device) if len(val_rows) else None
 
-    def make_flow() -> torch.nn.Module:
-        torch.manual_seed(config.train.seed)
+    def make_flow() -> torch.nn.Module:  # weights drawn from the seed, not the global random state
         return affine_coupling_flow(d, layers=config.layers, hidden=config.hidden, seed=config.train.seed).to(device)
 
     cache_hit = None

@@ -1,8 +1,12 @@
-"""A flow as a zuko lazy transform, plus ActNorm and the config that rebuilds it."""
+"""The flow interface (:class:`LatentFlow`), a tabular flow as a zuko lazy transform
+(:class:`TabularFlow`), ActNorm and the config that rebuilds it."""
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -44,11 +48,61 @@ class ActNorm(LazyTransform):
         self.shift.copy_(-x.mean(dim=0) * torch.exp(log_scale))
 
 
-class LatentFlow(nn.Module):
-    """``g = f^-1`` mapping data rows to latent rows, with ``log |det J_g(x)|`` per row.
+class LatentFlow(nn.Module, ABC):
+    """The flow interface the training schedules are written against: ``g = f^-1`` mapping
+    data rows to latent rows, one row at a time (rows never mix), with ``log |det J_g(x)|``
+    per row. Implemented by :class:`TabularFlow` (traits) and
+    :class:`flowpheno.flows.glow.GlowFlow` (images).
 
-    ``config`` holds what :func:`build_flow` needs to rebuild the same architecture
-    from saved weights (no pickled code).
+    A flow's initial weights are a function of its ``config`` alone (its ``seed`` included),
+    never of the global random state: building one neither reads nor changes
+    ``torch``'s global generator (:func:`seeded_init`).
+    """
+
+    config: dict[str, Any]
+    """The architecture and seed (JSON-serialisable), as saved next to the weights."""
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Latent ``z = g(x)`` (``(b, D)``) and ``log |det J_g(x_i)|`` (``(b,)``, nats) for rows ``x``: ``(b, D)``."""
+
+    @abstractmethod
+    def inverse(self, z: Tensor) -> Tensor:
+        """Data ``x = f(z)`` (``(b, D)``) for latent rows ``z``: ``(b, D)``."""
+
+    @abstractmethod
+    def initialize(self, x: Tensor) -> None:
+        """Data-dependent initialisation (ActNorm layers) from rows ``x``: ``(b, D)``."""
+
+    def rescale_latent(self, factor: Tensor) -> None:
+        """Multiply latent feature ``j`` by ``factor[j]`` (``(D,)``, > 0) exactly, adding
+        ``sum log factor`` to every row's log-det (``profile_scale`` of alternating training).
+
+        Raises:
+            FlowphenoError: the flow cannot rescale its latent.
+        """
+        raise FlowphenoError(f"{type(self).__name__} cannot rescale its latent (profile_scale)")
+
+
+@contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Run the body with ``torch``'s global CPU generator seeded with ``seed``, and restore the
+    caller's random state on exit: module constructors that draw their initial weights from it
+    (``nn.Linear``, ``nn.Conv2d``) draw the same weights for the same ``seed``, exactly those of
+    ``torch.manual_seed(seed)`` followed by the same constructors."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        yield
+
+
+class TabularFlow(LatentFlow):
+    """A :class:`LatentFlow` of zuko lazy transforms, for ``D`` traits.
+
+    Args:
+        layers: the transforms, data side first.
+        config: what :func:`build_flow` needs to rebuild the same architecture from saved
+            weights (no pickled code): ``kind`` (one of :data:`FLOW_KINDS`) and the builder's
+            arguments.
     """
 
     def __init__(self, layers: list[LazyTransform], config: dict[str, Any]) -> None:
@@ -57,11 +111,9 @@ class LatentFlow(nn.Module):
         self.config = config
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Latent ``z = g(x)`` and ``log |det J_g(x)|`` (one value per row)."""
         return self.transform().call_and_ladj(x)
 
     def inverse(self, z: Tensor) -> Tensor:
-        """Data ``x = f(z)``."""
         return self.transform().inv(z)
 
     @torch.no_grad()
@@ -94,7 +146,7 @@ def _layer_name(layer: nn.Module) -> str:
     return type(layer).__name__
 
 
-def flow_constants(flow: LatentFlow) -> dict[str, Any]:
+def flow_constants(flow: TabularFlow) -> dict[str, Any]:
     """The constants that give a flow's saved weights their meaning: ActNorm's bound and
     formula, the coupling formula, the layer order, the fixed permutations (one list
     per permutation layer, in order) and the library versions."""
@@ -130,8 +182,13 @@ def zero_last_layers(layers: list[LazyTransform]) -> None:
             nn.init.zeros_(last.bias)
 
 
-def build_flow(config: dict[str, Any]) -> LatentFlow:
-    """Rebuild a flow from its ``config`` (as saved next to the weights)."""
+def build_flow(config: dict[str, Any]) -> TabularFlow:
+    """Rebuild a tabular flow from its ``config`` (as saved next to the weights); the same
+    ``config`` gives the same initial weights.
+
+    Raises:
+        KeyError: ``config["kind"]`` is not one of :data:`FLOW_KINDS`.
+    """
     from flowpheno.flows.coupling import affine_coupling_flow
     from flowpheno.flows.spline import spline_coupling_flow
 

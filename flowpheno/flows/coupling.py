@@ -11,7 +11,7 @@ from zuko.flows.coupling import GeneralCouplingTransform
 from zuko.lazy import LazyTransform, UnconditionalTransform
 from zuko.transforms import CouplingTransform, PermutationTransform, Transform
 
-from flowpheno.flows.base import ActNorm, LatentFlow, zero_last_layers
+from flowpheno.flows.base import ActNorm, TabularFlow, seeded_init, zero_last_layers
 
 
 class _IndexedCouplingTransform(CouplingTransform):
@@ -49,12 +49,15 @@ def affine_coupling_flow(
     hidden: int = 128,
     depth: int = 2,
     seed: int = 0,
-) -> LatentFlow:
+) -> TabularFlow:
     """``layers`` x (ActNorm -> permutation -> affine coupling), conditioner ``in-hidden^depth-out``,
-    then a fixed permutation that undoes the product of the layer permutations, then ActNorm.
+    then a fixed permutation that undoes the product of the layer permutations, then ActNorm,
+    for rows of ``features`` traits (RealNVP, Dinh et al. 2017; zuko's coupling transform).
 
     The coupling scale is bounded (zuko's ``MonotonicAffineTransform``); permutations
-    are drawn from ``seed`` and saved as buffers, so the model is reproducible. Thanks to
+    are drawn from ``seed`` and saved as buffers, and the conditioners' initial weights are
+    drawn from ``seed`` too (:func:`seeded_init`; the global random state is neither used
+    nor changed), so the same arguments give the same flow. Thanks to
     the final permutation, latent column ``j`` is the image of input column ``j`` (the
     trait names of the input label the output truthfully); it has ``log |det J| = 0``.
 
@@ -64,26 +67,27 @@ def affine_coupling_flow(
         >>> z.shape, ladj.shape
         (torch.Size([10, 4]), torch.Size([10]))
     """
-    generator = torch.Generator().manual_seed(seed)
-    stack: list[LazyTransform] = []
-    position = torch.arange(features)  # position[j]: the input feature held by column j
-    for i in range(layers):
-        stack.append(ActNorm(features))
-        if features > 1:
-            order = torch.randperm(features, generator=generator)
-            position = position[order]
-            stack.append(UnconditionalTransform(PermutationTransform, order, buffer=True))
-        stack.append(
-            IndexedCoupling(
-                features=features,
-                mask=torch.arange(features) % 2 == i % 2,
-                hidden_features=(hidden,) * depth,
-                activation=nn.SiLU,
+    with seeded_init(seed):
+        generator = torch.Generator().manual_seed(seed)
+        stack: list[LazyTransform] = []
+        position = torch.arange(features)  # position[j]: the input feature held by column j
+        for i in range(layers):
+            stack.append(ActNorm(features))
+            if features > 1:
+                order = torch.randperm(features, generator=generator)
+                position = position[order]
+                stack.append(UnconditionalTransform(PermutationTransform, order, buffer=True))
+            stack.append(
+                IndexedCoupling(
+                    features=features,
+                    mask=torch.arange(features) % 2 == i % 2,
+                    hidden_features=(hidden,) * depth,
+                    activation=nn.SiLU,
+                )
             )
-        )
-    if features > 1:
-        stack.append(UnconditionalTransform(PermutationTransform, torch.argsort(position), buffer=True))
-    stack.append(ActNorm(features))
+        if features > 1:
+            stack.append(UnconditionalTransform(PermutationTransform, torch.argsort(position), buffer=True))
+        stack.append(ActNorm(features))
     config = {"kind": "affine_coupling", "features": features, "layers": layers, "hidden": hidden, "depth": depth, "seed": seed}
     zero_last_layers(stack)
-    return LatentFlow(stack, config)
+    return TabularFlow(stack, config)

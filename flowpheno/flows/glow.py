@@ -7,7 +7,7 @@ an image is the concatenation of everything factored out, one row of ``D = C H W
 values, so the matrix-normal dependence models apply to images unchanged (rows =
 images, columns = latent dimensions).
 
-The interface matches :class:`flowpheno.flows.LatentFlow`: ``flow(x)`` takes rows of
+:class:`GlowFlow` is a :class:`flowpheno.flows.LatentFlow`: ``flow(x)`` takes rows of
 ``D`` values in [0, 1] (dequantised pixels) and returns ``(z, log|det J|)``;
 ``inverse`` maps latents back to images; ``initialize`` sets ActNorm from data.
 """
@@ -20,21 +20,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from flowpheno.flows.base import LatentFlow, seeded_init
+
 
 def squeeze(x: Tensor) -> Tensor:
+    """``(N, C, H, W) -> (N, 4C, H/2, W/2)``: each 2 x 2 patch becomes 4 channels."""
     n, c, h, w = x.shape
     x = x.view(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
     return x.reshape(n, c * 4, h // 2, w // 2)
 
 
 def unsqueeze(x: Tensor) -> Tensor:
+    """The inverse of :func:`squeeze`: ``(N, 4C, H, W) -> (N, C, 2H, 2W)``."""
     n, c, h, w = x.shape
     x = x.view(n, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
     return x.reshape(n, c // 4, h * 2, w * 2)
 
 
 class ActNorm2d(nn.Module):
-    """Per-channel affine map, initialised so the first batch has zero mean, unit variance."""
+    """Per-channel affine map ``y = (x + b) exp(a)`` on ``(N, C, H, W)``, initialised so the first
+    batch has zero mean, unit variance; log-det ``H W sum a`` per image."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -55,7 +60,8 @@ class ActNorm2d(nn.Module):
 
 
 class InvertibleConv1x1(nn.Module):
-    """A learned channel rotation/mixing (a random orthogonal start)."""
+    """A learned channel mixing ``y = W x`` per pixel (``W``: ``(C, C)``, a random orthogonal start
+    from ``generator``); log-det ``H W log |det W|`` per image."""
 
     def __init__(self, channels: int, generator: torch.Generator) -> None:
         super().__init__()
@@ -72,7 +78,8 @@ class InvertibleConv1x1(nn.Module):
 
 
 class AffineCoupling2d(nn.Module):
-    """Half the channels set a shift and a bounded scale for the other half (zero-initialised: identity)."""
+    """Half the channels set a shift and a bounded scale (``e^-2`` to ``e^2``) for the other half through
+    a small CNN (``hidden`` channels); zero-initialised output, so it starts as the identity."""
 
     def __init__(self, channels: int, hidden: int) -> None:
         super().__init__()
@@ -102,8 +109,20 @@ class AffineCoupling2d(nn.Module):
         return torch.cat([y_a, y_b * torch.exp(-log_scale) - shift], dim=1)
 
 
-class GlowFlow(nn.Module):
-    """Multi-scale flow from image rows in [0, 1]^D to latent rows in R^D."""
+class GlowFlow(LatentFlow):
+    """Multi-scale flow from image rows in ``[0, 1]^D`` to latent rows in ``R^D``, ``D = C H W``.
+
+    Args:
+        shape: ``(C, H, W)`` of one image; ``H`` and ``W`` divisible by ``2^levels``.
+        levels: squeeze levels; half the channels are factored out between levels.
+        steps: (ActNorm, 1x1 convolution, affine coupling) steps per level.
+        hidden: channels of each coupling's CNN.
+        seed: draws the 1x1 convolutions' orthogonal starts and the CNNs' initial weights
+            (:func:`flowpheno.flows.base.seeded_init`: the global random state is neither used nor changed).
+
+    Raises:
+        ValueError: ``H`` or ``W`` is not divisible by ``2^levels``.
+    """
 
     def __init__(self, shape: tuple[int, int, int], levels: int = 2, steps: int = 4, hidden: int = 64, seed: int = 0) -> None:
         super().__init__()
@@ -116,16 +135,18 @@ class GlowFlow(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         self.levels = nn.ModuleList()
         c = channels
-        for level in range(levels):
-            c *= 4
-            layers = nn.ModuleList()
-            for _ in range(steps):
-                layers.extend([ActNorm2d(c), InvertibleConv1x1(c, generator), AffineCoupling2d(c, hidden)])
-            self.levels.append(layers)
-            if level < levels - 1:
-                c -= c // 2  # half factored out
+        with seeded_init(seed):
+            for level in range(levels):
+                c *= 4
+                layers = nn.ModuleList()
+                for _ in range(steps):
+                    layers.extend([ActNorm2d(c), InvertibleConv1x1(c, generator), AffineCoupling2d(c, hidden)])
+                self.levels.append(layers)
+                if level < levels - 1:
+                    c -= c // 2  # half factored out
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Latent rows ``(N, D)`` and ``log |det J|`` (``(N,)``, nats) for image rows ``x``: ``(N, D)`` in [0, 1]."""
         h = x.view(x.shape[0], *self.shape) - 0.5
         log_det = x.new_zeros(x.shape[0])
         factored = []
@@ -142,6 +163,7 @@ class GlowFlow(nn.Module):
         return torch.cat(factored, dim=1), log_det
 
     def inverse(self, z: Tensor) -> Tensor:
+        """Image rows ``(N, D)`` for latent rows ``z``: ``(N, D)``."""
         shapes = self._level_shapes()
         offsets, position = [], 0
         for _channels, hh, ww, out in shapes:

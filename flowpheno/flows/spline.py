@@ -8,7 +8,7 @@ from zuko.flows.autoregressive import MaskedAutoregressiveTransform
 from zuko.lazy import LazyTransform, UnconditionalTransform
 from zuko.transforms import MonotonicRQSTransform, PermutationTransform
 
-from flowpheno.flows.base import ActNorm, LatentFlow, zero_last_layers
+from flowpheno.flows.base import ActNorm, TabularFlow, seeded_init, zero_last_layers
 
 
 def spline_coupling_flow(
@@ -18,28 +18,32 @@ def spline_coupling_flow(
     depth: int = 2,
     bins: int = 16,
     seed: int = 0,
-) -> LatentFlow:
-    """``layers`` x (permutation -> spline coupling), between ActNorm layers.
+) -> TabularFlow:
+    """``layers`` x (permutation -> rational-quadratic spline coupling with ``bins`` bins), between
+    ActNorm layers, for rows of ``features`` values (Durkan et al. 2019; zuko's
+    ``MaskedAutoregressiveTransform`` with two passes, i.e. a coupling, and ``MonotonicRQSTransform``).
 
     Splines live on ``[-5, 5]`` and are the identity outside (linear tails); the
-    leading ActNorm standardises inputs so that bound covers the data.
+    leading ActNorm standardises inputs so that bound covers the data. Permutations and
+    initial weights are drawn from ``seed`` (:func:`seeded_init`), never from the global state.
     """
-    generator = torch.Generator().manual_seed(seed)
-    stack: list[LazyTransform] = [ActNorm(features)]
-    for _ in range(layers):
-        order = torch.randperm(features, generator=generator)
-        stack.append(UnconditionalTransform(PermutationTransform, order, buffer=True))
-        stack.append(
-            MaskedAutoregressiveTransform(
-                features=features,
-                passes=2,
-                univariate=MonotonicRQSTransform,
-                shapes=[(bins,), (bins,), (bins - 1,)],
-                hidden_features=(hidden,) * depth,
-                activation=nn.SiLU,
+    with seeded_init(seed):
+        generator = torch.Generator().manual_seed(seed)
+        stack: list[LazyTransform] = [ActNorm(features)]
+        for _ in range(layers):
+            order = torch.randperm(features, generator=generator)
+            stack.append(UnconditionalTransform(PermutationTransform, order, buffer=True))
+            stack.append(
+                MaskedAutoregressiveTransform(
+                    features=features,
+                    passes=2,
+                    univariate=MonotonicRQSTransform,
+                    shapes=[(bins,), (bins,), (bins - 1,)],
+                    hidden_features=(hidden,) * depth,
+                    activation=nn.SiLU,
+                )
             )
-        )
     stack.append(ActNorm(features))
     config = {"kind": "spline_coupling", "features": features, "layers": layers, "hidden": hidden, "depth": depth, "bins": bins, "seed": seed}
     zero_last_layers(stack)
-    return LatentFlow(stack, config)
+    return TabularFlow(stack, config)
