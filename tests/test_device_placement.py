@@ -45,7 +45,9 @@ def _blocks(n: int) -> EquicorrelatedBlocks:
 DEPENDENCE: dict[str, Callable[[int], DependenceModel]] = {
     "iid": lambda n: IIDCovariance(n),
     "kinship_dense": _kinship,
-    "kinship_dense_cached_precision": lambda n: _kinship(max(n, 300)),  # rank >= 256: dense precision cache
+    # rank >= 256: on the CPU a cached dense precision (keyed on the value of s2, read per batch);
+    # off the CPU (meta here) the U[idx] path, so that no batch reads s2 back to the host
+    "kinship_dense_cached_precision": lambda n: _kinship(max(n, 300)),
     "kinship_learn_s2": lambda n: _kinship(n, learn=True),
     "kinship_low_rank": _factor,
     "blocks": _blocks,
