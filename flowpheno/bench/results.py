@@ -58,9 +58,16 @@ def script(main: Callable[..., Any], doc: str | None = None) -> None:
     from flowpheno.errors import FlowphenoError
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-    app.command(help=doc or main.__doc__)(main)
+    app.command(help=_unwrapped_examples(doc or main.__doc__ or ""))(main)
     try:
         app()
     except FlowphenoError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def _unwrapped_examples(doc: str) -> str:
+    """``doc`` with click's no-rewrap mark (``\\b``) before each paragraph of indented lines
+    (the command examples), so ``--help`` shows them one per line."""
+    paragraphs = doc.split("\n\n")
+    return "\n\n".join("\b\n" + p if any(line.startswith("    ") for line in p.splitlines()) else p for p in paragraphs)
