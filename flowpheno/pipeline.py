@@ -545,9 +545,11 @@ class PreparedData:
     ``standardised``: ``(n_used, d)`` residuals ``(r - center) / scale`` of the used rows, the
     flow's input. ``train_rows``, ``val_rows``: sorted indices into the used rows.
     ``dependence``: the training rows' kinship model (float32 on ``config.device``; None for
-    ``--mode iid``), ``held_out``: the validation rows' kinship with them (None without
-    validation rows or for a low-rank factor), ``kinship_source``/``kinship_rank`` etc. for
-    the report. ``seconds``: wall time of the steps so far (s).
+    ``--mode iid``); ``held_out``: the validation rows' kinship with the training rows and
+    among themselves, for the conditional held-out score (None without validation rows);
+    ``kinship_source``: the kinship's file or prefix; ``eigendecomposition_cached``: whether
+    the dense eigendecomposition came from the cache (None for a low-rank factor).
+    ``covar``: the covariate file, if any. ``seconds``: wall time of the steps so far (s).
     """
 
     phenotypes: Phenotypes
