@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import typer
 
+from flowpheno.bench.results import package_versions, script, write_results
 from flowpheno.dependence import IIDCovariance, KinshipCovariance
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.kinship import spectral_decomposition
-from flowpheno.bench.results import package_versions, script, write_results
 from flowpheno.train import EpochTrainer, TrainConfig
 from flowpheno.train.objective import push_forward
 

@@ -92,9 +92,9 @@ def main(
 ) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the busy processes (finally below)
 
+    from flowpheno.bench.results import command_line, package_versions, write_results
     from flowpheno.io.kinship import write_npz
     from flowpheno.io.plink import centred_grm, sample_fids
-    from flowpheno.bench.results import command_line, package_versions, write_results
     from flowpheno.threads import cpu_limit
 
     runs: list[dict[str, object]] = []

@@ -42,10 +42,10 @@ import typer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from flowpheno.bench.results import package_versions, script, write_results  # noqa: E402
 from flowpheno.dependence import HeldOutKinship, KinshipCovariance  # noqa: E402
 from flowpheno.flows import affine_coupling_flow  # noqa: E402
 from flowpheno.io.atomic import atomic_path  # noqa: E402
-from flowpheno.bench.results import package_versions, script, write_results  # noqa: E402
 from flowpheno.pipeline import FitConfig, _split  # noqa: E402
 from flowpheno.simulate.pedigree import pedigree_kinship  # noqa: E402
 from flowpheno.train import EpochTrainer, TrainConfig, fit_grid  # noqa: E402

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import EXAMPLES
+
 from flowpheno.pipeline import FitConfig, fit_phenotypes, fit_report, prepare_fit, train_fit
 from flowpheno.report import DroppedRows, FitReport, KinshipSummary, jsonable
 from flowpheno.train import TrainConfig
