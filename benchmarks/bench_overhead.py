@@ -12,8 +12,6 @@ the dense precision built at the start of each stage, and the exact s2 update.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
@@ -22,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import typer
 
+from flowpheno.bench.results import package_versions, script, write_results
 from flowpheno.dependence import IIDCovariance, KinshipCovariance
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.kinship import spectral_decomposition
-from flowpheno.pipeline import package_versions
 from flowpheno.train import EpochTrainer, TrainConfig
 from flowpheno.train.objective import push_forward
 
@@ -72,19 +71,18 @@ def model_flow(d: int, x: torch.Tensor) -> torch.nn.Module:
     return flow
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--d", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=8, help="timed epochs per method (after one warm-up epoch)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+def main(
+    n: int = typer.Option(10_000, "--n", help="individuals"),
+    d: int = typer.Option(6, "--d", help="traits"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    epochs: int = typer.Option(8, "--epochs", help="timed epochs per method (after one warm-up epoch)"),
+    out: Path = typer.Option(RESULTS, "--out", help="folder for overhead.json and overhead.md"),
+) -> None:
 
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
-    kinship = family_kinship(args.n, rng)
-    x = torch.randn(args.n, args.d)
+    kinship = family_kinship(n, rng)
+    x = torch.randn(n, d)
 
     started = time.perf_counter()
     eigenvalues, eigenvectors, _ = spectral_decomposition(kinship, "benchmark kinship")
@@ -94,19 +92,19 @@ def main() -> None:
     model.precision_block(torch.arange(2))  # builds and caches the dense precision for this s2
     precision_seconds = time.perf_counter() - started
 
-    config = TrainConfig(batch_size=args.batch_size, seed=0)
-    timings = interleaved_epoch_seconds({"iid": IIDCovariance(args.n), "kinship": model}, x, args.epochs, config)
+    config = TrainConfig(batch_size=batch_size, seed=0)
+    timings = interleaved_epoch_seconds({"iid": IIDCovariance(n), "kinship": model}, x, epochs, config)
     iid, kin = timings["iid"], timings["kinship"]
     started = time.perf_counter()
-    model.fit_s2(push_forward(model_flow(args.d, x), x))
+    model.fit_s2(push_forward(model_flow(d, x), x))
     s2_seconds = time.perf_counter() - started
 
     result = {
-        "n": args.n,
-        "d": args.d,
-        "batch_size": args.batch_size,
+        "n": n,
+        "d": d,
+        "batch_size": batch_size,
         "flow": "affine coupling, 16 layers, 128-128 SiLU conditioners",
-        "timed_epochs": args.epochs,
+        "timed_epochs": epochs,
         "iid_epoch_seconds": iid,
         "kinship_epoch_seconds": kin,
         "iid_epoch_median": statistics.median(iid),
@@ -119,13 +117,11 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch_threads": torch.get_num_threads()},
         "versions": package_versions(),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "overhead.json").write_text(json.dumps(result, indent=2))
     lines = [
         "# Overhead of the kinship-aware objective",
         "",
-        f"`python benchmarks/bench_overhead.py --n {args.n}`: n = {args.n}, d = {args.d}, batch {args.batch_size}, "
-        f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), median of {args.epochs} interleaved epochs per method after a warm-up.",
+        f"`python benchmarks/bench_overhead.py --n {n}`: n = {n}, d = {d}, batch {batch_size}, "
+        f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), median of {epochs} interleaved epochs per method after a warm-up.",
         "",
         "| what | seconds |",
         "|---|---|",
@@ -137,9 +133,9 @@ def main() -> None:
         f"| exact s2 update (push-forward, rotation, Brent), once per stage | {s2_seconds:.1f} |",
         "",
     ]
-    (args.out / "overhead.md").write_text("\n".join(lines))
+    write_results(out, {"overhead.json": result, "overhead.md": "\n".join(lines)})
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    script(main, __doc__)

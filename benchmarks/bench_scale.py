@@ -15,7 +15,6 @@ Writes benchmarks/results/scale.json and scale.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -28,6 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import typer
+
+from flowpheno.bench.results import script
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRUE_S2 = 0.4
@@ -153,33 +155,32 @@ def markdown(rows: list[dict[str, Any]], config: dict[str, Any], wall: float) ->
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10000,50000,100000,500000")
-    parser.add_argument("--methods", default="alternating,joint,joint_exact")
-    parser.add_argument("--dense-max", type=int, default=10_000, help="largest n for the dense path beside")
-    parser.add_argument("--dense-methods", default="alternating", help="methods run on the dense path (each redoes the eigendecomposition)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per stage")
-    parser.add_argument("--stages", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    config = {"epochs": args.epochs, "stages": args.stages, "batch_size": args.batch_size, "layers": args.layers,
-              "hidden": args.hidden, "threads": args.threads, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+def main(
+    sizes: str = typer.Option("10000,50000,100000,500000", "--sizes", help="comma-separated n"),
+    methods: str = typer.Option("alternating,joint,joint_exact", "--methods"),
+    dense_max: int = typer.Option(10_000, "--dense-max", help="largest n for the dense path beside"),
+    dense_methods: str = typer.Option("alternating", "--dense-methods", help="methods run on the dense path (each redoes the eigendecomposition)"),
+    epochs: int = typer.Option(3, "--epochs", help="epochs per stage"),
+    stages: int = typer.Option(4, "--stages"),
+    batch_size: int = typer.Option(1024, "--batch-size"),
+    layers: int = typer.Option(8, "--layers"),
+    hidden: int = typer.Option(64, "--hidden"),
+    threads: int = typer.Option(os.cpu_count() or 1, "--threads"),
+    out: Path = typer.Option(RESULTS, "--out", help="folder for scale.json, scale.md and scale_rows.jsonl (resumed)"),
+) -> None:
+    config = {"epochs": epochs, "stages": stages, "batch_size": batch_size, "layers": layers,
+              "hidden": hidden, "threads": threads, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "argv": " ".join(os.sys.argv[1:])}
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    dense_methods = [m.strip() for m in args.dense_methods.split(",") if m.strip()]
-    args.out.mkdir(parents=True, exist_ok=True)
-    done_path = args.out / "scale_rows.jsonl"  # finished fits: a repeated command resumes
+    low_rank_list = [m.strip() for m in methods.split(",") if m.strip()]
+    dense_list = [m.strip() for m in dense_methods.split(",") if m.strip()]
+    out.mkdir(parents=True, exist_ok=True)
+    done_path = out / "scale_rows.jsonl"  # finished fits: a repeated command resumes
     rows = [json.loads(line) for line in done_path.read_text().splitlines()] if done_path.exists() else []
     done = {(row["n"], row["path"], row["method"]) for row in rows}
     started = time.perf_counter()
-    for n in [int(s) for s in args.sizes.split(",")]:
-        for dense in ([False, True] if n <= args.dense_max else [False]):
-            for method in dense_methods if dense else methods:
+    for n in [int(s) for s in sizes.split(",")]:
+        for dense in ([False, True] if n <= dense_max else [False]):
+            for method in dense_list if dense else low_rank_list:
                 if (n, "dense" if dense else "low-rank", method) in done:
                     continue
                 row = run(n, method, dense, config)
@@ -192,13 +193,12 @@ def main() -> None:
     for row in rows:
         row.setdefault("oracle_s2", oracles.get(row["n"]))
     wall = time.perf_counter() - started + sum(row["total_seconds"] for row in rows if (row["n"], row["path"], row["method"]) in done)
-    from flowpheno.pipeline import package_versions
+    from flowpheno.bench.results import package_versions, write_results
 
-    (args.out / "scale.json").write_text(json.dumps({"config": config, "versions": package_versions(), "wall_seconds": wall,
-                                                      "rows": rows}, indent=2))
-    (args.out / "scale.md").write_text(markdown(rows, config, wall))
+    write_results(out, {"scale.json": {"config": config, "versions": package_versions(), "wall_seconds": wall, "rows": rows},
+                        "scale.md": markdown(rows, config, wall)})
     print(markdown(rows, config, wall))
 
 
 if __name__ == "__main__":
-    main()
+    script(main, __doc__)

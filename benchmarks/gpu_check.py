@@ -24,7 +24,6 @@ keeps what it measured. Sections:
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -42,12 +41,16 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+import typer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_overhead import family_kinship  # noqa: E402  (the same dense kinship as overhead.md)
+
+from flowpheno.bench.results import command_line, package_versions, script, write_results  # noqa: E402
+from flowpheno.errors import FlowphenoError  # noqa: E402
 
 D = 6
 RANK = 40
@@ -275,31 +278,27 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cpu-fallback", action="store_true", help="no GPU: run every step on the CPU at small sizes")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--only", default="example_fit,overhead,exact_objective,images,host_syncs")
-    args = parser.parse_args()
-    pick = 1 if args.cpu_fallback else 0
+def main(
+    cpu_fallback: bool = typer.Option(False, "--cpu-fallback", help="no GPU: run every step on the CPU at small sizes"),
+    out: Path = typer.Option(RESULTS, "--out", help="folder for gpu.json and gpu.md (gpu_cpu_fallback.*)"),
+    only: str = typer.Option("example_fit,overhead,exact_objective,images,host_syncs", "--only", help="comma-separated sections"),
+) -> None:
+    pick = 1 if cpu_fallback else 0
     sizes = {key: value[pick] for key, value in SIZES.items()}
-    if not args.cpu_fallback and not torch.cuda.is_available():
-        parser.error("this torch sees no CUDA GPU; use --cpu-fallback to check the script on the CPU")
-    device = "cpu" if args.cpu_fallback else "cuda"
-    from flowpheno.pipeline import package_versions
+    if not cpu_fallback and not torch.cuda.is_available():
+        raise FlowphenoError("this torch sees no CUDA GPU; use --cpu-fallback to check the script on the CPU")
+    device = "cpu" if cpu_fallback else "cuda"
 
-    name = "gpu_cpu_fallback" if args.cpu_fallback else "gpu"
+    name = "gpu_cpu_fallback" if cpu_fallback else "gpu"
     result: dict[str, Any] = {
-        "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:]),
+        "command": command_line("python benchmarks/gpu_check.py"),
         "device_name": torch.cuda.get_device_name(0) if device == "cuda" else f"CPU fallback ({platform.processor() or platform.machine()})",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
         "versions": package_versions(), "sizes": sizes,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
-        (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
-        (args.out / f"{name}.md").write_text(markdown(result))
+        write_results(out, {f"{name}.json": result, f"{name}.md": markdown(result)}, default=str)
 
     sections: dict[str, Callable[[Path], Any]] = {
         "example_fit": lambda work: example_fit((device, "cpu"), sizes["example_fit"], work),
@@ -310,7 +309,7 @@ def main() -> None:
     }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        for key in [s.strip() for s in args.only.split(",") if s.strip()]:
+        for key in [s.strip() for s in only.split(",") if s.strip()]:
             section_started = time.perf_counter()
             work = Path(scratch) / key
             work.mkdir()
@@ -328,4 +327,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main, __doc__)

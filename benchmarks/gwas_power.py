@@ -3,7 +3,7 @@ null, and paired differences between arms across seeds.
 
     python benchmarks/gwas_power.py                    # 10 seeds x 2 cohort types + 3 null cohorts per type (hours)
     python benchmarks/gwas_power.py --seeds 1 --null-seeds 101 --n 400 --snps 3000 --epochs 2 --stages 2 \\
-        --arms single flow_iid flow_kinship --out /tmp/gwas_power_smoke     # a smoke run
+        --arms single,flow_iid,flow_kinship --out /tmp/gwas_power_smoke     # a smoke run
 
 Runs the real workflow (`snakemake gwas_all`: flowpheno simulate, GEMMA GRM (LOCO unless
 --no-loco), fits, GEMMA -lmm 3, PLINK clumping) once per cohort. Arms (config `methods`):
@@ -24,7 +24,6 @@ and how many seeds agree in sign.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -39,6 +38,9 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import typer  # noqa: E402
+
+from flowpheno.bench.results import package_versions, script, write_results  # noqa: E402
 from flowpheno.gwas import TRUTH_WINDOW_KB  # noqa: E402  (the repository's own default, whatever is installed)
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -120,7 +122,7 @@ def paired(alternative: pd.DataFrame, first: str, second: str, metric: str) -> d
             "se": se, "positive": int((difference > 0).sum()), "negative": int((difference < 0).sum()), "zero": int((difference == 0).sum())}
 
 
-def tables(rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     frame = pd.DataFrame(rows)
     arms = [arm for arm in ARMS if arm in set(frame["arm"])]
     lines = [
@@ -128,9 +130,10 @@ def tables(rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str, d
         "",
         f"`python benchmarks/gwas_power.py {' '.join(sys.argv[1:])}`".replace("``", "`"),
         "",
-        f"n = {args.n}, {args.snps} SNPs, 4 traits, {args.causal} pleiotropic causal SNPs (latent variance share "
-        f"{args.causal_variance}), 3 populations; flows: {args.stages} stages x {args.epochs} epochs, 16 coupling layers; "
-        f"GRM {'leave-one-chromosome-out' if not args.no_loco else 'from every SNP'}; threshold alpha 0.05 / SNPs tested; "
+        f"n = {settings['n']}, {settings['snps']} SNPs, 4 traits, {settings['causal']} pleiotropic causal SNPs (latent variance "
+        f"share {settings['causal_variance']}), 3 populations; flows: {settings['stages']} stages x {settings['epochs']} epochs, "
+        f"16 coupling layers; GRM {'leave-one-chromosome-out' if not settings['no_loco'] else 'from every SNP'}; threshold "
+        "alpha 0.05 / SNPs tested; "
         f"PLINK clumps r2 0.1, 250 kb; a locus is true within {TRUTH_WINDOW_KB:g} kb of a causal SNP (the windows' share of "
         "the genome is in the per-cohort table). lambda GC on each test's own scale: chi-square with d = 4 df for the mvLMM "
         "arms, the mean of the per-trait 1-df lambdas for `single`.",
@@ -196,46 +199,60 @@ def _int(value: Any) -> str:
     return "-" if value is None or pd.isna(value) else str(int(value))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 11)))
-    parser.add_argument("--null-seeds", type=int, nargs="*", default=[101, 102, 103])
-    parser.add_argument("--cohorts", nargs="+", choices=list(COHORT_TYPES), default=list(COHORT_TYPES))
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=ARMS)
-    parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--snps", type=int, default=20000)
-    parser.add_argument("--causal", type=int, default=30)
-    parser.add_argument("--causal-variance", type=float, default=0.2)
-    parser.add_argument("--epochs", type=int, default=25)
-    parser.add_argument("--stages", type=int, default=4)
-    parser.add_argument("--no-loco", action="store_true", help="one GRM from every SNP (config gwas.loco: false)")
-    parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "work" / "gwas_power")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    args.out.mkdir(parents=True, exist_ok=True)
+def _listed(text: str, option: str, allowed: list[str] | None = None) -> list[str]:
+    """A comma-separated option value as a list, each item checked against ``allowed``."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    for item in items:
+        if allowed is not None and item not in allowed:
+            raise typer.BadParameter(f"{item!r}: choose from {', '.join(allowed)}", param_hint=option)
+    return items
 
-    fit = {"epochs": args.epochs, "stages": args.stages, "layers": 16, "hidden": 128, "batch_size": 256, "seed": 1,
+
+def main(
+    seeds: str = typer.Option(",".join(map(str, range(1, 11))), "--seeds", help="comma-separated cohort seeds"),
+    null_seeds: str = typer.Option("101,102,103", "--null-seeds", help="comma-separated seeds of null cohorts ('' for none)"),
+    cohorts: str = typer.Option(",".join(COHORT_TYPES), "--cohorts", help=f"comma-separated, of {', '.join(COHORT_TYPES)}"),
+    arms: str = typer.Option(",".join(ARMS), "--arms", help=f"comma-separated, of {', '.join(ARMS)}"),
+    n: int = typer.Option(2000, "--n"),
+    snps: int = typer.Option(20000, "--snps"),
+    causal: int = typer.Option(30, "--causal"),
+    causal_variance: float = typer.Option(0.2, "--causal-variance"),
+    epochs: int = typer.Option(25, "--epochs"),
+    stages: int = typer.Option(4, "--stages"),
+    no_loco: bool = typer.Option(False, "--no-loco", help="one GRM from every SNP (config gwas.loco: false)"),
+    cores: int = typer.Option(2, "--cores"),
+    workdir: Path = typer.Option(ROOT / "benchmarks" / "work" / "gwas_power", "--workdir"),
+    out: Path = typer.Option(RESULTS, "--out", help="folder for gwas_power.{md,json} and gwas_power_rows.jsonl (resumed)"),
+) -> None:
+    settings: dict[str, Any] = {
+        "seeds": [int(seed) for seed in _listed(seeds, "--seeds")],
+        "null_seeds": [int(seed) for seed in _listed(null_seeds, "--null-seeds")],
+        "cohorts": _listed(cohorts, "--cohorts", list(COHORT_TYPES)), "arms": _listed(arms, "--arms", ARMS),
+        "n": n, "snps": snps, "causal": causal, "causal_variance": causal_variance, "epochs": epochs, "stages": stages,
+        "no_loco": no_loco, "cores": cores, "workdir": str(workdir), "out": str(out), "truth_window_kb": TRUTH_WINDOW_KB,
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    fit = {"epochs": epochs, "stages": stages, "layers": 16, "hidden": 128, "batch_size": 256, "seed": 1,
            "device": "cpu", "extra": ""}
-    gwas = {"loco": not args.no_loco, "truth_window_kb": TRUTH_WINDOW_KB}
-    rows_path = args.out / "gwas_power_rows.jsonl"
+    gwas = {"loco": not no_loco, "truth_window_kb": TRUTH_WINDOW_KB}
+    rows_path = out / "gwas_power_rows.jsonl"
     rows = read_rows(rows_path)
-    plan = [(cohort_type, seed, False) for cohort_type in args.cohorts for seed in args.seeds]
-    plan += [(cohort_type, seed, True) for cohort_type in args.cohorts for seed in args.null_seeds]
+    plan = [(cohort_type, seed, False) for cohort_type in settings["cohorts"] for seed in settings["seeds"]]
+    plan += [(cohort_type, seed, True) for cohort_type in settings["cohorts"] for seed in settings["null_seeds"]]
     wanted = []
     for cohort_type, seed, null in plan:
-        simulate = {"n": args.n, "snps": args.snps, "traits": 4, **COHORT_TYPES[cohort_type], "seed": seed}
-        simulate |= {"null": True} if null else {"causal": args.causal, "causal_variance": args.causal_variance}
-        arms = list(args.arms)
-        settings = {"simulate": simulate, "fit": fit, "gwas": gwas, "arms": arms}
-        key = settings_key(settings)
+        simulate = {"n": n, "snps": snps, "traits": 4, **COHORT_TYPES[cohort_type], "seed": seed}
+        simulate |= {"null": True} if null else {"causal": causal, "causal_variance": causal_variance}
+        chosen_arms = list(settings["arms"])
+        key = settings_key({"simulate": simulate, "fit": fit, "gwas": gwas, "arms": chosen_arms})
         name = f"{cohort_type}_{'null' if null else 'seed'}{seed}_{key}"
         wanted.append(key)
         if any(row.get("key") == key for row in rows):
             print(f"{name}: done before, skipped", flush=True)
             continue
-        cohort_rows, seconds = run_cohort(args.workdir, name, simulate, arms, fit, gwas, args.cores)
+        cohort_rows, seconds = run_cohort(workdir, name, simulate, chosen_arms, fit, gwas, cores)
         finished = [{"cohort": name, "key": key, "type": cohort_type, "seed": seed, "null": null, "seconds": seconds, **row}
                     for row in cohort_rows]
         with rows_path.open("a") as handle:  # appended as each cohort finishes: an interrupted run resumes here
@@ -244,19 +261,14 @@ def main() -> None:
         print(f"{name}: {seconds:.0f} s", flush=True)
 
     chosen = [row for row in rows if row.get("key") in wanted]
-    markdown, summary = tables(chosen, args)
-    from flowpheno.pipeline import package_versions
-
-    (args.out / "gwas_power.md").write_text(markdown)
-    (args.out / "gwas_power.json").write_text(json.dumps({
-        "command": ["benchmarks/gwas_power.py", *sys.argv[1:]],
-        "settings": vars(args) | {"workdir": str(args.workdir), "out": str(args.out), "truth_window_kb": TRUTH_WINDOW_KB},
-        "versions": package_versions(),
-        **summary,
-        "rows": chosen,
-    }, indent=2, default=str))
+    markdown, summary = tables(chosen, settings)
+    write_results(out, {
+        "gwas_power.md": markdown,
+        "gwas_power.json": {"command": ["benchmarks/gwas_power.py", *sys.argv[1:]], "settings": settings,
+                            "versions": package_versions(), **summary, "rows": chosen},
+    }, default=str)
     print(markdown)
 
 
 if __name__ == "__main__":
-    main()
+    script(main, __doc__)

@@ -15,7 +15,6 @@ of every SNP (no LOCO) and both lambda GC are given.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import platform
@@ -27,6 +26,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import typer
+
+from flowpheno.bench.results import script, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -94,51 +96,50 @@ def version(command: list[str]) -> str:
     return (result.stdout + result.stderr).strip().splitlines()[0] if (result.stdout + result.stderr).strip() else "?"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--stages", type=int, default=2)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "work" / "hs1940")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--reuse", action="store_true", help="no new run: tabulate the last run in --workdir")
-    args = parser.parse_args()
-    fit = {"epochs": args.epochs, "stages": args.stages, "layers": args.layers, "hidden": args.hidden, "batch_size": 256,
+def main(
+    cores: int = typer.Option(2, "--cores", help="snakemake -c"),
+    epochs: int = typer.Option(2, "--epochs"),
+    stages: int = typer.Option(2, "--stages"),
+    layers: int = typer.Option(4, "--layers"),
+    hidden: int = typer.Option(32, "--hidden"),
+    workdir: Path = typer.Option(ROOT / "benchmarks" / "work" / "hs1940", "--workdir", help="the workflow's folder (replaced)"),
+    out: Path = typer.Option(RESULTS, "--out", help="folder for hs1940_workflow.json and .md"),
+    reuse: bool = typer.Option(False, "--reuse", help="no new run: tabulate the last run in --workdir"),
+) -> None:
+    fit = {"epochs": epochs, "stages": stages, "layers": layers, "hidden": hidden, "batch_size": 256,
            "seed": 1, "device": "cpu"}
-    if args.reuse:
-        config = json.loads((args.workdir / "config.json").read_text())
+    if reuse:
+        config = json.loads((workdir / "config.json").read_text())
         fit = config["fit"]
-        log = sorted((args.workdir / ".snakemake" / "log").glob("*.snakemake.log"))[-1].read_text()
+        log = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))[-1].read_text()
         hours, minutes, seconds = re.search(r"Elapsed time: (\d+):(\d+):([\d.]+)", log).groups()
         wall = 3600 * int(hours) + 60 * int(minutes) + float(seconds)
     else:
-        if args.workdir.exists():
-            shutil.rmtree(args.workdir)
-        bfile, pheno = write_hs1940_inputs(args.workdir / "data")
-        config_path = workflow_config(args.workdir, bfile, pheno, fit)
-        command = [snakemake_binary(), "-s", str(ROOT / "Snakefile"), "--directory", str(args.workdir), "--configfile",
-                   str(config_path), f"-c{args.cores}", "gwas_all", "--quiet", "rules"]
+        if workdir.exists():
+            shutil.rmtree(workdir)
+        bfile, pheno = write_hs1940_inputs(workdir / "data")
+        config_path = workflow_config(workdir, bfile, pheno, fit)
+        command = [snakemake_binary(), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile",
+                   str(config_path), f"-c{cores}", "gwas_all", "--quiet", "rules"]
         started = time.perf_counter()
         subprocess.run(command, check=True)
         wall = time.perf_counter() - started
-    out = args.workdir / "out"
-    lambdas = lambda_comparison(out)
+    run = workdir / "out"
+    lambdas = lambda_comparison(run)
 
-    jobs = read_benchmarks(args.workdir / "out" / "benchmarks")
+    jobs = read_benchmarks(run / "benchmarks")
     per_step = jobs.groupby("step", sort=False).agg(jobs=("s", "size"), total_s=("s", "sum"), max_s=("s", "max"),
                                                    cpu_s=("cpu_s", "sum"), max_rss_mb=("max_rss_mb", "max"))
     per_step = per_step.reindex([step for step in STEPS if step in per_step.index])
     assoc = jobs[jobs["step"] == "gemma_assoc"].groupby("arm", sort=False)["s"].agg(["size", "sum", "max"])
-    prepare_log = (out / "genotypes" / "cohort.log").read_text().splitlines()[0].replace(f"{args.workdir}/", "")
-    report = (out / "report.md").read_text()
+    prepare_log = (run / "genotypes" / "cohort.log").read_text().splitlines()[0].replace(f"{workdir}/", "")
+    report = (run / "report.md").read_text()
     table = [line for line in report.splitlines() if line.startswith("|")]
     shown = " ".join(argument for argument in sys.argv[1:] if argument != "--reuse")
     lines = [
         "# The GWAS workflow on the HS1940 mice: wall time per step",
         "",
-        f"`python benchmarks/hs1940_workflow.py{' ' + shown if shown else ''}` (snakemake gwas_all -c{args.cores}, "
+        f"`python benchmarks/hs1940_workflow.py{' ' + shown if shown else ''}` (snakemake gwas_all -c{cores}, "
         f"{platform.machine()}): 1,940 mice, gemma-doc's fileset as shipped, "
         f"traits CD8 and MCH; arms {', '.join(METHODS)}; leave-one-chromosome-out association (19 chromosomes); "
         f"fits of {fit['stages']} stages x {fit['epochs']} epochs, {fit['layers']} layers x {fit['hidden']}.",
@@ -165,19 +166,17 @@ def main() -> None:
               "chromosome's share of the polygenic signal out of that chromosome's GRM, so its SNPs carry it (lambda > 1), "
               "while the full GRM holds the tested SNPs themselves (proximal contamination, lambda < 1). Clumps at r2 0.1 "
               "within 250 kb split the long LD blocks of HS mice into many loci.", ""]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "hs1940_workflow.md").write_text("\n".join(lines))
-    (args.out / "hs1940_workflow.json").write_text(json.dumps({
+    write_results(out, {"hs1940_workflow.md": "\n".join(lines), "hs1940_workflow.json": {
         "command": ["python", "benchmarks/hs1940_workflow.py", *shown.split()],
-        "settings": {"cores": args.cores, "fit": fit, "methods": METHODS, "traits": TRAITS, "loco": True},
+        "settings": {"cores": cores, "fit": fit, "methods": METHODS, "traits": TRAITS, "loco": True},
         "versions": {"gemma": version(["gemma"]), "plink": version(["plink1.9", "--version"]),
                      "snakemake": version([snakemake_binary(), "--version"]), "python": platform.python_version()},
         "wall_s": wall,
         "lambda_gc_rint_mv": lambdas,
         "per_step": per_step.reset_index().to_dict(orient="records"),
         "jobs": jobs.to_dict(orient="records"),
-    }, indent=2))
-    print((args.out / "hs1940_workflow.md").read_text())
+    }})
+    print("\n".join(lines))
 
 
 def lambda_comparison(out: Path) -> dict[str, float]:
@@ -194,4 +193,4 @@ def lambda_comparison(out: Path) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    script(main, __doc__)

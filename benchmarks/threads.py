@@ -20,7 +20,6 @@ default is flowpheno's own. Writes benchmarks/results/threads.json and threads.m
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -31,6 +30,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import typer
+
+from flowpheno.bench.results import script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -81,18 +84,17 @@ def fit_epochs(kinship: Path, out: Path, epochs: int, threads: int | None) -> di
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=6, help="epochs per fit (the first is not counted)")
-    parser.add_argument("--competitors", type=int, default=2, help="busy processes for the loaded runs")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+def main(
+    rounds: int = typer.Option(3, "--rounds"),
+    epochs: int = typer.Option(6, "--epochs", help="epochs per fit (the first is not counted)"),
+    competitors: int = typer.Option(2, "--competitors", help="busy processes for the loaded runs"),
+    out: Path = typer.Option(RESULTS, "--out", help="folder for threads.json and threads.md"),
+) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the busy processes (finally below)
 
+    from flowpheno.bench.results import command_line, package_versions, write_results
     from flowpheno.io.kinship import write_npz
     from flowpheno.io.plink import centred_grm, sample_fids
-    from flowpheno.pipeline import package_versions
     from flowpheno.threads import cpu_limit
 
     runs: list[dict[str, object]] = []
@@ -102,26 +104,26 @@ def main() -> None:
         matrix, ids, _ = centred_grm(EXAMPLES / "cohort")
         write_npz(work / "kinship.npz", matrix, ids, sample_fids(EXAMPLES / "cohort"))
         fit_epochs(work / "kinship.npz", work / "warmup", 2, None)  # the eigendecomposition cache, disk caches
-        for round_ in range(args.rounds):
+        for round_ in range(rounds):
             idle = [1, 2] if round_ % 2 == 0 else [2, 1]
             for threads in idle:
-                runs.append({"round": round_, "condition": "as is", **fit_epochs(work / "kinship.npz", work / "run", args.epochs, threads)})
-            competitors = busy_processes(args.competitors)
-            print(f"round {round_ + 1}: {args.competitors} busy processes, PIDs {[c.pid for c in competitors]}", flush=True)
+                runs.append({"round": round_, "condition": "as is", **fit_epochs(work / "kinship.npz", work / "run", epochs, threads)})
+            busy = busy_processes(competitors)
+            print(f"round {round_ + 1}: {competitors} busy processes, PIDs {[c.pid for c in busy]}", flush=True)
             try:
                 time.sleep(1.0)
                 for threads in ([None, 1] if round_ % 2 == 0 else [1, None]):
-                    record = fit_epochs(work / "kinship.npz", work / "run", args.epochs, threads)
-                    runs.append({"round": round_, "condition": f"{args.competitors} busy processes", **record})
+                    record = fit_epochs(work / "kinship.npz", work / "run", epochs, threads)
+                    runs.append({"round": round_, "condition": f"{competitors} busy processes", **record})
             finally:
-                stop(competitors)
+                stop(busy)
     wall = time.perf_counter() - started
 
     def median_of(condition: str, flag: int | None) -> float:
         values = [r["median_epoch_seconds"] for r in runs if r["condition"] == condition and r["threads_flag"] == flag]
         return statistics.median(values)  # type: ignore[arg-type]
 
-    loaded = f"{args.competitors} busy processes"
+    loaded = f"{competitors} busy processes"
     cpus, source = cpu_limit()
     default_used = next(r["threads_used"] for r in runs if r["threads_flag"] is None)
     summary = {
@@ -131,10 +133,10 @@ def main() -> None:
         "loaded_threads_1": median_of(loaded, 1),
     }
     result = {
-        "command": "python benchmarks/threads.py " + " ".join(sys.argv[1:]),
-        "fit": f"examples/ cohort, --mode alternating, --stages 1 --epochs {args.epochs}, default flow (16 layers, 128 hidden), batch 256",
-        "rounds": args.rounds,
-        "competitors": args.competitors,
+        "command": command_line("python benchmarks/threads.py"),
+        "fit": f"examples/ cohort, --mode alternating, --stages 1 --epochs {epochs}, default flow (16 layers, 128 hidden), batch 256",
+        "rounds": rounds,
+        "competitors": competitors,
         "default_threads": default_used,
         "median_epoch_seconds": summary,
         "slowdown_loaded_default_over_threads_1": summary["loaded_default"] / summary["loaded_threads_1"],
@@ -144,13 +146,11 @@ def main() -> None:
                     "shared": True},
         "versions": package_versions(),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "threads.json").write_text(json.dumps(result, indent=2))
     lines = [
         "# Threads: epoch time by `--threads`, alone and next to busy processes",
         "",
         f"`{result['command'].strip()}`: {result['fit']}; median seconds per epoch (epochs after the first) of each fit, "
-        f"median over {args.rounds} rounds. Each fit is its own `flowpheno fit` process; the pairs are measured side by side "
+        f"median over {rounds} rounds. Each fit is its own `flowpheno fit` process; the pairs are measured side by side "
         f"in one run, their order alternating between rounds. {cpus} CPUs available ({source}); the default is "
         f"{default_used} threads.",
         "",
@@ -166,16 +166,16 @@ def main() -> None:
         f"| {loaded} | default ({default_used}) | {summary['loaded_default']:.3f} |",
         f"| {loaded} | `--threads 1` | {summary['loaded_threads_1']:.3f} |",
         "",
-        f"Next to {args.competitors} busy processes the default is {result['slowdown_loaded_default_over_threads_1']:.2f} x "
+        f"Next to {competitors} busy processes the default is {result['slowdown_loaded_default_over_threads_1']:.2f} x "
         "the time of `--threads 1`. On a shared machine pass `--threads` with the cores you may really use (a "
         "workflow rule's `threads:`); SLURM jobs get `SLURM_CPUS_PER_TASK` by default.",
         "",
         f"Every fit: `benchmarks/results/threads.json` (`runs`: epoch seconds, load before it, wall time). Total {wall / 60:.1f} min.",
         "",
     ]
-    (args.out / "threads.md").write_text("\n".join(lines))
+    write_results(out, {"threads.json": result, "threads.md": "\n".join(lines)})
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    script(main, __doc__)

@@ -26,7 +26,6 @@ rows of the same protocol. Writes ``validation.md`` at the end.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -38,14 +37,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import typer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from flowpheno.bench.results import package_versions, script, write_results  # noqa: E402
 from flowpheno.dependence import HeldOutKinship, KinshipCovariance  # noqa: E402
 from flowpheno.flows import affine_coupling_flow  # noqa: E402
 from flowpheno.io.atomic import atomic_path  # noqa: E402
-from flowpheno.pipeline import FitConfig, _split, package_versions  # noqa: E402
+from flowpheno.pipeline import FitConfig, _split  # noqa: E402
 from flowpheno.simulate.pedigree import pedigree_kinship  # noqa: E402
 from flowpheno.train import EpochTrainer, TrainConfig, fit_grid  # noqa: E402
 from flowpheno.train.schedules import _BestState  # noqa: E402
@@ -205,7 +206,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def write_markdown(path: Path, rows: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str, Any]) -> None:
+def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [
         "# Held-out score for s2 grid selection: iid (old) vs conditional on training relatives (new)",
         "",
@@ -283,20 +284,18 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], summary: dict[str, An
         lines.append(f"| {r['cohort']} | {r['s2_true']:g} | {r['seed']} | {r['s2_iid']:g} | {r['s2_conditional']:g} | "
                      f"{gap:.3f} | {diff:+.4f} |")
     lines += ["", f"Versions: {json.dumps(meta['versions'])}", ""]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
+def main(
+    seeds: int = typer.Option(5, "--seeds", help="seeds 0..N-1 per cohort and true s2"),
+    out: Path = typer.Option(ROOT / "benchmarks" / "results", "--out", help="folder for validation.json (resumed) and validation.md"),
+) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     values = FitConfig().s2_grid
     key = protocol(values)
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / "validation.json"
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "validation.json"
     previous = json.loads(json_path.read_text()) if json_path.exists() else {}
     same = previous.get("protocol") == key
     rows = previous.get("rows", []) if same else []
@@ -304,13 +303,13 @@ def main() -> None:
     done = {(r["cohort"], r["s2_true"], r["seed"]) for r in rows}
     started = time.perf_counter()
     meta = {
-        "command": "OMP_NUM_THREADS=1 python benchmarks/validation.py" + (f" --seeds {args.seeds}" if args.seeds != 5 else ""),
+        "command": "OMP_NUM_THREADS=1 python benchmarks/validation.py" + (f" --seeds {seeds}" if seeds != 5 else ""),
         "protocol": key,
         "protocol_text": (
             "families with an exact pedigree kinship ("
             + "; ".join(f"{name}: {children} children per couple" for name, (_, _, children) in COHORTS.items()) + "), "
             f"d = {D} traits, x1 = exp(z1/2), x2 = sinh(z2) + z1/2; fit's random split ({VAL_FRAC:.0%} held out); "
-            f"default grid {values}; affine coupling flow {FLOW}, {TRAIN}, no early stopping; seeds 0-{args.seeds - 1}."
+            f"default grid {values}; affine coupling flow {FLOW}, {TRAIN}, no early stopping; seeds 0-{seeds - 1}."
         ),
         "versions": package_versions(),
         "machine": f"{platform.machine()}, torch threads {torch.get_num_threads()}",
@@ -321,7 +320,7 @@ def main() -> None:
     meta["checked_against_fit_grid"] = "grid {0, 0.8}, first cohort, true s2 0.8, seed 0: identical scores and choices"
     for cohort in COHORTS:
         for s2 in TRUE_S2:
-            for seed in range(args.seeds):
+            for seed in range(seeds):
                 if (cohort, s2, seed) in done:
                     continue
                 row = run_one(cohort, s2, seed, values)
@@ -335,11 +334,10 @@ def main() -> None:
         calls.append({"runs": ran, "wall_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time()})
     meta["calls"] = calls
     summary = summarise(rows)
-    with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps({"protocol": key, "meta": meta, "summary": summary, "rows": rows}, indent=1))
-    write_markdown(args.out / "validation.md", rows, summary, meta)
+    write_results(out, {"validation.json": {"protocol": key, "meta": meta, "summary": summary, "rows": rows},
+                        "validation.md": markdown(rows, summary, meta)}, indent=1)
     print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    script(main, __doc__)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional
@@ -154,7 +153,6 @@ def fit(
     threads: Optional[int] = _threads_option(),
 ) -> None:
     """Train the flow and write Gaussianized phenotypes, model, fit.json and diagnostics."""
-    from flowpheno.diagnostics import final_state_note
     from flowpheno.pipeline import FitConfig, fit_phenotypes
     from flowpheno.train import TrainConfig
 
@@ -179,8 +177,8 @@ def fit(
             pheno, grm, covar, config, out=out, grm_ids=grm_ids, callback=callback, command=sys.argv, grm_pcs=grm_pcs,
             grm_factor=grm_factor, overwrite=overwrite, progress=False,
         )
-    dropped = sum(entry["count"] for entry in report["dropped"].values())
-    summary = f"fitted {report['d']} traits on {report['n_used']} individuals ({dropped} dropped, see fit.json); {final_state_note(report)}"
+    summary = (f"fitted {report.d} traits on {report.n_used} individuals ({report.dropped_count} dropped, see fit.json); "
+               f"{report.final_state}")
     console.print(f"{summary}\nwrote {out}/gaussianized.tsv, model, fit.json, diagnostics.png", soft_wrap=True)
 
 
@@ -431,77 +429,11 @@ def bench_synthetic(
     threads: Optional[int] = _threads_option(),
 ) -> None:
     """Table 1 of the paper: 2-D shapes with dependent training data (blocks, kinship)."""
-    import json
-    import time
-
-    from flowpheno.bench.report import figure, table1
-    from flowpheno.bench.synthetic import METHODS, PROTOCOL, SETTINGS, BenchSizes, make_data, run_all, sizes_dict
-    from flowpheno.bench.shapes import SHAPES
-    from flowpheno.io.atomic import atomic_path, results_folder
-    from flowpheno.pipeline import package_versions
+    from flowpheno.bench.run import run_synthetic
 
     chosen_settings = [s.strip() for s in setting.split(",") if s.strip()]
     chosen_shapes = ["crescent", "sinewave"] if quick else [s.strip().lower() for s in shapes.split(",") if s.strip()]
-    for name in chosen_settings:
-        if name not in SETTINGS:
-            raise FlowphenoError(f"--setting {name!r}: choose blocks and/or kinship")
-    for name in chosen_shapes:
-        if name not in SHAPES:
-            raise FlowphenoError(f"--shapes {name!r}: choose from {', '.join(sorted(SHAPES))}")
-    wanted = {s: list(METHODS[s]) for s in chosen_settings}
-    if methods:
-        allowed = tuple(dict.fromkeys(m for s in chosen_settings for m in METHODS[s]))
-        names = _chosen_methods(methods, allowed)
-        wanted = {s: [m for m in METHODS[s] if m in names] for s in chosen_settings}
-    sizes = BenchSizes.quick() if quick else BenchSizes()
-    seed_list = list(range(1 if quick else seeds))
-    results_folder(out, "bench synthetic", legacy=("runs", "cache", r"results\.json", r"table1\.md", r"figure_.*\.png"))
-    total = sum(len(wanted[s]) for s in chosen_settings) * len(chosen_shapes) * len(seed_list)
-    started = time.perf_counter()
-    with _progress() as progress:
-        task = progress.add_task("runs (setting x shape x method x seed)", total=total)
-        results = run_all(out, chosen_settings, chosen_shapes, wanted, seed_list, sizes, jobs,
-                          on_result=lambda record: progress.update(task, advance=1),
-                          on_plan=lambda done, _: progress.update(task, completed=done), threads=threads)
-    wall = time.perf_counter() - started  # results: exactly the runs asked for in this call
-    command = "flowpheno bench synthetic " + " ".join(sys.argv[3:])
-    with atomic_path(out / "table1.md") as tmp:
-        tmp.write_text(table1(results, wall, command))
-    slim = [{k: v for k, v in r.items() if k not in ("flow_state", "identity")} for r in results]  # sizes: once, below
-    with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(json.dumps({"sizes": sizes_dict(sizes), "protocol": PROTOCOL, "versions": package_versions(), "wall_seconds_this_call": wall,
-                                   "runs": slim}, indent=2))
-    for name in chosen_settings:
-        shape = "crescent" if "crescent" in chosen_shapes else chosen_shapes[0]
-        train = make_data(name, shape, 0, sizes, out / "cache")["x"]
-        figure(name, shape, results, train, out / f"figure_{name}_{shape}.png")
-    console.print(f"wrote {out}/table1.md, results.json and figures ({len(results)} runs, {wall / 60:.1f} min this call)")
-
-
-def _chosen_methods(methods: str, allowed: tuple[str, ...]) -> list[str]:
-    """``--methods a,b`` as a list, each checked against the experiment's methods."""
-    chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    for name in chosen:
-        if name not in allowed:
-            raise FlowphenoError(f"--methods {name!r}: choose from {', '.join(allowed)}")
-    return chosen
-
-
-def _methods_by_seeds(
-    methods: list[str], seeds: list[int], run: Callable[[str, int], tuple[dict[str, Any], Any]]
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every (seed, method) run with a progress bar; the records, and the seed-0 flow per method."""
-    records, flows = [], {}
-    with _progress() as progress:
-        task = progress.add_task("runs (method x seed)", total=len(methods) * len(seeds))
-        for seed in seeds:
-            for method in methods:
-                record, flow = run(method, seed)
-                records.append(record)
-                if seed == 0:
-                    flows[method] = flow
-                progress.update(task, advance=1)
-    return records, flows
+    console.print(run_synthetic(out, chosen_settings, chosen_shapes, methods, seeds, quick, jobs, threads, _progress))
 
 
 @bench_app.command("stocks")
@@ -518,36 +450,10 @@ def bench_stocks(
     threads: Optional[int] = _threads_option(),
 ) -> None:
     """Stocks experiment: daily log-return pairs, one equicorrelated block per pair."""
-    import json
-    import time
+    from flowpheno.bench.run import run_stocks
 
-    from flowpheno.bench.stocks import METHODS, StocksSizes, figure, load_pairs, run_method, sizes_dict, table
-    from flowpheno.io.atomic import StagedDirectory, write_errors
-    from flowpheno.io.prices import marked_synthetic
-    from flowpheno.pipeline import package_versions
-    from flowpheno.threads import thread_limits
-
-    chosen = _chosen_methods(methods, METHODS)
-    sizes = StocksSizes.quick() if quick else StocksSizes()
-    seed_list = list(range(1 if quick else seeds))
-    staged = StagedDirectory(out, "bench stocks", {"--prices": list(prices)}, overwrite=overwrite,
-                             legacy=("results.json", "table.md", "density_regions.png"))
-    with staged, thread_limits(threads):
-        data = load_pairs(list(prices), [p.strip() for p in pairs.split(",") if p.strip()], start, end)
-        synthetic = marked_synthetic(list(prices))
-        started = time.perf_counter()
-        records, flows = _methods_by_seeds(chosen, seed_list, lambda method, seed: run_method(method, data, seed, sizes))
-        wall = time.perf_counter() - started
-        command = "flowpheno bench stocks " + " ".join(sys.argv[3:])
-        with write_errors(out):
-            tmp = staged.path
-            (tmp / "table.md").write_text(table(records, data, command, wall, synthetic))
-            (tmp / "results.json").write_text(json.dumps({
-                "command": command, "sizes": sizes_dict(sizes), "pairs": data.days, "synthetic_data": synthetic,
-                "versions": package_versions(), "wall_seconds": wall, "runs": records}, indent=2))
-            figure(flows, data, tmp / "density_regions.png")
-        staged.commit()
-    console.print(f"wrote {out}/table.md, results.json, density_regions.png ({len(records)} runs, {wall / 60:.1f} min)")
+    chosen_pairs = [p.strip() for p in pairs.split(",") if p.strip()]
+    console.print(run_stocks(out, list(prices), chosen_pairs, start, end, seeds, methods, quick, overwrite, threads, _progress))
 
 
 @bench_app.command("stocks-data")
@@ -583,48 +489,9 @@ def bench_images(
     threads: Optional[int] = _threads_option(),
 ) -> None:
     """Images experiment: repeated images of individuals, one equicorrelated block each."""
-    import json
-    import tempfile
-    import time
+    from flowpheno.bench.run import run_images
 
-    from flowpheno.bench.images import METHODS, ImageSizes, run_method, sample_figure, sizes_dict, split_images, table
-    from flowpheno.io.atomic import StagedDirectory, write_errors
-    from flowpheno.io.images import read_image_folder
-    from flowpheno.pipeline import package_versions
-    from flowpheno.threads import thread_limits
-
-    chosen = _chosen_methods(methods, METHODS)
-    device = _device(device)
-    size = 8 if quick else size
-    if size % 4:
-        raise FlowphenoError(f"--size {size}: the two-level flow needs a size divisible by 4 (for example 16 or 32)")
-    sizes = ImageSizes.quick() if quick else ImageSizes()
-    embedded = images is None
-    staged = StagedDirectory(out, "bench images", {"--images": images}, overwrite=overwrite,
-                             legacy=("results.json", "table.md", "samples.png"))
-    with staged, tempfile.TemporaryDirectory() as scratch, thread_limits(threads):
-        if embedded:
-            from flowpheno.simulate.digits import make_digit_individuals
-
-            images = Path(scratch) / "digits"
-            make_digit_individuals(images, size=size)
-        image_set = read_image_folder(images, size, grayscale or embedded)
-        splits = split_images(image_set)
-        seed_list = list(range(1 if quick else seeds))
-        started = time.perf_counter()
-        records, flows = _methods_by_seeds(chosen, seed_list, lambda method, seed: run_method(method, splits, seed, sizes, device))
-        wall = time.perf_counter() - started
-        command = "flowpheno bench images " + " ".join(sys.argv[3:])
-        with write_errors(out):
-            tmp = staged.path
-            (tmp / "table.md").write_text(table(records, splits, command, wall, embedded))
-            (tmp / "results.json").write_text(json.dumps({
-                "command": command, "sizes": sizes_dict(sizes), "image_size": size, "data": splits.counts, "embedded_data": embedded,
-                "device": device,
-                "versions": package_versions(), "wall_seconds": wall, "runs": records}, indent=2))
-            sample_figure(flows, splits, tmp / "samples.png")
-        staged.commit()
-    console.print(f"wrote {out}/table.md, results.json, samples.png ({len(records)} runs, {wall / 60:.1f} min)")
+    console.print(run_images(out, images, size, grayscale, seeds, methods, quick, _device(device), overwrite, threads, _progress))
 
 
 @bench_app.command("images-data")

@@ -1,16 +1,20 @@
 """What a statistician reads from a fit: joint Gaussianity tests and which trained state was kept.
 
-Arrays and report dictionaries in, numbers and sentences out: no plotting, no files.
+Arrays and reports (:class:`~flowpheno.report.FitReport`) in, numbers and sentences out: no
+plotting, no files.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import linalg, stats
+
+if TYPE_CHECKING:
+    from flowpheno.report import FitReport
 
 
 @dataclass(frozen=True)
@@ -109,17 +113,17 @@ def gaussianity_report(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
     }
 
 
-def kept_state(report: dict[str, Any]) -> str:
-    """Which trained state the fit returned, in a few words (``report``: ``fit.json``'s content)."""
-    epoch, stage = report.get("best_epoch"), report.get("best_stage")
+def kept_state(report: FitReport) -> str:
+    """Which trained state the fit returned, in a few words (``report``: the fit's :class:`~flowpheno.report.FitReport`)."""
+    epoch, stage = report.best_epoch, report.best_stage
     if epoch is None:
         return "no validation rows: the last epoch's flow was kept"
-    value = report.get("best_validation_nll")
+    value = report.best_validation_nll
     score = f" {value:.4g}" if isinstance(value, (int, float)) else ""
     return f"kept the flow of stage {stage}, epoch {epoch} (best validation NLL{score})"
 
 
-def final_state_note(report: dict[str, Any]) -> str:
+def final_state_note(report: FitReport) -> str:
     """One sentence on where the returned flow and its ``s2`` come from, for the command's
     summary line and ``diagnostics.png``; the schedules are in :mod:`flowpheno.train.schedules`.
 
@@ -128,13 +132,13 @@ def final_state_note(report: dict[str, Any]) -> str:
     ``joint``: ``s2`` is the value learned with the flow at the kept epoch. ``grid``: the grid
     value whose run had the lowest validation NLL. ``iid``: no ``s2``.
     """
-    mode = report.get("config", {}).get("mode")
+    mode = report.mode
     kept = kept_state(report)
-    s2 = report.get("covariance", {}).get("s2")
+    s2 = report.covariance.get("s2")
     if s2 is None:
         return f"{kept}; iid model: no s2" if mode == "iid" else kept
     if mode == "alternating":
-        final = next((s for s in report.get("stages", []) if s.get("stage") == "final"), {})
+        final = next((s for s in report.stages if s.get("stage") == "final"), {})
         trained = final.get("s2_before_refit")
         during = f" (it was trained at s2 = {trained:.3f})" if trained is not None else ""
         return f"{kept}; s2 = {s2:.3f} refitted exactly on that flow's latents{during}"

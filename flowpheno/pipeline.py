@@ -1,21 +1,27 @@
-"""The main job as a library call: read and align -> residualise -> decompose -> fit -> write.
+"""The main job as a library call: prepare -> train -> report -> write.
 
 A notebook user gets the CLI's power from :func:`fit_phenotypes` and
 :func:`transform_phenotypes`; the CLI only parses arguments and draws progress.
+:func:`fit_phenotypes` runs four steps, each usable alone:
+
+- :func:`prepare_fit`: files in, :class:`PreparedData` out (read and align on FID/IID,
+  check, project out covariates, split, decompose the kinship): every read is here;
+- :func:`train_fit`: arrays in, :class:`TrainedFit` out (the flow and its history): no I/O;
+- :func:`fit_report`: the typed :class:`~flowpheno.report.FitReport` (``fit.json``);
+- :func:`write_fit_outputs`: the run folder, staged and committed as a whole.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-import platform
 import sys
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from importlib import metadata
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -23,22 +29,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from flowpheno import __version__
 from flowpheno.dependence import HeldOutKinship, KinshipCovariance
-from flowpheno.diagnostics import final_state_note, gaussianity_report
+from flowpheno.diagnostics import gaussianity_report
 from flowpheno.errors import FlowphenoError, OptionError, warn
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.atomic import StagedDirectory, atomic_path, write_errors
 from flowpheno.io.kinship import Kinship, KinshipFactor, read_genotype_factor, read_kinship, read_pcs, spectral_decomposition
 from flowpheno.io.outputs import write_phenotypes
 from flowpheno.io.ids import FID_GIVEN, SampleKeys, align
-from flowpheno.io.tables import MIN_PER_LEVEL, MISSING_STRINGS, covariate_design, default_traits, numeric_columns, read_table, table_keys
+from flowpheno.io.phenotypes import Phenotypes, aligned_covariates, read_phenotypes
+from flowpheno.io.tables import MISSING_STRINGS
 from flowpheno.model import PhenotypeModel, least_squares_residuals
 from flowpheno.progress import fit_progress
+from flowpheno.report import DroppedRows, FitInputs, FitReport, KinshipSummary, jsonable
 from flowpheno.threads import thread_limits, thread_report
 from flowpheno.train import FitOutcome, TrainConfig, fit_alternating, fit_grid, fit_iid, fit_joint
 from flowpheno.train.options import check_choice, check_float, check_int
 from flowpheno.train.schedules import Callback
+from flowpheno.versions import package_versions
 
 Mode = Literal["iid", "grid", "alternating", "joint"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -110,112 +118,6 @@ class FitConfig:
         self.train.validate()
         if self.train.profile_scale and self.mode != "alternating":
             raise OptionError(f"--scale-step is a step of --mode alternating, not of --mode {self.mode}")
-
-
-@dataclass
-class Phenotypes:
-    """Traits (and covariates) aligned on (FID, IID), in input order, with NaN for missing.
-
-    ``ids``: FID and IID columns (text; FID = IID when the file has no FID, and then
-    ``fid_given`` is False and joins use IID alone).
-    """
-
-    ids: pd.DataFrame
-    values: np.ndarray
-    traits: list[str]
-    covariates: np.ndarray | None
-    covariate_names: list[str]
-    covariate_columns: list[str]
-    source: str
-    skipped_columns: list[str] = field(default_factory=list)
-    fid_given: bool = True
-    lines: np.ndarray | None = None
-    levels: dict[str, list[str]] = field(default_factory=dict)
-
-    def keys(self) -> SampleKeys:
-        """The individuals' keys, for :func:`flowpheno.io.ids.align`."""
-        fid = self.ids["FID"].to_numpy(dtype=str) if self.fid_given else None
-        return SampleKeys(self.ids["IID"].to_numpy(dtype=str), fid, self.source, self.lines)
-
-    def id_table(self) -> pd.DataFrame:
-        """FID and IID columns, marked with whether the FIDs came from the file."""
-        ids = self.ids.reset_index(drop=True).copy()
-        ids.attrs[FID_GIVEN] = self.fid_given
-        return ids
-
-
-def package_versions() -> dict[str, str]:
-    """Versions that decide the numbers (recorded next to every output)."""
-    versions = {"python": platform.python_version(), "flowpheno": __version__}
-    for name in ("torch", "zuko", "numpy", "scipy", "pandas", "pandas-plink", "safetensors"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
-
-
-def read_phenotypes(
-    pheno: str | Path,
-    traits: list[str] | None = None,
-    covar: str | Path | None = None,
-    categorical: list[str] | None = None,
-) -> Phenotypes:
-    """Read traits (default: every numeric column, text columns skipped with a warning)
-    and covariates aligned on (FID, IID); ``categorical`` covariate columns are one-hot encoded."""
-    table = read_table(pheno)
-    keys = table_keys(table, pheno)
-    skipped: list[str] = []
-    if traits is None:
-        traits, skipped = default_traits(table)
-        if skipped:
-            warn(
-                f"{pheno}: text column(s) {', '.join(map(repr, skipped))} are not traits and were skipped; "
-                "name the traits with --traits to silence this",
-            )
-    if not traits:
-        raise FlowphenoError(f"{pheno}: no numeric trait columns besides FID/IID")
-    values = numeric_columns(table, traits, pheno, "trait").to_numpy()
-    covariates, names, columns, levels = None, [], [], {}
-    if categorical and covar is None:
-        raise FlowphenoError(f"--categorical {','.join(categorical)} names covariate columns, but no --covar file was given")
-    if covar is not None:
-        aligned, columns, levels = aligned_covariates(covar, keys, categorical)
-        covariates, names = aligned.to_numpy(dtype=float), list(aligned.columns)
-    return Phenotypes(
-        table[["FID", "IID"]].copy(), values, list(traits), covariates, names, columns, str(pheno), skipped,
-        fid_given=keys.fid is not None, lines=keys.lines, levels=levels,
-    )
-
-
-def aligned_covariates(
-    covar: str | Path,
-    keys: SampleKeys | np.ndarray,
-    categorical: list[str] | None = None,
-    levels: dict[str, list[str]] | None = None,
-    only: list[str] | None = None,
-) -> tuple[pd.DataFrame, list[str], dict[str, list[str]]]:
-    """The covariate design (text and ``categorical`` columns one-hot, against ``levels``
-    when given) with rows in the order of ``keys`` (the phenotype file's individuals; NaN
-    where one is absent), the covariate file's own column names and each categorical
-    column's levels. Matched on (FID, IID), or IID alone where a file has no FID; a file
-    sharing no individual raises :class:`FlowphenoError`. With ``only``, just those
-    columns are read (those a fitted model uses)."""
-    if not isinstance(keys, SampleKeys):
-        keys = SampleKeys(np.asarray(keys, dtype=str), None, "the phenotype table")
-    covariate_table = read_table(covar)
-    covariate_keys = table_keys(covariate_table, covar)
-    columns = [c for c in covariate_table.columns if c not in ("FID", "IID")]
-    if only is not None:
-        absent = [c for c in only if c not in columns]
-        if absent:
-            raise FlowphenoError(f"{covar}: missing covariate column(s) {', '.join(absent)} used by the model; add them")
-        lines = covariate_table.attrs.get("lines")
-        covariate_table = covariate_table[["FID", "IID", *only]].copy()
-        covariate_table.attrs["lines"] = lines
-    matrix, used = covariate_design(covariate_table, covar, categorical, levels)
-    alignment = align(covariate_keys, keys, hint="give covariates for the same individuals")
-    return alignment.take(matrix), columns, used
 
 
 def _complete_rows(phenotypes: Phenotypes, covar: str | Path | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -509,15 +411,22 @@ def fit_phenotypes(
     grm_factor: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
-) -> tuple[PhenotypeModel, pd.DataFrame, dict[str, Any]]:
+) -> tuple[PhenotypeModel, pd.DataFrame, FitReport]:
     """Fit the relatedness-aware flow and Gaussianize every complete row.
 
     The kinship is ``grm`` (a dense matrix or its file), ``grm_pcs`` (a PC table) or
     ``grm_factor`` (a PLINK prefix with fewer SNPs than individuals); the last two are
     low rank and no ``n x n`` matrix is ever formed.
 
-    Returns ``(model, gaussianized table, report)``; with ``out`` also writes the
-    model, ``fit.json``, ``gaussianized.tsv`` and ``diagnostics.png`` atomically.
+    The steps are :func:`prepare_fit` (read, check, align, residualise, split, decompose
+    the kinship), :func:`train_fit` (no I/O), :func:`fit_report` and, with ``out``,
+    :func:`write_fit_outputs`; call them one by one to change a step.
+
+    Returns ``(model, gaussianized, report)``: the :class:`PhenotypeModel`, a table of FID,
+    IID and the ``d`` Gaussianized traits for every row of ``pheno`` in file order (NaN
+    where incomplete), and the :class:`~flowpheno.report.FitReport` (``report.to_json()``
+    is ``fit.json``). With ``out`` also writes the model, ``fit.json``, ``gaussianized.tsv``
+    and ``diagnostics.png`` atomically.
     ``out`` is checked before any input is read: it must be new, empty, or (with
     ``overwrite``) a run folder flowpheno wrote, and must not be, hold or lie inside an
     input; otherwise FlowphenoError (see :mod:`flowpheno.io.atomic`).
@@ -623,77 +532,182 @@ def fit_inputs(
     return inputs
 
 
-def _fit(
+@dataclass
+class PreparedData:
+    """A fit's inputs as arrays, checked, before any training (:func:`prepare_fit`).
+
+    ``phenotypes``: every row of the phenotype file (``values``: ``(n_rows, d)``).
+    ``keep``: ``(n_rows,)`` bool, the rows used (every trait, covariate and kinship entry);
+    ``dropped``: the other rows (indices into the file's rows) by reason. ``outliers``: the
+    values beyond robust ``|z|`` :data:`OUTLIER_WARN_Z` among the used rows (see
+    :class:`~flowpheno.report.FitReport`). ``beta``: ``(c + 1, d)`` least-squares covariate
+    effects, intercept first; ``center``, ``scale``: ``(d,)`` mean and SD of the residuals;
+    ``standardised``: ``(n_used, d)`` residuals ``(r - center) / scale`` of the used rows, the
+    flow's input. ``train_rows``, ``val_rows``: sorted indices into the used rows.
+    ``dependence``: the training rows' kinship model (float32 on ``config.device``; None for
+    ``--mode iid``); ``held_out``: the validation rows' kinship with the training rows and
+    among themselves, for the conditional held-out score (None without validation rows);
+    ``kinship_source``: the kinship's file or prefix; ``eigendecomposition_cached``: whether
+    the dense eigendecomposition came from the cache (None for a low-rank factor).
+    ``covar``: the covariate file, if any. ``seconds``: wall time of the steps so far (s).
+    """
+
+    phenotypes: Phenotypes
+    covar: str | None
+    keep: np.ndarray
+    dropped: dict[str, np.ndarray]
+    outliers: list[dict[str, Any]]
+    beta: np.ndarray
+    center: np.ndarray
+    scale: np.ndarray
+    standardised: np.ndarray
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    kinship_source: str | None = None
+    dependence: KinshipCovariance | None = None
+    held_out: HeldOutKinship | None = None
+    eigendecomposition_cached: bool | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_used(self) -> int:
+        return int(self.keep.sum())
+
+    @property
+    def used_covariates(self) -> np.ndarray | None:
+        """``(n_used, c)`` covariates of the used rows, or None without covariates."""
+        covariates = self.phenotypes.covariates
+        return None if covariates is None else covariates[self.keep]
+
+
+@dataclass
+class TrainedFit:
+    """What training gives (:func:`train_fit`): the fitted ``model``, the ``outcome`` (its
+    training history, kept state and dependence model), ``latent``: ``(n_rows, d)``
+    Gaussianized traits of every row of the phenotype file (NaN where incomplete),
+    ``gaussianized``: the same as a table with the FID and IID columns, and ``seconds``
+    (``training`` and ``transform``, s)."""
+
+    model: PhenotypeModel
+    outcome: FitOutcome
+    latent: np.ndarray
+    gaussianized: pd.DataFrame
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_fit(
     pheno: str | Path,
     grm: str | Path | Kinship | KinshipFactor | None,
     covar: str | Path | None,
     config: FitConfig,
-    out: StagedDirectory | None,
-    grm_ids: str | Path | None,
-    callback: Callback | None,
-    command: list[str] | None,
-    caught: list[warnings.WarningMessage],
-) -> tuple[PhenotypeModel, pd.DataFrame, dict[str, Any]]:
+    grm_ids: str | Path | None = None,
+) -> PreparedData:
+    """Read, check and align the inputs, project out the covariates, split the individuals and
+    decompose the training rows' kinship: everything of a fit that reads files.
+
+    ``grm``: a kinship file (read by :func:`flowpheno.io.kinship.read_kinship` with
+    ``grm_ids``), or an already read :class:`Kinship`/:class:`KinshipFactor`; ignored with
+    ``config.mode == "iid"``. The dense eigendecomposition is cached beside the kinship file
+    (:func:`flowpheno.io.kinship.spectral_decomposition`). Covariates are removed by least
+    squares with an intercept (:func:`flowpheno.model.least_squares_residuals`); the split is
+    :func:`_split` (``config.val_frac`` of the used rows at random, seeded by ``config.train.seed``).
+
+    Raises:
+        FlowphenoError: a kinship mode without ``grm``; unreadable or misaligned inputs; fewer
+            than :data:`MIN_COMPLETE_ROWS` usable individuals; a trait that is missing
+            everywhere, constant, few-valued, explained by the covariates or a copy of another;
+            a covariate level of one individual; a covariate row of leverage above
+            :data:`LEVERAGE_STOP` or a value beyond :data:`OUTLIER_STOP_Z` (unless
+            ``config.keep_outliers``). Warns on outliers, text columns skipped and too few
+            individuals for GEMMA's mvLMM.
+    """
     config.validate()  # again: the dataclasses can be changed after construction
     if config.mode != "iid" and grm is None:
         raise FlowphenoError(f"--mode {config.mode} models relatedness and needs --grm, --grm-pcs or --grm-factor (or use --mode iid)")
-    timings: dict[str, float] = {}
+    seconds: dict[str, float] = {}
     started = time.perf_counter()
     phenotypes = read_phenotypes(pheno, config.traits, covar, config.categorical)
     _check_present(phenotypes)
     keep, dropped = _complete_rows(phenotypes, covar)
-    iids = phenotypes.ids["IID"].to_numpy()
-    kinship = None
-    kinship_rows = None
+    kinship, kinship_rows = None, None
     if grm is not None and config.mode != "iid":
         kinship = grm if isinstance(grm, (Kinship, KinshipFactor)) else read_kinship(grm, grm_ids)
         keep, kinship_rows = _align_kinship(kinship, phenotypes.keys(), keep, dropped)
+    outliers = _check_used_rows(phenotypes, keep, covar, config.keep_outliers)
+    fit_covariates = phenotypes.covariates[keep] if phenotypes.covariates is not None else None
+    residuals, beta = least_squares_residuals(phenotypes.values[keep], fit_covariates)
+    center, scale = residuals.mean(axis=0), residuals.std(axis=0)
+    _check_residuals(residuals, phenotypes.values[keep], phenotypes.traits, str(pheno), covar)
+    seconds["read_and_align"] = time.perf_counter() - started
+
+    train_rows, val_rows = _split(int(keep.sum()), config.val_frac, config.train.seed)
+    data = PreparedData(
+        phenotypes, None if covar is None else str(covar), keep, dropped, outliers, beta, center, scale,
+        (residuals - center) / scale, train_rows, val_rows, seconds=seconds,
+    )
+    if kinship is not None:
+        positions = kinship_rows[keep]
+        data.kinship_source = kinship.source
+        data.dependence, data.held_out, data.eigendecomposition_cached = _kinship_model(
+            kinship, positions[train_rows], positions[val_rows], config.device, seconds
+        )
+    return data
+
+
+def _check_used_rows(phenotypes: Phenotypes, keep: np.ndarray, covar: str | Path | None, keep_outliers: bool) -> list[dict[str, Any]]:
+    """Every check of the used rows (``keep``) before covariates are removed; returns the outliers."""
+    pheno = phenotypes.source
     n_complete = int(keep.sum())
     if n_complete < MIN_COMPLETE_ROWS:
         raise FlowphenoError(
             f"{pheno}: only {n_complete} individuals have every trait, covariate and kinship entry; "
             f"at least {MIN_COMPLETE_ROWS} are needed (check IDs and missing values{_sparsest(phenotypes)})"
         )
-    _check_traits(phenotypes.values[keep], phenotypes.traits, str(pheno), iids[keep])
+    iids = phenotypes.ids["IID"].to_numpy()
+    _check_traits(phenotypes.values[keep], phenotypes.traits, pheno, iids[keep])
     _check_levels(phenotypes, keep, covar)
-    _check_leverage(phenotypes, keep, covar, config.keep_outliers)
-    _check_collinear_traits(phenotypes.values[keep], phenotypes.traits, str(pheno))
+    _check_leverage(phenotypes, keep, covar, keep_outliers)
+    _check_collinear_traits(phenotypes.values[keep], phenotypes.traits, pheno)
     who = [
         {**({"fid": str(fid)} if phenotypes.fid_given else {}), "iid": str(iid),
          **({"line": int(phenotypes.lines[r])} if phenotypes.lines is not None else {})}
         for r, (fid, iid) in enumerate(zip(phenotypes.ids["FID"], phenotypes.ids["IID"])) if keep[r]
     ]
-    outliers = _check_outliers(phenotypes.values[keep], who, phenotypes.traits, str(pheno), config.keep_outliers)
+    outliers = _check_outliers(phenotypes.values[keep], who, phenotypes.traits, pheno, keep_outliers)
     d = len(phenotypes.traits)
     if d > 1 and n_complete < 100 * d * d:
         warn(_mvlmm_advice(n_complete, d))
-    fit_covariates = phenotypes.covariates[keep] if phenotypes.covariates is not None else None
-    residuals, beta = least_squares_residuals(phenotypes.values[keep], fit_covariates)
-    center, scale = residuals.mean(axis=0), residuals.std(axis=0)
-    _check_residuals(residuals, phenotypes.values[keep], phenotypes.traits, str(pheno), covar)
-    standardised = (residuals - center) / scale
-    timings["read_and_align"] = time.perf_counter() - started
+    return outliers
 
-    train_rows, val_rows = _split(n_complete, config.val_frac, config.train.seed)
+
+def train_fit(data: PreparedData, config: FitConfig, callback: Callback | None = None) -> TrainedFit:
+    """Train the flow in ``config.mode`` on ``data``'s standardised training rows (scored on its
+    validation rows) and Gaussianize every complete row of the phenotype file. No file is
+    read or written; ``callback`` gets the records described in :func:`fit_phenotypes`.
+
+    Same seed (``config.train.seed``) on the CPU, same numbers: the flow is initialised from
+    it (and again for each ``--mode grid`` value), and so are the batch orders.
+
+    Raises:
+        FlowphenoError: training diverged (a non-finite validation NLL, or the fitted flow maps
+            a complete row to a non-finite value). Warns when training steps were skipped on a
+            non-finite loss and when ``s2`` had not settled in the last stage.
+    """
     device = config.device
-    x_train = torch.as_tensor(standardised[train_rows], dtype=torch.float32, device=device)
-    x_val = torch.as_tensor(standardised[val_rows], dtype=torch.float32, device=device) if len(val_rows) else None
+    d = len(data.phenotypes.traits)
+    x_train = torch.as_tensor(data.standardised[data.train_rows], dtype=torch.float32, device=device)
+    x_val = torch.as_tensor(data.standardised[data.val_rows], dtype=torch.float32, device=device) if len(data.val_rows) else None
 
     def make_flow() -> torch.nn.Module:  # weights drawn from the seed, not the global random state
         return affine_coupling_flow(d, layers=config.layers, hidden=config.hidden, seed=config.train.seed).to(device)
 
-    cache_hit = None
-    kinship_model = None
-    held_out = None
-    if kinship is not None:
-        positions = kinship_rows[keep]
-        kinship_model, held_out, cache_hit = _kinship_model(kinship, positions[train_rows], positions[val_rows], device, timings)
     if callback:
         grid_runs = len(config.s2_grid) if config.mode == "grid" else 1
         callback({"event": "plan", "stages": config.train.stages, "epochs": config.train.epochs, "runs": grid_runs})
+    seconds: dict[str, float] = {}
     started = time.perf_counter()
-    outcome = _run_mode(config, make_flow, kinship_model, x_train, x_val, callback, held_out)
-    timings["training"] = time.perf_counter() - started
+    outcome = _run_mode(config, make_flow, data.dependence, x_train, x_val, callback, data.held_out)
+    seconds["training"] = time.perf_counter() - started
     advice = f"lower --lr (now {config.train.lr:g}) or check the traits for extreme values"
     if outcome.diverged is not None:
         raise FlowphenoError(f"training diverged {outcome.diverged}: {advice}; nothing was written")
@@ -704,75 +718,94 @@ def _fit(
         )
     _check_settled_s2(outcome, config)
 
+    phenotypes = data.phenotypes
     model = PhenotypeModel(
-        flow=outcome.flow.cpu(),
-        traits=phenotypes.traits,
-        covariates=phenotypes.covariate_names,
-        beta=beta,
-        center=center,
-        scale=scale,
-        covariance=outcome.dependence.describe(),
-        covariate_columns=phenotypes.covariate_columns,
-        levels=phenotypes.levels,
+        flow=outcome.flow.cpu(), traits=phenotypes.traits, covariates=phenotypes.covariate_names, beta=data.beta,
+        center=data.center, scale=data.scale, covariance=outcome.dependence.describe(),
+        covariate_columns=phenotypes.covariate_columns, levels=phenotypes.levels,
     )
     started = time.perf_counter()
     latent = model.gaussianize(phenotypes.values, phenotypes.covariates)
-    broken = keep & ~np.isfinite(latent).all(axis=1)
+    broken = data.keep & ~np.isfinite(latent).all(axis=1)
     if broken.any():
         raise FlowphenoError(
-            f"training diverged: the fitted flow maps {int(broken.sum())} of {n_complete} complete individuals "
-            f"(first: IID {iids[broken][0]}) to non-finite values: {advice}; nothing was written"
+            f"training diverged: the fitted flow maps {int(broken.sum())} of {data.n_used} complete individuals "
+            f"(first: IID {phenotypes.ids['IID'].to_numpy()[broken][0]}) to non-finite values: {advice}; nothing was written"
         )
     gaussianized = pd.concat([phenotypes.ids.reset_index(drop=True), pd.DataFrame(latent, columns=phenotypes.traits)], axis=1)
     gaussianized.attrs[FID_GIVEN] = phenotypes.fid_given
-    timings["transform"] = time.perf_counter() - started
-    report = {
-        "command": command or sys.argv,
-        "inputs": {"pheno": str(pheno), "grm": None if kinship is None else kinship.source, "covar": None if covar is None else str(covar)},
-        "config": {**{k: v for k, v in asdict(config).items() if k != "train"}, "train": asdict(config.train)},
-        "seed": config.train.seed,
-        "versions": package_versions(),
-        "device": device,
-        "threads": thread_report(config.threads),
-        "n_rows": int(len(iids)),
-        "n_used": n_complete,
-        "n_train": int(len(train_rows)),
-        "n_validation": int(len(val_rows)),
-        "d": d,
-        "traits": phenotypes.traits,
-        "skipped_columns": phenotypes.skipped_columns,
-        "covariates": phenotypes.covariate_names,
-        "categorical_levels": phenotypes.levels,
-        "outliers": outliers,
-        "dropped": {
-            reason: {"count": len(rows), "fids": phenotypes.ids["FID"].iloc[rows].tolist(), "iids": phenotypes.ids["IID"].iloc[rows].tolist()}
-            for reason, rows in dropped.items()
+    seconds["transform"] = time.perf_counter() - started
+    return TrainedFit(model, outcome, latent, gaussianized, seconds)
+
+
+def fit_report(
+    data: PreparedData, trained: TrainedFit, config: FitConfig, command: list[str] | None = None, warned: list[str] | None = None
+) -> FitReport:
+    """The typed ``fit.json`` of a fit (:class:`~flowpheno.report.FitReport`): ``command`` (default
+    ``sys.argv``), ``warned`` the warnings raised so far; versions and thread counts are
+    those of this process. The config is copied: changing ``config`` later leaves the report as it was."""
+    phenotypes, outcome, dependence = data.phenotypes, trained.outcome, data.dependence
+    ids = phenotypes.ids
+    return FitReport(
+        command=list(command or sys.argv),
+        inputs=FitInputs(pheno=phenotypes.source, grm=data.kinship_source, covar=data.covar),
+        config=copy.deepcopy(config),
+        seed=config.train.seed,
+        versions=package_versions(),
+        device=config.device,
+        threads=thread_report(config.threads),
+        n_rows=len(ids),
+        n_used=data.n_used,
+        n_train=len(data.train_rows),
+        n_validation=len(data.val_rows),
+        d=len(phenotypes.traits),
+        traits=phenotypes.traits,
+        skipped_columns=phenotypes.skipped_columns,
+        covariates=phenotypes.covariate_names,
+        categorical_levels=phenotypes.levels,
+        outliers=data.outliers,
+        dropped={
+            reason: DroppedRows(len(rows), ids["FID"].iloc[rows].tolist(), ids["IID"].iloc[rows].tolist())
+            for reason, rows in data.dropped.items()
         },
-        "kinship": None if kinship_model is None else {
-            "scale_to_unit_mean_diagonal": kinship_model.scale,
-            "rank": kinship_model.rank,
-            "low_rank": kinship_model.complement > 0,
-            "eigendecomposition_cached": cache_hit,
-        },
-        "covariance": model.covariance,
-        "stages": outcome.stages,
-        "grid": outcome.grid,
-        "epochs": outcome.epochs,
-        "validation_score": outcome.validation_score,
-        "best_validation_nll": outcome.best_val_nll,
-        "best_validation_nll_iid": outcome.best_val_scores.get("val_nll_iid"),
-        "best_validation_nll_conditional": outcome.best_val_scores.get("val_nll_conditional"),
-        "best_epoch": outcome.best_epoch,
-        "best_stage": outcome.best_stage,
-        "gaussianity": gaussianity_report(standardised, latent[keep]),
-        "non_finite_batches": outcome.non_finite_batches,
-        "seconds": timings,
-        "warnings": [str(warning.message) for warning in caught],
-    }
-    report["final_state"] = final_state_note(report)
+        kinship=None if dependence is None else KinshipSummary(
+            dependence.scale, dependence.rank, dependence.complement > 0, data.eigendecomposition_cached
+        ),
+        covariance=trained.model.covariance,
+        stages=outcome.stages,
+        grid=outcome.grid,
+        epochs=outcome.epochs,
+        validation_score=outcome.validation_score,
+        best_validation_nll=outcome.best_val_nll,
+        best_validation_nll_iid=outcome.best_val_scores.get("val_nll_iid"),
+        best_validation_nll_conditional=outcome.best_val_scores.get("val_nll_conditional"),
+        best_epoch=outcome.best_epoch,
+        best_stage=outcome.best_stage,
+        gaussianity=gaussianity_report(data.standardised, trained.latent[data.keep]),
+        non_finite_batches=outcome.non_finite_batches,
+        seconds={**data.seconds, **trained.seconds},
+        warnings=list(warned or []),
+    )
+
+
+def _fit(
+    pheno: str | Path,
+    grm: str | Path | Kinship | KinshipFactor | None,
+    covar: str | Path | None,
+    config: FitConfig,
+    out: StagedDirectory | None,
+    grm_ids: str | Path | None,
+    callback: Callback | None,
+    command: list[str] | None,
+    caught: list[warnings.WarningMessage],
+) -> tuple[PhenotypeModel, pd.DataFrame, FitReport]:
+    """prepare -> train -> report -> write (when ``out`` is given)."""
+    data = prepare_fit(pheno, grm, covar, config, grm_ids)
+    trained = train_fit(data, config, callback)
+    report = fit_report(data, trained, config, command, [str(warning.message) for warning in caught])
     if out is not None:
-        write_fit_outputs(out, model, gaussianized, report, phenotypes, keep, latent)
-    return model, gaussianized, report
+        write_fit_outputs(out, data, trained, report)
+    return trained.model, trained.gaussianized, report
 
 
 def _run_mode(
@@ -799,19 +832,22 @@ def _run_mode(
 
 def write_fit_outputs(
     out: str | Path | StagedDirectory,
-    model: PhenotypeModel,
-    gaussianized: pd.DataFrame,
-    report: dict[str, Any],
-    phenotypes: Phenotypes,
-    keep: np.ndarray,
-    latent: np.ndarray,
+    data: PreparedData,
+    trained: TrainedFit,
+    report: FitReport,
     overwrite: bool = False,
 ) -> None:
     """Write the run directory as a whole: nothing appears unless everything was written.
 
-    ``out`` is a :class:`StagedDirectory` made before the fit (the usual way), or a path,
-    checked here (an earlier run is replaced only with ``overwrite``). Raises
-    FlowphenoError when the folder cannot be written (full disk, no permission).
+    Writes the model (:meth:`PhenotypeModel.save`), ``gaussianized.tsv``, ``diagnostics.png``
+    (:func:`flowpheno.plots.diagnostics_figure`) and ``fit.json`` (``report.to_json()``, with
+    ``report.seconds["write"]`` set first). ``out`` is a :class:`StagedDirectory` made before
+    the fit (the usual way), or a path, checked here (an earlier run is replaced only with
+    ``overwrite``).
+
+    Raises:
+        FlowphenoError: the folder cannot be written (full disk, no permission), or ``out``
+            is refused (see :mod:`flowpheno.io.atomic`).
     """
     from flowpheno.plots import diagnostics_figure
 
@@ -819,25 +855,16 @@ def write_fit_outputs(
     staged = out if isinstance(out, StagedDirectory) else StagedDirectory(out, "fit", overwrite=overwrite, legacy=RUN_FILES)
     with staged, write_errors(staged.target):
         tmp = staged.path
-        model.save(tmp)
-        write_phenotypes(gaussianized, tmp / "gaussianized.tsv")
-        covariates = phenotypes.covariates[keep] if phenotypes.covariates is not None else None
-        before = model.standardise(phenotypes.values[keep], covariates)  # the flow's input: covariate residuals, standardised
-        figure = diagnostics_figure(before, latent[keep], model.traits, report,
-                                    phenotypes.ids[["FID", "IID"]].to_numpy(dtype=str)[keep])
+        trained.model.save(tmp)
+        write_phenotypes(trained.gaussianized, tmp / "gaussianized.tsv")
+        before = trained.model.standardise(data.phenotypes.values[data.keep], data.used_covariates)  # the flow's input
+        figure = diagnostics_figure(before, trained.latent[data.keep], trained.model.traits, report,
+                                    data.phenotypes.ids[["FID", "IID"]].to_numpy(dtype=str)[data.keep])
         figure.savefig(tmp / "diagnostics.png", dpi=110)
-        report["seconds"]["write"] = time.perf_counter() - started
+        report.seconds["write"] = time.perf_counter() - started
         with atomic_path(tmp / "fit.json") as path:
-            path.write_text(json.dumps(report, indent=2, default=_jsonable))
+            path.write_text(json.dumps(report.to_json(), indent=2, default=jsonable))
         staged.commit()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def _check_new_values(standardised: np.ndarray, phenotypes: Phenotypes, pheno: str, keep_outliers: bool) -> None:

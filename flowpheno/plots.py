@@ -18,6 +18,7 @@ from matplotlib.transforms import blended_transform_factory  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from flowpheno.diagnostics import final_state_note, gaussianity_report, whitened  # noqa: E402
+from flowpheno.report import FitReport  # noqa: E402
 
 MAX_PAIRS = 6
 MAX_QQ = 8
@@ -27,22 +28,24 @@ BEFORE, AFTER = "C0", "C2"
 
 
 def diagnostics_figure(
-    before: np.ndarray, after: np.ndarray, traits: list[str], report: dict[str, Any], iids: np.ndarray | None = None
+    before: np.ndarray, after: np.ndarray, traits: list[str], report: FitReport, iids: np.ndarray | None = None
 ) -> Figure:
     """The fit's diagnostics, in rows: pairwise scatter of the flow's input (``before``) and of
     the Gaussianized traits (``after``); a QQ plot per trait against N(0, 1); the training and
     validation NLL per epoch with stage boundaries and the kept epoch, ``s2`` per epoch (or the
     grid's validation NLL per ``s2``), and the squared Mahalanobis distances against their
-    chi-square quantiles with Mardia's tests (``report["gaussianity"]``, computed here when
-    absent); a caption saying what the panels show and where the final ``s2`` comes from.
+    chi-square quantiles with Mardia's tests (``report.gaussianity``, computed here when
+    empty); a caption saying what the panels show and where the final ``s2`` comes from.
 
     ``before`` (covariate residuals, standardised, as :meth:`PhenotypeModel.standardise`
     returns them) and ``after`` are ``n x d`` with columns in ``traits`` order; rows listed in
-    ``report["outliers"]`` are marked with a red cross in every scatter panel: ``iids`` holds
+    ``report.outliers`` are marked with a red cross in every scatter panel: ``iids`` holds
     each row's IID (length ``n``) or its (FID, IID) (``n x 2``); an entry with a ``fid`` marks
-    only that family's individual (IIDs may repeat across families). ``report`` is ``fit.json``'s content (every key optional).
+    only that family's individual (IIDs may repeat across families). ``report`` is the fit's
+    :class:`~flowpheno.report.FitReport` (a partial one draws what it has; a ``fit.json``
+    file: ``FitReport.from_json(json.loads(text))``).
     """
-    marked = _flagged_rows(report.get("outliers", []), iids, len(before))
+    marked = _flagged_rows(report.outliers, iids, len(before))
     d = len(traits)
     pairs = list(combinations(range(d), 2))[:MAX_PAIRS]
     shown = list(range(min(d, MAX_QQ)))
@@ -55,7 +58,7 @@ def diagnostics_figure(
     # fixed margins in inches, no layout engine: a layout pass costs more than drawing the figure
     rows = iter(figure.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.5, left=0.6 / size[0], right=1 - 0.15 / size[0],
                                     top=1 - 0.75 / size[1], bottom=0.05 / size[1]))
-    covariates = report.get("covariates") or []
+    covariates = report.covariates
     input_label = "covariate residuals, standardised" if covariates else "traits standardised, no covariates"
     cells, start = None, 0
     for data, label, colour in ((before, f"before ({input_label})", BEFORE), (after, "Gaussianized", AFTER)):
@@ -79,7 +82,7 @@ def diagnostics_figure(
     cells = next(rows).subgridspec(1, width, wspace=0.3)
     for column in shown:
         _qq_panel(figure.add_subplot(cells[0, column]), before[:, column], after[:, column], traits[column], first=column == 0)
-    gaussianity = report.get("gaussianity") or gaussianity_report(before, after)
+    gaussianity = report.gaussianity or gaussianity_report(before, after)
     _training_row(figure, next(rows), report, before, after, gaussianity)
     caption = figure.add_subplot(next(rows))
     caption.axis("off")
@@ -87,8 +90,8 @@ def diagnostics_figure(
     characters = int(max(3.0 * width, 12.0) * 15)  # about what a line of 8-point text holds
     lines = [textwrap.fill(line, characters) for line in _caption(report, covariates, input_label, d, len(pairs))]
     caption.text(0.0, 1.0, "\n".join(lines), fontsize=8, va="top", transform=caption.transAxes)
-    mode = report.get("config", {}).get("mode", "?")
-    figure.suptitle(f"flowpheno fit --mode {mode}: n = {report.get('n_used', len(before))}, d = {d}", y=1 - 0.1 / size[1], va="top")
+    mode = report.mode or "?"
+    figure.suptitle(f"flowpheno fit --mode {mode}: n = {report.n_used or len(before)}, d = {d}", y=1 - 0.1 / size[1], va="top")
     return figure
 
 
@@ -137,11 +140,11 @@ def _number(value: Any) -> float:
 
 
 def _training_row(
-    figure: Figure, row: Any, report: dict[str, Any], before: np.ndarray, after: np.ndarray, gaussianity: dict[str, Any],
+    figure: Figure, row: Any, report: FitReport, before: np.ndarray, after: np.ndarray, gaussianity: dict[str, Any],
 ) -> None:
     """Loss curves (wide), s2 (kinship modes), joint Gaussianity."""
-    epochs = report.get("epochs", [])
-    grid = report.get("grid", [])
+    epochs = report.epochs
+    grid = report.grid
     has_s2 = bool(grid) or any("s2" in record for record in epochs)
     cells = row.subgridspec(1, 3 if has_s2 else 2, width_ratios=[2.4, 1, 1] if has_s2 else [3.4, 1], wspace=0.25)
     _loss_panel(figure.add_subplot(cells[0, 0]), epochs, report, has_s2)
@@ -166,7 +169,7 @@ def _stage_boundaries(axis: Axes, epochs: list[dict[str, Any]], gid: str, labels
             start = k
 
 
-def _loss_panel(axis: Axes, epochs: list[dict[str, Any]], report: dict[str, Any], dependent: bool) -> None:
+def _loss_panel(axis: Axes, epochs: list[dict[str, Any]], report: FitReport, dependent: bool) -> None:
     axis.set_title("training curves (per individual; different quantities, see caption)", fontsize=9, loc="left")
     axis.set_xlabel("epoch (over all stages)", fontsize=8)
     axis.set_ylabel("NLL (nats / individual)", fontsize=8)
@@ -180,19 +183,19 @@ def _loss_panel(axis: Axes, epochs: list[dict[str, Any]], report: dict[str, Any]
               label=f"training objective ({model} model, training rows)")
     val = [_number(record.get("val_nll")) for record in epochs]
     if not np.isnan(val).all():
-        score = "conditional on the training rows" if report.get("validation_score") == "val_nll_conditional" else "iid"
+        score = "conditional on the training rows" if report.validation_score == "val_nll_conditional" else "iid"
         axis.plot(x, val, lw=1, color="C1", label=f"validation (held-out rows, {score})")
     _stage_boundaries(axis, epochs, "stage-boundary", labels=True)
-    best_epoch = report.get("best_epoch")
+    best_epoch = report.best_epoch
     if best_epoch is not None:
         axis.axvline(best_epoch, color="C3", ls=":", lw=1.2, gid="kept-epoch",
-                     label=f"kept: stage {report.get('best_stage')}, epoch {best_epoch}")
+                     label=f"kept: stage {report.best_stage}, epoch {best_epoch}")
     axis.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.92), framealpha=0.8)
 
 
-def _s2_panel(axis: Axes, epochs: list[dict[str, Any]], grid: list[dict[str, Any]], report: dict[str, Any]) -> None:
+def _s2_panel(axis: Axes, epochs: list[dict[str, Any]], grid: list[dict[str, Any]], report: FitReport) -> None:
     axis.tick_params(labelsize=7)
-    final = report.get("covariance", {}).get("s2")
+    final = report.covariance.get("s2")
     if grid:
         values = [g.get("value") for g in grid]
         axis.plot(values, [_number(g.get("val_nll")) for g in grid], marker="o", lw=1, color="C1", label="run's best validation NLL")
@@ -208,12 +211,12 @@ def _s2_panel(axis: Axes, epochs: list[dict[str, Any]], grid: list[dict[str, Any
     x = [record.get("epoch") for record in epochs]
     axis.step(x, [_number(record.get("s2")) for record in epochs], where="mid", lw=1, color="C0", label="s2 used in the epoch")
     _stage_boundaries(axis, epochs, "stage-boundary-s2", labels=False)
-    best_epoch = report.get("best_epoch")
+    best_epoch = report.best_epoch
     kept = next((r for r in epochs if r.get("epoch") == best_epoch), None)
     if kept is not None:
         axis.plot([best_epoch], [_number(kept.get("s2"))], marker="o", ls="", color="C3", label="kept state's s2")
     if final is not None and x:
-        refitted = report.get("config", {}).get("mode") == "alternating"
+        refitted = report.mode == "alternating"
         where = (x[-1] + 1) if refitted else (best_epoch or x[-1])
         axis.plot([where], [final], marker="*", ms=12, ls="", color="C3",
                   label=f"final s2 = {final:.3f}" + (" (refitted on the kept flow)" if refitted else ""))
@@ -256,7 +259,7 @@ def _p(value: float) -> str:
     return "p < 1e-300" if value < 1e-300 else f"p {value:.2g}"
 
 
-def _caption(report: dict[str, Any], covariates: list[str], input_label: str, d: int, pairs: int) -> list[str]:
+def _caption(report: FitReport, covariates: list[str], input_label: str, d: int, pairs: int) -> list[str]:
     lines = []
     if covariates:
         named = ", ".join(covariates[:6]) + (", ..." if len(covariates) > 6 else "")
@@ -264,7 +267,7 @@ def _caption(report: dict[str, Any], covariates: list[str], input_label: str, d:
                      "covariate effects are removed, not shown.")
     else:
         lines.append(f"Before: {input_label}: the flow's input.")
-    if report.get("epochs"):
+    if report.epochs:
         lines.append(f"Final state: {final_state_note(report)}.")
         lines.append("Training curve: NLL per individual under the dependence model over the training rows; validation curve: "
                      "held-out NLL per individual of other rows. Different quantities: their gap alone does not mean overfitting.")

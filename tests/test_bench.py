@@ -158,3 +158,18 @@ def test_bench_cli_full_sizes_do_not_reuse_quick_runs(tmp_path: Path, monkeypatc
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert {(r["method"], r["n_train"]) for r in runs} == {("baseline", 80)} and len(runs) == 2
     assert len(list((out / "runs").glob("*.json"))) == 14  # the quick runs were reused
+
+
+def test_results_are_written_whole_with_command_and_versions(tmp_path: Path) -> None:
+    """The one writer of every benchmark: JSON for a mapping, text for a string, no temporary
+    file left; the command as typed after the program's own words."""
+    from flowpheno.bench.results import command_line, package_versions, write_results
+
+    command = command_line("flowpheno bench stocks", ["flowpheno", "bench", "stocks", "--quick", "--out", "x"], skip=3)
+    assert command == "flowpheno bench stocks --quick --out x"
+    written = write_results(tmp_path / "new", {"r.json": {"command": command, "versions": package_versions(), "x": np.float32(0.5)},
+                                               "r.md": "# table\n"}, default=float)
+    assert [p.name for p in written] == ["r.json", "r.md"] and sorted(p.name for p in (tmp_path / "new").iterdir()) == ["r.json", "r.md"]
+    content = json.loads((tmp_path / "new" / "r.json").read_text())
+    assert content["command"] == command and content["x"] == 0.5 and {"python", "flowpheno", "torch"} <= set(content["versions"])
+    assert (tmp_path / "new" / "r.md").read_text() == "# table\n"

@@ -231,18 +231,18 @@ def test_fit_reports_which_score_chose(mode: str, kinship: str | None, tmp_path:
     sources = {"grm": {"grm": grm}, "grm_pcs": {"grm_pcs": pcs}, None: {}}[kinship]
     _, _, report = fit_phenotypes(pheno, config=config, out=tmp_path / "run", **sources)
     written = json.loads((tmp_path / "run" / "fit.json").read_text())
-    assert written["validation_score"] == report["validation_score"]
+    assert written["validation_score"] == report.validation_score
     expected = "val_nll_iid" if mode == "iid" else "val_nll_conditional"
-    assert report["validation_score"] == expected
-    assert report["best_validation_nll"] == report[f"best_{expected.replace('val_nll', 'validation_nll')}"]
-    assert report["best_validation_nll_iid"] is not None
-    assert all(epoch["val_nll"] == epoch[expected] for epoch in report["epochs"])
+    assert report.validation_score == expected
+    assert report.best_validation_nll == getattr(report, f"best_{expected.replace('val_nll', 'validation_nll')}")
+    assert report.best_validation_nll_iid is not None
+    assert all(epoch["val_nll"] == epoch[expected] for epoch in report.epochs)
     if mode == "iid":
-        assert report["best_validation_nll_conditional"] is None and "val_nll_conditional" not in report["epochs"][0]
+        assert report.best_validation_nll_conditional is None and "val_nll_conditional" not in report.epochs[0]
     if mode == "grid":
-        assert report["grid"][0]["val_nll_conditional"] == report["grid"][0]["val_nll_iid"]  # s2 = 0
-        chosen = min(report["grid"], key=lambda g: g["val_nll_conditional"])["value"]
-        assert report["covariance"]["s2"] == pytest.approx(chosen, abs=1e-6)
+        assert report.grid[0]["val_nll_conditional"] == report.grid[0]["val_nll_iid"]  # s2 = 0
+        chosen = min(report.grid, key=lambda g: g["val_nll_conditional"])["value"]
+        assert report.covariance["s2"] == pytest.approx(chosen, abs=1e-6)
 
 
 def test_unsettled_s2_is_reported(tmp_path: Path) -> None:
@@ -262,8 +262,8 @@ def test_unsettled_s2_is_reported(tmp_path: Path) -> None:
     config = FitConfig(mode="alternating", layers=2, hidden=8, train=TrainConfig(epochs=1, stages=2, lr=1e-2))
     with pytest.warns(UserWarning) as caught:
         _, _, report = fit_phenotypes(pheno, tmp_path / "k.npz", config=config, progress=False)
-    values = [stage["s2"] for stage in report["stages"] if isinstance(stage.get("stage"), int)]
+    values = [stage["s2"] for stage in report.stages if isinstance(stage.get("stage"), int)]
     moving = abs(values[-1] - values[-2]) > S2_SETTLED
     assert moving, values  # one epoch per stage: s2 still climbs (seeded, CPU: deterministic)
     said = [str(w.message) for w in caught if "s2 was still moving" in str(w.message)]
-    assert bool(said) == moving and any("still moving" in w for w in report["warnings"]) == moving
+    assert bool(said) == moving and any("still moving" in w for w in report.warnings) == moving

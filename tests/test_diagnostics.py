@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ import pytest
 
 from conftest import EXAMPLES, invoke
 from flowpheno.diagnostics import final_state_note, mardia_test
+from flowpheno.pipeline import FitConfig
 from flowpheno.progress import FitLines
+from flowpheno.report import FitReport
 
 FAST = ["--epochs", "3", "--stages", "2", "--layers", "4", "--hidden", "32", "--device", "cpu", "--seed", "3"]
 EPOCH_KEYS = {"event", "stage", "epoch", "train_nll", "val_nll", "non_finite_batches", "seconds"}
@@ -145,15 +148,15 @@ def test_fit_report_records_the_kept_state_and_gaussianity(tmp_path: Path, examp
     assert [r["stage"] for r in stages] == [0, 1, 2] and all({"s2", "s2_seconds"} <= set(r) for r in stages)
 
     best = min(epochs, key=lambda r: r["val_nll"])
-    assert (report["best_epoch"], report["best_stage"]) == (best["epoch"], best["stage"])
-    final = report["stages"][-1]
+    assert (report.best_epoch, report.best_stage) == (best["epoch"], best["stage"])
+    final = report.stages[-1]
     assert final["stage"] == "final" and final["s2_before_refit"] == pytest.approx(best["s2"])
-    assert report["covariance"]["s2"] == final["s2"]
-    assert f"stage {best['stage']}, epoch {best['epoch']}" in report["final_state"]
-    assert f"s2 = {final['s2']:.3f} refitted exactly" in report["final_state"]
+    assert report.covariance["s2"] == final["s2"]
+    assert f"stage {best['stage']}, epoch {best['epoch']}" in report.final_state
+    assert f"s2 = {final['s2']:.3f} refitted exactly" in report.final_state
 
-    before, after = report["gaussianity"]["before"], report["gaussianity"]["after"]
-    assert before["n"] == after["n"] == report["n_used"] and before["d"] == 4
+    before, after = report.gaussianity["before"], report.gaussianity["after"]
+    assert before["n"] == after["n"] == report.n_used and before["d"] == 4
     assert after["skewness"] < 0.8 * before["skewness"] and after["kurtosis_z"] < 0.8 * before["kurtosis_z"]
 
 
@@ -168,23 +171,23 @@ def test_fit_phenotypes_shows_progress_by_default(capsys: pytest.CaptureFixture[
     _, _, report = fit_phenotypes(EXAMPLES / "pheno.tsv", config=config)
     err = capsys.readouterr().err
     assert "stage 1/2 epoch 1/4: train NLL" in err and "stage 2/2 done" in err
-    assert report["best_epoch"] is None and report["best_stage"] is None
-    assert report["final_state"] == "no validation rows: the last epoch's flow was kept; iid model: no s2"
+    assert report.best_epoch is None and report.best_stage is None
+    assert report.final_state == "no validation rows: the last epoch's flow was kept; iid model: no s2"
 
 
 # --- the diagnostics figure -----------------------------------------------------------------------
 
-def _report(d: int, stages: int = 3, epochs: int = 4, **extra: object) -> dict:
+def _report(d: int, stages: int = 3, epochs: int = 4, **extra: object) -> FitReport:
     history = [{"stage": s, "epoch": (s - 1) * epochs + e, "train_nll": 3.0 - 0.01 * e, "val_nll": 3.2 - 0.02 * e + 0.01 * s,
                 "s2": 0.2 + 0.05 * s, "val_conditional_nll": 3.0, **extra}
                for s in range(1, stages + 1) for e in range(1, epochs + 1)]
     best = min(history, key=lambda r: r["val_nll"])
-    return {
-        "config": {"mode": "alternating"}, "n_used": 300, "covariates": ["age", "sex"], "epochs": history,
-        "stages": [{"stage": 0, "s2": 0.25}] + [{"stage": s, "s2": 0.2 + 0.05 * (s + 1)} for s in range(1, stages + 1)]
+    return FitReport(
+        config=FitConfig(mode="alternating"), n_used=300, covariates=["age", "sex"], epochs=history,
+        stages=[{"stage": 0, "s2": 0.25}] + [{"stage": s, "s2": 0.2 + 0.05 * (s + 1)} for s in range(1, stages + 1)]
         + [{"stage": "final", "s2_before_refit": best["s2"], "s2": 0.31}],
-        "covariance": {"s2": 0.31}, "best_epoch": best["epoch"], "best_stage": best["stage"], "best_validation_nll": best["val_nll"],
-    }
+        covariance={"s2": 0.31}, best_epoch=best["epoch"], best_stage=best["stage"], best_validation_nll=best["val_nll"],
+    )
 
 
 @pytest.mark.parametrize("d", [1, 2, 4, 10])
@@ -206,7 +209,7 @@ def test_diagnostics_figure_panels(d: int) -> None:
     boundaries = [line.get_xdata()[0] for line in loss.get_lines() if line.get_gid() == "stage-boundary"]
     assert boundaries == [4.5, 8.5]
     kept = [line.get_xdata()[0] for line in loss.get_lines() if line.get_gid() == "kept-epoch"]
-    assert kept == [report["best_epoch"]]
+    assert kept == [report.best_epoch]
     labels = [text.get_text() for text in loss.get_legend().get_texts()]
     assert labels[0].startswith("training objective (kinship model") and labels[1].startswith("validation (held-out")
     joint = next(axis for axis in figure.axes if axis.get_gid() == "mahalanobis")
@@ -227,9 +230,9 @@ def test_diagnostics_figure_tolerates_missing_validation_and_iid() -> None:
     from flowpheno.plots import diagnostics_figure
 
     report = _report(3)
-    for record in report["epochs"]:
+    for record in report.epochs:
         del record["val_nll"], record["s2"]
-    report.update(config={"mode": "iid"}, covariance={}, best_epoch=None, best_stage=None)
+    report = replace(report, config=FitConfig(mode="iid"), covariance={}, best_epoch=None, best_stage=None)
     values = np.random.default_rng(0).normal(size=(100, 3))
     figure = diagnostics_figure(values, values, ["a", "b", "c"], report)
     loss = next(axis for axis in figure.axes if axis.get_title(loc="left").startswith("training curves"))

@@ -13,6 +13,7 @@ import pytest
 from conftest import invoke, snapshot, write_table
 from flowpheno.errors import FlowphenoError
 from flowpheno.pipeline import OUTLIER_STOP_Z, _check_traits
+from flowpheno.report import FitReport
 
 N = 120
 TINY = ["--mode", "iid", "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "16", "--device", "cpu", "--quiet"]
@@ -264,14 +265,14 @@ def test_diagnostics_mark_outliers() -> None:
     rng = np.random.default_rng(1)
     values = rng.normal(size=(50, 3))
     iids = np.array([f"i{k}" for k in range(50)])
-    report = {"outliers": [{"iid": "i7", "trait": "b", "value": 1.0, "robust_z": 20.0}]}
+    report = FitReport(outliers=[{"iid": "i7", "trait": "b", "value": 1.0, "robust_z": 20.0}])
     figure = diagnostics_figure(values, values, ["a", "b", "c"], report, iids)
     panels = [axis for axis in figure.axes if axis.collections]
     assert len(panels) == 6
     for axis in panels:
         marks = axis.collections[1].get_offsets()
         assert marks.shape == (1, 2)
-    assert [c.get_offsets().shape[0] for c in diagnostics_figure(values, values, ["a", "b", "c"], {}, iids).axes[0].collections] == [50]
+    assert [c.get_offsets().shape[0] for c in diagnostics_figure(values, values, ["a", "b", "c"], FitReport(), iids).axes[0].collections] == [50]
 
 
 def test_outlier_named_and_marked_by_family_when_iids_repeat(tmp_path: Path) -> None:
@@ -288,7 +289,7 @@ def test_outlier_named_and_marked_by_family_when_iids_repeat(tmp_path: Path) -> 
     assert [(o["fid"], o["iid"], o["line"]) for o in report["outliers"]] == [("fam2", "3", 12)]
     ids = table[["FID", "IID"]].to_numpy(dtype=str)
     figure = diagnostics_figure(table[["t1", "t2", "t3"]].to_numpy(), table[["t1", "t2", "t3"]].to_numpy(), ["t1", "t2", "t3"],
-                                report, ids)
+                                FitReport.from_json(report), ids)
     crosses = [axis.collections[1].get_offsets() for axis in figure.axes if len(axis.collections) > 1 and axis.get_gid() != "qq"]
     assert crosses and all(marks.shape == (1, 2) for marks in crosses)
 

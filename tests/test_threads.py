@@ -53,7 +53,7 @@ def test_threads_reach_torch_and_blas_inside_a_fit_and_are_restored(threads: int
     seen, callback = _observed_threads()
     model, _, report = fit_phenotypes(pheno, kinship, config=_config(threads=threads), out=tmp_path / "run", callback=callback)
     assert seen and set(seen) == {threads}
-    assert report["threads"]["used"] == threads and report["threads"]["requested"] == threads
+    assert report.threads["used"] == threads and report.threads["requested"] == threads
     assert json.loads((tmp_path / "run" / "fit.json").read_text())["threads"]["used"] == threads
     assert torch.get_num_threads() == before  # the library caller's setting is back
     assert [pool["num_threads"] for pool in threadpool_info()] == blas_before
@@ -89,7 +89,7 @@ def test_default_threads_follow_affinity_and_slurm(monkeypatch: pytest.MonkeyPat
     pheno, kinship = _cohort(tmp_path)
     seen, callback = _observed_threads()
     _, _, report = fit_phenotypes(pheno, kinship, config=_config(), callback=callback)
-    assert set(seen) == {1} and report["threads"]["default_from"] == "SLURM_CPUS_PER_TASK"
+    assert set(seen) == {1} and report.threads["default_from"] == "SLURM_CPUS_PER_TASK"
     monkeypatch.delenv("SLURM_CPUS_PER_TASK")
     one_cpu = {min(mask)}
     os.sched_setaffinity(0, one_cpu)  # this process may now run on one CPU only
@@ -178,7 +178,7 @@ def test_clipped_eigenvalue_warning_is_the_same_when_read_from_the_cache(tmp_pat
     config = _config(threads=1, val_frac=0.0)  # every individual trains: the cached matrix is the whole kinship
     _, _, first = fit_phenotypes(pheno, kinship, config=config, out=tmp_path / "one")
     _, _, second = fit_phenotypes(pheno, kinship, config=config, out=tmp_path / "two")
-    assert (first["kinship"]["eigendecomposition_cached"], second["kinship"]["eigendecomposition_cached"]) == (False, True)
+    assert (first.kinship.eigendecomposition_cached, second.kinship.eigendecomposition_cached) == (False, True)
     written = [json.loads((tmp_path / run / "fit.json").read_text())["warnings"] for run in ("one", "two")]
     assert written[0] == written[1]
     assert sum("clipped 2 tiny negative eigenvalues" in message for message in written[0]) == 1

@@ -225,14 +225,14 @@ def gemma_lmm(
 def gemma_covariate_design(covar: str | Path, fam: str | Path) -> pd.DataFrame:
     """The covariates of ``covar`` as GEMMA's ``-c`` design: rows in ``.fam`` order, an
     ``intercept`` column of 1s first, then the covariates (text columns one-hot, as
-    ``flowpheno fit --covar`` reads them: :func:`flowpheno.pipeline.aligned_covariates`);
+    ``flowpheno fit --covar`` reads them: :func:`flowpheno.io.phenotypes.aligned_covariates`);
     NaN where an individual is absent from ``covar`` or a value is missing.
 
     Matched on (FID, IID), or IID alone when ``covar`` has no FID. Raises
     :class:`~flowpheno.errors.FlowphenoError` when no individual matches.
     """
     from flowpheno.io.plink import fam_keys
-    from flowpheno.pipeline import aligned_covariates
+    from flowpheno.io.phenotypes import aligned_covariates
 
     fam_table = read_fam(fam)
     aligned, _, _ = aligned_covariates(covar, fam_keys(fam_table, fam))

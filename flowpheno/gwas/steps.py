@@ -29,7 +29,7 @@ from flowpheno.io.atomic import StagedDirectory, atomic_path, check_no_clobber, 
 from flowpheno.io.ids import FID_GIVEN
 from flowpheno.io.outputs import write_phenotypes
 from flowpheno.io.plink import plink_prefix, read_bim, read_fam
-from flowpheno.pipeline import Phenotypes, read_phenotypes
+from flowpheno.io.phenotypes import Phenotypes, read_phenotypes
 
 
 def write_rint_phenotypes(pheno: str | Path, out: str | Path, fam: str | Path, covar: str | Path | None = None,
