@@ -58,10 +58,10 @@ def short_fit(directory: Path) -> dict[str, Any]:
     )
     _, gaussianized, report = fit_phenotypes(pheno, grm=directory / "kinship.npz", config=config, progress=False)
     return {
-        "s2": report["covariance"]["s2"],
-        "s2_stage_0": report["stages"][0]["s2"],
-        "train_nll_epoch_1": report["epochs"][0]["train_nll"],
-        "best_validation_nll": report["best_validation_nll"],
+        "s2": report.covariance["s2"],
+        "s2_stage_0": report.stages[0]["s2"],
+        "train_nll_epoch_1": report.epochs[0]["train_nll"],
+        "best_validation_nll": report.best_validation_nll,
         "gaussianized_first_rows": gaussianized[["skewed", "mixed"]].to_numpy()[:4].tolist(),
     }
 
