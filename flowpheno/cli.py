@@ -429,12 +429,15 @@ def bench_synthetic(
     quick: bool = typer.Option(False, "--quick", help="CI size: small n, few epochs, 1 seed, crescent and sinewave"),
     jobs: int = typer.Option(1, "--jobs", min=1, help="parallel processes (each gets --threads / --jobs threads, at least 1)"),
     threads: Optional[int] = _threads_option(),
+    protocol: str = typer.Option("paper", "--protocol", help="paper: the authors' setup (no ActNorm, tail bound per shape, batch 256, "
+                                 "lr x weight decay sweep, 13-value grids, 100 epochs, batched members); fast: the earlier one"),
 ) -> None:
     """Table 1 of the paper: 2-D shapes with dependent training data (blocks, kinship)."""
     import json
     import time
 
     from flowpheno.bench.report import figure, table1
+    from flowpheno.bench.protocols import PAPER_METHODS, PAPER_VERSION, PROTOCOLS, paper_sizes
     from flowpheno.bench.synthetic import METHODS, PROTOCOL, SETTINGS, BenchSizes, make_data, run_all, sizes_dict
     from flowpheno.bench.shapes import SHAPES
     from flowpheno.io.atomic import atomic_path, results_folder
@@ -448,12 +451,15 @@ def bench_synthetic(
     for name in chosen_shapes:
         if name not in SHAPES:
             raise FlowphenoError(f"--shapes {name!r}: choose from {', '.join(sorted(SHAPES))}")
-    wanted = {s: list(METHODS[s]) for s in chosen_settings}
+    if protocol not in PROTOCOLS:
+        raise FlowphenoError(f"--protocol {protocol!r}: choose paper or fast")
+    available = PAPER_METHODS if protocol == "paper" else METHODS
+    wanted = {s: list(available[s]) for s in chosen_settings}
     if methods:
-        allowed = tuple(dict.fromkeys(m for s in chosen_settings for m in METHODS[s]))
+        allowed = tuple(dict.fromkeys(m for s in chosen_settings for m in available[s]))
         names = _chosen_methods(methods, allowed)
-        wanted = {s: [m for m in METHODS[s] if m in names] for s in chosen_settings}
-    sizes = BenchSizes.quick() if quick else BenchSizes()
+        wanted = {s: [m for m in available[s] if m in names] for s in chosen_settings}
+    sizes = paper_sizes(quick) if protocol == "paper" else BenchSizes.quick() if quick else BenchSizes()
     seed_list = list(range(1 if quick else seeds))
     results_folder(out, "bench synthetic", legacy=("runs", "cache", r"results\.json", r"table1\.md", r"figure_.*\.png"))
     total = sum(len(wanted[s]) for s in chosen_settings) * len(chosen_shapes) * len(seed_list)
@@ -462,14 +468,15 @@ def bench_synthetic(
         task = progress.add_task("runs (setting x shape x method x seed)", total=total)
         results = run_all(out, chosen_settings, chosen_shapes, wanted, seed_list, sizes, jobs,
                           on_result=lambda record: progress.update(task, advance=1),
-                          on_plan=lambda done, _: progress.update(task, completed=done), threads=threads)
+                          on_plan=lambda done, _: progress.update(task, completed=done), threads=threads, protocol=protocol)
     wall = time.perf_counter() - started  # results: exactly the runs asked for in this call
     command = "flowpheno bench synthetic " + " ".join(sys.argv[3:])
     with atomic_path(out / "table1.md") as tmp:
-        tmp.write_text(table1(results, wall, command))
+        tmp.write_text(table1(results, wall, command, protocol))
     slim = [{k: v for k, v in r.items() if k not in ("flow_state", "identity")} for r in results]  # sizes: once, below
     with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(json.dumps({"sizes": sizes_dict(sizes), "protocol": PROTOCOL, "versions": package_versions(), "wall_seconds_this_call": wall,
+        tmp.write_text(json.dumps({"sizes": sizes_dict(sizes), "protocol": protocol,
+                                   "protocol_version": PAPER_VERSION if protocol == "paper" else PROTOCOL, "versions": package_versions(), "wall_seconds_this_call": wall,
                                    "runs": slim}, indent=2))
     for name in chosen_settings:
         shape = "crescent" if "crescent" in chosen_shapes else chosen_shapes[0]

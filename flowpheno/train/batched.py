@@ -292,7 +292,8 @@ class MemberTrainer:
     Rows ``x_train`` (``(n, d)``) are shared, as is the batch order (a permutation per
     epoch from ``seed``). Member ``k`` steps with ``lr[k]`` times the ``schedule`` factor
     and coupled weight decay ``weight_decay[k]`` on the flow weights; learned covariance
-    logits step with ``covariance_lr`` and no weight decay. A member whose loss, latents
+    logits step with ``covariance_lr`` (None: the member's own ``lr``), the same schedule
+    and no weight decay. A member whose loss, latents
     or gradient is not finite skips that step (as a lone run would); one whose validation
     NLL is not finite, or that has not improved for ``patience`` epochs, stops. After
     every epoch each member's iid NLL on ``x_val`` is computed and its best state (flow
@@ -314,7 +315,7 @@ class MemberTrainer:
         seed: int = 0,
         schedule: LRSchedule | None = None,
         patience: int | None = None,
-        covariance_lr: float = 0.03,
+        covariance_lr: float | None = 0.03,
         callback: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         members = flow.members
@@ -328,9 +329,10 @@ class MemberTrainer:
         self.flow_params = list(flow.parameters())
         self.covariance_params = covariance.parameters()
         self.optimiser = MemberAdamax(self.flow_params, self.base_lr, torch.tensor(weight_decay, dtype=torch.float64))
+        self.covariance_base_lr = self.base_lr if covariance_lr is None else torch.full((members,), covariance_lr, dtype=torch.float64)
         self.covariance_optimiser = (
-            MemberAdamax(self.covariance_params, torch.full((members,), covariance_lr, dtype=torch.float64),
-                         torch.zeros(members, dtype=torch.float64)) if self.covariance_params else None)
+            MemberAdamax(self.covariance_params, self.covariance_base_lr, torch.zeros(members, dtype=torch.float64))
+            if self.covariance_params else None)
         self.generator = torch.Generator().manual_seed(seed)
         self.steps = 0
         self.epoch = 0
@@ -355,6 +357,8 @@ class MemberTrainer:
         """One optimiser step on the batch ``idx``; the losses ``(K,)`` and which members stepped."""
         factor = self.schedule.factor(self.steps, self.epoch)
         self.optimiser.lr = self.base_lr * factor
+        if self.covariance_optimiser is not None:
+            self.covariance_optimiser.lr = self.covariance_base_lr * factor
         z, ladj = self.flow(self.x_train[idx])
         loss = self.covariance.minibatch_gaussian_nll(z, idx) - ladj.mean(dim=1)
         self.optimiser.zero_grad()
@@ -443,7 +447,7 @@ def fit_members(
     seed: int = 0,
     schedule: LRSchedule | None = None,
     patience: int | None = None,
-    covariance_lr: float = 0.03,
+    covariance_lr: float | None = 0.03,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> MembersOutcome:
     """Train every member for ``epochs`` epochs and restore each one's best-validation
