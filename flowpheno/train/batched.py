@@ -221,11 +221,11 @@ class MemberBlocks(MemberCovariance):
         diagonal_entry, off_entry = (1 + (sizes - 2) * rho) / denominator, -rho / denominator
         log_det = ((sizes - 1) * torch.log(1 - rho) + torch.log(1 + (sizes - 1) * rho)).sum(dim=1)
         blocks = self.block_ids[idx]
-        gram = torch.bmm(z, z.transpose(1, 2))  # (K, b, b)
-        norms = torch.diagonal(gram, dim1=1, dim2=2)
+        norms = z.square().sum(dim=2)  # (K, b)
         diagonal = (diagonal_entry.expand(members, -1).index_select(1, blocks) * norms).sum(dim=1)
-        same = blocks[:, None] == blocks[None, :]
-        within = torch.where(same, gram, torch.zeros((), dtype=gram.dtype)).sum(dim=2) - norms  # sum_{j != i, same block}
+        present, local = torch.unique(blocks, return_inverse=True)
+        block_sums = z.new_zeros(members, len(present), d).index_add_(1, local, z)  # per block of the batch: sum of its rows
+        within = (z * block_sums.index_select(1, local)).sum(dim=2) - norms  # sum_{j != i, same block} <z_i, z_j>
         total = diagonal + (off_entry.expand(members, -1).index_select(1, blocks) * within).sum(dim=1)
         return _gaussian(self.n, d, log_det, _trace(diagonal, total, self.n, b))
 
