@@ -52,7 +52,7 @@ def test_early_stopping_stops() -> None:
 
 def test_quick_bench(tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    result = run_cli("bench", "synthetic", "--quick", "--jobs", "2", "--out", str(out))
+    result = run_cli("bench", "synthetic", "--quick", "--protocol", "fast", "--jobs", "2", "--out", str(out))
     assert result.returncode == 0, result.stderr
     table = (out / "table1.md").read_text()
     assert "| blocks | grid |" in table and "| kinship | alternating |" in table
@@ -66,7 +66,7 @@ def test_quick_bench(tmp_path: Path) -> None:
     per_block = [r for r in runs if r["setting"] == "blocks" and r["method"].startswith("alternating")]
     assert len(per_block) == 4 and all(0 <= r["rho_mae_repeated"] < 0.5 for r in per_block)
     # resumable: a second call finds every run done and trains nothing
-    again = run_cli("bench", "synthetic", "--quick", "--jobs", "2", "--out", str(out))
+    again = run_cli("bench", "synthetic", "--quick", "--protocol", "fast", "--jobs", "2", "--out", str(out))
     assert again.returncode == 0 and json.loads((out / "results.json").read_text())["wall_seconds_this_call"] < 20
 
 
@@ -139,7 +139,7 @@ def test_bench_cli_full_sizes_do_not_reuse_quick_runs(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(synthetic, "BenchSizes", Sizes)
     out = tmp_path / "bench"
-    common = ("bench", "synthetic", "--setting", "blocks", "--out", out)
+    common = ("bench", "synthetic", "--protocol", "fast", "--setting", "blocks", "--out", out)
     quick = invoke(*common, "--quick")  # every blocks method, crescent and sinewave
     assert quick.returncode == 0, quick
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 2 * 6
@@ -173,3 +173,27 @@ def test_results_are_written_whole_with_command_and_versions(tmp_path: Path) -> 
     content = json.loads((tmp_path / "new" / "r.json").read_text())
     assert content["command"] == command and content["x"] == 0.5 and {"python", "flowpheno", "torch"} <= set(content["versions"])
     assert (tmp_path / "new" / "r.md").read_text() == "# table\n"
+
+
+def test_paper_protocol_sweeps_every_setting_as_batched_members(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flowpheno.bench.protocols as protocols
+    from flowpheno.bench.protocols import PaperSetup
+
+    tiny = _tiny(optimisers=[(lr, wd) for lr in PaperSetup().lrs for wd in PaperSetup().weight_decays], patience=None)
+    monkeypatch.setattr(protocols, "paper_sizes", lambda quick=False: tiny)
+    out = tmp_path / "paper"
+    result = invoke("bench", "synthetic", "--setting", "blocks", "--shapes", "crescent", "--methods", "baseline,grid",
+                    "--seeds", "1", "--out", out)
+    assert result.returncode == 0, result
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"] == "paper"
+    assert "Protocol `paper`" in (out / "table1.md").read_text()
+    runs = {r["method"]: r for r in results["runs"]}
+    assert runs["baseline"]["members"] == 12 and runs["grid"]["members"] == 13 * 12
+    assert runs["baseline"]["flow_config"]["actnorm"] is False and runs["grid"]["flow_config"]["tail_bound"] == 8.0
+    # the reported member is the one with the best validation NLL, and the grid includes the baseline's settings
+    assert runs["grid"]["val_nll"] == min(m["val_nll"] for m in runs["grid"]["sweep"])
+    assert runs["grid"]["val_nll"] <= runs["baseline"]["val_nll"] + 1e-6
+    assert [g["value"] for g in runs["grid"]["grid"]] == list(PaperSetup().grid)
+    stored = [json.loads(path.read_text()) for path in (out / "runs").glob("*.json")]
+    assert len(stored) == 2 and {r["identity"]["protocol"] for r in stored} == {f"paper-{protocols.PAPER_VERSION}"}

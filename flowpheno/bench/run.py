@@ -71,16 +71,19 @@ def methods_by_seeds(
 
 def run_synthetic(
     out: Path, settings: list[str], shapes: list[str], methods: str | None, seeds: int, quick: bool, jobs: int,
-    threads: int | None, progress: Bars | None = None, argv: list[str] | None = None,
+    threads: int | None, progress: Bars | None = None, argv: list[str] | None = None, protocol: str = "paper",
 ) -> str:
     """Table 1 (:mod:`flowpheno.bench.synthetic`): every (setting, shape, method, seed) run,
     resumable in ``out`` (finished runs are kept and reused); writes ``table1.md``,
     ``results.json`` (exactly the runs asked for in this call) and a figure per setting.
+    ``protocol``: ``paper`` (the authors' setup, :mod:`flowpheno.bench.protocols`, every
+    setting of a run trained as members of one batched model) or ``fast`` (the earlier one).
 
     Raises:
-        FlowphenoError: an unknown setting, shape or method, or ``out`` refused.
+        FlowphenoError: an unknown setting, shape, method or protocol, or ``out`` refused.
     """
     from flowpheno.bench import synthetic
+    from flowpheno.bench.protocols import PAPER_METHODS, PAPER_VERSION, PROTOCOLS, paper_sizes
     from flowpheno.bench.report import figure, table1
     from flowpheno.bench.shapes import SHAPES
 
@@ -90,12 +93,15 @@ def run_synthetic(
     for name in shapes:
         if name not in SHAPES:
             raise FlowphenoError(f"--shapes {name!r}: choose from {', '.join(sorted(SHAPES))}")
-    wanted = {s: list(synthetic.METHODS[s]) for s in settings}
+    if protocol not in PROTOCOLS:
+        raise FlowphenoError(f"--protocol {protocol!r}: choose paper or fast")
+    available = PAPER_METHODS if protocol == "paper" else synthetic.METHODS
+    wanted = {s: list(available[s]) for s in settings}
     if methods:
-        allowed = tuple(dict.fromkeys(m for s in settings for m in synthetic.METHODS[s]))
+        allowed = tuple(dict.fromkeys(m for s in settings for m in available[s]))
         names = chosen_methods(methods, allowed)
-        wanted = {s: [m for m in synthetic.METHODS[s] if m in names] for s in settings}
-    sizes = synthetic.BenchSizes.quick() if quick else synthetic.BenchSizes()
+        wanted = {s: [m for m in available[s] if m in names] for s in settings}
+    sizes = paper_sizes(quick) if protocol == "paper" else synthetic.BenchSizes.quick() if quick else synthetic.BenchSizes()
     seed_list = list(range(1 if quick else seeds))
     results_folder(out, "bench synthetic", legacy=("runs", "cache", r"results\.json", r"table1\.md", r"figure_.*\.png"))
     total = sum(len(wanted[s]) for s in settings) * len(shapes) * len(seed_list)
@@ -104,13 +110,16 @@ def run_synthetic(
         task = bars.add_task("runs (setting x shape x method x seed)", total=total)
         results = synthetic.run_all(out, settings, shapes, wanted, seed_list, sizes, jobs,
                                     on_result=lambda record: bars.update(task, advance=1),
-                                    on_plan=lambda done, _: bars.update(task, completed=done), threads=threads)
+                                    on_plan=lambda done, _: bars.update(task, completed=done), threads=threads,
+                                    protocol=protocol)
     wall = time.perf_counter() - started  # results: exactly the runs asked for in this call
     command = command_line("flowpheno bench synthetic", argv, skip=3)
     slim = [{k: v for k, v in r.items() if k not in ("flow_state", "identity")} for r in results]  # sizes: once, below
     write_results(out, {
-        "table1.md": table1(results, wall, command),
-        "results.json": {"sizes": synthetic.sizes_dict(sizes), "protocol": synthetic.PROTOCOL, "versions": package_versions(),
+        "table1.md": table1(results, wall, command, protocol),
+        "results.json": {"sizes": synthetic.sizes_dict(sizes), "protocol": protocol,
+                         "protocol_version": PAPER_VERSION if protocol == "paper" else synthetic.PROTOCOL,
+                         "versions": package_versions(),
                          "wall_seconds_this_call": wall, "runs": slim},
     })
     for name in settings:

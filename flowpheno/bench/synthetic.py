@@ -1,5 +1,9 @@
 """``flowpheno bench synthetic``: the paper's Table 1 on 2-D shapes, dependent training data.
 
+Two protocols (:mod:`flowpheno.bench.protocols`): ``paper``, the authors' setup point by
+point, every lr x weight decay (x grid value) of a run trained at once as one batched
+model; ``fast``, the earlier protocol (:func:`run_one`).
+
 One *run* = (setting, shape, method, seed). Its data are fixed by (setting, shape,
 seed), so methods are compared on the same draws (paired). Every run tries each
 learning-rate/weight-decay pair (and, for ``grid``, each covariance value), keeps the
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 
 from flowpheno import __version__
+from flowpheno.bench.protocols import PAPER_VERSION, run_one_paper, setup_dict
 from flowpheno.bench.shapes import SHAPES, blocks_sample, iid_sample, kinship_sample, sparse_spd_correlation
 from flowpheno.dependence import EquicorrelatedBlocks, IIDCovariance, KinshipCovariance
 from flowpheno.flows import spline_coupling_flow
@@ -163,11 +168,23 @@ def run_one(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes,
     return record
 
 
-def run_identity(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes) -> dict[str, Any]:
+def run_identity(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes, protocol: str = "fast") -> dict[str, Any]:
     """Everything that changes a run's numbers: setting, shape, method, seed, every size
-    (n, epochs, optimisers, flow), the protocol and the flowpheno version."""
-    return {"setting": setting, "shape": shape, "method": method, "seed": seed, "sizes": asdict(sizes),
-            "protocol": PROTOCOL, "flowpheno_version": __version__}
+    (n, epochs, optimisers, flow), the protocol (``fast``: its version number, as before
+    there was a choice; ``paper``: name, version and :class:`PaperSetup`) and the flowpheno version."""
+    identity = {"setting": setting, "shape": shape, "method": method, "seed": seed, "sizes": asdict(sizes),
+                "protocol": PROTOCOL, "flowpheno_version": __version__}
+    if protocol != "fast":
+        identity.update(protocol=f"{protocol}-{PAPER_VERSION}", setup=setup_dict())
+    return identity
+
+
+def run_protocol(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes, cache_dir: Path | None = None,
+                 protocol: str = "fast") -> dict[str, Any]:
+    """One run under ``protocol``: :func:`run_one` (``fast``) or :func:`run_one_paper` (``paper``)."""
+    if protocol == "paper":
+        return run_one_paper(setting, shape, method, seed, sizes, cache_dir)
+    return {**run_one(setting, shape, method, seed, sizes, cache_dir), "protocol": "fast"}
 
 
 def run_hash(identity: dict[str, Any]) -> str:
@@ -176,9 +193,9 @@ def run_hash(identity: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def run_key(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes) -> str:
+def run_key(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes, protocol: str = "fast") -> str:
     """File stem of a finished run: readable fields, then the hash of its identity."""
-    return f"{setting}_{shape}_{method}_seed{seed}_{run_hash(run_identity(setting, shape, method, seed, sizes))}"
+    return f"{setting}_{shape}_{method}_seed{seed}_{run_hash(run_identity(setting, shape, method, seed, sizes, protocol))}"
 
 
 def stored_run(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -206,9 +223,9 @@ def prepare_kinship(seeds: Iterable[int], sizes: BenchSizes, cache_dir: Path) ->
         spectral_decomposition(correlation, f"bench-correlation-seed{seed}", cache_dir)
 
 
-def _worker(args: tuple[str, str, str, int, BenchSizes, Path], threads: int) -> dict[str, Any]:
+def _worker(args: tuple[str, str, str, int, BenchSizes, Path, str], threads: int) -> dict[str, Any]:
     with thread_limits(threads):
-        return run_one(*args[:5], cache_dir=args[5])
+        return run_protocol(*args[:5], cache_dir=args[5], protocol=args[6])
 
 
 def run_all(
@@ -222,6 +239,7 @@ def run_all(
     on_result: Callable[[dict[str, Any]], None] | None = None,
     on_plan: Callable[[int, int], None] | None = None,
     threads: int | None = None,
+    protocol: str = "fast",
 ) -> list[dict[str, Any]]:
     """The records of every (setting, shape, method, seed) asked for, in that order: stored
     runs of the same :func:`run_identity` are reused, the others trained over ``jobs``
@@ -229,7 +247,8 @@ def run_all(
     how many are reused before training starts; ``on_result`` gets each new record.
     Stored runs that were not asked for (other sizes, settings, methods) are left alone
     and are not returned. ``threads`` (default: the CPUs this process may use) is shared:
-    this process uses all of them, each of the ``jobs`` workers ``threads // jobs`` (at least 1)."""
+    this process uses all of them, each of the ``jobs`` workers ``threads // jobs`` (at least 1).
+    ``protocol``: ``fast`` (:func:`run_one`) or ``paper`` (:mod:`flowpheno.bench.protocols`)."""
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "cache"
@@ -239,20 +258,20 @@ def run_all(
     records: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     todo = []
     for setting, shape, method, seed in asked:
-        found = stored_run(runs_dir / f"{run_key(setting, shape, method, seed, sizes)}.json",
-                           run_identity(setting, shape, method, seed, sizes))
+        found = stored_run(runs_dir / f"{run_key(setting, shape, method, seed, sizes, protocol)}.json",
+                           run_identity(setting, shape, method, seed, sizes, protocol))
         if found is not None:
             records[(setting, shape, method, seed)] = found
         else:
-            todo.append((setting, shape, method, seed, sizes, cache_dir))
+            todo.append((setting, shape, method, seed, sizes, cache_dir, protocol))
     if on_plan:
         on_plan(len(records), len(asked))
 
     def store(record: dict[str, Any]) -> None:
         setting, shape, method, seed = record["setting"], record["shape"], record["method"], record["seed"]
-        identity = run_identity(setting, shape, method, seed, sizes)
+        identity = run_identity(setting, shape, method, seed, sizes, protocol)
         text = json.dumps({**record, "identity": identity, "run_hash": run_hash(identity)})
-        with atomic_path(runs_dir / f"{run_key(setting, shape, method, seed, sizes)}.json") as tmp:
+        with atomic_path(runs_dir / f"{run_key(setting, shape, method, seed, sizes, protocol)}.json") as tmp:
             tmp.write_text(text)
         record = records[(setting, shape, method, seed)] = json.loads(text)  # as a later call reads it
         if on_result:
@@ -262,7 +281,7 @@ def run_all(
         prepare_kinship([task[3] for task in todo if task[0] == "kinship"], sizes, cache_dir)
         if jobs <= 1:
             for task in todo:
-                store(run_one(*task[:5], cache_dir=task[5]))
+                store(run_protocol(*task[:5], cache_dir=task[5], protocol=task[6]))
         else:
             with ProcessPoolExecutor(max_workers=jobs) as pool:
                 each = per_worker(threads, jobs)
