@@ -217,7 +217,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     fit = {"epochs": args.epochs, "stages": args.stages, "layers": 16, "hidden": 128, "batch_size": 256, "seed": 1,
-           "device": "cpu", "extra": ""}
+           "device": "cpu"}
     gwas = {"loco": not args.no_loco, "truth_window_kb": TRUTH_WINDOW_KB}
     rows_path = args.out / "gwas_power_rows.jsonl"
     rows = read_rows(rows_path)
