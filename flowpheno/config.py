@@ -63,7 +63,8 @@ class TrainConfig:
     max_grad_norm: float | None = 10.0
     """Clip the gradient norm: one outlying batch must not poison Adamax's running maximum."""
     estimator: Estimator = "plain"
-    """Trace term for a fixed covariance: ``plain`` (Proposition 2.2) or ``control_variate`` (lower variance, opt-in)."""
+    """Trace term for a fixed covariance: ``plain`` (Proposition 2.2) or ``control_variate``
+    (lower variance, opt-in)."""
     objective: Objective = "minibatch"
     """``minibatch`` (Proposition 2.2 per batch) or ``exact``: one full-data step per epoch, exact gradient."""
     chunk_size: int = 16_384
@@ -158,7 +159,8 @@ class FitConfig:
         check.integer("threads", self.threads, 1, optional=True)
         check.number("val_frac", self.val_frac, "must be in [0, 0.9)", 0.0, 0.9)
         if self.mode == "grid" and self.val_frac == 0:
-            raise refuse("val_frac", self.val_frac, "must be above 0 when {mode} is 'grid' (the grid picks s2 by validation NLL)")
+            raise refuse("val_frac", self.val_frac,
+                         "must be above 0 when {mode} is 'grid' (the grid picks s2 by validation NLL)")
         if not isinstance(self.train, TrainConfig):
             raise refuse("train", type(self.train).__name__, "must be a TrainConfig")
         self.train.validate()
@@ -220,11 +222,12 @@ class Flag:
 
 
 FLAGS: dict[str, Flag] = {flag.field: flag for flag in (
-    Flag(FitConfig, "traits", "--traits", "comma-separated trait columns (default: every numeric column)", workflow=False),
-    Flag(FitConfig, "categorical", "--categorical", "comma-separated covariate columns to one-hot encode whatever their values "
-         "(needed for text columns with more than 50 levels)", workflow=False),
-    Flag(FitConfig, "keep_outliers", "--keep-outliers", "fit even when a trait value lies beyond robust |z| 100 (median/MAD)",
+    Flag(FitConfig, "traits", "--traits", "comma-separated trait columns (default: every numeric column)",
          workflow=False),
+    Flag(FitConfig, "categorical", "--categorical", "comma-separated covariate columns to one-hot encode whatever "
+         "their values (needed for text columns with more than 50 levels)", workflow=False),
+    Flag(FitConfig, "keep_outliers", "--keep-outliers", "fit even when a trait value lies beyond robust |z| 100 "
+         "(median/MAD)", workflow=False),
     Flag(FitConfig, "mode", "--mode", "how relatedness enters the fit (iid: not at all)"),
     Flag(FitConfig, "s2_grid", "--s2-grid", "s2 values tried by --mode grid"),
     Flag(TrainConfig, "epochs", "--epochs", "flow epochs per stage"),
@@ -238,10 +241,10 @@ FLAGS: dict[str, Flag] = {flag.field: flag for flag in (
     Flag(FitConfig, "device", "--device", "cpu or cuda (default: cuda when available)", cli_default=None),
     Flag(TrainConfig, "seed", "--seed", "random seed (same seed on CPU gives the same numbers)"),
     Flag(TrainConfig, "patience", "--patience", "stop after this many epochs without a better validation NLL"),
-    Flag(TrainConfig, "objective", "--objective", "minibatch (unbiased batch estimator) or exact (one full-data step per "
-         "epoch, no estimator variance)"),
-    Flag(TrainConfig, "profile_scale", "--scale-step", "alternating: fit each trait's latent scale with s2 (corrects the "
-         "downward s2 bias of strongly related samples)"),
+    Flag(TrainConfig, "objective", "--objective", "mini-batches with the unbiased batch estimator, or one "
+         "full-data step per epoch (no estimator variance)"),
+    Flag(TrainConfig, "profile_scale", "--scale-step", "alternating: fit each trait's latent scale with s2 "
+         "(corrects the downward s2 bias of strongly related samples)"),
     Flag(FitConfig, "threads", "--threads", "CPU threads for torch and BLAS/OpenMP", workflow=False),
 )}
 """Field of :class:`FitConfig`/:class:`TrainConfig` -> the ``flowpheno fit`` flag that sets it.

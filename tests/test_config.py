@@ -11,8 +11,8 @@ from typing import Literal, get_args
 
 import pytest
 import typer
-
 from conftest import ROOT, invoke
+
 from flowpheno import cli
 from flowpheno.config import FLAGS, FitConfig, TrainConfig, fit_arguments, fit_config, flag_name, worded, workflow_name
 from flowpheno.errors import OptionError
@@ -71,7 +71,7 @@ REFUSED = [
 
 
 @pytest.mark.parametrize(("make", "message"), [case[:2] for case in REFUSED], ids=[case[1].split(":")[0] for case in REFUSED])
-def test_library_errors_name_the_setting_as_written_in_code(make, message: str) -> None:  # noqa: ANN001
+def test_library_errors_name_the_setting_as_written_in_code(make, message: str) -> None:
     with pytest.raises(OptionError) as error:
         make()
     assert str(error.value) == message
@@ -81,7 +81,7 @@ CLI_CASES = [case[2:] for case in REFUSED if case[2] is not None]
 
 
 @pytest.mark.parametrize(("args", "message"), CLI_CASES, ids=[case[1].split(":")[0] for case in CLI_CASES])
-def test_command_line_errors_name_the_flag(args: list[str], message: str, tmp_path) -> None:  # noqa: ANN001
+def test_command_line_errors_name_the_flag(args: list[str], message: str, tmp_path) -> None:
     """The same refusal from ``flowpheno fit``: one line naming the flag, exit code 2, nothing written."""
     pheno = tmp_path / "pheno.tsv"
     pheno.write_text("FID\tIID\ta\nf\ti1\t1.0\n")
