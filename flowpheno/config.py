@@ -319,8 +319,11 @@ def workflow_name(name: str) -> str:
 
 
 def _show_cli(value: Any) -> str:
+    """``value`` as a command line writes it: ``1e-06``, ``0.002``, ``a,b``; a float exactly (``:g``
+    when that reads back as the same number, else its full ``repr``)."""
     if isinstance(value, float):
-        return f"{value:g}"
+        short = f"{value:g}"
+        return short if math.isnan(value) or float(short) == value else repr(value)
     if isinstance(value, (list, tuple)):
         return ",".join(_show_cli(item) for item in value)
     return str(value)

@@ -148,6 +148,7 @@ def test_workflow_keys_become_fit_arguments_and_configs() -> None:
     assert fit_arguments(settings) == ["--epochs", "3", "--lr", "0.002", "--s2-grid", "0,0.25", "--scale-step",
                                        "--objective", "exact"]
     assert fit_arguments({"scale_step": False}) == []
+    assert fit_arguments({"lr": 1.23456789e-4, "weight_decay": 1e-6}) == ["--lr", "0.000123456789", "--weight-decay", "1e-06"]
     config = fit_config(settings)
     assert (config.train.epochs, config.train.lr, config.s2_grid, config.train.profile_scale, config.train.objective) == (
         3, 0.002, [0, 0.25], True, "exact")
