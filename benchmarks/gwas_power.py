@@ -235,7 +235,7 @@ def main(
     out.mkdir(parents=True, exist_ok=True)
 
     fit = {"epochs": epochs, "stages": stages, "layers": 16, "hidden": 128, "batch_size": 256, "seed": 1,
-           "device": "cpu", "extra": ""}
+           "device": "cpu"}
     gwas = {"loco": not no_loco, "truth_window_kb": TRUTH_WINDOW_KB}
     rows_path = out / "gwas_power_rows.jsonl"
     rows = read_rows(rows_path)

@@ -14,6 +14,7 @@ from rich.text import Text
 from rich.progress import Progress
 
 from flowpheno import __version__
+from flowpheno.config import FLAGS, flag_name, worded
 from flowpheno.errors import FlowphenoError, OptionError
 from flowpheno.gwas import TRUTH_WINDOW_KB
 from flowpheno.progress import fit_progress, progress_bars
@@ -64,6 +65,13 @@ def _floats(text: str, option: str) -> list[float]:
         return [float(item) for item in text.split(",") if item.strip()]
     except ValueError:
         raise OptionError(f"{option} {text!r}: give comma-separated numbers, e.g. 0,0.1,0.5") from None
+
+
+def _fit_option(field: str) -> Any:
+    """The ``flowpheno fit`` option that sets ``field`` of FitConfig/TrainConfig: flag, default and
+    help from :data:`flowpheno.config.FLAGS` (the default is the dataclass's, never restated here)."""
+    flag = FLAGS[field]
+    return typer.Option(flag.command_line_default, flag.flag, help=flag.full_help)
 
 
 THREADS_HELP = ("CPU threads for torch and BLAS/OpenMP (default: the CPUs this process may use: its CPU affinity, "
@@ -130,24 +138,24 @@ def fit(
     grm_pcs: Optional[Path] = typer.Option(None, "--grm-pcs", help="low-rank kinship: correlation of individuals' PCs (FID, IID, PC1..PCr)"),
     grm_factor: Optional[Path] = typer.Option(None, "--grm-factor", help="low-rank kinship: standardised genotypes of a PLINK prefix with fewer SNPs than individuals"),
     covar: Optional[Path] = typer.Option(None, "--covar", help="covariates projected out by least squares before the flow"),
-    traits: Optional[str] = typer.Option(None, "--traits", help="comma-separated trait columns (default: every numeric column)"),
-    categorical: Optional[str] = typer.Option(None, "--categorical", help="comma-separated covariate columns to one-hot encode whatever their values (needed for text columns with more than 50 levels)"),
-    keep_outliers: bool = typer.Option(False, "--keep-outliers", help="fit even when a trait value lies beyond robust |z| 100 (median/MAD)"),
-    mode: str = typer.Option("alternating", "--mode", help="iid | grid | alternating | joint"),
-    s2_grid: str = typer.Option("0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--s2-grid", help="s2 values tried by --mode grid"),
-    epochs: int = typer.Option(25, "--epochs", min=1, help="flow epochs per stage"),
-    stages: int = typer.Option(4, "--stages", min=1, help="stages (alternating: flow epochs then an s2 update)"),
-    layers: int = typer.Option(16, "--layers", min=1, help="coupling layers"),
-    hidden: int = typer.Option(128, "--hidden", min=1, help="hidden units of each conditioner layer"),
-    batch_size: int = typer.Option(256, "--batch-size", min=2, help="mini-batch size"),
-    lr: float = typer.Option(1e-3, "--lr", help="Adamax learning rate of the flow"),
-    weight_decay: float = typer.Option(1e-6, "--weight-decay", help="weight decay on flow weights (never on s2)"),
-    val_frac: float = typer.Option(0.15, "--val-frac", help="share of individuals held out for validation NLL"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)"),
-    seed: int = typer.Option(0, "--seed", help="random seed (same seed on CPU gives the same numbers)"),
-    patience: Optional[int] = typer.Option(None, "--patience", min=1, help="stop after this many epochs without a better validation NLL"),
-    objective: str = typer.Option("minibatch", "--objective", help="minibatch (unbiased batch estimator) | exact (one full-data step per epoch, no estimator variance)"),
-    scale_step: bool = typer.Option(False, "--scale-step", help="alternating: fit each trait's latent scale with s2 (corrects the downward s2 bias of strongly related samples)"),
+    traits: Optional[str] = _fit_option("traits"),
+    categorical: Optional[str] = _fit_option("categorical"),
+    keep_outliers: bool = _fit_option("keep_outliers"),
+    mode: str = _fit_option("mode"),
+    s2_grid: str = _fit_option("s2_grid"),
+    epochs: int = _fit_option("epochs"),
+    stages: int = _fit_option("stages"),
+    layers: int = _fit_option("layers"),
+    hidden: int = _fit_option("hidden"),
+    batch_size: int = _fit_option("batch_size"),
+    lr: float = _fit_option("lr"),
+    weight_decay: float = _fit_option("weight_decay"),
+    val_frac: float = _fit_option("val_frac"),
+    device: Optional[str] = _fit_option("device"),
+    seed: int = _fit_option("seed"),
+    patience: Optional[int] = _fit_option("patience"),
+    objective: str = _fit_option("objective"),
+    scale_step: bool = _fit_option("profile_scale"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress (default: bars on a terminal, a line every 15 s and per stage in a log file)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds an earlier flowpheno run (never another folder)"),
     threads: Optional[int] = _threads_option(),
@@ -571,7 +579,9 @@ def main() -> None:
                 console.print(Text("error: ", "bold red") + Text("interrupted; nothing was written"), soft_wrap=True)
             sys.exit(code)
     except FlowphenoError as error:
-        console.print(Text("error: ", "bold red") + Text(str(error)), soft_wrap=True)
+        # a value the library refused is named by its flag (--epochs 0), not its field (TrainConfig.epochs)
+        message = worded(error, flag_name, command_line=True) if isinstance(error, OptionError) else str(error)
+        console.print(Text("error: ", "bold red") + Text(message), soft_wrap=True)
         sys.exit(getattr(error, "exit_code", 1))  # OptionError (a value out of range): 2, as usage errors
     except (typer.Exit, SystemExit) as done:
         sys.exit(getattr(done, "exit_code", getattr(done, "code", 0)))

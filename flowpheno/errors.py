@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import warnings
+from typing import Any
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _PASSED_THROUGH = (_PACKAGE, os.path.abspath(contextlib.__file__))
@@ -16,9 +17,19 @@ class FlowphenoError(Exception):
 
 
 class OptionError(FlowphenoError, ValueError):
-    """An option value outside its allowed range or set: a usage error (the CLI exits 2)."""
+    """An option value outside its allowed range or set: a usage error (the CLI exits 2).
+
+    ``setting`` (a field of ``FitConfig``/``TrainConfig``), ``value`` and ``rule`` (which may name
+    other settings as ``{field}``) let the CLI and the workflow word the message with their own
+    names for the settings (:func:`flowpheno.config.worded`); ``setting`` is None for a message
+    that is already final.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, *, setting: str | None = None, value: Any = None, rule: str = "") -> None:
+        super().__init__(message)
+        self.setting, self.value, self.rule = setting, value, rule
 
 
 def caller_stacklevel() -> int:

@@ -23,15 +23,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from flowpheno.config import MODES, Checks, FitConfig, Mode  # noqa: F401  (FitConfig lives with TrainConfig in flowpheno.config)
 from flowpheno.dependence import HeldOutKinship, KinshipCovariance
 from flowpheno.diagnostics import gaussianity_report
-from flowpheno.errors import FlowphenoError, OptionError, warn
+from flowpheno.errors import FlowphenoError, warn
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.atomic import StagedDirectory, atomic_path, write_errors
 from flowpheno.io.kinship import Kinship, KinshipFactor, read_genotype_factor, read_kinship, read_pcs, spectral_decomposition
@@ -43,13 +44,10 @@ from flowpheno.model import PhenotypeModel, least_squares_residuals
 from flowpheno.progress import fit_progress
 from flowpheno.report import DroppedRows, FitInputs, FitReport, KinshipSummary, jsonable
 from flowpheno.threads import thread_limits, thread_report
-from flowpheno.train import FitOutcome, TrainConfig, fit_alternating, fit_grid, fit_iid, fit_joint
-from flowpheno.train.options import check_choice, check_float, check_int
+from flowpheno.train import FitOutcome, fit_alternating, fit_grid, fit_iid, fit_joint
 from flowpheno.train.schedules import Callback
 from flowpheno.versions import package_versions
 
-Mode = Literal["iid", "grid", "alternating", "joint"]
-MODES: tuple[str, ...] = get_args(Mode)
 MIN_COMPLETE_ROWS = 50
 RUN_FILES = ("fit.json", "model.json", "model.safetensors", "gaussianized.tsv", "diagnostics.png")
 """What ``fit --out`` writes; a folder of exactly these (fit.json first) is an earlier run
@@ -64,60 +62,6 @@ OUTLIER_STOP_Z = 100.0
 """Robust z-score ``|x - median| / (1.4826 MAD)`` of a trait value among the complete rows:
 above OUTLIER_WARN_Z a warning (recorded in ``fit.json`` as ``outliers`` and marked in
 ``diagnostics.png``); above OUTLIER_STOP_Z the fit stops unless ``keep_outliers``."""
-
-
-@dataclass
-class FitConfig:
-    """Everything ``fit`` needs besides the input files (written to ``fit.json``)."""
-
-    traits: list[str] | None = None
-    mode: Mode = "alternating"
-    s2_grid: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
-    """``--mode grid``: one fit per value. Steps of 0.1 up to 0.9 reach highly heritable traits
-    and leave the grid's own error (<= 0.05) below the held-out score's resolution
-    (``benchmarks/results/validation.md``)."""
-    layers: int = 16
-    hidden: int = 128
-    val_frac: float = 0.15
-    device: str = "cpu"
-    categorical: list[str] | None = None
-    keep_outliers: bool = False
-    threads: int | None = None
-    """CPU threads for torch and BLAS/OpenMP during the fit (None: the CPUs this process may
-    use, see :func:`flowpheno.threads.cpu_limit`); fit.json records the count used."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Check every setting (and ``train``'s).
-
-        Raises:
-            OptionError: one line naming the flag (or field) and the allowed range or set.
-        """
-        owner = "FitConfig"
-        if self.traits is not None and (not isinstance(self.traits, list) or not self.traits):
-            raise OptionError(f"--traits {self.traits!r}: give at least one trait column name, or leave it out for every numeric column")
-        if self.traits is not None and len(set(self.traits)) != len(self.traits):
-            twice = next(trait for trait in self.traits if self.traits.count(trait) > 1)
-            raise OptionError(f"--traits: {twice!r} is named twice; name each trait column once")
-        check_choice(owner, "mode", self.mode, MODES)
-        if not isinstance(self.s2_grid, (list, tuple)) or (self.mode == "grid" and not self.s2_grid):
-            raise OptionError(f"--s2-grid {self.s2_grid!r}: give at least one s2 value in [0, 1), e.g. 0,0.1,0.5")
-        for value in self.s2_grid:
-            check_float(owner, "s2_grid", value, "every s2 value must be in [0, 1)", 0.0, 1.0)
-        check_int(owner, "layers", self.layers, 1)
-        check_int(owner, "hidden", self.hidden, 1)
-        check_int(owner, "threads", self.threads, 1, optional=True)
-        check_float(owner, "val_frac", self.val_frac, "must be in [0, 0.9)", 0.0, 0.9)
-        if self.mode == "grid" and self.val_frac == 0:
-            raise OptionError("--val-frac 0: --mode grid picks s2 by validation NLL; set --val-frac above 0")
-        if not isinstance(self.train, TrainConfig):
-            raise OptionError(f"FitConfig.train: must be a TrainConfig, got {type(self.train).__name__}")
-        self.train.validate()
-        if self.train.profile_scale and self.mode != "alternating":
-            raise OptionError(f"--scale-step is a step of --mode alternating, not of --mode {self.mode}")
 
 
 def _complete_rows(phenotypes: Phenotypes, covar: str | Path | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -907,7 +851,7 @@ def transform_phenotypes(
     individual go with it). ``threads``: CPU threads for torch and BLAS, as
     :attr:`FitConfig.threads` (default: the CPUs this process may use).
     """
-    check_int("transform_phenotypes", "threads", threads, 1, optional=True)
+    Checks("transform_phenotypes").integer("threads", threads, 1, optional=True)
     with thread_limits(threads):
         return _transform_phenotypes(model, pheno, covar, device, keep_outliers)
 

@@ -111,7 +111,7 @@ def test_other_modes(mode: str, tmp_path: Path) -> None:
 def test_scale_step_needs_alternating(tmp_path: Path) -> None:
     pheno, kinship = _small_cohort(tmp_path)
     result = run_cli("fit", "--pheno", str(pheno), "--grm", str(kinship), "--out", str(tmp_path / "run"), "--mode", "grid", "--scale-step")
-    assert result.returncode != 0 and "--scale-step is a step of --mode alternating, not of --mode grid" in result.stderr
+    assert result.returncode != 0 and "--scale-step: a step of --mode 'alternating' only, not of 'grid'" in result.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -87,7 +89,8 @@ def test_whole_block_losses_average_to_the_exact_gaussian_term() -> None:
 
 def test_block_batching_needs_blocks() -> None:
     model = KinshipCovariance.from_factor(torch.randn(50, 3))
-    with pytest.raises(FlowphenoError, match="equicorrelated blocks"):
+    message = "TrainConfig.batching 'blocks' needs an EquicorrelatedBlocks dependence model, not KinshipCovariance; use batching='uniform'"
+    with pytest.raises(FlowphenoError, match=f"^{re.escape(message)}$"):
         fit_joint(affine_coupling_flow(2, layers=1, hidden=8), model, torch.randn(50, 2), None, TrainConfig(batching="blocks"))
 
 

@@ -105,23 +105,17 @@ def test_gemma_failure_shows_log_tail(tmp_path: Path) -> None:
 def test_workflow_end_to_end(tmp_path: Path) -> None:
     work = tmp_path / "work dir"  # a space in every path: the shell commands must quote them
     work.mkdir()
-    config = work / "test.yaml"
-    config.write_text(
-        f"outdir: {json.dumps(str(work / 'out'))}\n"
-        "simulate: {n: 300, snps: 3000, traits: 3, causal: 10, chromosomes: 2, seed: 3, causal_variance: 0.3}\n"
-        "trait_groups: {all: [trait1, trait2, trait3]}\n"
-        "methods: [single, rint_mv, flow_iid, flow_kinship, oracle]\n"
-        "fit: {epochs: 2, stages: 2, layers: 4, hidden: 32, batch_size: 128, seed: 1, device: cpu, extra: ''}\n"
-    )  # gwas.loco is left at its default: true
+    config = ROOT / ".test" / "config" / "config.yaml"  # the tiny simulated cohort; gwas.loco at its default: true
     local = Path(sys.executable).parent / "snakemake"
     snakemake = str(local) if local.exists() else shutil.which("snakemake")
     result = subprocess.run(
-        [snakemake, "-s", str(ROOT / "Snakefile"), "--directory", str(work), "--configfile", str(config), "-c2", "gwas_all"],
+        [snakemake, "-s", str(ROOT / "Snakefile"), "--directory", str(work), "--configfile", str(config),
+         "--config", f"outdir={work / 'out'}", "-c2", "gwas_all"],
         capture_output=True, text=True, timeout=1200, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["work dir"]  # no stray file beside it (e.g. "work")
-    assert sorted(p.name for p in work.iterdir() if p.name != ".snakemake") == ["out", "test.yaml"]
+    assert sorted(p.name for p in work.iterdir() if p.name != ".snakemake") == ["out"]
     out = work / "out"
     report = (out / "report.md").read_text()
     bim = pd.read_csv(out / "genotypes" / "cohort.bim", sep="\t", header=None, dtype={0: str, 1: str})

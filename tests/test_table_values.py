@@ -342,4 +342,4 @@ def test_one_trait_twice_stops(tmp_path: Path) -> None:
     result = _fit(tmp_path, pheno, None)
     assert result.returncode == 1 and "traits 't1' and 't1_copy' have correlation 1.0000" in result.stderr, result
     named_twice = _fit(tmp_path, pheno, None, "--traits", "t1,t1")
-    assert named_twice.returncode == 2 and "'t1' is named twice" in named_twice.stderr, named_twice
+    assert named_twice.returncode == 2 and "--traits t1,t1: names 't1' twice" in named_twice.stderr, named_twice

@@ -16,7 +16,7 @@ from conftest import invoke, snapshot
 CASES = {
     "missing_out": (["fit", "--pheno", "{pheno}"], "Missing option '--out'"),
     "epochs_not_a_number": (["fit", "--epochs", "two"], "Invalid value for '--epochs': Input should be a valid integer"),
-    "epochs_zero": (["fit", "--epochs", "0"], "Invalid value for '--epochs': Input should be greater than or equal to 1"),
+    "epochs_zero": (["fit", "--epochs", "0"], "--epochs 0: must be an integer >= 1"),
     "extra_argument": (["fit", "extra"], "Got unexpected extra argument(s) (extra)"),
     "unknown_option": (["fit", "--learning-rate", "1"], "No such option: --learning-rate"),
     "unknown_command": (["fitt"], "No such command 'fitt'"),
@@ -30,8 +30,12 @@ CASES = {
     "weight_decay": (["fit", "--weight-decay", "-1"], "--weight-decay -1: must be a finite number >= 0"),
     "objective": (["fit", "--objective", "full"], "--objective 'full': choose one of minibatch, exact"),
     "seed": (["fit", "--seed", "-3"], "--seed -3: must be an integer >= 0"),
-    "batch_size": (["fit", "--batch-size", "1"], "Invalid value for '--batch-size': Input should be greater than or equal to 2"),
-    "scale_step_grid": (["fit", "--mode", "grid", "--scale-step"], "--scale-step is a step of --mode alternating, not of --mode grid"),
+    "batch_size": (["fit", "--batch-size", "1"], "--batch-size 1: must be an integer >= 2"),
+    "patience": (["fit", "--patience", "0"], "--patience 0: must be an integer >= 1 (or unset)"),
+    "traits_twice": (["fit", "--traits", "a,a"], "--traits a,a: names 'a' twice; name each trait column once"),
+    "val_frac_grid": (["fit", "--mode", "grid", "--val-frac", "0"],
+                      "--val-frac 0: must be above 0 when --mode is 'grid' (the grid picks s2 by validation NLL)"),
+    "scale_step_grid": (["fit", "--mode", "grid", "--scale-step"], "--scale-step: a step of --mode 'alternating' only, not of 'grid'"),
 }
 
 

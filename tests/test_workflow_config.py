@@ -1,6 +1,8 @@
 """The workflow's configuration: a --configfile is the whole configuration (never merged with the
-example's), a key it leaves out means "none" or the command's default, and bad configurations stop
-before any job with the key named. Checked on the jobs and shell commands `snakemake -n -p` plans."""
+example's), a key it leaves out means "none" or the command's default, typed `fit:` keys reach
+flowpheno fit as its flags, and bad configurations stop before any job with the key named. Checked
+on the jobs and shell commands `snakemake -n -p` plans, with the .test/ configurations where they fit,
+and `snakemake --lint` finds nothing."""
 
 from __future__ import annotations
 
@@ -12,21 +14,33 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import EXAMPLES, ROOT
+
+from flowpheno.config import MODES, OBJECTIVES, WORKFLOW_KEYS
 
 LOCAL = Path(sys.executable).parent / "snakemake"
 SNAKEMAKE = str(LOCAL) if LOCAL.exists() else shutil.which("snakemake")
 pytestmark = pytest.mark.skipif(SNAKEMAKE is None, reason="pip install snakemake")
+yaml = pytest.importorskip("yaml")  # PyYAML: a dependency of snakemake
+TEST_CONFIGS = ROOT / ".test"
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
-def dry_run(work: Path, config: dict | None = None) -> subprocess.CompletedProcess[str]:
-    """`snakemake -n -p gwas_all` in ``work`` with ``config`` as its --configfile (none: the default)."""
+def dry_run(work: Path, config: dict | Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`snakemake -n -p gwas_all` in ``work`` with ``config`` (a file, or a dict written to one) as
+    its --configfile (none: the default)."""
     command = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(work), "-n", "-p", "-c1", "gwas_all"]
-    if config is not None:
+    if isinstance(config, dict):
         (work / "user.json").write_text(json.dumps(config))
-        command += ["--configfile", str(work / "user.json")]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=work)
+        config = work / "user.json"
+    if config is not None:
+        command += ["--configfile", str(config)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=work, check=False)
+
+
+def ci_config(name: str) -> dict:
+    """A configuration of .test/ (as CI runs it)."""
+    return yaml.safe_load((TEST_CONFIGS / name / "config.yaml").read_text())
 
 
 def shell_commands(output: str) -> list[str]:
@@ -71,15 +85,74 @@ def test_user_config_is_not_merged_with_the_example(tmp_path: Path) -> None:
 
 
 def test_loco_off_tests_every_snp_with_the_full_grm(tmp_path: Path) -> None:
-    config = user_config(tmp_path) | {"gwas": {"loco": False, "p_threshold": 5e-8}}
-    result = dry_run(tmp_path, config)
+    """.test/config-noloco: one chromosome, gwas.loco false, a fixed threshold and clump r2."""
+    result = dry_run(tmp_path, TEST_CONFIGS / "config-noloco" / "config.yaml")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     commands = shell_commands(result.stdout)
     assoc = [command for command in commands if command.startswith("flowpheno gwas assoc")]
-    assert len(assoc) == 3 and all(f"--kinship {tmp_path / 'out' / 'grm' / 'kinship.cXX.txt'}" in command for command in assoc)
-    assert not any("--chr" in command or "--loco" in command or "gwas gather" in command for command in commands)
+    assert len(assoc) == 4 and all("--kinship results-noloco/grm/kinship.cXX.txt" in command for command in assoc)
+    assert not any(" --chr " in command or " --loco " in command or "gwas gather" in command for command in commands)
     assert sum("--per-trait" in command for command in assoc) == 1
-    assert all("--threshold 5e-08" in command for command in commands if command.startswith("flowpheno gwas evaluate"))
+    evaluate = [command for command in commands if command.startswith("flowpheno gwas evaluate")]
+    assert len(evaluate) == 4 and all("--threshold 5e-08 --r2 0.2 " in command for command in evaluate)
+    assert not any("--alpha" in command or "--kb" in command for command in evaluate)  # left out: the command's defaults
+
+
+def test_typed_fit_keys_reach_the_fit_commands(tmp_path: Path) -> None:
+    """Each `fit:` key of .test/config-noloco is its flag on flowpheno fit; flow_iid gets no kinship-mode setting."""
+    result = dry_run(tmp_path, TEST_CONFIGS / "config-noloco" / "config.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    fits = {command.split("/run ", 1)[0].rsplit("/", 1)[1]: command
+            for command in shell_commands(result.stdout) if command.startswith("(flowpheno fit")}
+    shared = ("--epochs 2 --stages 1 --layers 4 --hidden 32 --batch-size 128 --lr 0.002 --weight-decay 0 --val-frac 0.2 "
+              "--patience 3 --seed 1 --device cpu --out")
+    assert "--traits trait1,trait2 --mode grid --s2-grid 0.1,0.4 " + shared in fits["flow_kinship"]
+    assert "--traits trait1,trait2 --mode iid " + shared in fits["flow_iid"]
+
+
+def test_typed_fit_keys_are_the_flag_table(tmp_path: Path) -> None:
+    """The schema's `fit:` keys are the flag table's workflow keys, choices from the Literal types, and
+    restate no default (a key left out is flowpheno fit's default)."""
+    fit = yaml.safe_load(SCHEMA.read_text())["properties"]["fit"]
+    assert set(fit["properties"]) == set(WORKFLOW_KEYS)
+    assert fit["properties"]["mode"]["enum"] == [mode for mode in MODES if mode != "iid"]  # flow_iid is --mode iid
+    assert fit["properties"]["objective"]["enum"] == list(OBJECTIVES)
+    assert all("default" not in spec for spec in fit["properties"].values())
+    assert "extra" not in fit["properties"]
+
+
+EXTRA = "error: config fit.extra: free text is no longer pasted into flowpheno fit; delete it and set typed keys under fit: "
+
+
+@pytest.mark.parametrize(("fit", "message"), [
+    ({"extra": "--lr 0.01 --scale-step --s2-grid 0,0.5"}, EXTRA + "lr: 0.01; scale_step: true; s2_grid: [0,0.5]"),
+    ({"extra": ""}, EXTRA + "mode, epochs, lr, patience, ... (workflow/schemas/config.schema.yaml)"),
+    ({"extra": "--grm-pcs pcs.tsv --patience=4"},
+     EXTRA + "--grm-pcs has no key (the workflow sets it, or it is not a workflow setting); patience: 4"),
+    ({"epochs": 0}, "error: config fit.epochs: must be an integer >= 1, got 0"),
+    ({"val_frac": 0.95}, "error: config fit.val_frac: must be in [0, 0.9), got 0.95"),
+    ({"mode": "grid", "scale_step": True},
+     "error: config fit.scale_step: a step of fit.mode 'alternating' only, not of 'grid', got True"),
+])
+def test_bad_fit_settings_stop_with_one_line(tmp_path: Path, fit: dict, message: str) -> None:
+    config = ci_config("config")
+    config["fit"] |= fit
+    result = dry_run(tmp_path, config)
+    assert result.returncode == 1
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert lines == [message]
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("name", ["config", "config-noloco"])
+def test_lint_finds_nothing(tmp_path: Path, name: str) -> None:
+    result = subprocess.run(
+        [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile",
+         str(TEST_CONFIGS / name / "config.yaml"), "--lint"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    assert "Lints for" not in result.stdout + result.stderr
 
 
 def test_default_configuration_is_the_example(tmp_path: Path) -> None:
@@ -102,7 +175,7 @@ def test_default_configuration_is_the_example(tmp_path: Path) -> None:
     (lambda config: config["cohort"].pop("bfile"), "cohort.bfile is required"),
     (lambda config: config["trait_groups"]["body"].append("bmi"), "config trait_groups.body: "),
 ])
-def test_bad_configuration_stops_before_any_job(tmp_path: Path, change, message: str) -> None:  # noqa: ANN001
+def test_bad_configuration_stops_before_any_job(tmp_path: Path, change, message: str) -> None:
     config = user_config(tmp_path)
     change(config)
     result = dry_run(tmp_path, config)

@@ -22,90 +22,23 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from flowpheno.config import BATCHINGS, ESTIMATORS, OBJECTIVES, Batching, Estimator, Objective, TrainConfig  # noqa: F401
 from flowpheno.dependence import DependenceModel, HeldOutKinship, IIDCovariance, LatentControlVariate
-from flowpheno.errors import FlowphenoError, OptionError
+from flowpheno.errors import FlowphenoError
 from flowpheno.flows import LatentFlow
 from flowpheno.train.exact import exact_backward
 from flowpheno.train.objective import held_out_nll, layout_batch_nll, minibatch_nll, push_forward
-from flowpheno.train.options import check_bool, check_choice, check_float, check_int
 
 Callback = Callable[[dict[str, Any]], None]
-
-Estimator = Literal["plain", "control_variate"]
-Objective = Literal["minibatch", "exact"]
-Batching = Literal["uniform", "blocks", "stratified"]
-ESTIMATORS: tuple[str, ...] = get_args(Estimator)
-OBJECTIVES: tuple[str, ...] = get_args(Objective)
-BATCHINGS: tuple[str, ...] = get_args(Batching)
 
 MAX_NON_FINITE_SHARE = 0.5
 """Training stops when more than this share of an epoch's batches has a non-finite loss,
 latent or gradient (the exact objective: when its one step is non-finite)."""
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings shared by every schedule (``epochs`` is per stage)."""
-
-    epochs: int = 25
-    stages: int = 4
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    lr_decay: float = 0.99
-    covariance_lr: float = 0.03
-    seed: int = 0
-    patience: int | None = None
-    """Stop after this many epochs without a better validation NLL (the selection score; None: never)."""
-    max_grad_norm: float | None = 10.0
-    """Clip the gradient norm: one outlying batch must not poison Adamax's running maximum."""
-    estimator: Estimator = "plain"
-    """Trace term for a fixed covariance: ``plain`` (Proposition 2.2) or ``control_variate`` (lower variance, opt-in)."""
-    objective: Objective = "minibatch"
-    """``minibatch`` (Proposition 2.2 per batch) or ``exact``: one full-data step per epoch, exact gradient."""
-    chunk_size: int = 16_384
-    """Rows per chunk of the exact objective's passes (autograd memory)."""
-    profile_scale: bool = False
-    """Kinship ``alternating`` only: the exact ``s2`` step also fits each trait's latent scale
-    (profiled likelihood) and folds it into the flow's final ActNorm."""
-    batching: Batching = "uniform"
-    """``uniform`` random rows; ``blocks``: whole equicorrelated blocks per batch, exact Gaussian term;
-    ``stratified``: large blocks dealt evenly over the batches and small blocks whole, so
-    every batch's Gaussian term is bounded below (see ``EquicorrelatedBlocks.stratified_batches``)."""
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Check every setting's range or allowed set.
-
-        Raises:
-            OptionError: one line naming the flag (or field) and the allowed range.
-        """
-        owner = "TrainConfig"
-        check_int(owner, "epochs", self.epochs, 1)
-        check_int(owner, "stages", self.stages, 1)
-        check_int(owner, "batch_size", self.batch_size, 2)
-        check_float(owner, "lr", self.lr, "must be a positive finite number", 0.0, low_open=True)
-        check_float(owner, "weight_decay", self.weight_decay, "must be a finite number >= 0", 0.0)
-        check_float(owner, "lr_decay", self.lr_decay, "must be in (0, 1]", 0.0, 1.0, low_open=True, high_open=False)
-        check_float(owner, "covariance_lr", self.covariance_lr, "must be a positive finite number", 0.0, low_open=True)
-        check_int(owner, "seed", self.seed, 0)
-        if self.seed >= 2**63:
-            raise OptionError(f"--seed {self.seed}: must be below 2^63")
-        check_int(owner, "patience", self.patience, 1, optional=True)
-        check_float(owner, "max_grad_norm", self.max_grad_norm, "must be a positive finite number (or None: no clipping)",
-                    0.0, low_open=True, optional=True)
-        check_choice(owner, "estimator", self.estimator, ESTIMATORS)
-        check_choice(owner, "objective", self.objective, OBJECTIVES)
-        check_int(owner, "chunk_size", self.chunk_size, 1)
-        check_bool(owner, "profile_scale", self.profile_scale)
-        check_choice(owner, "batching", self.batching, BATCHINGS)
 
 
 @dataclass
@@ -194,11 +127,12 @@ class EpochTrainer:
         self.held_out = held_out
         self.score = "val_nll_conditional" if held_out is not None else "val_nll_iid"
         """The held-out score that selects, stops and diagnoses (see the module docstring)."""
-        if config.batching not in dependence.batchings:
-            raise FlowphenoError(
-                f"batching '{config.batching}' needs equicorrelated blocks (EquicorrelatedBlocks); "
-                f"{type(dependence).__name__} batches only: {', '.join(dependence.batchings)}"
-            )
+from flowpheno.config import BATCHINGS, ESTIMATORS, OBJECTIVES, Batching, Estimator, Objective, TrainConfig  # noqa: F401
+from flowpheno.dependence import DependenceModel, HeldOutKinship, IIDCovariance, LatentControlVariate
+from flowpheno.errors import FlowphenoError
+from flowpheno.flows import LatentFlow
+from flowpheno.train.exact import exact_backward
+from flowpheno.train.objective import held_out_nll, layout_batch_nll, minibatch_nll, push_forward
         groups: list[dict[str, Any]] = [
             {"params": list(flow.parameters()), "weight_decay": config.weight_decay, "lr": config.lr}
         ]

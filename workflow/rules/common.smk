@@ -1,9 +1,47 @@
-# Paths and choices resolved once from the configuration (schema: workflow/schemas/config.schema.yaml,
-# explained in config/README.md). Every path reaches a shell command quoted: {input:q}, {output:q}, {log:q},
-# {params.x:q}. A key the configuration leaves out means "none" or the default of the command it feeds.
+# Paths and choices resolved once from the configuration (workflow/schemas/config.schema.yaml describes
+# every key). Every path reaches a shell command quoted: {input:q}, {output:q}, {log:q}, {params.x:q}.
+# A key the configuration leaves out means "none" or the default of the command it feeds.
+
+import os
+import shlex
+import sys
 
 from snakemake.utils import validate
 
+from flowpheno.config import WORKFLOW_KEYS, FitConfig, fit_arguments, fit_config, worded, workflow_name
+from flowpheno.errors import OptionError
+
+
+def stop(message):
+    """A configuration the workflow cannot run: one line, before any job."""
+    sys.exit(f"error: config {message}")
+
+
+def typed_fit_keys(extra):
+    """The typed `fit:` keys that replace the options of a former `fit.extra` string."""
+    words, keys = shlex.split(extra or ""), []
+    flags = {flag.flag: key for key, flag in WORKFLOW_KEYS.items()}
+    while words:
+        word = words.pop(0)
+        if not word.startswith("--"):
+            continue
+        key = flags.get(word.split("=", 1)[0])
+        if key is None:
+            keys.append(f"{word.split('=', 1)[0]} has no key (the workflow sets it, or it is not a workflow setting)")
+            while words and not words[0].startswith("--"):
+                words.pop(0)
+        elif isinstance(WORKFLOW_KEYS[key].default, bool):
+            keys.append(f"{key}: true")
+        else:
+            value = word.split("=", 1)[1] if "=" in word else (words.pop(0) if words else "")
+            keys.append(f"{key}: [{value}]" if isinstance(WORKFLOW_KEYS[key].default, list) else f"{key}: {value}")
+    return keys
+
+
+if isinstance(config.get("fit"), dict) and "extra" in config["fit"]:
+    keys = typed_fit_keys(config["fit"]["extra"])
+    stop("fit.extra: free text is no longer pasted into flowpheno fit; delete it and set typed keys under fit: "
+         + ("; ".join(keys) if keys else "mode, epochs, lr, patience, ... (workflow/schemas/config.schema.yaml)"))
 if isinstance(config.get("simulate"), dict):  # YAML reads a bare `null:` key as None
     config["simulate"] = {("null" if key is None else str(key)): value for key, value in config["simulate"].items()}
 validate(config, "../schemas/config.schema.yaml")
@@ -47,7 +85,7 @@ def check_cohort_files():
                 if trait not in columns:
                     raise ValueError(f"config trait_groups.{group}: {COHORT['pheno']} has no column {trait!r} "
                                      f"(its columns: {', '.join(columns[:20])})")
-    bim = COHORT["bfile"] + ".bim"
+    bim = f"{COHORT['bfile']}.bim"
     if LOCO and os.path.exists(bim):
         table = pd.read_csv(bim, sep=r"\s+", header=None, usecols=[0, 3], dtype={0: str})
         placed = table.loc[(table[3] >= 0) & (table[0] != "0"), 0].unique()
@@ -59,7 +97,20 @@ def check_cohort_files():
 if not SIMULATE:
     check_cohort_files()
 METHODS = config["methods"]
-FLOW_MODES = {"flow_iid": "iid", "flow_kinship": "alternating"}
+FIT = {key: value for key, value in (config.get("fit") or {}).items() if value is not None}
+FLOW_MODES = {"flow_iid": "iid", "flow_kinship": FIT.get("mode", FitConfig().mode)}
+KINSHIP_ONLY = {"mode", "s2_grid", "scale_step"}  # settings of the kinship modes: flow_iid is always --mode iid
+FIT_SETTINGS = {
+    "flow_iid": {key: value for key, value in FIT.items() if key not in KINSHIP_ONLY},
+    "flow_kinship": {key: value for key, value in FIT.items() if key != "mode"},
+}
+for method in ("flow_iid", "flow_kinship"):
+    try:  # the values flowpheno fit would refuse, refused now
+        fit_config(FIT_SETTINGS[method], mode=FLOW_MODES[method])
+    except OptionError as error:
+        stop(worded(error, workflow_name))
+FIT_ARGS = {method: fit_arguments(settings) for method, settings in FIT_SETTINGS.items()}
+"""`flowpheno fit` options of each flow arm from the `fit:` keys (flowpheno.config.FLAGS maps each key to its flag)."""
 RINT_METHODS = [method for method in ("single", "rint_mv") if method in METHODS]
 if "oracle" in METHODS and not SIMULATE:
     raise ValueError("config methods: oracle needs the simulator's own inverse map, known only for a cohort the workflow "
@@ -69,7 +120,7 @@ if "oracle" in METHODS and not SIMULATE:
 # chromosome 0 (flowpheno gwas prepare; its .log and .excluded.tsv say what was left out).
 GENOTYPES = f"{OUT}/genotypes/cohort"
 BED = multiext(GENOTYPES, ".bed", ".bim", ".fam")
-FAM = GENOTYPES + ".fam"
+FAM = f"{GENOTYPES}.fam"
 # Optional options as lists, for params used as {params.x:q}: each item is quoted, so paths
 # with spaces or shell characters stay one argument.
 COVAR_ARG = ["--covar", COHORT["covar"]] if COHORT["covar"] else []
@@ -100,6 +151,41 @@ def options(block, names):
         if (block or {}).get(key) is not None:
             words += [option, str(block[key])]
     return words
+
+
+def plink_prefix(wildcards, input):
+    """The PLINK 1 prefix of a rule's .bed input (a param computed from the input, not restated)."""
+    return next(path for path in input if path.endswith(".bed")).removesuffix(".bed")
+
+
+def output_folder(wildcards, output):
+    """The folder of a rule's first output."""
+    return os.path.dirname(output[0])
+
+
+def simulate_options(block):
+    """`flowpheno simulate` options from the `simulate` block, one list item per word."""
+    options = []
+    for key, value in block.items():
+        if key != "null":
+            options += [f"--{key.replace('_', '-')}", str(value)]
+    return options + (["--null"] if block.get("null") else [])
+
+
+def per_trait(wildcards):
+    return ["--per-trait"] if wildcards.method == "single" else []
+
+
+def tested(wildcards):
+    """The GEMMA -p file and columns the arm's association tested, and which test (mvLMM or per trait)."""
+    test = "per-trait" if wildcards.method == "single" else "mvlmm"
+    return ["--pheno", f"{OUT}/{wildcards.group}/{wildcards.method}/pheno.gemma.txt", "--columns", columns(wildcards),
+            "--test", test]
+
+
+def chromosome_tables(wildcards):
+    """gwas.loco: the arm's per-chromosome association tables, one per chromosome of the prepared fileset."""
+    return [f"{OUT}/{wildcards.group}/{wildcards.method}/loco/{chrom}.assoc.tsv" for chrom in loco_chromosomes()]
 
 
 def loco_chromosomes():

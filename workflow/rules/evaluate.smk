@@ -5,25 +5,18 @@ EVALUATE_ARGS = options(GWAS, {"p_threshold": "--threshold", "alpha": "--alpha",
                                "truth_window_kb": "--truth-window-kb"})
 
 
-def tested(wildcards):
-    """The GEMMA -p file and columns the arm's association tested, and which test (mvLMM or per trait)."""
-    test = "per-trait" if wildcards.method == "single" else "mvlmm"
-    return ["--pheno", f"{OUT}/{wildcards.group}/{wildcards.method}/pheno.gemma.txt", "--columns", columns(wildcards),
-            "--test", test]
-
-
 rule evaluate:
     input:
-        [f"{OUT}/{{group}}/{{method}}/assoc.tsv", f"{OUT}/{{group}}/{{method}}/pheno.gemma.txt"] + list(BED) + TRUTH_INPUT,
+        [f"{OUT}/{{group}}/{{method}}/pheno.gemma.txt", *BED, *TRUTH_INPUT],
+        assoc=f"{OUT}/{{group}}/{{method}}/assoc.tsv",
     output:
         summary=f"{OUT}/{{group}}/{{method}}/evaluation/summary.json",
         loci=f"{OUT}/{{group}}/{{method}}/evaluation/loci.tsv",
         manhattan=f"{OUT}/{{group}}/{{method}}/evaluation/manhattan.png",
         qq=f"{OUT}/{{group}}/{{method}}/evaluation/qq.png",
     params:
-        bfile=GENOTYPES,
-        assoc=f"{OUT}/{{group}}/{{method}}/assoc.tsv",
-        out_dir=f"{OUT}/{{group}}/{{method}}/evaluation",
+        bfile=plink_prefix,
+        out_dir=output_folder,
         name="{method}:{group}",
         truth=TRUTH_ARG,
         tested=tested,
@@ -33,7 +26,9 @@ rule evaluate:
     benchmark:
         f"{OUT}/benchmarks/evaluate_{{group}}_{{method}}.tsv"
     threads: 1
+    conda:
+        "../envs/flowpheno.yaml"
     shell:
-        "flowpheno gwas evaluate --bfile {params.bfile:q} --assoc {params.assoc:q} "
+        "flowpheno gwas evaluate --bfile {params.bfile:q} --assoc {input.assoc:q} "
         "--out-dir {params.out_dir:q} --name {params.name:q} {params.truth:q} {params.tested:q} "
         "{params.options:q} --threads {threads} --overwrite > {log:q} 2>&1"

@@ -3,10 +3,6 @@
 # into the arm's assoc.tsv; without, one run over every SNP with the GRM of all of them.
 
 
-def per_trait(wildcards):
-    return ["--per-trait"] if wildcards.method == "single" else []
-
-
 if LOCO:
 
     rule gemma_assoc_chromosome:
@@ -18,7 +14,7 @@ if LOCO:
         output:
             f"{OUT}/{{group}}/{{method}}/loco/{{chrom}}.assoc.tsv",
         params:
-            bfile=GENOTYPES,
+            bfile=plink_prefix,
             columns=columns,
             per_trait=per_trait,
             covar=GEMMA_COVAR_ARG,
@@ -27,6 +23,8 @@ if LOCO:
         benchmark:
             f"{OUT}/benchmarks/gemma_assoc_{{group}}_{{method}}_{{chrom}}.tsv"
         threads: 1
+        conda:
+            "../envs/flowpheno.yaml"
         resources:
             mem_mb=8000,
             runtime=240,
@@ -35,9 +33,6 @@ if LOCO:
             "--columns {params.columns:q} {params.per_trait:q} {params.covar:q} --chr {wildcards.chrom:q} "
             "--out {output:q} --threads {threads} --overwrite > {log:q} 2>&1"
 
-    def chromosome_tables(wildcards):
-        return [f"{OUT}/{wildcards.group}/{wildcards.method}/loco/{chrom}.assoc.tsv" for chrom in loco_chromosomes()]
-
     rule gather_assoc:
         input:
             BED,
@@ -45,12 +40,14 @@ if LOCO:
         output:
             f"{OUT}/{{group}}/{{method}}/assoc.tsv",
         params:
-            bfile=GENOTYPES,
+            bfile=plink_prefix,
         log:
             f"{OUT}/logs/gather_{{group}}_{{method}}.log",
         benchmark:
             f"{OUT}/benchmarks/gather_assoc_{{group}}_{{method}}.tsv"
         threads: 1
+        conda:
+            "../envs/flowpheno.yaml"
         shell:
             "flowpheno gwas gather {input.parts:q} --bfile {params.bfile:q} --out {output:q} --overwrite > {log:q} 2>&1"
 
@@ -65,7 +62,7 @@ else:
         output:
             f"{OUT}/{{group}}/{{method}}/assoc.tsv",
         params:
-            bfile=GENOTYPES,
+            bfile=plink_prefix,
             columns=columns,
             per_trait=per_trait,
             covar=GEMMA_COVAR_ARG,
@@ -74,6 +71,8 @@ else:
         benchmark:
             f"{OUT}/benchmarks/gemma_assoc_{{group}}_{{method}}.tsv"
         threads: 1
+        conda:
+            "../envs/flowpheno.yaml"
         resources:
             mem_mb=8000,
             runtime=240,

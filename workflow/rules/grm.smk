@@ -11,13 +11,15 @@ checkpoint prepare_genotypes:
         fam=f"{GENOTYPES}.fam",
         excluded=f"{GENOTYPES}.excluded.tsv",
     params:
-        bfile=COHORT["bfile"],
-        out=GENOTYPES,
+        bfile=plink_prefix,
+        out=lambda wildcards, output: output.bed.removesuffix(".bed"),
     log:
         f"{OUT}/logs/prepare_genotypes.log",
     benchmark:
         f"{OUT}/benchmarks/prepare_genotypes.tsv"
     threads: 1
+    conda:
+        "../envs/flowpheno.yaml"
     resources:
         mem_mb=8000,
         runtime=60,
@@ -31,12 +33,14 @@ rule gemma_grm:
     output:
         f"{OUT}/grm/kinship.cXX.txt",
     params:
-        bfile=GENOTYPES,
+        bfile=plink_prefix,
     log:
         f"{OUT}/logs/gemma_grm.log",
     benchmark:
         f"{OUT}/benchmarks/gemma_grm.tsv"
     threads: 1
+    conda:
+        "../envs/flowpheno.yaml"
     resources:
         mem_mb=8000,
         runtime=60,
@@ -50,12 +54,14 @@ rule gemma_grm_loco:
     output:
         f"{OUT}/grm/loco/{{chrom}}.cXX.txt",
     params:
-        bfile=GENOTYPES,
+        bfile=plink_prefix,
     log:
         f"{OUT}/logs/gemma_grm_loco_{{chrom}}.log",
     benchmark:
         f"{OUT}/benchmarks/gemma_grm_loco_{{chrom}}.tsv"
     threads: 1
+    conda:
+        "../envs/flowpheno.yaml"
     resources:
         mem_mb=8000,
         runtime=60,

@@ -1,15 +1,6 @@
 # A simulated cohort with known truth (only when the configuration has a `simulate` block).
 
 
-def simulate_options(block):
-    """`flowpheno simulate` options from the `simulate` block, one list item per word."""
-    options = []
-    for key, value in block.items():
-        if key != "null":
-            options += ["--" + key.replace("_", "-"), str(value)]
-    return options + (["--null"] if block.get("null") else [])
-
-
 if SIMULATE:
 
     rule simulate:
@@ -20,13 +11,15 @@ if SIMULATE:
             f"{OUT}/cohort/truth.tsv",
             COHORT["oracle"],
         params:
-            out=f"{OUT}/cohort",
+            out=output_folder,
             options=simulate_options(SIMULATE),
         log:
             f"{OUT}/logs/simulate.log",
         benchmark:
             f"{OUT}/benchmarks/simulate.tsv"
         threads: 1
+        conda:
+            "../envs/flowpheno.yaml"
         resources:
             mem_mb=8000,
             runtime=60,
