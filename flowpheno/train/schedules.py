@@ -127,12 +127,11 @@ class EpochTrainer:
         self.held_out = held_out
         self.score = "val_nll_conditional" if held_out is not None else "val_nll_iid"
         """The held-out score that selects, stops and diagnoses (see the module docstring)."""
-from flowpheno.config import BATCHINGS, ESTIMATORS, OBJECTIVES, Batching, Estimator, Objective, TrainConfig  # noqa: F401
-from flowpheno.dependence import DependenceModel, HeldOutKinship, IIDCovariance, LatentControlVariate
-from flowpheno.errors import FlowphenoError
-from flowpheno.flows import LatentFlow
-from flowpheno.train.exact import exact_backward
-from flowpheno.train.objective import held_out_nll, layout_batch_nll, minibatch_nll, push_forward
+        if config.batching not in dependence.batchings:
+            raise FlowphenoError(
+                f"TrainConfig.batching {config.batching!r} needs an EquicorrelatedBlocks dependence model, "
+                f"not {type(dependence).__name__}; use batching={dependence.batchings[0]!r}"
+            )
         groups: list[dict[str, Any]] = [
             {"params": list(flow.parameters()), "weight_decay": config.weight_decay, "lr": config.lr}
         ]
