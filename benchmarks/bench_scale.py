@@ -94,7 +94,7 @@ def measure(n: int, method: str, dense: bool, config: dict[str, Any], queue: mul
     del w
 
     train_config = TrainConfig(epochs=config["epochs"], stages=config["stages"], batch_size=config["batch_size"], lr=1e-3,
-                               seed=0, objective="exact" if method == "joint_exact" else "minibatch")
+                               seed=0, patience=None, objective="exact" if method == "joint_exact" else "minibatch")
     torch.manual_seed(0)
     flow = affine_coupling_flow(D, layers=config["layers"], hidden=config["hidden"], seed=0)
     started = time.perf_counter()

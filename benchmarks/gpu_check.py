@@ -139,7 +139,7 @@ def epoch_seconds(models: dict[str, Any], n: int, device: str, epochs: int, warm
     from flowpheno.train import EpochTrainer, TrainConfig
 
     x = torch.randn(n, D, generator=torch.Generator().manual_seed(0)).to(device)
-    config = TrainConfig(batch_size=batch_size, seed=0, objective=objective)
+    config = TrainConfig(batch_size=batch_size, seed=0, objective=objective, patience=None)
     trainers = {}
     for name, dependence in models.items():
         flow = affine_coupling_flow(D, layers=16, hidden=128, seed=0)

@@ -58,8 +58,11 @@ class TrainConfig:
     lr_decay: float = 0.99
     covariance_lr: float = 0.03
     seed: int = 0
-    patience: int | None = None
-    """Stop after this many epochs without a better validation NLL (the selection score; None: never)."""
+    patience: int | None = 15
+    """Stop after this many epochs (counted over stages) without a better validation NLL, the
+    selection score; 0 or None: never stop early. 15 keeps the same state as no early stopping
+    on the example cohort and on the HS1940 mice, after 85 and 45 of 100 epochs
+    (``benchmarks/results/profile.md``); 10 stopped the example 0.06 nats short."""
     max_grad_norm: float | None = 10.0
     """Clip the gradient norm: one outlying batch must not poison Adamax's running maximum."""
     estimator: Estimator = "plain"
@@ -97,7 +100,7 @@ class TrainConfig:
         check.integer("seed", self.seed, 0)
         if self.seed >= 2**63:
             raise refuse("seed", self.seed, "must be below 2^63")
-        check.integer("patience", self.patience, 1, optional=True)
+        check.integer("patience", self.patience, 0, optional=True)
         check.number("max_grad_norm", self.max_grad_norm, "must be a positive finite number (or None: no clipping)",
                      0.0, low_open=True, optional=True)
         check.choice("estimator", self.estimator, ESTIMATORS)
@@ -240,7 +243,7 @@ FLAGS: dict[str, Flag] = {flag.field: flag for flag in (
     Flag(FitConfig, "val_frac", "--val-frac", "share of individuals held out for validation NLL"),
     Flag(FitConfig, "device", "--device", "cpu or cuda (default: cuda when available)", cli_default=None),
     Flag(TrainConfig, "seed", "--seed", "random seed (same seed on CPU gives the same numbers)"),
-    Flag(TrainConfig, "patience", "--patience", "stop after this many epochs without a better validation NLL"),
+    Flag(TrainConfig, "patience", "--patience", "stop after this many epochs without a better validation NLL (0: never stop early)"),
     Flag(TrainConfig, "objective", "--objective", "mini-batches with the unbiased batch estimator, or one "
          "full-data step per epoch (no estimator variance)"),
     Flag(TrainConfig, "profile_scale", "--scale-step", "alternating: fit each trait's latent scale with s2 "

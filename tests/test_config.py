@@ -30,8 +30,8 @@ REFUSED = [
      ["--batch-size", "1"], "--batch-size 1: must be an integer >= 2"),
     (lambda: TrainConfig(weight_decay=-1e-3), "TrainConfig.weight_decay: must be a finite number >= 0, got -0.001",
      ["--weight-decay", "-0.001"], "--weight-decay -0.001: must be a finite number >= 0"),
-    (lambda: TrainConfig(patience=0), "TrainConfig.patience: must be an integer >= 1 (or unset), got 0",
-     ["--patience", "0"], "--patience 0: must be an integer >= 1 (or unset)"),
+    (lambda: TrainConfig(patience=-1), "TrainConfig.patience: must be an integer >= 0 (or unset), got -1",
+     ["--patience", "-1"], "--patience -1: must be an integer >= 0 (or unset)"),
     (lambda: TrainConfig(seed=-1), "TrainConfig.seed: must be an integer >= 0, got -1",
      ["--seed", "-1"], "--seed -1: must be an integer >= 0"),
     (lambda: TrainConfig(seed=2**63), f"TrainConfig.seed: must be below 2^63, got {2**63}",
@@ -152,7 +152,7 @@ def test_workflow_keys_become_fit_arguments_and_configs() -> None:
     config = fit_config(settings)
     assert (config.train.epochs, config.train.lr, config.s2_grid, config.train.profile_scale, config.train.objective) == (
         3, 0.002, [0, 0.25], True, "exact")
-    assert config.train.patience is None and config.layers == FitConfig().layers
+    assert config.train.patience == TrainConfig().patience and config.layers == FitConfig().layers
     with pytest.raises(OptionError) as error:
         fit_config({"epochs": 0})
     assert worded(error.value, workflow_name) == "fit.epochs: must be an integer >= 1, got 0"

@@ -31,7 +31,7 @@ CASES = {
     "objective": (["fit", "--objective", "full"], "--objective 'full': choose one of minibatch, exact"),
     "seed": (["fit", "--seed", "-3"], "--seed -3: must be an integer >= 0"),
     "batch_size": (["fit", "--batch-size", "1"], "--batch-size 1: must be an integer >= 2"),
-    "patience": (["fit", "--patience", "0"], "--patience 0: must be an integer >= 1 (or unset)"),
+    "patience": (["fit", "--patience", "-1"], "--patience -1: must be an integer >= 0 (or unset)"),
     "traits_twice": (["fit", "--traits", "a,a"], "--traits a,a: names 'a' twice; name each trait column once"),
     "val_frac_grid": (["fit", "--mode", "grid", "--val-frac", "0"],
                       "--val-frac 0: must be above 0 when --mode is 'grid' (the grid picks s2 by validation NLL)"),

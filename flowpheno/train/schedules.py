@@ -306,7 +306,7 @@ class EpochTrainer:
             if self.best.value != previous_best:
                 self.best_epoch, self.best_stage = self.epoch_count, stage
             patience = self.config.patience
-            self.stopped = self.stopped or (patience is not None and val is not None and self.epoch_count - self.best_epoch >= patience)
+            self.stopped = self.stopped or (bool(patience) and val is not None and self.epoch_count - self.best_epoch >= patience)
             record = {
                 "stage": stage,
                 "epoch": self.epoch_count,
