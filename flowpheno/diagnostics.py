@@ -71,6 +71,14 @@ def mardia_test(x: np.ndarray) -> MardiaTest:
 
     Raises:
         ValueError: as :func:`whitened`.
+
+    Example:
+        >>> gaussian = np.random.default_rng(1).normal(size=(2000, 3))
+        >>> test = mardia_test(gaussian)
+        >>> test.skewness_df, round(test.kurtosis, 1)  # d(d+1)(d+2)/6 = 10; Gaussian kurtosis d(d+2) = 15
+        (10.0, 15.1)
+        >>> test.skewness_p > 0.05, mardia_test(np.exp(gaussian)).skewness_p < 1e-10  # log-normal: skewed
+        (True, True)
     """
     y = whitened(x)
     n, d = y.shape
@@ -110,7 +118,12 @@ def gaussianity_report(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
 
 
 def kept_state(report: dict[str, Any]) -> str:
-    """Which trained state the fit returned, in a few words (``report``: ``fit.json``'s content)."""
+    """Which trained state the fit returned, in a few words (``report``: ``fit.json``'s content).
+
+    Example:
+        >>> kept_state({"best_epoch": 12, "best_stage": 2, "best_validation_nll": 2.8134})
+        'kept the flow of stage 2, epoch 12 (best validation NLL 2.813)'
+    """
     epoch, stage = report.get("best_epoch"), report.get("best_stage")
     if epoch is None:
         return "no validation rows: the last epoch's flow was kept"
