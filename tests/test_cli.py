@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import EXAMPLES, family_kinship, run_cli, write_table
+from conftest import EXAMPLES, family_kinship, invoke, run_cli, write_table
 from flowpheno.io.kinship import write_npz
 
 FAST = ["--epochs", "2", "--stages", "2", "--layers", "4", "--hidden", "32", "--device", "cpu", "--seed", "3"]
@@ -71,7 +71,7 @@ def test_transform_reproduces_fit(example_run: Path, tmp_path: Path) -> None:
     expected = fitted.set_index("IID").loc[fam[1]].drop(columns="FID").to_numpy()
     np.testing.assert_allclose(gemma.to_numpy(), expected, atol=1e-6)
 
-    result = run_cli("transform", "--model", str(example_run), "--pheno", str(EXAMPLES / "pheno.tsv"), "--out", str(tmp_path / "x.tsv"))
+    result = invoke("transform", "--model", str(example_run), "--pheno", str(EXAMPLES / "pheno.tsv"), "--out", str(tmp_path / "x.tsv"))
     assert result.returncode == 1 and "--covar" in result.stderr and not (tmp_path / "x.tsv").exists()
 
 
@@ -110,7 +110,7 @@ def test_other_modes(mode: str, tmp_path: Path) -> None:
 
 def test_scale_step_needs_alternating(tmp_path: Path) -> None:
     pheno, kinship = _small_cohort(tmp_path)
-    result = run_cli("fit", "--pheno", str(pheno), "--grm", str(kinship), "--out", str(tmp_path / "run"), "--mode", "grid", "--scale-step")
+    result = invoke("fit", "--pheno", str(pheno), "--grm", str(kinship), "--out", str(tmp_path / "run"), "--mode", "grid", "--scale-step")
     assert result.returncode != 0 and "--scale-step is a step of --mode alternating, not of --mode grid" in result.stderr
     assert not (tmp_path / "run").exists()
 
@@ -170,7 +170,7 @@ def _broken_inputs(tmp_path: Path, case: str) -> tuple[list[str], str]:
 def test_bad_input_is_one_clear_line(case: str, tmp_path: Path) -> None:
     extra, message = _broken_inputs(tmp_path, case)
     out = tmp_path / "run"
-    result = run_cli(
+    result = invoke(
         "fit", "--pheno", str(tmp_path / "pheno.tsv"), "--grm", str(tmp_path / "kin.npz"), "--out", str(out),
         "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "8", *extra,
     )
@@ -188,7 +188,7 @@ def test_failed_refit_keeps_previous_run(tmp_path: Path) -> None:
             "--layers", "2", "--hidden", "8"]
     assert run_cli(*args).returncode == 0
     before = (tmp_path / "run" / "gaussianized.tsv").read_text()
-    assert run_cli(*args, "--overwrite", "--traits", "a,missing_column").returncode == 1
+    assert invoke(*args, "--overwrite", "--traits", "a,missing_column").returncode == 1
     assert (tmp_path / "run" / "gaussianized.tsv").read_text() == before
 
 
