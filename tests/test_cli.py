@@ -95,7 +95,7 @@ def test_other_modes(mode: str, tmp_path: Path) -> None:
         args.append("--scale-step")
     if mode != "iid":
         args += ["--grm", str(kinship)]
-    result = run_cli(*args)
+    result = invoke(*args)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "run" / "fit.json").read_text())
     if mode == "grid":
@@ -206,8 +206,8 @@ def test_low_rank_pcs_agree_with_dense_kinship(tmp_path: Path) -> None:
     latent = np.linalg.cholesky(0.5 * kinship + 0.5 * np.eye(n) + 1e-9 * np.eye(n)) @ rng.normal(size=(n, 2))
     write_table(tmp_path / "pheno.tsv", pd.DataFrame({"FID": "f", "IID": ids, "a": np.exp(latent[:, 0]), "b": latent[:, 1]}))
     common = ["fit", "--pheno", str(tmp_path / "pheno.tsv"), "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "8"]
-    low = run_cli(*common, "--grm-pcs", str(tmp_path / "pcs.tsv"), "--out", str(tmp_path / "low"))
-    dense = run_cli(*common, "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "dense"))
+    low = invoke(*common, "--grm-pcs", str(tmp_path / "pcs.tsv"), "--out", str(tmp_path / "low"))
+    dense = invoke(*common, "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "dense"))
     assert low.returncode == 0 and dense.returncode == 0, low.stderr + dense.stderr
     low_report = json.loads((tmp_path / "low" / "fit.json").read_text())
     dense_report = json.loads((tmp_path / "dense" / "fit.json").read_text())
@@ -241,18 +241,18 @@ def test_grm_factor_agrees_with_dense_and_trains_exactly(tmp_path: Path) -> None
     latent = np.linalg.cholesky(0.5 * scaled + 0.5 * np.eye(n)) @ rng.normal(size=(n, 2))
     write_table(tmp_path / "pheno.tsv", pd.DataFrame({"FID": "f", "IID": ids, "a": np.exp(latent[:, 0]), "b": latent[:, 1]}))
     common = ["fit", "--pheno", str(tmp_path / "pheno.tsv"), "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "8"]
-    low = run_cli(*common, "--grm-factor", str(tmp_path / "panel"), "--out", str(tmp_path / "low"))
-    dense = run_cli(*common, "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "dense"))
+    low = invoke(*common, "--grm-factor", str(tmp_path / "panel"), "--out", str(tmp_path / "low"))
+    dense = invoke(*common, "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "dense"))
     assert low.returncode == 0 and dense.returncode == 0, low.stderr + dense.stderr
     low_report = json.loads((tmp_path / "low" / "fit.json").read_text())
     dense_report = json.loads((tmp_path / "dense" / "fit.json").read_text())
     assert low_report["kinship"]["low_rank"] and low_report["kinship"]["rank"] <= m
     assert low_report["stages"][0]["s2"] == pytest.approx(dense_report["stages"][0]["s2"], abs=1e-4)
     assert low_report["stages"][0]["s2"] > 0.2
-    exact = run_cli(*common, "--grm-factor", str(tmp_path / "panel"), "--mode", "joint", "--objective", "exact",
+    exact = invoke(*common, "--grm-factor", str(tmp_path / "panel"), "--mode", "joint", "--objective", "exact",
                     "--epochs", "5", "--out", str(tmp_path / "exact"))
     assert exact.returncode == 0, exact.stderr
     exact_report = json.loads((tmp_path / "exact" / "fit.json").read_text())
     assert len(exact_report["epochs"]) == 5 and 0 < exact_report["covariance"]["s2"] < 1
-    both = run_cli(*common, "--grm-factor", str(tmp_path / "panel"), "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "both"))
+    both = invoke(*common, "--grm-factor", str(tmp_path / "panel"), "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "both"))
     assert both.returncode == 1 and "give one kinship" in both.stderr + both.stdout
