@@ -6,7 +6,7 @@ OUT ?= examples/out
 THREADS ?=
 THREADS_FLAG = $(if $(THREADS),--threads $(THREADS))
 
-.PHONY: install install-core system-deps example test bench-overhead
+.PHONY: install install-core system-deps example test test-quick bench-overhead
 
 # pip runs only when pyproject.toml changed since the last install into this Python
 # environment: each install leaves a stamp under .make/ (ignored by git), named after the
@@ -45,8 +45,13 @@ example: $(STAMPS)/core
 	$(FLOWPHENO) fit --pheno examples/pheno.tsv --covar examples/covar.tsv --grm $(OUT)/kinship.npz --out $(OUT)/run --seed 1 --overwrite $(THREADS_FLAG)
 	@echo "Gaussianized traits: $(OUT)/run/gaussianized.tsv   diagnostics: $(OUT)/run/diagnostics.png"
 
+# Everything (tests, and the docstring examples of flowpheno/): what CI runs.
 test: install system-deps
 	$(PYTHON) -m pytest -q
+
+# The quick loop while changing code: every test not marked slow (pyproject.toml), doctests included.
+test-quick: install system-deps
+	$(PYTHON) -m pytest -q -m "not slow"
 
 bench-overhead: install
 	$(PYTHON) benchmarks/bench_overhead.py

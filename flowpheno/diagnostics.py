@@ -75,6 +75,14 @@ def mardia_test(x: np.ndarray) -> MardiaTest:
 
     Raises:
         ValueError: as :func:`whitened`.
+
+    Example:
+        >>> gaussian = np.random.default_rng(1).normal(size=(2000, 3))
+        >>> test = mardia_test(gaussian)
+        >>> test.skewness_df, round(test.kurtosis, 1)  # d(d+1)(d+2)/6 = 10; Gaussian kurtosis d(d+2) = 15
+        (10.0, 15.1)
+        >>> test.skewness_p > 0.05, mardia_test(np.exp(gaussian)).skewness_p < 1e-10  # log-normal: skewed
+        (True, True)
     """
     y = whitened(x)
     n, d = y.shape
@@ -114,7 +122,13 @@ def gaussianity_report(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
 
 
 def kept_state(report: FitReport) -> str:
-    """Which trained state the fit returned, in a few words (``report``: the fit's :class:`~flowpheno.report.FitReport`)."""
+    """Which trained state the fit returned, in a few words (``report``: the fit's :class:`~flowpheno.report.FitReport`).
+
+    Example:
+        >>> from flowpheno.report import FitReport
+        >>> kept_state(FitReport(best_epoch=12, best_stage=2, best_validation_nll=2.8134))
+        'kept the flow of stage 2, epoch 12 (best validation NLL 2.813)'
+    """
     epoch, stage = report.best_epoch, report.best_stage
     if epoch is None:
         return "no validation rows: the last epoch's flow was kept"

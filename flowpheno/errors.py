@@ -13,7 +13,11 @@ _PASSED_THROUGH = (_PACKAGE, os.path.abspath(contextlib.__file__))
 
 
 class FlowphenoError(Exception):
-    """A problem with the user's input; the CLI prints it as one line and exits 1."""
+    """A problem with the user's input; the CLI prints it as one line and exits 1.
+
+    The message names the file, row or ID and the fix, on one line (no newline), e.g.
+    ``pheno.tsv: line 7 has 3 fields but the header has 4 (tab-separated); fix that line``.
+    """
 
 
 class OptionError(FlowphenoError, ValueError):

@@ -81,6 +81,18 @@ class FitLines:
     an upper bound when ``--patience`` stops early).
 
     ``write`` receives one line at a time; ``clock`` returns seconds (tests pass their own).
+
+    Example:
+        >>> lines = []
+        >>> ticks = iter([0.0, 0.0, 1.0, 2.0, 20.0])  # seconds read by the clock
+        >>> log = FitLines(lines.append, interval=15, clock=lambda: next(ticks))
+        >>> log({"event": "plan", "stages": 1, "epochs": 3, "runs": 1})
+        >>> for epoch, nll in [(1, 2.91), (2, 2.85), (3, 2.80)]:  # the epoch at 2 s is not written
+        ...     log({"event": "epoch", "stage": 1, "epoch": epoch, "train_nll": nll, "val_nll": nll + 0.05})
+        >>> print("\\n".join(lines))
+        training: 1 stages x 3 epochs; a line every 15 s and at each stage end
+        stage 1/1 epoch 1/3: train NLL 2.9100, validation NLL 2.9600; 0:00:01 elapsed, about 0:00:02 left
+        stage 1/1 epoch 3/3: train NLL 2.8000, validation NLL 2.8500; 0:00:20 elapsed
     """
 
     def __init__(self, write: Callable[[str], None], interval: float = LOG_INTERVAL,

@@ -25,7 +25,15 @@ def cpu_limit() -> tuple[int, str]:
     """``(cpus, where from)``: the CPUs this process may run on (``os.sched_getaffinity``:
     taskset, cgroups cpusets, a SLURM allocation), or ``SLURM_CPUS_PER_TASK`` when set and
     smaller (SLURM may bind a task to a whole node's cores but grant it fewer), or
-    ``OMP_NUM_THREADS`` when set and smaller still (the limit torch itself would obey)."""
+    ``OMP_NUM_THREADS`` when set and smaller still (the limit torch itself would obey).
+    ``where from`` is ``"CPU affinity"``, ``"CPU count"`` (no affinity call: macOS,
+    Windows), ``"SLURM_CPUS_PER_TASK"`` or ``"OMP_NUM_THREADS"``.
+
+    Example:
+        >>> cpus, source = cpu_limit()
+        >>> cpus >= 1, source in ("CPU affinity", "CPU count", "SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS")
+        (True, True)
+    """
     try:
         cpus, source = len(os.sched_getaffinity(0)), "CPU affinity"
     except (AttributeError, OSError):  # macOS and Windows have no affinity call
@@ -44,7 +52,12 @@ def available_cpus() -> int:
 
 def per_worker(threads: int | None, workers: int) -> int:
     """Threads for each of ``workers`` processes sharing ``threads`` (default: every CPU this
-    process may use): ``threads // workers``, at least 1."""
+    process may use): ``threads // workers``, at least 1.
+
+    Example:
+        >>> per_worker(8, workers=3), per_worker(2, workers=4)
+        (2, 1)
+    """
     total = available_cpus() if threads is None else threads
     return max(total // max(workers, 1), 1)
 

@@ -30,12 +30,19 @@ def family_kinship(n: int, rng: np.random.Generator, relatedness: float = 0.5) -
     return kinship
 
 
+HANG_TIMEOUT = 3600
+"""Seconds after which :func:`run_cli` gives up on a command: a guard against a hang only.
+The longest command the tests run (``bench images --quick``) takes about a minute on an idle
+machine; this is far above that, so that a heavily loaded machine never fails a test."""
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the installed console script the way a user would."""
+    """Run the installed console script the way a user would (a real process: its exit code,
+    its console script). Error-message tests use the faster in-process :func:`invoke`."""
     script = Path(sys.executable).parent / "flowpheno"  # the console script of this environment
     command = [str(script), *args] if script.exists() else [sys.executable, "-m", "flowpheno.cli", *args]
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=HANG_TIMEOUT)
 
 
 @pytest.fixture(scope="session")

@@ -71,7 +71,7 @@ def test_quick_bench(tmp_path: Path) -> None:
 
 
 def test_bench_synthetic_rejects_a_method_the_setting_lacks(tmp_path: Path) -> None:
-    result = run_cli("bench", "synthetic", "--setting", "kinship", "--methods", "baseline,joint", "--out", str(tmp_path / "b"))
+    result = invoke("bench", "synthetic", "--setting", "kinship", "--methods", "baseline,joint", "--out", str(tmp_path / "b"))
     assert result.returncode != 0
     assert "--methods 'joint': choose from baseline, grid, alternating" in result.stderr
     assert not (tmp_path / "b" / "runs").exists()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from conftest import invoke, run_cli
 from flowpheno.bench.images import split_images
 from flowpheno.errors import FlowphenoError
 from flowpheno.flows.glow import GlowFlow, bits_per_dim
@@ -89,7 +89,10 @@ def test_quick_images_run(tmp_path: Path) -> None:
     for run in report["runs"]:
         assert np.isfinite(run["test_bpd"]) and 0 <= run["precision"] <= 1 and 0 <= run["recall"] <= 1
     assert (out / "samples.png").stat().st_size > 5_000
-    bad = run_cli("bench", "images", "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
+
+
+def test_images_folder_that_is_not_there_is_one_line(tmp_path: Path) -> None:
+    bad = invoke("bench", "images", "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
     assert bad.returncode == 1 and "not a folder" in bad.stdout + bad.stderr and not (tmp_path / "x").exists()
 
 

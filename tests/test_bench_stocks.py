@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import invoke, run_cli
 from flowpheno.bench.stocks import load_pairs
 from flowpheno.errors import FlowphenoError
 from flowpheno.io.prices import pair_log_returns, read_prices, ticker_files
@@ -51,7 +51,7 @@ def test_price_errors_name_file_row_and_fix(tmp_path: Path, price_sets: dict[str
         read_prices(tmp_path / "dates.csv")
     with pytest.raises(FlowphenoError, match=r"ticker GOOG: no price file found \(tickers seen: AAPL, MA, MSFT, V\)"):
         pair_log_returns(ticker_files([price_sets["huge"]]), "GOOG", "AAPL")
-    result = run_cli("bench", "stocks", "--prices", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--quick")
+    result = invoke("bench", "stocks", "--prices", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--quick")
     assert result.returncode == 1 and "no such file or directory" in result.stdout + result.stderr
     assert not (tmp_path / "o").exists()
 

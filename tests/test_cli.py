@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import EXAMPLES, family_kinship, run_cli, write_table
+from conftest import EXAMPLES, family_kinship, invoke, run_cli, write_table
 from flowpheno.io.kinship import write_npz
 
 FAST = ["--epochs", "2", "--stages", "2", "--layers", "4", "--hidden", "32", "--device", "cpu", "--seed", "3"]
@@ -71,7 +71,7 @@ def test_transform_reproduces_fit(example_run: Path, tmp_path: Path) -> None:
     expected = fitted.set_index("IID").loc[fam[1]].drop(columns="FID").to_numpy()
     np.testing.assert_allclose(gemma.to_numpy(), expected, atol=1e-6)
 
-    result = run_cli("transform", "--model", str(example_run), "--pheno", str(EXAMPLES / "pheno.tsv"), "--out", str(tmp_path / "x.tsv"))
+    result = invoke("transform", "--model", str(example_run), "--pheno", str(EXAMPLES / "pheno.tsv"), "--out", str(tmp_path / "x.tsv"))
     assert result.returncode == 1 and "--covar" in result.stderr and not (tmp_path / "x.tsv").exists()
 
 
@@ -95,7 +95,7 @@ def test_other_modes(mode: str, tmp_path: Path) -> None:
         args.append("--scale-step")
     if mode != "iid":
         args += ["--grm", str(kinship)]
-    result = run_cli(*args)
+    result = invoke(*args)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "run" / "fit.json").read_text())
     if mode == "grid":
@@ -110,7 +110,7 @@ def test_other_modes(mode: str, tmp_path: Path) -> None:
 
 def test_scale_step_needs_alternating(tmp_path: Path) -> None:
     pheno, kinship = _small_cohort(tmp_path)
-    result = run_cli("fit", "--pheno", str(pheno), "--grm", str(kinship), "--out", str(tmp_path / "run"), "--mode", "grid", "--scale-step")
+    result = invoke("fit", "--pheno", str(pheno), "--grm", str(kinship), "--out", str(tmp_path / "run"), "--mode", "grid", "--scale-step")
     assert result.returncode != 0 and "--scale-step: a step of --mode 'alternating' only, not of 'grid'" in result.stderr
     assert not (tmp_path / "run").exists()
 
@@ -170,7 +170,7 @@ def _broken_inputs(tmp_path: Path, case: str) -> tuple[list[str], str]:
 def test_bad_input_is_one_clear_line(case: str, tmp_path: Path) -> None:
     extra, message = _broken_inputs(tmp_path, case)
     out = tmp_path / "run"
-    result = run_cli(
+    result = invoke(
         "fit", "--pheno", str(tmp_path / "pheno.tsv"), "--grm", str(tmp_path / "kin.npz"), "--out", str(out),
         "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "8", *extra,
     )
@@ -188,7 +188,7 @@ def test_failed_refit_keeps_previous_run(tmp_path: Path) -> None:
             "--layers", "2", "--hidden", "8"]
     assert run_cli(*args).returncode == 0
     before = (tmp_path / "run" / "gaussianized.tsv").read_text()
-    assert run_cli(*args, "--overwrite", "--traits", "a,missing_column").returncode == 1
+    assert invoke(*args, "--overwrite", "--traits", "a,missing_column").returncode == 1
     assert (tmp_path / "run" / "gaussianized.tsv").read_text() == before
 
 
@@ -206,8 +206,8 @@ def test_low_rank_pcs_agree_with_dense_kinship(tmp_path: Path) -> None:
     latent = np.linalg.cholesky(0.5 * kinship + 0.5 * np.eye(n) + 1e-9 * np.eye(n)) @ rng.normal(size=(n, 2))
     write_table(tmp_path / "pheno.tsv", pd.DataFrame({"FID": "f", "IID": ids, "a": np.exp(latent[:, 0]), "b": latent[:, 1]}))
     common = ["fit", "--pheno", str(tmp_path / "pheno.tsv"), "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "8"]
-    low = run_cli(*common, "--grm-pcs", str(tmp_path / "pcs.tsv"), "--out", str(tmp_path / "low"))
-    dense = run_cli(*common, "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "dense"))
+    low = invoke(*common, "--grm-pcs", str(tmp_path / "pcs.tsv"), "--out", str(tmp_path / "low"))
+    dense = invoke(*common, "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "dense"))
     assert low.returncode == 0 and dense.returncode == 0, low.stderr + dense.stderr
     low_report = json.loads((tmp_path / "low" / "fit.json").read_text())
     dense_report = json.loads((tmp_path / "dense" / "fit.json").read_text())
@@ -241,18 +241,18 @@ def test_grm_factor_agrees_with_dense_and_trains_exactly(tmp_path: Path) -> None
     latent = np.linalg.cholesky(0.5 * scaled + 0.5 * np.eye(n)) @ rng.normal(size=(n, 2))
     write_table(tmp_path / "pheno.tsv", pd.DataFrame({"FID": "f", "IID": ids, "a": np.exp(latent[:, 0]), "b": latent[:, 1]}))
     common = ["fit", "--pheno", str(tmp_path / "pheno.tsv"), "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "8"]
-    low = run_cli(*common, "--grm-factor", str(tmp_path / "panel"), "--out", str(tmp_path / "low"))
-    dense = run_cli(*common, "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "dense"))
+    low = invoke(*common, "--grm-factor", str(tmp_path / "panel"), "--out", str(tmp_path / "low"))
+    dense = invoke(*common, "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "dense"))
     assert low.returncode == 0 and dense.returncode == 0, low.stderr + dense.stderr
     low_report = json.loads((tmp_path / "low" / "fit.json").read_text())
     dense_report = json.loads((tmp_path / "dense" / "fit.json").read_text())
     assert low_report["kinship"]["low_rank"] and low_report["kinship"]["rank"] <= m
     assert low_report["stages"][0]["s2"] == pytest.approx(dense_report["stages"][0]["s2"], abs=1e-4)
     assert low_report["stages"][0]["s2"] > 0.2
-    exact = run_cli(*common, "--grm-factor", str(tmp_path / "panel"), "--mode", "joint", "--objective", "exact",
+    exact = invoke(*common, "--grm-factor", str(tmp_path / "panel"), "--mode", "joint", "--objective", "exact",
                     "--epochs", "5", "--out", str(tmp_path / "exact"))
     assert exact.returncode == 0, exact.stderr
     exact_report = json.loads((tmp_path / "exact" / "fit.json").read_text())
     assert len(exact_report["epochs"]) == 5 and 0 < exact_report["covariance"]["s2"] < 1
-    both = run_cli(*common, "--grm-factor", str(tmp_path / "panel"), "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "both"))
+    both = invoke(*common, "--grm-factor", str(tmp_path / "panel"), "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "both"))
     assert both.returncode == 1 and "give one kinship" in both.stderr + both.stdout

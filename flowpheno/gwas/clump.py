@@ -26,7 +26,12 @@ def plink_chromosome_codes(codes: pd.Series) -> tuple[pd.Series, bool]:
     with a digit but is not human (``27`` of a cattle map, ``1_random``) is an error
     ("Invalid chromosome code") even with that flag: such codes get the prefix
     ``contig_`` here. Clumping only pairs SNPs on the same chromosome, so the names
-    themselves do not change the loci.
+    themselves do not change the loci (PLINK 1.9 manual, ``--allow-extra-chr``).
+
+    Example:
+        >>> codes, changed = plink_chromosome_codes(pd.Series(["1", "chrX", "27", "scaffold_12", "1_random"]))
+        >>> codes.tolist(), changed
+        (['1', 'chrX', 'contig_27', 'scaffold_12', 'contig_1_random'], True)
     """
     codes = codes.astype(str)
     rejected = codes.str.match(r"^(?:chr)?[0-9]", case=False) & ~codes.str.match(_HUMAN_CODE)
@@ -43,6 +48,11 @@ def clump(
     log: str | Path | None = None,
 ) -> pd.DataFrame:
     """Clump ``assoc`` (SNP, CHR, BP, P) on the LD of ``bfile``: one row per locus (index SNP).
+
+    PLINK 1.9 ``--clump`` (manual, "LD-based result clumping"): ``p1`` is the index-SNP
+    threshold, ``p2`` (raised to ``p1`` when smaller) the threshold of the SNPs it absorbs,
+    ``r2`` the LD (r squared) above which they are absorbed, ``kb`` the window (kb) either
+    side. ``log``: where PLINK's output goes (default: a scratch file).
 
     ``--make-founders`` lets PLINK use every individual for LD even when the ``.fam``
     lists parents (otherwise it skips clumping: "no founders"). ``--allow-extra-chr``

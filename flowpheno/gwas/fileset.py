@@ -34,7 +34,16 @@ FILESET_SUFFIXES = (".bed", ".bim", ".fam", ".excluded.tsv", ".log")
 
 def unplaced_snps(bim: pd.DataFrame) -> pd.DataFrame:
     """SNPs without a place on the genome: ``SNP``, ``CHR``, ``BP`` and ``reason``
-    (``position -9``-like negative positions, ``chromosome 0``)."""
+    (``position -9``-like negative positions, ``chromosome 0``), indexed as in ``bim``
+    (a :func:`~flowpheno.io.plink.read_bim` table).
+
+    Example:
+        >>> bim = pd.DataFrame({"chrom": ["1", "0", "2"], "snp": ["rs1", "rs2", "rs3"], "pos": [100, 5, -9]})
+        >>> unplaced_snps(bim)
+           SNP CHR  BP             reason
+        1  rs2   0   5       chromosome 0
+        2  rs3   2  -9  negative position
+    """
     negative = bim["pos"] < 0
     unplaced = bim["chrom"].str.lower().isin(UNPLACED_CHROMOSOMES)
     excluded = bim[negative | unplaced]

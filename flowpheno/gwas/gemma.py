@@ -159,7 +159,12 @@ def gemma_grm(bfile: str | Path, out: str | Path, loco: str | None = None) -> Pa
     ``loco``: a chromosome code of the ``.bim``; the GRM then uses every SNP not on it
     (leave-one-chromosome-out), selected with GEMMA ``-snps`` (GEMMA manual, 4.5: the
     same matrix as ``-gk 1`` on a fileset holding only those SNPs, without writing one).
-    GEMMA's own ``-loco`` reads BIMBAM files only.
+    GEMMA's own ``-loco`` reads BIMBAM files only. GEMMA's log goes beside ``out`` (suffix
+    ``.log``). Returns ``out``.
+
+    Raises:
+        FlowphenoError: GEMMA is not installed or fails, or ``loco`` names no chromosome of
+            the ``.bim`` (:func:`chromosome_snps`).
     """
     gemma = require("gemma")
     prefix = plink_prefix(bfile).resolve()
@@ -196,7 +201,11 @@ def gemma_lmm(
     individuals with every selected phenotype and every covariate present (GEMMA manual
     4.1.4; ``PARAM::ProcessCvtPhen``). ``chromosome`` (a ``.bim`` code) tests only the SNPs
     on it (GEMMA ``-snps``), e.g. with the leave-one-chromosome-out GRM of that chromosome.
-    Writes GEMMA's own ``assoc.txt`` to ``out`` and returns SNP, CHR, BP, P.
+    Writes GEMMA's own ``assoc.txt`` to ``out`` (its log beside it, ``out`` with suffix
+    ``.log``) and returns SNP, CHR, BP, P (:func:`read_gemma_assoc`).
+
+    Raises:
+        FlowphenoError: GEMMA is not installed, fails (the tail of its log), or writes no table.
     """
     gemma = require("gemma")
     prefix = plink_prefix(bfile).resolve()
@@ -275,7 +284,12 @@ def write_gemma_covariates(design: pd.DataFrame, out: str | Path) -> Path:
 
 
 def read_gemma_assoc(path: str | Path) -> pd.DataFrame:
-    """SNP, CHR, BP and the score-test P from a GEMMA ``assoc.txt``."""
+    """SNP, CHR, BP and the score-test P from a GEMMA ``assoc.txt`` (its columns ``rs``,
+    ``chr``, ``ps``, ``p_score``). One row per SNP tested.
+
+    Raises:
+        FlowphenoError: the table has no ``p_score`` column (GEMMA was not run with ``-lmm 3``).
+    """
     table = pd.read_csv(path, sep="\t", dtype={"rs": str, "chr": str})
     if "p_score" not in table.columns:
         raise FlowphenoError(f"{path}: no p_score column; was GEMMA run with -lmm 3?")
@@ -294,8 +308,20 @@ def min_p_over_traits(per_trait: list[pd.DataFrame], snp_order: list[str] | None
     untested): the combined P is conservative by construction, so calibration (lambda GC)
     is judged on the per-trait tests.
 
+    ``per_trait``: one table (SNP, CHR, BP, P) per trait, in trait order. Returns SNP, CHR,
+    BP, P, ``TRAITS_TESTED`` and ``P_1 .. P_d``.
+
     Raises:
         FlowphenoError: a table names one SNP twice (the ``.bim`` needs unique SNP IDs).
+
+    Example:
+        >>> first = pd.DataFrame({"SNP": ["rs1", "rs2"], "CHR": "1", "BP": [100, 200], "P": [0.01, 0.5]})
+        >>> second = pd.DataFrame({"SNP": ["rs2", "rs3"], "CHR": "1", "BP": [200, 300], "P": [0.002, 0.3]})
+        >>> min_p_over_traits([first, second], snp_order=["rs1", "rs2", "rs3"])
+           SNP CHR   BP      P  TRAITS_TESTED   P_1    P_2
+        0  rs1   1  100  0.010              1  0.01    NaN
+        1  rs2   1  200  0.004              2  0.50  0.002
+        2  rs3   1  300  0.300              1   NaN  0.300
     """
     frames = []
     for table in per_trait:

@@ -21,7 +21,13 @@ _NAMED_CHROMOSOMES = {"X": 23, "Y": 24, "XY": 25, "MT": 26, "M": 26}
 def chromosome_order(values: pd.Series) -> pd.Series:
     """A sort key for chromosome names as they appear in a ``.bim``: ``1``..``22`` (or
     ``chr1``..), then ``X``, ``Y``, ``XY``, ``MT`` (PLINK's 23-26), then numbers beyond
-    (``27`` of a cattle map), then any other name (``scaffold_12``) in natural order."""
+    (``27`` of a cattle map), then any other name (``scaffold_12``) in natural order.
+
+    Example:
+        >>> names = pd.Series(["2", "chr1", "X", "scaffold_10", "scaffold_9", "27", "MT"])
+        >>> names.iloc[np.argsort(chromosome_order(names).to_numpy(), kind="stable")].tolist()
+        ['chr1', '2', 'X', 'MT', '27', 'scaffold_9', 'scaffold_10']
+    """
     names = values.astype(str)
     bare = names.str.replace(r"^chr", "", case=False, regex=True)
     key = pd.to_numeric(bare, errors="coerce")
@@ -67,7 +73,12 @@ def manhattan(assoc: pd.DataFrame, threshold: float, title: str, truth: pd.DataF
 
 
 def qq(assoc: pd.DataFrame, title: str) -> Figure:
-    """Observed against expected -log10 p, with lambda GC."""
+    """Observed against expected -log10 p of ``assoc["P"]``, with lambda GC in the title.
+
+    The lambda shown reads P as a 1-df chi-square test (:func:`~flowpheno.gwas.evaluate.lambda_gc`
+    with ``df = 1``); the report's calibration uses each test's own scale
+    (:func:`~flowpheno.gwas.evaluate.calibration`).
+    """
     p = np.sort(assoc["P"].dropna().clip(lower=1e-300).to_numpy())
     expected = -np.log10((np.arange(1, p.size + 1) - 0.5) / p.size)
     figure, axis = plt.subplots(figsize=(3.6, 3.6))

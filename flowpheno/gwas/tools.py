@@ -15,7 +15,11 @@ ALTERNATIVE_NAMES = {"plink1.9": ["plink1.9", "plink"], "gemma": ["gemma"]}
 
 
 def require(tool: str) -> str:
-    """Path of ``tool``; a missing binary names the Debian package that provides it."""
+    """Path of ``tool`` (``gemma``, or ``plink1.9``, also found as ``plink``) on PATH.
+
+    Raises:
+        FlowphenoError: the binary is not on PATH, naming the Debian package that provides it.
+    """
     for name in ALTERNATIVE_NAMES.get(tool, [tool]):
         found = shutil.which(name)
         if found:
@@ -30,6 +34,10 @@ def run_logged(command: list[str], log: Path, cwd: Path | None = None, tail_line
     its affinity, or ``SLURM_CPUS_PER_TASK`` / ``OMP_NUM_THREADS`` when smaller, which the
     ``--threads`` of the ``flowpheno gwas`` commands sets): GEMMA through the BLAS/OpenMP
     thread variables, PLINK 1.9 through its ``--threads``.
+
+    Raises:
+        FlowphenoError: the tool exits non-zero or its log holds an error mark (``ERROR:``,
+            ``error!``, ``FAILED:``), with the log's last ``tail_lines`` lines.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     threads = str(available_cpus())

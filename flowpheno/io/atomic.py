@@ -227,7 +227,11 @@ def check_file_output(out: str | Path, inputs: Inputs | None = None, option: str
     """Check a single-file output before any work: not an input, not inside an input folder,
     not an existing folder, not under a file, not an existing file unless ``overwrite``
     (it may be the user's own), and its folder (or nearest existing ancestor) writable.
-    Cleans leftovers of ended runs beside it. Creates nothing. Returns ``out``."""
+    Cleans leftovers of ended runs beside it. Creates nothing. Returns ``out``.
+
+    Raises:
+        FlowphenoError: naming ``option`` and the path, for each case refused above.
+    """
     out = Path(out)
     _check_not_under_file(out, option)
     if out.is_dir():
@@ -243,7 +247,11 @@ def check_file_output(out: str | Path, inputs: Inputs | None = None, option: str
 
 def check_folder_output(out: str | Path, inputs: Inputs | None = None, option: str = "--out-dir") -> Path:
     """Check a folder that files are written into (nothing in it is removed): not a file, not
-    under a file, not an input, and writable. Creates nothing. Returns ``out``."""
+    under a file, not an input, and writable. Creates nothing. Returns ``out``.
+
+    Raises:
+        FlowphenoError: naming ``option`` and the path, for each case refused above.
+    """
     out = Path(out)
     _check_not_under_file(out, option)
     if out.exists() and not out.is_dir():
@@ -476,7 +484,20 @@ def atomic_path(target: str | Path, option: str = "--out") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
 
     The temporary name is ``.NAME.HOST-PID.XXXXXXXX.tmp``; errors of the operating system
-    while writing become one FlowphenoError line naming ``target``.
+    while writing become one FlowphenoError line naming ``target`` (:class:`OutputError`).
+    An exception inside the block removes the temporary file and leaves ``target`` as it was.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> target = Path(folder.name) / "table.tsv"
+        >>> with atomic_path(target) as tmp:
+        ...     _ = tmp.write_text("FID\\tIID\\n")
+        ...     target.exists()  # nothing at the target while the file is written
+        False
+        >>> target.read_text()
+        'FID\\tIID\\n'
+        >>> folder.cleanup()
     """
     target = Path(target)
     with write_errors(target, option):

@@ -64,7 +64,12 @@ def sample_keys(table: pd.DataFrame, source: str, lines: np.ndarray | None = Non
 
 
 def make_keys(iid: np.ndarray, fid: np.ndarray | None, source: str, lines: np.ndarray | None = None) -> SampleKeys:
-    """Keys from ID arrays (text), checked for duplicates."""
+    """Keys from ID arrays (text), checked for duplicates.
+
+    ``iid``: ``(n,)``; ``fid``: ``(n,)`` or None (the file has no FID); ``lines``: ``(n,)``
+    1-based line numbers or None. Raises :class:`FlowphenoError` (:func:`check_unique`).
+    Example: :func:`align`.
+    """
     keys = SampleKeys(_text(iid), None if fid is None else _text(fid), str(source), lines)
     check_unique(keys)
     return keys
@@ -137,6 +142,21 @@ def align(data: SampleKeys, target: SampleKeys, hint: str = "") -> Alignment:
     then an IID repeated in the other file (several families) is an error naming it
     and its families. No individual in common is an error showing both files' first
     IDs, followed by ``hint``. Returns an :class:`Alignment` (positions into ``data``).
+
+    Raises:
+        FlowphenoError: an ambiguous IID (matched on IID alone), or no individual in common.
+
+    Example:
+        >>> pheno = make_keys(np.array(["a", "b", "c"]), None, "pheno.tsv")  # no FID column
+        >>> fam = make_keys(np.array(["c", "a", "x"]), np.array(["f1", "f1", "f2"]), "cohort.fam")
+        >>> alignment = align(pheno, fam)  # the .fam's individuals, found in pheno.tsv
+        >>> alignment.positions, alignment.by, alignment.matched
+        (array([ 2,  0, -1]), 'IID', 2)
+        >>> alignment.take(pd.DataFrame({"height": [1.71, 1.80, 1.64]}))
+           height
+        0    1.64
+        1    1.71
+        2     NaN
     """
     by_pair = data.fid is not None and target.fid is not None
     if not by_pair:

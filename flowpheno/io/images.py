@@ -19,7 +19,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 @dataclass
 class ImageSet:
-    """``pixels``: n x C x size x size uint8; ``individuals``: index per image; ``names``: per individual."""
+    """Images of individuals, as :func:`read_image_folder` reads them.
+
+    ``pixels``: ``(n, C, size, size)`` uint8 (C = 3 for RGB, 1 for grey); ``individuals``:
+    ``(n,)`` index into ``names`` of each image's individual; ``names``: one sub-folder name
+    per individual; ``files``: each image's path relative to the folder read.
+    """
 
     pixels: np.ndarray
     individuals: np.ndarray
@@ -32,7 +37,15 @@ class ImageSet:
 
 
 def read_image_folder(root: str | Path, size: int = 32, grayscale: bool = False) -> ImageSet:
-    """Every image under ``root/<individual>/``, resized (bilinear) to ``size x size``."""
+    """Every image under ``root/<individual>/``, resized (bilinear) to ``size x size`` pixels.
+
+    Sub-folders without images and hidden folders are skipped; images are read in
+    sorted order of folder and file name.
+
+    Raises:
+        FlowphenoError: ``root`` is not a folder, an image cannot be read (naming it), or no
+            image is found.
+    """
     from PIL import Image, UnidentifiedImageError
 
     root = Path(root)

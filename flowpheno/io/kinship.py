@@ -32,7 +32,9 @@ the identity: it carries no relatedness and ``s2`` is not identifiable."""
 class Kinship:
     """A symmetric kinship matrix and the IDs of its rows, with where it came from.
 
-    ``ids``: ``(n,)`` IIDs; ``fids``: ``(n,)`` FIDs, or None when the file carries IIDs only.
+    ``matrix``: ``(n, n)`` float64, the GRM scale (about 1 on the diagonal, 0.5 for first-degree
+    relatives); ``ids``: ``(n,)`` IIDs; ``fids``: ``(n,)`` FIDs, or None when the file carries
+    IIDs only; ``source``: the file, as messages name it.
     """
 
     matrix: np.ndarray
@@ -59,7 +61,11 @@ class Kinship:
 
 @dataclass
 class KinshipFactor:
-    """A low-rank kinship ``K = W W^T`` kept as its ``n x r`` factor (no ``n x n`` matrix)."""
+    """A low-rank kinship ``K = W W^T`` kept as its factor (no ``n x n`` matrix).
+
+    ``factor``: ``W``, ``(n, r)``; ``ids``: ``(n,)`` IIDs; ``fids``: ``(n,)`` FIDs or None;
+    ``source``: the file, as messages name it.
+    """
 
     factor: np.ndarray
     ids: np.ndarray
@@ -85,6 +91,10 @@ def read_pcs(path: str | Path) -> KinshipFactor:
     ``path`` is a FID/IID table with PC columns (``PC1 .. PCr``, or every numeric
     column). Each individual's PC vector is centred and scaled to unit length, so
     ``K = W W^T`` is that correlation (unit diagonal, rank at most ``r``).
+
+    Raises:
+        FlowphenoError: fewer than two PC columns, a missing PC value, or an individual whose
+            PC values are all equal (as :func:`flowpheno.io.tables.read_table` for the table itself).
     """
     from flowpheno.io.tables import numeric_columns, read_table, table_keys
 
@@ -105,7 +115,11 @@ def read_pcs(path: str | Path) -> KinshipFactor:
 
 
 def read_genotype_factor(prefix: str | Path, maf: float = 0.01, max_missing: float = 0.05) -> KinshipFactor:
-    """Kinship factor ``W`` (standardised genotypes / sqrt(M)) from a PLINK fileset with ``M < n`` SNPs."""
+    """Kinship factor ``W`` (standardised genotypes / sqrt(M)) from a PLINK fileset with ``M < n`` SNPs.
+
+    See :func:`flowpheno.io.plink.standardised_genotype_factor` (filters ``maf`` and
+    ``max_missing``, and the FlowphenoError it raises). Returns ``W`` as ``(n, M)`` float32.
+    """
     prefix = plink_prefix(prefix)
     factor, ids = standardised_genotype_factor(prefix, maf, max_missing)
     return KinshipFactor(factor, ids, str(prefix), sample_fids(prefix))
@@ -162,7 +176,27 @@ def read_kinship(path: str | Path, ids_path: str | Path | None = None) -> Kinshi
     """Read a kinship in any supported format and check that it is square and symmetric.
 
     ``ids_path`` (``--grm-ids`` or a ``.fam``) gives the row order of GEMMA text matrices,
-    which carry no IDs. A PLINK prefix computes the centred GRM (GEMMA ``-gk 1``).
+    which carry no IDs. A PLINK prefix computes the centred GRM (GEMMA ``-gk 1``, GEMMA
+    manual, "Estimate Relatedness Matrix from Genotypes"). GCTA's ``.grm.bin`` holds the
+    lower triangle as float32, with IDs in ``.grm.id`` (GCTA manual, "--make-grm").
+
+    Raises:
+        FlowphenoError: one line naming the file: absent, of an unknown format, IDs that do
+            not match the rows, or a matrix that fails :func:`validated`.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> path = Path(folder.name) / "kinship.npz"
+        >>> K = np.array([[1.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        >>> write_npz(path, K, ids=np.array(["a", "b", "c"]), fids=np.array(["f1", "f1", "f2"]))
+        >>> kinship = read_kinship(path)
+        >>> kinship.ids, kinship.fids, kinship.matrix.shape
+        (array(['a', 'b', 'c'], dtype='<U1'), array(['f1', 'f1', 'f2'], dtype='<U2'), (3, 3))
+        >>> kinship.subset(np.array(["c", "a"]))
+        array([[1., 0.],
+               [0., 1.]])
+        >>> folder.cleanup()
     """
     path = Path(path)
     name = str(path)
@@ -242,7 +276,20 @@ def _id_array(values: np.ndarray, path: Path, key: str) -> np.ndarray:
 
 
 def validated(kinship: Kinship) -> Kinship:
-    """Check shape, finiteness, symmetry and unique IDs; symmetrise round-off."""
+    """Check shape, finiteness, symmetry and unique IDs; symmetrise round-off.
+
+    Returns ``kinship`` with ``matrix`` replaced by ``(K + K^T) / 2``.
+
+    Raises:
+        FlowphenoError: a matrix that is not square, does not match its IDs, holds NaN or
+            inf, is not symmetric (beyond ``1e-6`` relative), is all zeros, or IDs listed twice.
+
+    Example:
+        >>> validated(Kinship(np.array([[1.0, 0.2], [0.0, 1.0]]), np.array(["a", "b"]), "k.npz"))
+        Traceback (most recent call last):
+        ...
+        flowpheno.errors.FlowphenoError: k.npz: kinship is not symmetric (K[a,b] - K[b,a] = 0.2); ...
+    """
     matrix, source = kinship.matrix, kinship.source
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise FlowphenoError(f"{source}: kinship must be square, got shape {matrix.shape}")
@@ -265,8 +312,9 @@ def validated(kinship: Kinship) -> Kinship:
 
 
 def write_npz(path: str | Path, matrix: np.ndarray, ids: np.ndarray, fids: np.ndarray | None = None) -> None:
-    """Save a kinship as ``.npz`` with arrays ``K``, ``ids`` (IIDs) and, when given,
-    ``fids`` (FIDs), IDs as text (atomic)."""
+    """Save a kinship as ``.npz`` with arrays ``K`` (``matrix``, ``(n, n)``), ``ids`` (IIDs,
+    ``(n,)``) and, when given, ``fids`` (FIDs, ``(n,)``), IDs as text; written under a
+    temporary name and renamed (:func:`flowpheno.io.atomic.atomic_path`). Example: :func:`read_kinship`."""
     arrays = {"K": matrix, "ids": np.asarray([str(v) for v in ids], dtype=str)}
     if fids is not None:
         arrays["fids"] = np.asarray([str(v) for v in fids], dtype=str)
@@ -285,7 +333,21 @@ def spectral_decomposition(
     cache stores how many were clipped, so a run that reads it warns exactly as the run
     that computed it (two identical fits record the same warnings); a cache written before
     it stored that count is recomputed once.
-    Returns ``(k, U, cache_hit)``.
+    ``matrix``: ``(n, n)``; ``source`` names it in messages; ``cache_dir``: where the cache
+    file goes (None: no cache). Returns ``(k, U, cache_hit)``: eigenvalues ``(n,)`` ascending,
+    eigenvectors ``(n, n)`` as columns.
+
+    Raises:
+        FlowphenoError: eigenvalues below the tolerance (not positive semi-definite), or a
+            kinship without relatedness (all zeros, diagonal, or a multiple of the identity).
+
+    Example:
+        >>> K = np.array([[1.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        >>> k, U, cached = spectral_decomposition(K, "kinship.npz")
+        >>> k, cached
+        (array([0.5, 1. , 1.5]), False)
+        >>> np.allclose(U @ np.diag(k) @ U.T, K)
+        True
     """
     digest = hashlib.sha256(np.ascontiguousarray(matrix, dtype=np.float64).tobytes()).hexdigest()[:20]
     cache = None

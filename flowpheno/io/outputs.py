@@ -50,7 +50,31 @@ def write_phenotypes(
     ``gemma`` writes only the trait columns (one per trait, no header) in the order of
     ``fam``, which it requires, so that row i matches the i-th individual of the fileset.
     Returns the table as written (``.fam`` order with ``fam``), so that counts describe
-    the file. ``source`` names the table's file in error messages.
+    the file. ``source`` names the table's file in error messages. The ``gemma`` layout is
+    GEMMA's ``-p`` phenotype file: one column per trait, one row per ``.fam`` line, ``NA``
+    missing (GEMMA manual, 4.1.1).
+
+    Raises:
+        FlowphenoError: an unknown ``fmt``, ``gemma`` without ``fam``, no individual shared
+            with ``fam`` (:func:`order_like_fam`), or the output cannot be written.
+
+    Example:
+        >>> import tempfile
+        >>> from flowpheno.io.plink import write_plink
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> prefix = Path(folder.name) / "cohort"
+        >>> fam = pd.DataFrame({"FID": ["f1", "f1", "f2"], "IID": ["a", "b", "c"], "PAT": "0", "MAT": "0",
+        ...                     "SEX": "1", "PHENO": "-9"})
+        >>> bim = pd.DataFrame({"chrom": "1", "snp": ["rs1"], "cm": 0.0, "pos": [100], "a0": "A", "a1": "G"})
+        >>> write_plink(prefix, np.array([[0.0], [1.0], [2.0]]), fam, bim)
+        >>> traits = pd.DataFrame({"FID": ["f2", "f1"], "IID": ["c", "a"], "t1": [0.5, -1.25]})
+        >>> written = write_phenotypes(traits, Path(folder.name) / "t1.txt", fmt="gemma", fam=f"{prefix}.fam")
+        >>> print((Path(folder.name) / "t1.txt").read_text())
+        -1.25
+        NA
+        0.5
+        <BLANKLINE>
+        >>> folder.cleanup()
     """
     if fmt not in FORMATS:
         raise FlowphenoError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -22,6 +22,9 @@ def plink_prefix(path: str | Path) -> Path:
 
     The fileset is checked as PLINK checks it before anything reads it
     (:func:`check_bed`): every reader of ``.bed`` files goes through here.
+
+    Raises:
+        FlowphenoError: a member of the fileset is missing, or the ``.bed`` fails :func:`check_bed`.
     """
     path = Path(path)
     if path.suffix in {".bed", ".bim", ".fam"}:
@@ -54,7 +57,27 @@ def check_bed(prefix: str | Path) -> tuple[int, int]:
     ``0x00`` is the old individual-major layout), and hold exactly
     ``3 + ceil(n / 4) * m`` bytes for ``n`` ``.fam`` lines and ``m`` ``.bim`` lines
     (PLINK 1.9 manual, "PLINK 1 binary (.bed)"). Returns ``(n, m)``; raises
-    :class:`FlowphenoError` with the expected and found sizes otherwise.
+    :class:`FlowphenoError` with the expected and found sizes otherwise, and when the
+    unused bits after the last individual are set (``.fam`` lines deleted).
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> prefix = Path(folder.name) / "cohort"
+        >>> dosage = np.array([[0, 1, 2, np.nan], [1, 1, 0, 2], [2, 0, 1, 1]])  # 3 individuals x 4 SNPs
+        >>> fam = pd.DataFrame({"FID": ["f1", "f1", "f2"], "IID": ["a", "b", "c"], "PAT": "0", "MAT": "0",
+        ...                     "SEX": "1", "PHENO": "-9"})
+        >>> bim = pd.DataFrame({"chrom": "1", "snp": ["rs1", "rs2", "rs3", "rs4"], "cm": 0.0,
+        ...                     "pos": [100, 200, 300, 400], "a0": "A", "a1": "G"})
+        >>> write_plink(prefix, dosage, fam, bim)
+        >>> check_bed(prefix)  # (individuals, SNPs): 3 + ceil(3/4) * 4 = 7 bytes
+        (3, 4)
+        >>> read_fam(f"{prefix}.fam")[["FID", "IID"]]
+          FID IID
+        0  f1   a
+        1  f1   b
+        2  f2   c
+        >>> folder.cleanup()
     """
     prefix = Path(prefix)
     stamps = tuple((stat.st_mtime_ns, stat.st_size) for stat in (Path(_member(prefix, s)).stat() for s in (".bed", ".bim", ".fam")))
@@ -126,6 +149,7 @@ def read_fam(path: str | Path) -> pd.DataFrame:
     Extra columns (GEMMA's multi-phenotype ``.fam``) are accepted and ignored. A line
     with fewer than six fields, or a (FID, IID) pair listed twice, raises
     :class:`FlowphenoError` naming the line. ``fam.attrs["lines"]`` holds 1-based lines.
+    (PLINK 1.9 manual, ".fam"; example: :func:`check_bed`.)
     """
     path = Path(path)
     if not path.exists():
@@ -158,7 +182,7 @@ def read_bim(path: str | Path) -> pd.DataFrame:
     Chromosome codes and SNP IDs are kept as text exactly (``chr1``, ``01``,
     ``scaffold_12``); ``pos`` is an integer (PLINK writes ``-9`` for an unknown
     position). Raises :class:`FlowphenoError` naming the file and the line when a line
-    has fewer than six fields or a position that is not an integer.
+    has fewer than six fields or a position that is not an integer (PLINK 1.9 manual, ".bim").
     """
     path = Path(path)
     if not path.is_file():
@@ -207,6 +231,14 @@ def plink_unsorted(bim: pd.DataFrame) -> str | None:
     ``--make-bed``), and refuses ``--clump`` (and other window-based commands) when a
     position decreases within a chromosome ("requires a sorted .bim"). Both are
     checked here by chromosome code as written in the ``.bim``.
+
+    Example:
+        >>> bim = pd.DataFrame({"chrom": ["1", "1", "1", "2"], "snp": ["rs1", "rs2", "rs3", "rs4"],
+        ...                     "pos": [100, 300, 200, 50]})
+        >>> plink_unsorted(bim)
+        "line 3: position 200 of rs3 on chromosome '1' comes after a larger one"
+        >>> plink_unsorted(bim.sort_values(["chrom", "pos"])) is None
+        True
     """
     codes = bim["chrom"].to_numpy()
     starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
@@ -240,7 +272,12 @@ def fileset_keys(prefix: str | Path) -> SampleKeys:
 
 
 def read_genotypes(prefix: str | Path):  # noqa: ANN201 - xarray.DataArray
-    """Lazy (dask-backed) samples x variants counts of the ``.bim`` column-5 allele, NaN for missing."""
+    """Lazy (dask-backed) counts of the ``.bim`` column-5 allele, ``(n, m)`` (samples x variants),
+    NaN for missing, as an ``xarray.DataArray`` (pandas-plink ``read_plink1_bin``).
+
+    Raises:
+        FlowphenoError: as :func:`plink_prefix`.
+    """
     prefix = plink_prefix(prefix)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # pandas-plink's own read_csv arguments
@@ -290,7 +327,11 @@ def centred_grm(
     ``W`` holds each SNP's allele counts minus their mean, missing calls set to the
     mean; SNPs with minor allele frequency below ``maf`` or missingness above
     ``max_missing`` are skipped (GEMMA's defaults). Read in chunks of variants, so
-    memory is ``O(n^2 + n * chunk)``. Returns ``(K, IIDs, SNPs used)``.
+    memory is ``O(n^2 + n * chunk)``. Returns ``(K, IIDs, SNPs used)``: ``K`` is ``(n, n)``,
+    IIDs ``(n,)`` in ``.fam`` order.
+
+    Raises:
+        FlowphenoError: the fileset fails :func:`plink_prefix`, or no SNP passes the filters.
     """
     ids = _sample_ids(prefix)
     kinship = np.zeros((len(ids), len(ids)))
@@ -315,7 +356,10 @@ def standardised_genotype_factor(
     ``(g - 2p) / sqrt(2p(1-p))`` with missing calls at 0, so ``K = W W^T`` is the
     standardised GRM. Read in chunks; no ``n x n`` matrix. Meant for ``M < n`` SNPs
     (for example an LD-pruned panel): ``K`` then has rank at most ``M``.
-    Returns ``(W, IIDs)``.
+    Returns ``(W, IIDs)``: ``W`` is ``(n, M)`` for the ``M`` SNPs kept, IIDs ``(n,)``.
+
+    Raises:
+        FlowphenoError: no SNP passes the filters, or ``M >= n`` (the factor would not be low rank).
     """
     ids = _sample_ids(prefix)
     chunks = []
@@ -339,9 +383,10 @@ _BED_CODE = {2: 0b00, 1: 0b10, 0: 0b11}  # copies of the .bim column-5 allele ->
 def write_plink(prefix: str | Path, dosage: np.ndarray, fam: pd.DataFrame, bim: pd.DataFrame) -> None:
     """Write a PLINK 1 fileset (SNP-major ``.bed``) from ``dosage``: samples x variants.
 
-    ``dosage`` counts copies of the ``.bim`` column-5 allele (``a0``), NaN for missing;
-    ``fam`` has the six ``.fam`` columns, ``bim`` has chrom, snp, cm, pos, a0, a1.
-    Each file is written under a temporary name and renamed.
+    ``dosage``: ``(n, m)``, copies (0, 1, 2) of the ``.bim`` column-5 allele (``a0``), NaN for
+    missing; ``fam``: ``n`` rows with the six ``.fam`` columns; ``bim``: ``m`` rows with chrom,
+    snp, cm, pos, a0, a1. Each file is written under a temporary name and renamed. The
+    2-bit codes are PLINK 1.9's (manual, "PLINK 1 binary (.bed)"). Example: :func:`check_bed`.
     """
     from flowpheno.io.atomic import atomic_path
 

@@ -35,7 +35,11 @@ def marked_synthetic(sources: list[str | Path]) -> bool:
 
 
 def ticker_files(sources: list[str | Path]) -> dict[str, Path]:
-    """Ticker (upper case) -> file, from directories (searched recursively) and files."""
+    """Ticker (upper case) -> file, from directories (searched recursively) and files.
+
+    The ticker is the file name up to its first dot; the first file found for a ticker wins.
+    Raises :class:`FlowphenoError` for a source that does not exist.
+    """
     files: dict[str, Path] = {}
     for source in sources:
         path = Path(source)
@@ -51,7 +55,27 @@ def ticker_files(sources: list[str | Path]) -> dict[str, Path]:
 
 
 def read_prices(path: str | Path) -> pd.Series:
-    """Closing prices indexed by date (sorted, duplicates and non-positive prices refused)."""
+    """Closing prices indexed by date (sorted, duplicates and non-positive prices refused).
+
+    Returns a float Series (price units as in the file) on a DatetimeIndex, named after the
+    column used (``Adj Close`` when present, else ``Close``).
+
+    Raises:
+        FlowphenoError: naming the file and row: unreadable, no Date or Close column, an
+            unparseable date, a missing or non-positive price, or a date listed twice.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> path = Path(folder.name) / "AAPL.csv"
+        >>> _ = path.write_text("Date,Close,Adj Close\\n2020-01-03,74.4,73.2\\n2020-01-02,75.1,73.9\\n")
+        >>> read_prices(path)
+        Date
+        2020-01-02    73.9
+        2020-01-03    73.2
+        Name: Adj Close, dtype: float64
+        >>> folder.cleanup()
+    """
     path = Path(path)
     try:
         table = pd.read_csv(path, sep=None, engine="python")
@@ -86,7 +110,15 @@ def read_prices(path: str | Path) -> pd.Series:
 def pair_log_returns(
     files: dict[str, Path], first: str, second: str, start: str | None = None, end: str | None = None
 ) -> pd.DataFrame:
-    """Daily log returns of two tickers on the days both traded (from the later listing on)."""
+    """Daily log returns of two tickers on the days both traded (from the later listing on).
+
+    ``files``: :func:`ticker_files`; ``start``/``end``: ``YYYY-MM-DD`` bounds (inclusive).
+    Returns a ``(days, 2)`` frame, columns the two tickers in upper case.
+
+    Raises:
+        FlowphenoError: a ticker without a file, a file :func:`read_prices` refuses, or fewer
+            than 20 days with prices of both.
+    """
     series = []
     for ticker in (first, second):
         if ticker.upper() not in files:

@@ -37,6 +37,10 @@ def decode_text(path: Path) -> str:
     A byte-order mark decides the encoding (UTF-8, or UTF-16 as Excel's "Unicode
     text" writes); otherwise UTF-8, falling back to Windows-1252/Latin-1. CRLF and
     CR-only line ends become ``\n``.
+
+    Raises:
+        FlowphenoError: a UTF-16 byte-order mark on bytes that are not UTF-16, or NUL bytes
+            (a binary file).
     """
     raw = path.read_bytes()
     if raw.startswith(codecs.BOM_UTF8):
@@ -155,8 +159,28 @@ def read_table(path: str | Path) -> pd.DataFrame:
     matched on IID alone). IDs are text, read with no missing-value parsing (``NA``,
     ``-9`` and ``000123`` are IDs); an empty ID is an error naming its line, and so is a
     (FID, IID) pair listed twice. ``table.attrs["lines"]`` holds each row's 1-based line.
+    Value columns are left as read (text, missing codes as NaN): :func:`numeric_columns`
+    and :func:`covariate_design` make numbers of them.
 
-    Raises :class:`FlowphenoError` with one line naming the file and line.
+    Raises:
+        FlowphenoError: one line naming the file and line: the file is absent, a folder, not
+            text or parquet, has no IID column, a row of the wrong width, an empty ID or a
+            duplicated individual.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> path = Path(folder.name) / "pheno.csv"
+        >>> _ = path.write_text("FID,IID,height,group\\nf1,001,1.71,a\\nf1,002,NA,b\\nf2,003,1.64,a\\n")
+        >>> table = read_table(path)
+        >>> table
+          FID  IID height group
+        0  f1  001   1.71     a
+        1  f1  002    NaN     b
+        2  f2  003   1.64     a
+        >>> table.attrs["lines"]
+        [2, 3, 4]
+        >>> folder.cleanup()
     """
     path = Path(path)
     if not path.exists():
@@ -234,10 +258,24 @@ def _looks_numeric(text: pd.Series) -> pd.Series:
 def numeric_columns(table: pd.DataFrame, columns: list[str], path: str | Path, role: str) -> pd.DataFrame:
     """Columns ``columns`` of ``table`` (``n`` rows) as an ``n x len(columns)`` float frame.
 
-    Missing codes (:data:`MISSING_STRINGS`, the number -9) become NaN. Raises
-    :class:`FlowphenoError` naming the column and the first cells (line, IID, value) when
-    a column is absent, holds text (with a hint when a value looks like a decimal comma)
-    or holds ``inf``/``-inf``.
+    Missing codes (:data:`MISSING_STRINGS`, the number -9) become NaN. ``path`` names the
+    file and ``role`` the column (``"trait"``, ``"covariate"``) in messages.
+
+    Raises:
+        FlowphenoError: naming the column and the first cells (line, IID, value) when a
+            column is absent, holds text (with a hint when a value looks like a decimal
+            comma) or holds ``inf``/``-inf``.
+
+    Example:
+        >>> table = pd.DataFrame({"FID": ["f", "f"], "IID": ["1", "2"], "bmi": ["22.5", "-9"], "site": ["a", "b"]})
+        >>> numeric_columns(table, ["bmi"], "pheno.tsv", "trait")
+            bmi
+        0  22.5
+        1   NaN
+        >>> numeric_columns(table, ["site"], "pheno.tsv", "trait")
+        Traceback (most recent call last):
+        ...
+        flowpheno.errors.FlowphenoError: pheno.tsv: trait column 'site' is not numeric (line 2, IID 1: 'a'; ...
     """
     out = pd.DataFrame(index=table.index)
     missing_codes = ", ".join(repr(code) for code in MISSING_STRINGS)
@@ -275,6 +313,12 @@ def default_traits(table: pd.DataFrame) -> tuple[list[str], list[str]]:
     present cells are numbers (or numbers with a decimal comma), so that
     :func:`numeric_columns` names the stray cells instead of the column silently
     disappearing; a column with no present cell is a trait (reported as all missing).
+
+    Example:
+        >>> table = pd.DataFrame({"FID": ["f"] * 3, "IID": ["1", "2", "3"], "bmi": ["22.5", "x", "30"],
+        ...                       "site": ["a", "b", "a"]})
+        >>> default_traits(table)
+        (['bmi'], ['site'])
     """
     traits, skipped = [], []
     for column in table.columns:
@@ -314,6 +358,18 @@ def covariate_design(
     :data:`MAX_LEVELS` levels or fewer than :data:`MIN_PER_LEVEL` individuals per level
     (a numeric column with a stray code would explode into hundreds of dummies), and
     when a cell holds a level that ``levels`` does not know (line, value, column).
+
+    Example:
+        >>> table = pd.DataFrame({"FID": ["f"] * 3, "IID": ["1", "2", "3"], "age": ["41", "NA", "63"],
+        ...                       "batch": ["b1", "b2", "b1"]})
+        >>> design, levels = covariate_design(table, "covar.tsv")
+        >>> design
+            age  batch_b2
+        0  41.0       0.0
+        1   NaN       1.0
+        2  63.0       0.0
+        >>> levels
+        {'batch': ['b1', 'b2']}
     """
     declared = set(categorical or []) | set(levels or {})
     unknown = sorted(set(categorical or []) - set(table.columns))

@@ -15,7 +15,7 @@ from flowpheno.simulate.phenotypes import simulate_phenotypes
 
 
 def kinship_summary(dosage: np.ndarray) -> float:
-    """Share of pairs whose GRM entry (unit mean diagonal) is at least 0.1."""
+    """Share of pairs whose GRM entry (unit mean diagonal) is at least 0.1; ``dosage``: ``(n, m)``."""
     centred = dosage - dosage.mean(axis=0)
     grm = centred @ centred.T / dosage.shape[1]
     grm /= np.mean(np.diag(grm))
@@ -24,7 +24,12 @@ def kinship_summary(dosage: np.ndarray) -> float:
 
 
 def family_design(generations: int, family_size: int) -> str:
-    """One line describing the pedigrees of :func:`~flowpheno.simulate.genotypes._family_pedigree`."""
+    """One line describing the pedigrees of :func:`~flowpheno.simulate.genotypes._family_pedigree`.
+
+    Example:
+        >>> family_design(generations=3, family_size=2)
+        'grandparents (unsampled) -> 4 children + 2 spouses -> 1-3 children per couple'
+    """
     first = f"{2 * family_size} children + {2 * family_size - 2} spouses"
     text = f"grandparents (unsampled) -> {first} -> 1-{2 * family_size - 1} children per couple"
     if generations > 3:
@@ -57,7 +62,15 @@ def write_simulated_cohort(
     covariate effects removed, then the inverse of its non-Gaussian map; NA where not
     defined), ``covar.tsv``, ``truth.tsv`` (causal SNPs and effects), ``populations.tsv``
     (each individual's population; FID is the family) and ``structure.json`` (counts).
-    ``generations`` and ``family_size`` shape the pedigrees (:func:`~flowpheno.simulate.genotypes._family_pedigree`)."""
+    ``generations`` and ``family_size`` shape the pedigrees (:func:`~flowpheno.simulate.genotypes._family_pedigree`).
+    ``n`` is approximate (whole families); ``snps`` SNPs on ``chromosomes`` chromosomes;
+    ``causal_variance`` is the share of each latent trait's variance the ``causal`` SNPs
+    explain. Returns the content of ``structure.json``.
+
+    Raises:
+        FlowphenoError, ValueError: as :func:`~flowpheno.simulate.genotypes.simulate_genotypes`
+            and :func:`~flowpheno.simulate.phenotypes.simulate_phenotypes`.
+    """
     out = Path(out)
     genotypes = simulate_genotypes(n, populations=populations, chromosomes=chromosomes, snps=snps, seed=seed,
                                    generations=generations, family_size=family_size)

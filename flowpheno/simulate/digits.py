@@ -42,7 +42,15 @@ def make_digit_individuals(
     noise: float = 8.0,
     seed: int = 0,
 ) -> int:
-    """Write the dataset; returns the number of images."""
+    """Write the dataset (module docstring) into ``out``; returns the number of images.
+
+    ``individuals`` base images, each repeated ``1 + round(Pareto(alpha))`` times (at most
+    ``max_repeats``), upscaled to ``size x size`` pixels, shifted by up to ``max_shift``
+    pixels, with Gaussian noise of SD ``noise`` grey levels (of 255).
+
+    Raises:
+        FlowphenoError: scikit-learn or Pillow is not installed (``flowpheno[bench]``).
+    """
     try:
         from PIL import Image
         from sklearn.datasets import load_digits

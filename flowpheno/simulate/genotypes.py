@@ -16,7 +16,12 @@ import pandas as pd
 
 @dataclass
 class SimulatedGenotypes:
-    """Dosage (individuals x SNPs), ``.fam``/``.bim`` tables and who is who."""
+    """Simulated genotypes of ``n`` individuals at ``m`` SNPs, ready for :func:`~flowpheno.io.plink.write_plink`.
+
+    ``dosage``: ``(n, m)`` copies (0, 1, 2) of the ``.bim`` ``a0`` allele; ``fam``: the ``n``
+    ``.fam`` rows (FID = family); ``bim``: the ``m`` ``.bim`` rows (positions in bp);
+    ``population``: ``(n,)`` population index; ``family``: ``(n,)`` family ID (as FID).
+    """
 
     dosage: np.ndarray
     fam: pd.DataFrame
@@ -93,7 +98,12 @@ def simulate_genotypes(
     (:func:`_family_pedigree`; the last family is cut at ``n_target``).
 
     SNPs are thinned at random to ``snps`` among those with MAF >= ``min_maf``, keeping
-    physical order, so LD is realistic and files stay small.
+    physical order, so LD is realistic and files stay small. ``chromosome_length`` is in bp,
+    ``split_time`` in generations, ``recombination_rate`` and ``mutation_rate`` per bp per
+    generation (msprime's units; msprime ``sim_ancestry`` with a ``fixed_pedigree`` model).
+
+    Raises:
+        ValueError: ``generations < 3`` or ``family_size < 1``.
     """
     import msprime
 

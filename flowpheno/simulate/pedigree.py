@@ -55,5 +55,12 @@ def pedigree_kinship(size: int, children: int) -> np.ndarray:
 
 
 def families_kinship(families: int, size: int, children: int) -> np.ndarray:
-    """Block-diagonal kinship of ``families`` unrelated copies of :func:`pedigree_kinship` (``n = families * size``)."""
+    """Block-diagonal kinship of ``families`` unrelated copies of :func:`pedigree_kinship`:
+    ``(n, n)`` with ``n = families * size``. Raises ``ValueError`` as :func:`pedigree_kinship`.
+
+    Example:
+        >>> kinship = families_kinship(2, 3, 1)  # two families: a founder couple and their child
+        >>> kinship.shape, float(kinship[:3, 3:].max())  # no relatedness between families
+        ((6, 6), 0.0)
+    """
     return np.kron(np.eye(families), pedigree_kinship(size, children))

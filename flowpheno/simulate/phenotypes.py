@@ -23,7 +23,9 @@ from flowpheno.simulate.genotypes import SimulatedGenotypes
 
 @dataclass
 class SimulatedPhenotypes:
-    """Tables ready to write: ``pheno``, ``covar`` (FID, IID, ...) and the causal ``truth``."""
+    """Tables ready to write: ``pheno`` (FID, IID, ``trait1 .. traitd``; NaN missing),
+    ``covar`` (FID, IID, age, sex, batch) and the causal ``truth`` (snp, chrom, pos and one
+    ``effect_<trait>`` column per trait); ``latent``: the (n, d) latent Gaussian traits."""
 
     pheno: pd.DataFrame
     covar: pd.DataFrame
@@ -36,7 +38,16 @@ class SimulatedPhenotypes:
 
 
 def nonlinear_map(latent: np.ndarray) -> np.ndarray:
-    """The invertible map from latent Gaussian traits to observed ones (traits 5+ repeat the pattern)."""
+    """The invertible map from latent Gaussian traits to observed ones (traits 5+ repeat the pattern).
+
+    ``latent``: (n, d); returns (n, d). Trait 1 is log-normal, trait 2 a crescent on trait 1,
+    trait 3 heavy-tailed and coupled to trait 2, trait 4 heteroscedastic in trait 3.
+
+    Example:
+        >>> latent = np.random.default_rng(0).normal(size=(5, 4))
+        >>> np.allclose(inverse_nonlinear_map(nonlinear_map(latent)), latent)
+        True
+    """
     u = latent
     y = np.empty_like(u)
     for j in range(u.shape[1]):
@@ -88,7 +99,13 @@ BATCH_EFFECTS = {"b1": 0.0, "b2": 0.3, "b3": -0.2}
 
 def covariate_effects(age: np.ndarray, sex: np.ndarray, batch: np.ndarray) -> np.ndarray:
     """(n,) shift added to every observed trait: ``0.01 (age - 50) + 0.2 [sex = 2] + batch``
-    (batch b1 0, b2 +0.3, b3 -0.2)."""
+    (batch b1 0, b2 +0.3, b3 -0.2). ``age`` (years), ``sex`` (PLINK code: 1 male, 2 female)
+    and ``batch`` are (n,).
+
+    Example:
+        >>> covariate_effects(np.array([50.0, 60.0]), np.array([1, 2]), np.array(["b1", "b2"]))
+        array([0. , 0.6])
+    """
     batch_effect = pd.Series(batch).map(BATCH_EFFECTS).to_numpy(dtype=float)
     return 0.01 * (np.asarray(age, dtype=float) - 50) + 0.2 * (np.asarray(sex) == 2) + batch_effect
 
@@ -122,6 +139,12 @@ def simulate_phenotypes(
     ``causal_variance``, ``polygenic_variance`` and ``population_variance`` (mean shifts
     between populations) are shares of each latent trait's variance; each causal SNP
     acts on one trait, and on each other trait with probability ``pleiotropy``.
+    ``polygenic_snps`` standardised SNPs carry the polygenic background; ``missing_rate``
+    is the share of trait values set missing at random.
+
+    Raises:
+        FlowphenoError: no more SNPs than ``causal``.
+        ValueError: the variance shares sum to 1 or more (no room for noise).
     """
     rng = np.random.default_rng(seed)
     n, m = genotypes.dosage.shape

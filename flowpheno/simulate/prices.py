@@ -29,7 +29,8 @@ def _student(rng: np.random.Generator, size: int, df: float = 4.0) -> np.ndarray
 
 
 def simulate_prices(seed: int = 0, end: str = "2017-11-10") -> dict[str, pd.DataFrame]:
-    """Ticker -> table with Date, Open, High, Low, Close, Adj Close, Volume (business days)."""
+    """Ticker -> table with Date, Open, High, Low, Close, Adj Close, Volume (business days
+    from the ticker's listing date to ``end``, ``YYYY-MM-DD``). Synthetic: see the module docstring."""
     rng = np.random.default_rng(seed)
     days = pd.bdate_range(min(LISTINGS.values()), end)
     t = len(days)
@@ -58,7 +59,12 @@ def simulate_prices(seed: int = 0, end: str = "2017-11-10") -> dict[str, pd.Data
 
 
 def write_prices(out: str | Path, layout: str = "huge", seed: int = 0, end: str = "2017-11-10") -> list[Path]:
-    """Write the synthetic set as ``out/Stocks/<ticker>.us.txt`` (``huge``) or ``out/<TICKER>.csv`` (``yahoo``)."""
+    """Write the synthetic set as ``out/Stocks/<ticker>.us.txt`` (``huge``) or ``out/<TICKER>.csv`` (``yahoo``),
+    with the synthetic-data marker beside them; returns the files written.
+
+    Raises:
+        ValueError: ``layout`` is neither ``huge`` nor ``yahoo``.
+    """
     if layout not in ("huge", "yahoo"):
         raise ValueError(f"layout must be 'huge' or 'yahoo', got {layout!r}")
     out = Path(out)
