@@ -39,7 +39,9 @@ RESULTS = Path(__file__).parent / "results"
 
 def _flow(seed: int, device: str) -> torch.nn.Module:
     torch.manual_seed(seed)
-    flow = spline_coupling_flow(2, layers=3, hidden=64, bins=16, actnorm=False, tail_bound=8.0, coupling="alternating", seed=seed)
+    flow = spline_coupling_flow(
+        2, layers=3, hidden=64, bins=16, actnorm=False, tail_bound=8.0, coupling="alternating", seed=seed
+    )
     return flow.to(device)
 
 
@@ -73,8 +75,9 @@ def lone_steps_per_second(x: torch.Tensor, steps: int, batch: int, device: str) 
 def batched_steps_per_second(x: torch.Tensor, members: int, steps: int, batch: int, device: str) -> float:
     flow = BatchedSplineFlow([_flow(0, "cpu") for _ in range(members)]).to(device)
     lrs = [1e-3, 3e-3, 1e-2, 3e-2] * (members // 4 + 1)
-    trainer = MemberTrainer(flow, MemberIID(x.shape[0]), x, x[:10], lrs[:members], [1e-2] * members, batch, 0,
-                            LRSchedule(0.9, "step", 100))
+    trainer = MemberTrainer(
+        flow, MemberIID(x.shape[0]), x, x[:10], lrs[:members], [1e-2] * members, batch, 0, LRSchedule(0.9, "step", 100)
+    )
     trainer.active = trainer.active.to(device)
     generator = torch.Generator().manual_seed(0)
     batches = [idx.to(device) for idx in torch.randperm(x.shape[0], generator=generator).split(batch)]
@@ -110,30 +113,61 @@ def main() -> None:
         steps = max(5, args.steps // max(1, members // 12))
         timings = [batched_steps_per_second(x, members, steps, 256, device) for _ in range(args.repeats)]
         rate = statistics.median(timings)
-        rows.append({"members": members, "batched_member_steps_per_s": rate, "batched_steps_per_s": rate / members,
-                     "sequential_member_steps_per_s": lone, "speedup": rate / lone, "timings": timings, "steps_timed": steps})
-        print(f"K={members}: batched {rate:.1f} member-steps/s ({rate / members:.2f} steps/s), lone {lone:.1f} steps/s, "
-              f"speed-up {rate / lone:.1f}x", flush=True)
+        rows.append(
+            {
+                "members": members,
+                "batched_member_steps_per_s": rate,
+                "batched_steps_per_s": rate / members,
+                "sequential_member_steps_per_s": lone,
+                "speedup": rate / lone,
+                "timings": timings,
+                "steps_timed": steps,
+            }
+        )
+        print(
+            f"K={members}: batched {rate:.1f} member-steps/s ({rate / members:.2f} steps/s), lone {lone:.1f} steps/s, "
+            f"speed-up {rate / lone:.1f}x",
+            flush=True,
+        )
     load_after = os.getloadavg()
     command = "python benchmarks/batched_training.py " + " ".join(sys.argv[1:])
-    device_name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or platform.machine()
-    result = {"command": command, "device": device, "device_name": device_name, "threads": args.threads,
-              "torch": torch.__version__, "load_average_before": load_before, "load_average_after": load_after,
-              "cpus": os.cpu_count(), "lone_steps_per_s": lone, "rows": rows, "seconds": time.perf_counter() - started,
-              "model": "3 alternating RQS couplings, MLP 1-64-64-47, 16 bins, batch 256, n = 10,000, iid objective"}
+    device_name = (
+        torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or platform.machine()
+    )
+    result = {
+        "command": command,
+        "device": device,
+        "device_name": device_name,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "cpus": os.cpu_count(),
+        "lone_steps_per_s": lone,
+        "rows": rows,
+        "seconds": time.perf_counter() - started,
+        "model": "3 alternating RQS couplings, MLP 1-64-64-47, 16 bins, batch 256, n = 10,000, iid objective",
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out_name}.json").write_text(json.dumps(result, indent=2))
-    lines = [f"# Batched training of small spline flows ({device})", "",
-             f"`{command}` ({device_name}, {args.threads} threads, torch {torch.__version__}; load average "
-             f"{load_before[0]:.1f} before, {load_after[0]:.1f} after, on {os.cpu_count()} CPUs; {result['seconds']:.0f} s).", "",
-             "Model: " + result["model"] + ". Member-steps/s = K x optimiser steps per second; K sequential lone runs "
-             "(zuko flow, torch Adamax, StepLR) make as many member-steps per second as one. Median of "
-             f"{args.repeats} timings.", "",
-             "| K | batched member-steps/s | batched steps/s | K sequential runs, member-steps/s | speed-up |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# Batched training of small spline flows ({device})",
+        "",
+        f"`{command}` ({device_name}, {args.threads} threads, torch {torch.__version__}; load average "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after, on {os.cpu_count()} CPUs; {result['seconds']:.0f} s).",
+        "",
+        "Model: " + result["model"] + ". Member-steps/s = K x optimiser steps per second; K sequential lone runs "
+        "(zuko flow, torch Adamax, StepLR) make as many member-steps per second as one. Median of "
+        f"{args.repeats} timings.",
+        "",
+        "| K | batched member-steps/s | batched steps/s | K sequential runs, member-steps/s | speed-up |",
+        "|---|---|---|---|---|",
+    ]
     for row in rows:
-        lines.append(f"| {row['members']} | {row['batched_member_steps_per_s']:.1f} | {row['batched_steps_per_s']:.2f} | "
-                     f"{row['sequential_member_steps_per_s']:.1f} | {row['speedup']:.1f}x |")
+        lines.append(
+            f"| {row['members']} | {row['batched_member_steps_per_s']:.1f} | {row['batched_steps_per_s']:.2f} | "
+            f"{row['sequential_member_steps_per_s']:.1f} | {row['speedup']:.1f}x |"
+        )
     (RESULTS / f"{args.out_name}.md").write_text("\n".join(lines) + "\n")
 
 

@@ -87,7 +87,9 @@ def main(
     started = time.perf_counter()
     eigenvalues, eigenvectors, _ = spectral_decomposition(kinship, "benchmark kinship")
     eig_seconds = time.perf_counter() - started
-    model = KinshipCovariance(torch.as_tensor(eigenvalues, dtype=torch.float32), torch.as_tensor(eigenvectors, dtype=torch.float32), s2=0.3)
+    model = KinshipCovariance(
+        torch.as_tensor(eigenvalues, dtype=torch.float32), torch.as_tensor(eigenvectors, dtype=torch.float32), s2=0.3
+    )
     started = time.perf_counter()
     model.precision_block(torch.arange(2))  # builds and caches the dense precision for this s2
     precision_seconds = time.perf_counter() - started

@@ -46,10 +46,18 @@ def simulate(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     factor = pcs / np.linalg.norm(pcs, axis=1, keepdims=True)
     latent = np.sqrt(TRUE_S2) * factor @ rng.normal(size=(RANK, D)) + np.sqrt(1 - TRUE_S2) * rng.normal(size=(n, D))
     mixed = latent @ np.linalg.cholesky(0.5 * np.eye(D) + 0.5 * np.ones((D, D))).T  # correlated traits
-    traits = np.column_stack([
-        np.exp(0.5 * mixed[:, 0]), mixed[:, 1] + 0.3 * mixed[:, 1] ** 3, np.sinh(mixed[:, 2]), np.log1p(np.exp(2 * mixed[:, 3])),
-        mixed[:, 4], np.exp(0.3 * mixed[:, 5]), mixed[:, 6] ** 3 + mixed[:, 6], np.tanh(0.5 * mixed[:, 7]) + 0.1 * mixed[:, 7],
-    ])
+    traits = np.column_stack(
+        [
+            np.exp(0.5 * mixed[:, 0]),
+            mixed[:, 1] + 0.3 * mixed[:, 1] ** 3,
+            np.sinh(mixed[:, 2]),
+            np.log1p(np.exp(2 * mixed[:, 3])),
+            mixed[:, 4],
+            np.exp(0.3 * mixed[:, 5]),
+            mixed[:, 6] ** 3 + mixed[:, 6],
+            np.tanh(0.5 * mixed[:, 7]) + 0.1 * mixed[:, 7],
+        ]
+    )
     return factor, (traits - traits.mean(axis=0)) / traits.std(axis=0), latent
 
 
@@ -93,8 +101,15 @@ def measure(n: int, method: str, dense: bool, config: dict[str, Any], queue: mul
     spectral = time.perf_counter() - started
     del w
 
-    train_config = TrainConfig(epochs=config["epochs"], stages=config["stages"], batch_size=config["batch_size"], lr=1e-3,
-                               seed=0, patience=None, objective="exact" if method == "joint_exact" else "minibatch")
+    train_config = TrainConfig(
+        epochs=config["epochs"],
+        stages=config["stages"],
+        batch_size=config["batch_size"],
+        lr=1e-3,
+        seed=0,
+        patience=None,
+        objective="exact" if method == "joint_exact" else "minibatch",
+    )
     torch.manual_seed(0)
     flow = affine_coupling_flow(D, layers=config["layers"], hidden=config["hidden"], seed=0)
     started = time.perf_counter()
@@ -105,16 +120,25 @@ def measure(n: int, method: str, dense: bool, config: dict[str, Any], queue: mul
     fit_seconds = time.perf_counter() - started
     epoch_seconds = [record["seconds"] for record in outcome.epochs]
     s2_seconds = [stage["s2_seconds"] for stage in outcome.stages if "s2_seconds" in stage]
-    queue.put({
-        "n": n, "n_train": len(train), "path": "dense" if dense else "low-rank", "method": method,
-        "rank": model.rank, "spectral_seconds": spectral,
-        "epoch_seconds_median": statistics.median(epoch_seconds), "epochs": len(epoch_seconds),
-        "s2_stage_seconds_median": statistics.median(s2_seconds) if s2_seconds else None,
-        "fit_seconds": fit_seconds, "total_seconds": spectral + fit_seconds,
-        "s2": outcome.dependence.describe()["s2"], "s2_error": abs(outcome.dependence.describe()["s2"] - TRUE_S2),
-        "best_val_nll": outcome.best_val_nll,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # kB on Linux
-    })
+    queue.put(
+        {
+            "n": n,
+            "n_train": len(train),
+            "path": "dense" if dense else "low-rank",
+            "method": method,
+            "rank": model.rank,
+            "spectral_seconds": spectral,
+            "epoch_seconds_median": statistics.median(epoch_seconds),
+            "epochs": len(epoch_seconds),
+            "s2_stage_seconds_median": statistics.median(s2_seconds) if s2_seconds else None,
+            "fit_seconds": fit_seconds,
+            "total_seconds": spectral + fit_seconds,
+            "s2": outcome.dependence.describe()["s2"],
+            "s2_error": abs(outcome.dependence.describe()["s2"] - TRUE_S2),
+            "best_val_nll": outcome.best_val_nll,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # kB on Linux
+        }
+    )
 
 
 def run(n: int, method: str, dense: bool, config: dict[str, Any]) -> dict[str, Any]:
@@ -129,14 +153,17 @@ def run(n: int, method: str, dense: bool, config: dict[str, Any]) -> dict[str, A
 
 def markdown(rows: list[dict[str, Any]], config: dict[str, Any], wall: float) -> str:
     lines = [
-        "# Biobank scale: rank-40 kinship, d = 8", "",
+        "# Biobank scale: rank-40 kinship, d = 8",
+        "",
         f"`python benchmarks/bench_scale.py {config['argv']}` on {config['machine']} ({config['threads']} torch threads); "
         f"total wall time {wall / 60:.1f} min (sum of fits, setup excluded when resumed).",
         f"Flow: affine coupling, {config['layers']} layers x {config['hidden']} hidden; batch {config['batch_size']}; "
         f"{config['stages']} stages x {config['epochs']} epochs; 15% of individuals held out for validation; "
-        f"true s2 = {TRUE_S2}.", "",
+        f"true s2 = {TRUE_S2}.",
+        "",
         "s2 error is against the simulated 0.4; 'oracle s2' is the exact maximum-likelihood s2 of the true latent of",
-        "the same draw (what a perfect flow would give; its own sampling error is about 0.03 with rank 40 and d = 8).", "",
+        "the same draw (what a perfect flow would give; its own sampling error is about 0.03 with rank 40 and d = 8).",
+        "",
         "| n | path | method | rank | spectral step (s) | s / epoch | us / epoch / row | s / s2 stage | whole fit (min) | peak RSS (GB) | s2 | error vs 0.4 | oracle s2 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -148,7 +175,8 @@ def markdown(rows: list[dict[str, Any]], config: dict[str, Any], wall: float) ->
             f"{row['total_seconds'] / 60:.1f} | {row['peak_rss_gb']:.2f} | {row['s2']:.3f} | {row['s2_error']:.3f} | {row['oracle_s2']:.3f} |"
         )
     lines += [
-        "", "`joint_exact` takes one optimiser step per epoch on the exact full-data objective (Woodbury, chunked",
+        "",
+        "`joint_exact` takes one optimiser step per epoch on the exact full-data objective (Woodbury, chunked",
         "two-pass gradient): its epoch costs about two forward passes and one backward pass over all rows, with no",
         "estimator variance; it needs more epochs than mini-batch training to fit the flow equally well.",
     ]
@@ -159,7 +187,9 @@ def main(
     sizes: str = typer.Option("10000,50000,100000,500000", "--sizes", help="comma-separated n"),
     methods: str = typer.Option("alternating,joint,joint_exact", "--methods"),
     dense_max: int = typer.Option(10_000, "--dense-max", help="largest n for the dense path beside"),
-    dense_methods: str = typer.Option("alternating", "--dense-methods", help="methods run on the dense path (each redoes the eigendecomposition)"),
+    dense_methods: str = typer.Option(
+        "alternating", "--dense-methods", help="methods run on the dense path (each redoes the eigendecomposition)"
+    ),
     epochs: int = typer.Option(3, "--epochs", help="epochs per stage"),
     stages: int = typer.Option(4, "--stages"),
     batch_size: int = typer.Option(1024, "--batch-size"),
@@ -168,9 +198,16 @@ def main(
     threads: int = typer.Option(os.cpu_count() or 1, "--threads"),
     out: Path = typer.Option(RESULTS, "--out", help="folder for scale.json, scale.md and scale_rows.jsonl (resumed)"),
 ) -> None:
-    config = {"epochs": epochs, "stages": stages, "batch_size": batch_size, "layers": layers,
-              "hidden": hidden, "threads": threads, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "argv": " ".join(os.sys.argv[1:])}
+    config = {
+        "epochs": epochs,
+        "stages": stages,
+        "batch_size": batch_size,
+        "layers": layers,
+        "hidden": hidden,
+        "threads": threads,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "argv": " ".join(os.sys.argv[1:]),
+    }
     low_rank_list = [m.strip() for m in methods.split(",") if m.strip()]
     dense_list = [m.strip() for m in dense_methods.split(",") if m.strip()]
     out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +216,7 @@ def main(
     done = {(row["n"], row["path"], row["method"]) for row in rows}
     started = time.perf_counter()
     for n in [int(s) for s in sizes.split(",")]:
-        for dense in ([False, True] if n <= dense_max else [False]):
+        for dense in [False, True] if n <= dense_max else [False]:
             for method in dense_list if dense else low_rank_list:
                 if (n, "dense" if dense else "low-rank", method) in done:
                     continue
@@ -192,11 +229,20 @@ def main(
     oracles = {n: oracle_s2(n) for n in sorted({row["n"] for row in rows if "oracle_s2" not in row})}
     for row in rows:
         row.setdefault("oracle_s2", oracles.get(row["n"]))
-    wall = time.perf_counter() - started + sum(row["total_seconds"] for row in rows if (row["n"], row["path"], row["method"]) in done)
+    wall = (
+        time.perf_counter()
+        - started
+        + sum(row["total_seconds"] for row in rows if (row["n"], row["path"], row["method"]) in done)
+    )
     from flowpheno.bench.results import package_versions, write_results
 
-    write_results(out, {"scale.json": {"config": config, "versions": package_versions(), "wall_seconds": wall, "rows": rows},
-                        "scale.md": markdown(rows, config, wall)})
+    write_results(
+        out,
+        {
+            "scale.json": {"config": config, "versions": package_versions(), "wall_seconds": wall, "rows": rows},
+            "scale.md": markdown(rows, config, wall),
+        },
+    )
     print(markdown(rows, config, wall))
 
 

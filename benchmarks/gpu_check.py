@@ -35,8 +35,9 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -91,8 +92,25 @@ def example_fit(devices: tuple[str, str], extra: list[str], work: Path) -> dict[
     runs = {}
     for i, device in enumerate(devices):
         out = work / f"run_{i}_{device}"
-        seconds = run(["fit", "--pheno", str(ROOT / "examples" / "pheno.tsv"), "--covar", str(ROOT / "examples" / "covar.tsv"),
-                       "--grm", str(kinship), "--out", str(out), "--seed", "1", "--device", device, *extra], work / f"fit_{i}.log")
+        seconds = run(
+            [
+                "fit",
+                "--pheno",
+                str(ROOT / "examples" / "pheno.tsv"),
+                "--covar",
+                str(ROOT / "examples" / "covar.tsv"),
+                "--grm",
+                str(kinship),
+                "--out",
+                str(out),
+                "--seed",
+                "1",
+                "--device",
+                device,
+                *extra,
+            ],
+            work / f"fit_{i}.log",
+        )
         fit = json.loads((out / "fit.json").read_text())
         runs[f"{i}_{device}"] = {
             "seconds": seconds,
@@ -103,13 +121,16 @@ def example_fit(devices: tuple[str, str], extra: list[str], work: Path) -> dict[
     (a, b) = runs.values()
     s2_diff = max(abs(x - y) for x, y in zip(a["s2_per_stage"], b["s2_per_stage"]))
     return {
-        "devices": list(devices), "extra_options": extra,
+        "devices": list(devices),
+        "extra_options": extra,
         "seconds": {key: value["seconds"] for key, value in runs.items()},
         "s2_per_stage": {key: value["s2_per_stage"] for key, value in runs.items()},
         "best_validation_nll": {key: value["best_validation_nll"] for key, value in runs.items()},
         "max_abs_s2_difference": s2_diff,
         "max_abs_latent_difference": float(np.nanmax(np.abs(a["latent"] - b["latent"]))),
-        "latent_correlation_min": min(_correlation(a["latent"][:, j], b["latent"][:, j]) for j in range(a["latent"].shape[1])),
+        "latent_correlation_min": min(
+            _correlation(a["latent"][:, j], b["latent"][:, j]) for j in range(a["latent"].shape[1])
+        ),
     }
 
 
@@ -132,8 +153,15 @@ def kinship_models(n: int, path: str, device: str) -> tuple[Any, Any]:
     return IIDCovariance(n).to(device), model.float().to(device)
 
 
-def epoch_seconds(models: dict[str, Any], n: int, device: str, epochs: int, warmup: int, objective: str = "minibatch",
-                  batch_size: int = 1024) -> dict[str, list[float]]:
+def epoch_seconds(
+    models: dict[str, Any],
+    n: int,
+    device: str,
+    epochs: int,
+    warmup: int,
+    objective: str = "minibatch",
+    batch_size: int = 1024,
+) -> dict[str, list[float]]:
     """Interleaved epochs of each model (one flow copy each, same start); warm-up epochs untimed."""
     from flowpheno.flows import affine_coupling_flow
     from flowpheno.train import EpochTrainer, TrainConfig
@@ -160,18 +188,34 @@ def overhead(devices: list[str], sizes: dict[str, Any]) -> dict[str, Any]:
         for device in devices:
             iid, kinship = kinship_models(n, path, device)
             big_on_cpu = device == "cpu" and n > 100_000  # one untimed-free epoch each: minutes on a CPU
-            timings = epoch_seconds({"iid": iid, "kinship": kinship}, n, device,
-                                    epochs=1 if big_on_cpu else sizes["timed_epochs"], warmup=0 if big_on_cpu else 1)
+            timings = epoch_seconds(
+                {"iid": iid, "kinship": kinship},
+                n,
+                device,
+                epochs=1 if big_on_cpu else sizes["timed_epochs"],
+                warmup=0 if big_on_cpu else 1,
+            )
             medians = {name: statistics.median(values) for name, values in timings.items()}
-            rows.append({"path": path, "n": n, "device": device, "epoch_seconds": timings, "iid_median": medians["iid"],
-                         "kinship_median": medians["kinship"], "overhead_ratio": medians["kinship"] / medians["iid"]})
+            rows.append(
+                {
+                    "path": path,
+                    "n": n,
+                    "device": device,
+                    "epoch_seconds": timings,
+                    "iid_median": medians["iid"],
+                    "kinship_median": medians["kinship"],
+                    "overhead_ratio": medians["kinship"] / medians["iid"],
+                }
+            )
             del iid, kinship
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
     for row in rows:
         cpu = [r for r in rows if r["path"] == row["path"] and r["device"] == "cpu"]
         if row["device"] != "cpu" and cpu:
-            row["speedup_over_cpu"] = {name: cpu[0][f"{name}_median"] / row[f"{name}_median"] for name in ("iid", "kinship")}
+            row["speedup_over_cpu"] = {
+                name: cpu[0][f"{name}_median"] / row[f"{name}_median"] for name in ("iid", "kinship")
+            }
     return {"rows": rows, "batch_size": 1024, "flow": "affine coupling, 16 layers, 128-128 SiLU", "d": D}
 
 
@@ -183,8 +227,14 @@ def exact_objective(device: str, n: int) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     timings = epoch_seconds({"kinship": kinship}, n, device, epochs=2, warmup=1, objective="exact")["kinship"]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-    return {"n": n, "rank": RANK, "device": device, "epoch_seconds": timings, "epoch_median": statistics.median(timings),
-            "peak_gpu_memory_gb": peak}
+    return {
+        "n": n,
+        "rank": RANK,
+        "device": device,
+        "epoch_seconds": timings,
+        "epoch_median": statistics.median(timings),
+        "peak_gpu_memory_gb": peak,
+    }
 
 
 # 4 ------------------------------------------------------------------------------------------
@@ -192,8 +242,11 @@ def images(device: str, work: Path) -> dict[str, Any]:
     out = work / "images"
     seconds = run(["bench", "images", "--quick", "--device", device, "--out", str(out)], work / "images.log")
     result = json.loads((out / "results.json").read_text())
-    return {"device": result.get("device", device), "wall_seconds": seconds,
-            "test_nll": {run_["method"]: run_["test_nll"] for run_ in result["runs"]}}
+    return {
+        "device": result.get("device", device),
+        "wall_seconds": seconds,
+        "test_nll": {run_["method"]: run_["test_nll"] for run_ in result["runs"]},
+    }
 
 
 # 5 ------------------------------------------------------------------------------------------
@@ -222,46 +275,76 @@ def host_syncs(device: str, n: int) -> dict[str, Any]:
         torch.cuda.set_sync_debug_mode("default")
         warnings.showwarning = original
         counts[name] = {"syncs": sum(sites.values()), "batches": -(-n // 1024), "sites": dict(sites.most_common())}
-    return {"n": n, "path": "dense", "per_epoch": counts,
-            "note": "one epoch includes building the trainer (optimizer, flow copy), the batches and the epoch-end read"}
+    return {
+        "n": n,
+        "path": "dense",
+        "per_epoch": counts,
+        "note": "one epoch includes building the trainer (optimizer, flow copy), the batches and the epoch-end read",
+    }
 
 
 # --------------------------------------------------------------------------------------------
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"# GPU check ({result['device_name']})", "",
-             f"`{result['command']}`; {result['machine']}; torch {result['versions'].get('torch')}; "
-             f"wall time {result.get('wall_seconds', 0) / 60:.1f} min.", ""]
+    lines = [
+        f"# GPU check ({result['device_name']})",
+        "",
+        f"`{result['command']}`; {result['machine']}; torch {result['versions'].get('torch')}; "
+        f"wall time {result.get('wall_seconds', 0) / 60:.1f} min.",
+        "",
+    ]
     fit = result.get("example_fit")
     if isinstance(fit, dict) and "error" not in fit:
         a, b = fit["devices"]
-        lines += ["## 1. `make example`'s fit, same seed", "",
-                  f"| | {a} | {b} |", "|---|---|---|"]
+        lines += ["## 1. `make example`'s fit, same seed", "", f"| | {a} | {b} |", "|---|---|---|"]
         keys = list(fit["seconds"])
         lines.append(f"| wall time (s) | {fit['seconds'][keys[0]]:.1f} | {fit['seconds'][keys[1]]:.1f} |")
-        lines.append("| s2 per stage | " + " | ".join(", ".join(f"{v:.4f}" for v in fit["s2_per_stage"][k]) for k in keys) + " |")
-        lines.append("| best validation NLL | " + " | ".join(f"{fit['best_validation_nll'][k]:.4f}" for k in keys) + " |")
-        lines += ["", f"max |s2 difference| {fit['max_abs_s2_difference']:.2e}; max |Gaussianized trait difference| "
-                  f"{fit['max_abs_latent_difference']:.2e}; smallest per-trait correlation {fit['latent_correlation_min']:.5f}.", ""]
+        lines.append(
+            "| s2 per stage | " + " | ".join(", ".join(f"{v:.4f}" for v in fit["s2_per_stage"][k]) for k in keys) + " |"
+        )
+        lines.append(
+            "| best validation NLL | " + " | ".join(f"{fit['best_validation_nll'][k]:.4f}" for k in keys) + " |"
+        )
+        lines += [
+            "",
+            f"max |s2 difference| {fit['max_abs_s2_difference']:.2e}; max |Gaussianized trait difference| "
+            f"{fit['max_abs_latent_difference']:.2e}; smallest per-trait correlation {fit['latent_correlation_min']:.5f}.",
+            "",
+        ]
     over = result.get("overhead")
     if isinstance(over, dict) and "error" not in over:
-        lines += ["## 2. Seconds per flow epoch: iid vs kinship (batch 1024, d = 6, 16 x 128 affine coupling)", "",
-                  "| kinship | n | device | iid | kinship | kinship / iid (target <= 1.10) | CPU / this device (iid, kinship) |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## 2. Seconds per flow epoch: iid vs kinship (batch 1024, d = 6, 16 x 128 affine coupling)",
+            "",
+            "| kinship | n | device | iid | kinship | kinship / iid (target <= 1.10) | CPU / this device (iid, kinship) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for row in over["rows"]:
             speed = row.get("speedup_over_cpu")
             speed_text = f"{speed['iid']:.1f}x, {speed['kinship']:.1f}x" if speed else "-"
-            lines.append(f"| {row['path']} | {row['n']:,} | {row['device']} | {row['iid_median']:.3f} | {row['kinship_median']:.3f} | "
-                         f"{row['overhead_ratio']:.3f} | {speed_text} |")
+            lines.append(
+                f"| {row['path']} | {row['n']:,} | {row['device']} | {row['iid_median']:.3f} | {row['kinship_median']:.3f} | "
+                f"{row['overhead_ratio']:.3f} | {speed_text} |"
+            )
         lines.append("")
     exact = result.get("exact_objective")
     if isinstance(exact, dict) and "error" not in exact:
         peak = f"{exact['peak_gpu_memory_gb']:.2f} GB" if exact["peak_gpu_memory_gb"] is not None else "n/a (CPU)"
-        lines += ["## 3. Exact objective", "", f"n = {exact['n']:,}, rank {exact['rank']}, {exact['device']}: "
-                  f"{exact['epoch_median']:.2f} s per epoch (one full-data step), peak GPU memory {peak}.", ""]
+        lines += [
+            "## 3. Exact objective",
+            "",
+            f"n = {exact['n']:,}, rank {exact['rank']}, {exact['device']}: "
+            f"{exact['epoch_median']:.2f} s per epoch (one full-data step), peak GPU memory {peak}.",
+            "",
+        ]
     img = result.get("images")
     if isinstance(img, dict) and "error" not in img:
         nll = ", ".join(f"{k} {v:.3f}" for k, v in img["test_nll"].items())
-        lines += ["## 4. `flowpheno bench images --quick`", "", f"{img['device']}: {img['wall_seconds']:.1f} s; test NLL {nll}.", ""]
+        lines += [
+            "## 4. `flowpheno bench images --quick`",
+            "",
+            f"{img['device']}: {img['wall_seconds']:.1f} s; test NLL {nll}.",
+            "",
+        ]
     syncs = result.get("host_syncs")
     if isinstance(syncs, dict) and "error" not in syncs:
         lines += ["## 5. Host-device synchronisations per epoch", ""]
@@ -281,7 +364,9 @@ def markdown(result: dict[str, Any]) -> str:
 def main(
     cpu_fallback: bool = typer.Option(False, "--cpu-fallback", help="no GPU: run every step on the CPU at small sizes"),
     out: Path = typer.Option(RESULTS, "--out", help="folder for gpu.json and gpu.md (gpu_cpu_fallback.*)"),
-    only: str = typer.Option("example_fit,overhead,exact_objective,images,host_syncs", "--only", help="comma-separated sections"),
+    only: str = typer.Option(
+        "example_fit,overhead,exact_objective,images,host_syncs", "--only", help="comma-separated sections"
+    ),
 ) -> None:
     pick = 1 if cpu_fallback else 0
     sizes = {key: value[pick] for key, value in SIZES.items()}
@@ -292,9 +377,12 @@ def main(
     name = "gpu_cpu_fallback" if cpu_fallback else "gpu"
     result: dict[str, Any] = {
         "command": command_line("python benchmarks/gpu_check.py"),
-        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else f"CPU fallback ({platform.processor() or platform.machine()})",
+        "device_name": torch.cuda.get_device_name(0)
+        if device == "cuda"
+        else f"CPU fallback ({platform.processor() or platform.machine()})",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
-        "versions": package_versions(), "sizes": sizes,
+        "versions": package_versions(),
+        "sizes": sizes,
     }
 
     def save() -> None:

@@ -50,8 +50,21 @@ COHORT_TYPES = {
     "deep": {"chromosomes": 10, "generations": 4, "family_size": 3},
 }
 PAIRS = [("flow_kinship", "flow_iid"), ("flow_iid", "rint_mv"), ("flow_iid", "single"), ("flow_kinship", "single")]
-ROW_KEYS = ("n", "loci", "true_loci", "false_loci", "false_loci_near", "power", "fdp", "lambda_gc", "lambda_gc_df",
-            "lambda_gc_1df", "truth_window_genome_share", "causal_snps", "snps_tested")
+ROW_KEYS = (
+    "n",
+    "loci",
+    "true_loci",
+    "false_loci",
+    "false_loci_near",
+    "power",
+    "fdp",
+    "lambda_gc",
+    "lambda_gc_df",
+    "lambda_gc_1df",
+    "truth_window_genome_share",
+    "causal_snps",
+    "snps_tested",
+)
 
 
 def settings_key(settings: dict[str, Any]) -> str:
@@ -72,7 +85,9 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def run_cohort(workdir: Path, name: str, simulate: dict, arms: list[str], fit: dict, gwas: dict, cores: int) -> tuple[list[dict], float]:
+def run_cohort(
+    workdir: Path, name: str, simulate: dict, arms: list[str], fit: dict, gwas: dict, cores: int
+) -> tuple[list[dict], float]:
     """One workflow run; one row per arm (its evaluation summary) and the wall time."""
     config = {
         "outdir": str(workdir / name),
@@ -88,8 +103,19 @@ def run_cohort(workdir: Path, name: str, simulate: dict, arms: list[str], fit: d
     snakemake = str(local) if local.exists() else shutil.which("snakemake")
     started = time.perf_counter()
     subprocess.run(
-        [snakemake, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile", str(config_path),
-         f"-c{cores}", "gwas_all", "--quiet", "rules"],
+        [
+            snakemake,
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(config_path),
+            f"-c{cores}",
+            "gwas_all",
+            "--quiet",
+            "rules",
+        ],
         check=True,
     )
     seconds = time.perf_counter() - started
@@ -118,8 +144,16 @@ def paired(alternative: pd.DataFrame, first: str, second: str, metric: str) -> d
     if difference.empty:
         return None
     se = float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else None
-    return {"pair": f"{first} - {second}", "metric": metric, "seeds": int(len(difference)), "mean": float(difference.mean()),
-            "se": se, "positive": int((difference > 0).sum()), "negative": int((difference < 0).sum()), "zero": int((difference == 0).sum())}
+    return {
+        "pair": f"{first} - {second}",
+        "metric": metric,
+        "seeds": int(len(difference)),
+        "mean": float(difference.mean()),
+        "se": se,
+        "positive": int((difference > 0).sum()),
+        "negative": int((difference < 0).sum()),
+        "zero": int((difference == 0).sum()),
+    }
 
 
 def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -138,7 +172,10 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
         "the genome is in the per-cohort table). lambda GC on each test's own scale: chi-square with d = 4 df for the mvLMM "
         "arms, the mean of the per-trait 1-df lambdas for `single`.",
         "",
-        "Cohort types: " + "; ".join(f"`{name}`: {', '.join(f'{k} {v}' for k, v in spec.items())}" for name, spec in COHORT_TYPES.items()),
+        "Cohort types: "
+        + "; ".join(
+            f"`{name}`: {', '.join(f'{k} {v}' for k, v in spec.items())}" for name, spec in COHORT_TYPES.items()
+        ),
     ]
     summary: dict[str, Any] = {"means": {}, "null": {}, "paired": {}}
     for cohort_type in [t for t in COHORT_TYPES if t in set(frame["type"])]:
@@ -147,39 +184,75 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
         lines += ["", f"## `{cohort_type}` cohorts"]
         if not alternative.empty:
             seeds = alternative["seed"].nunique()
-            lines += ["", f"### Mean +- standard error over {seeds} seed(s)", "",
-                      "| arm | n | loci | true loci | false loci | false near [1] | power | FDP | lambda GC |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                f"### Mean +- standard error over {seeds} seed(s)",
+                "",
+                "| arm | n | loci | true loci | false loci | false near [1] | power | FDP | lambda GC |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
             summary["means"][cohort_type] = {}
             for arm in arms:
                 of_arm = alternative[alternative["arm"] == arm]
                 if of_arm.empty:
                     continue
-                cells = [mean_se(of_arm[key]) for key in ("n", "loci", "true_loci", "false_loci", "false_loci_near", "power", "fdp", "lambda_gc")]
+                cells = [
+                    mean_se(of_arm[key])
+                    for key in ("n", "loci", "true_loci", "false_loci", "false_loci_near", "power", "fdp", "lambda_gc")
+                ]
                 lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-                summary["means"][cohort_type][arm] = {key: float(of_arm[key].astype(float).mean()) for key in
-                                                      ("n", "true_loci", "false_loci", "power", "fdp", "lambda_gc") if of_arm[key].notna().any()}
-            differences = [d for first, second in PAIRS for metric in ("true_loci", "false_loci")
-                           if (d := paired(alternative, first, second, metric)) is not None]
+                summary["means"][cohort_type][arm] = {
+                    key: float(of_arm[key].astype(float).mean())
+                    for key in ("n", "true_loci", "false_loci", "power", "fdp", "lambda_gc")
+                    if of_arm[key].notna().any()
+                }
+            differences = [
+                d
+                for first, second in PAIRS
+                for metric in ("true_loci", "false_loci")
+                if (d := paired(alternative, first, second, metric)) is not None
+            ]
             summary["paired"][cohort_type] = differences
             if differences:
-                lines += ["", "### Paired differences across seeds (same cohort)", "",
-                          "| difference | metric | seeds | mean +- SE | seeds > 0 / < 0 / = 0 |", "|---|---|---|---|---|"]
+                lines += [
+                    "",
+                    "### Paired differences across seeds (same cohort)",
+                    "",
+                    "| difference | metric | seeds | mean +- SE | seeds > 0 / < 0 / = 0 |",
+                    "|---|---|---|---|---|",
+                ]
                 for d in differences:
                     se = f" +- {d['se']:.2g}" if d["se"] is not None else ""
-                    lines.append(f"| {d['pair']} | {d['metric']} | {d['seeds']} | {d['mean']:.2f}{se} | "
-                                 f"{d['positive']} / {d['negative']} / {d['zero']} |")
-            lines += ["", "### Per seed", "",
-                      "| cohort | arm | n | loci | true | false | power | FDP | lambda GC (df) | window share |",
-                      "|---|---|---|---|---|---|---|---|---|---|"]
+                    lines.append(
+                        f"| {d['pair']} | {d['metric']} | {d['seeds']} | {d['mean']:.2f}{se} | "
+                        f"{d['positive']} / {d['negative']} / {d['zero']} |"
+                    )
+            lines += [
+                "",
+                "### Per seed",
+                "",
+                "| cohort | arm | n | loci | true | false | power | FDP | lambda GC (df) | window share |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
             for row in alternative.itertuples():
-                lam = "-" if row.lambda_gc is None or pd.isna(row.lambda_gc) else f"{row.lambda_gc:.3f} ({row.lambda_gc_df})"
+                lam = (
+                    "-"
+                    if row.lambda_gc is None or pd.isna(row.lambda_gc)
+                    else f"{row.lambda_gc:.3f} ({row.lambda_gc_df})"
+                )
                 share = "-" if pd.isna(row.truth_window_genome_share) else f"{row.truth_window_genome_share:.1%}"
-                lines.append(f"| {row.cohort} | {row.arm} | {_int(row.n)} | {row.loci} | {_int(row.true_loci)} | {_int(row.false_loci)} | "
-                             f"{row.power:.2f} | {row.fdp:.2f} | {lam} | {share} |")
+                lines.append(
+                    f"| {row.cohort} | {row.arm} | {_int(row.n)} | {row.loci} | {_int(row.true_loci)} | {_int(row.false_loci)} | "
+                    f"{row.power:.2f} | {row.fdp:.2f} | {lam} | {share} |"
+                )
         if not null.empty:
-            lines += ["", f"### Null cohorts ({null['seed'].nunique()} seed(s), no causal SNP: every locus is false)", "",
-                      "| arm | loci (all false) | lambda GC | lambda GC per seed |", "|---|---|---|---|"]
+            lines += [
+                "",
+                f"### Null cohorts ({null['seed'].nunique()} seed(s), no causal SNP: every locus is false)",
+                "",
+                "| arm | loci (all false) | lambda GC | lambda GC per seed |",
+                "|---|---|---|---|",
+            ]
             summary["null"][cohort_type] = {}
             for arm in arms:
                 of_arm = null[null["arm"] == arm]
@@ -187,11 +260,19 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
                     continue
                 per_seed = ", ".join(f"{value:.3f}" for value in of_arm["lambda_gc"].astype(float))
                 lines.append(f"| {arm} | {mean_se(of_arm['loci'])} | {mean_se(of_arm['lambda_gc'])} | {per_seed} |")
-                summary["null"][cohort_type][arm] = {"loci": float(of_arm["loci"].mean()), "lambda_gc": float(of_arm["lambda_gc"].mean())}
+                summary["null"][cohort_type][arm] = {
+                    "loci": float(of_arm["loci"].mean()),
+                    "lambda_gc": float(of_arm["lambda_gc"].mean()),
+                }
     timings = frame.drop_duplicates("cohort")[["cohort", "seconds"]]
-    lines += ["", "[1] false loci within the clumping distance (250 kb) of a causal SNP: secondary clumps of a true signal, "
-              "counted false by the truth window.",
-              "", "Wall time per cohort (s): " + ", ".join(f"{row.cohort} {row.seconds:.0f}" for row in timings.itertuples()), ""]
+    lines += [
+        "",
+        "[1] false loci within the clumping distance (250 kb) of a causal SNP: secondary clumps of a true signal, "
+        "counted false by the truth window.",
+        "",
+        "Wall time per cohort (s): " + ", ".join(f"{row.cohort} {row.seconds:.0f}" for row in timings.itertuples()),
+        "",
+    ]
     return "\n".join(lines), summary
 
 
@@ -210,8 +291,12 @@ def _listed(text: str, option: str, allowed: list[str] | None = None) -> list[st
 
 def main(
     seeds: str = typer.Option(",".join(map(str, range(1, 11))), "--seeds", help="comma-separated cohort seeds"),
-    null_seeds: str = typer.Option("101,102,103", "--null-seeds", help="comma-separated seeds of null cohorts ('' for none)"),
-    cohorts: str = typer.Option(",".join(COHORT_TYPES), "--cohorts", help=f"comma-separated, of {', '.join(COHORT_TYPES)}"),
+    null_seeds: str = typer.Option(
+        "101,102,103", "--null-seeds", help="comma-separated seeds of null cohorts ('' for none)"
+    ),
+    cohorts: str = typer.Option(
+        ",".join(COHORT_TYPES), "--cohorts", help=f"comma-separated, of {', '.join(COHORT_TYPES)}"
+    ),
     arms: str = typer.Option(",".join(ARMS), "--arms", help=f"comma-separated, of {', '.join(ARMS)}"),
     n: int = typer.Option(2000, "--n"),
     snps: int = typer.Option(20000, "--snps"),
@@ -222,20 +307,39 @@ def main(
     no_loco: bool = typer.Option(False, "--no-loco", help="one GRM from every SNP (config gwas.loco: false)"),
     cores: int = typer.Option(2, "--cores"),
     workdir: Path = typer.Option(ROOT / "benchmarks" / "work" / "gwas_power", "--workdir"),
-    out: Path = typer.Option(RESULTS, "--out", help="folder for gwas_power.{md,json} and gwas_power_rows.jsonl (resumed)"),
+    out: Path = typer.Option(
+        RESULTS, "--out", help="folder for gwas_power.{md,json} and gwas_power_rows.jsonl (resumed)"
+    ),
 ) -> None:
     settings: dict[str, Any] = {
         "seeds": [int(seed) for seed in _listed(seeds, "--seeds")],
         "null_seeds": [int(seed) for seed in _listed(null_seeds, "--null-seeds")],
-        "cohorts": _listed(cohorts, "--cohorts", list(COHORT_TYPES)), "arms": _listed(arms, "--arms", ARMS),
-        "n": n, "snps": snps, "causal": causal, "causal_variance": causal_variance, "epochs": epochs, "stages": stages,
-        "no_loco": no_loco, "cores": cores, "workdir": str(workdir), "out": str(out), "truth_window_kb": TRUTH_WINDOW_KB,
+        "cohorts": _listed(cohorts, "--cohorts", list(COHORT_TYPES)),
+        "arms": _listed(arms, "--arms", ARMS),
+        "n": n,
+        "snps": snps,
+        "causal": causal,
+        "causal_variance": causal_variance,
+        "epochs": epochs,
+        "stages": stages,
+        "no_loco": no_loco,
+        "cores": cores,
+        "workdir": str(workdir),
+        "out": str(out),
+        "truth_window_kb": TRUTH_WINDOW_KB,
     }
     workdir.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
-    fit = {"epochs": epochs, "stages": stages, "layers": 16, "hidden": 128, "batch_size": 256, "seed": 1,
-           "device": "cpu"}
+    fit = {
+        "epochs": epochs,
+        "stages": stages,
+        "layers": 16,
+        "hidden": 128,
+        "batch_size": 256,
+        "seed": 1,
+        "device": "cpu",
+    }
     gwas = {"loco": not no_loco, "truth_window_kb": TRUTH_WINDOW_KB}
     rows_path = out / "gwas_power_rows.jsonl"
     rows = read_rows(rows_path)
@@ -253,8 +357,10 @@ def main(
             print(f"{name}: done before, skipped", flush=True)
             continue
         cohort_rows, seconds = run_cohort(workdir, name, simulate, chosen_arms, fit, gwas, cores)
-        finished = [{"cohort": name, "key": key, "type": cohort_type, "seed": seed, "null": null, "seconds": seconds, **row}
-                    for row in cohort_rows]
+        finished = [
+            {"cohort": name, "key": key, "type": cohort_type, "seed": seed, "null": null, "seconds": seconds, **row}
+            for row in cohort_rows
+        ]
         with rows_path.open("a") as handle:  # appended as each cohort finishes: an interrupted run resumes here
             handle.write("".join(json.dumps(row) + "\n" for row in finished))
         rows += finished
@@ -262,11 +368,20 @@ def main(
 
     chosen = [row for row in rows if row.get("key") in wanted]
     markdown, summary = tables(chosen, settings)
-    write_results(out, {
-        "gwas_power.md": markdown,
-        "gwas_power.json": {"command": ["benchmarks/gwas_power.py", *sys.argv[1:]], "settings": settings,
-                            "versions": package_versions(), **summary, "rows": chosen},
-    }, default=str)
+    write_results(
+        out,
+        {
+            "gwas_power.md": markdown,
+            "gwas_power.json": {
+                "command": ["benchmarks/gwas_power.py", *sys.argv[1:]],
+                "settings": settings,
+                "versions": package_versions(),
+                **summary,
+                "rows": chosen,
+            },
+        },
+        default=str,
+    )
     print(markdown)
 
 

@@ -36,8 +36,17 @@ HS1940 = Path("/usr/share/doc/gemma/example/mouse_hs1940")
 TRAITS = {"CD8": 0, "MCH": 5}
 """Trait name -> column of mouse_hs1940.pheno.txt (0-based): GEMMA's own mvLMM example pair."""
 METHODS = ["single", "rint_mv", "flow_iid", "flow_kinship"]
-STEPS = ["prepare_genotypes", "gemma_grm", "gemma_grm_loco", "rint", "fit_flow", "gemma_assoc", "gather_assoc",
-         "evaluate", "report"]
+STEPS = [
+    "prepare_genotypes",
+    "gemma_grm",
+    "gemma_grm_loco",
+    "rint",
+    "fit_flow",
+    "gemma_assoc",
+    "gather_assoc",
+    "evaluate",
+    "report",
+]
 """Rules in workflow order (the names of their benchmark files start with them)."""
 
 
@@ -84,10 +93,20 @@ def read_benchmarks(folder: Path) -> pd.DataFrame:
     for path in sorted(folder.glob("*.tsv")):
         table = pd.read_csv(path, sep="\t")
         step = step_of(path.stem)
-        arm = next((method for method in sorted(METHODS, key=len, reverse=True) if re.search(rf"_{method}(_|$)", path.stem)), "")
-        rows.append({"step": step, "arm": arm, "job": path.stem, "s": float(table["s"].iloc[-1]),
-                     "cpu_s": float(pd.to_numeric(table["cpu_time"], errors="coerce").iloc[-1]),
-                     "max_rss_mb": float(pd.to_numeric(table["max_rss"], errors="coerce").iloc[-1])})
+        arm = next(
+            (method for method in sorted(METHODS, key=len, reverse=True) if re.search(rf"_{method}(_|$)", path.stem)),
+            "",
+        )
+        rows.append(
+            {
+                "step": step,
+                "arm": arm,
+                "job": path.stem,
+                "s": float(table["s"].iloc[-1]),
+                "cpu_s": float(pd.to_numeric(table["cpu_time"], errors="coerce").iloc[-1]),
+                "max_rss_mb": float(pd.to_numeric(table["max_rss"], errors="coerce").iloc[-1]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -102,12 +121,21 @@ def main(
     stages: int = typer.Option(2, "--stages"),
     layers: int = typer.Option(4, "--layers"),
     hidden: int = typer.Option(32, "--hidden"),
-    workdir: Path = typer.Option(ROOT / "benchmarks" / "work" / "hs1940", "--workdir", help="the workflow's folder (replaced)"),
+    workdir: Path = typer.Option(
+        ROOT / "benchmarks" / "work" / "hs1940", "--workdir", help="the workflow's folder (replaced)"
+    ),
     out: Path = typer.Option(RESULTS, "--out", help="folder for hs1940_workflow.json and .md"),
     reuse: bool = typer.Option(False, "--reuse", help="no new run: tabulate the last run in --workdir"),
 ) -> None:
-    fit = {"epochs": epochs, "stages": stages, "layers": layers, "hidden": hidden, "batch_size": 256,
-           "seed": 1, "device": "cpu"}
+    fit = {
+        "epochs": epochs,
+        "stages": stages,
+        "layers": layers,
+        "hidden": hidden,
+        "batch_size": 256,
+        "seed": 1,
+        "device": "cpu",
+    }
     if reuse:
         config = json.loads((workdir / "config.json").read_text())
         fit = config["fit"]
@@ -119,8 +147,19 @@ def main(
             shutil.rmtree(workdir)
         bfile, pheno = write_hs1940_inputs(workdir / "data")
         config_path = workflow_config(workdir, bfile, pheno, fit)
-        command = [snakemake_binary(), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile",
-                   str(config_path), f"-c{cores}", "gwas_all", "--quiet", "rules"]
+        command = [
+            snakemake_binary(),
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(config_path),
+            f"-c{cores}",
+            "gwas_all",
+            "--quiet",
+            "rules",
+        ]
         started = time.perf_counter()
         subprocess.run(command, check=True)
         wall = time.perf_counter() - started
@@ -128,8 +167,13 @@ def main(
     lambdas = lambda_comparison(run)
 
     jobs = read_benchmarks(run / "benchmarks")
-    per_step = jobs.groupby("step", sort=False).agg(jobs=("s", "size"), total_s=("s", "sum"), max_s=("s", "max"),
-                                                   cpu_s=("cpu_s", "sum"), max_rss_mb=("max_rss_mb", "max"))
+    per_step = jobs.groupby("step", sort=False).agg(
+        jobs=("s", "size"),
+        total_s=("s", "sum"),
+        max_s=("s", "max"),
+        cpu_s=("cpu_s", "sum"),
+        max_rss_mb=("max_rss_mb", "max"),
+    )
     per_step = per_step.reindex([step for step in STEPS if step in per_step.index])
     assoc = jobs[jobs["step"] == "gemma_assoc"].groupby("arm", sort=False)["s"].agg(["size", "sum", "max"])
     prepare_log = (run / "genotypes" / "cohort.log").read_text().splitlines()[0].replace(f"{workdir}/", "")
@@ -153,29 +197,54 @@ def main(
         "|---|---|---|---|---|---|",
     ]
     for step, row in per_step.iterrows():
-        lines.append(f"| {step} | {int(row.jobs)} | {row.total_s:.1f} | {row.max_s:.1f} | {row.cpu_s:.1f} | {row.max_rss_mb:.0f} |")
-    lines += ["", f"Sum of job wall times {jobs['s'].sum():.0f} s, of CPU times {jobs['cpu_s'].sum():.0f} s; wall time of the "
-              f"whole run {wall:.0f} s.", "",
-              "GEMMA association jobs per arm (one per chromosome; `single` runs one LMM per trait in each):", "",
-              "| arm | jobs | total (s) | longest job (s) |", "|---|---|---|---|"]
+        lines.append(
+            f"| {step} | {int(row.jobs)} | {row.total_s:.1f} | {row.max_s:.1f} | {row.cpu_s:.1f} | {row.max_rss_mb:.0f} |"
+        )
+    lines += [
+        "",
+        f"Sum of job wall times {jobs['s'].sum():.0f} s, of CPU times {jobs['cpu_s'].sum():.0f} s; wall time of the "
+        f"whole run {wall:.0f} s.",
+        "",
+        "GEMMA association jobs per arm (one per chromosome; `single` runs one LMM per trait in each):",
+        "",
+        "| arm | jobs | total (s) | longest job (s) |",
+        "|---|---|---|---|",
+    ]
     for arm, row in assoc.iterrows():
         lines.append(f"| {arm} | {int(row['size'])} | {row['sum']:.1f} | {row['max']:.1f} |")
-    lines += ["", "The run's report (loci: PLINK clumps below alpha / SNPs tested):", "", *table, "",
-              f"lambda GC of rint_mv: {lambdas['loco']:.2f} with LOCO, {lambdas['full']:.2f} with the GRM of every SNP "
-              "(one extra GEMMA run). CD8 and MCH are highly heritable and HS mice have long-range LD: LOCO leaves each "
-              "chromosome's share of the polygenic signal out of that chromosome's GRM, so its SNPs carry it (lambda > 1), "
-              "while the full GRM holds the tested SNPs themselves (proximal contamination, lambda < 1). Clumps at r2 0.1 "
-              "within 250 kb split the long LD blocks of HS mice into many loci.", ""]
-    write_results(out, {"hs1940_workflow.md": "\n".join(lines), "hs1940_workflow.json": {
-        "command": ["python", "benchmarks/hs1940_workflow.py", *shown.split()],
-        "settings": {"cores": cores, "fit": fit, "methods": METHODS, "traits": TRAITS, "loco": True},
-        "versions": {"gemma": version(["gemma"]), "plink": version(["plink1.9", "--version"]),
-                     "snakemake": version([snakemake_binary(), "--version"]), "python": platform.python_version()},
-        "wall_s": wall,
-        "lambda_gc_rint_mv": lambdas,
-        "per_step": per_step.reset_index().to_dict(orient="records"),
-        "jobs": jobs.to_dict(orient="records"),
-    }})
+    lines += [
+        "",
+        "The run's report (loci: PLINK clumps below alpha / SNPs tested):",
+        "",
+        *table,
+        "",
+        f"lambda GC of rint_mv: {lambdas['loco']:.2f} with LOCO, {lambdas['full']:.2f} with the GRM of every SNP "
+        "(one extra GEMMA run). CD8 and MCH are highly heritable and HS mice have long-range LD: LOCO leaves each "
+        "chromosome's share of the polygenic signal out of that chromosome's GRM, so its SNPs carry it (lambda > 1), "
+        "while the full GRM holds the tested SNPs themselves (proximal contamination, lambda < 1). Clumps at r2 0.1 "
+        "within 250 kb split the long LD blocks of HS mice into many loci.",
+        "",
+    ]
+    write_results(
+        out,
+        {
+            "hs1940_workflow.md": "\n".join(lines),
+            "hs1940_workflow.json": {
+                "command": ["python", "benchmarks/hs1940_workflow.py", *shown.split()],
+                "settings": {"cores": cores, "fit": fit, "methods": METHODS, "traits": TRAITS, "loco": True},
+                "versions": {
+                    "gemma": version(["gemma"]),
+                    "plink": version(["plink1.9", "--version"]),
+                    "snakemake": version([snakemake_binary(), "--version"]),
+                    "python": platform.python_version(),
+                },
+                "wall_s": wall,
+                "lambda_gc_rint_mv": lambdas,
+                "per_step": per_step.reset_index().to_dict(orient="records"),
+                "jobs": jobs.to_dict(orient="records"),
+            },
+        },
+    )
     print("\n".join(lines))
 
 
@@ -185,9 +254,25 @@ def lambda_comparison(out: Path) -> dict[str, float]:
 
     full = out / "comparison" / "rint_mv_full_grm.tsv"
     if not full.exists():
-        subprocess.run(["flowpheno", "gwas", "assoc", "--bfile", str(out / "genotypes" / "cohort"), "--kinship",
-                        str(out / "grm" / "kinship.cXX.txt"), "--pheno", str(out / "cd8_mch" / "rint_mv" / "pheno.gemma.txt"),
-                        "--columns", "1,2", "--out", str(full)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "flowpheno",
+                "gwas",
+                "assoc",
+                "--bfile",
+                str(out / "genotypes" / "cohort"),
+                "--kinship",
+                str(out / "grm" / "kinship.cXX.txt"),
+                "--pheno",
+                str(out / "cd8_mch" / "rint_mv" / "pheno.gemma.txt"),
+                "--columns",
+                "1,2",
+                "--out",
+                str(full),
+            ],
+            check=True,
+            capture_output=True,
+        )
     loco = pd.read_csv(out / "cd8_mch" / "rint_mv" / "assoc.tsv", sep="\t")["P"]
     return {"loco": lambda_gc(loco.to_numpy()), "full": lambda_gc(pd.read_csv(full, sep="\t")["P"].to_numpy())}
 

@@ -64,14 +64,34 @@ def cumulative(stats: pstats.Stats, filename: str, function: str) -> float:
 def profile_setting(name: str, options: str, inputs: list[str], folder: Path, threads: int) -> dict:
     out = folder / f"run_{name}"
     profile = folder / f"{name}.prof"
-    command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "flowpheno.cli", "fit", *inputs,
-               "--out", str(out), "--seed", "1", "--quiet", "--overwrite", "--threads", str(threads), *shlex.split(options)]
+    command = [
+        sys.executable,
+        "-m",
+        "cProfile",
+        "-o",
+        str(profile),
+        "-m",
+        "flowpheno.cli",
+        "fit",
+        *inputs,
+        "--out",
+        str(out),
+        "--seed",
+        "1",
+        "--quiet",
+        "--overwrite",
+        "--threads",
+        str(threads),
+        *shlex.split(options),
+    ]
     started = time.perf_counter()
     cpu_before = os.times()
     subprocess.run(command, check=True, cwd=ROOT)
     cpu_after = os.times()
     wall = time.perf_counter() - started
-    cpu = (cpu_after.children_user - cpu_before.children_user) + (cpu_after.children_system - cpu_before.children_system)
+    cpu = (cpu_after.children_user - cpu_before.children_user) + (
+        cpu_after.children_system - cpu_before.children_system
+    )
     stats = pstats.Stats(str(profile))
     total = stats.total_tt  # type: ignore[attr-defined]
     parts = {part: cumulative(stats, *where) for part, where in PARTS.items()}
@@ -79,10 +99,18 @@ def profile_setting(name: str, options: str, inputs: list[str], folder: Path, th
     report = json.loads((out / "fit.json").read_text())
     epochs = len(report.get("epochs") or [])
     return {
-        "setting": name, "options": options or "(defaults)", "wall_s": wall, "cpu_s": cpu, "profiled_s": total,
-        "parts_s": parts, "epochs_run": epochs, "s2": (report.get("covariance") or {}).get("s2"),
-        "best_validation_nll": report.get("best_validation_nll"), "best_epoch": report.get("best_epoch"),
-        "validation_score": report.get("validation_score"), "n_used": report.get("n_used"),
+        "setting": name,
+        "options": options or "(defaults)",
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "profiled_s": total,
+        "parts_s": parts,
+        "epochs_run": epochs,
+        "s2": (report.get("covariance") or {}).get("s2"),
+        "best_validation_nll": report.get("best_validation_nll"),
+        "best_epoch": report.get("best_epoch"),
+        "validation_score": report.get("validation_score"),
+        "n_used": report.get("n_used"),
     }
 
 
@@ -101,13 +129,29 @@ def gemma_times(bfile: Path, pheno: Path, folder: Path, fam_order: bool) -> dict
     times = {}
     for step, args in {
         "GRM (-gk 1)": ["-bfile", str(bfile), "-p", str(gemma_pheno), "-gk", "1", "-o", "grm"],
-        f"mvLMM (-lmm 3, {table.shape[1] - 2} traits)": ["-bfile", str(bfile), "-p", str(gemma_pheno),
-                                                         "-n", *map(str, range(1, table.shape[1] - 1)),
-                                     "-k", str(work / "output" / "grm.cXX.txt"), "-lmm", "3", "-o", "assoc"],
+        f"mvLMM (-lmm 3, {table.shape[1] - 2} traits)": [
+            "-bfile",
+            str(bfile),
+            "-p",
+            str(gemma_pheno),
+            "-n",
+            *map(str, range(1, table.shape[1] - 1)),
+            "-k",
+            str(work / "output" / "grm.cXX.txt"),
+            "-lmm",
+            "3",
+            "-o",
+            "assoc",
+        ],
     }.items():
         before = os.times()
-        subprocess.run(["gemma", *args], check=True, cwd=work, capture_output=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+        subprocess.run(
+            ["gemma", *args],
+            check=True,
+            cwd=work,
+            capture_output=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+        )
         after = os.times()
         times[step] = (after.children_user - before.children_user) + (after.children_system - before.children_system)
     return times
@@ -115,8 +159,11 @@ def gemma_times(bfile: Path, pheno: Path, folder: Path, fam_order: bool) -> dict
 
 def markdown(rows: list[dict], gemma: dict, threads: int, command: str) -> str:
     parts = list(rows[0]["parts_s"])
-    cohort = ("CD8 and MCH of gemma-doc's HS1940 mice" if "example" not in command
-              else "the 4 traits and covariates of `make example`'s cohort (examples/)")
+    cohort = (
+        "CD8 and MCH of gemma-doc's HS1940 mice"
+        if "example" not in command
+        else "the 4 traits and covariates of `make example`'s cohort (examples/)"
+    )
     lines = [
         "## " + ("HS1940 mice" if "example" not in command else "`make example` cohort"),
         "",
@@ -134,23 +181,40 @@ def markdown(rows: list[dict], gemma: dict, threads: int, command: str) -> str:
             f"{row['best_epoch']} | {row['s2'] if row['s2'] is None else round(row['s2'], 3)} | "
             f"{'-' if nll is None else f'{nll:.4f}'} |"
         )
-    lines += ["", "Parts (seconds, share of the profiled time):", "", "", "| part | " + " | ".join(r["setting"] for r in rows) + " |",
-              "|---|" + "---|" * len(rows)]
+    lines += [
+        "",
+        "Parts (seconds, share of the profiled time):",
+        "",
+        "",
+        "| part | " + " | ".join(r["setting"] for r in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
     for part in parts:
         cells = [f"{r['parts_s'][part]:.1f} ({100 * r['parts_s'][part] / r['profiled_s']:.0f}%)" for r in rows]
         lines.append(f"| {part} | " + " | ".join(cells) + " |")
     lines += ["", "GEMMA on the same individuals (CPU s, one thread):", "", "| step | CPU s |", "|---|---|"]
     lines += [f"| {step} | {seconds:.1f} |" for step, seconds in gemma.items()]
-    lines += ["", f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end "
-              "(shared machine: wall times vary; compare CPU seconds and shares)."]
+    lines += [
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end "
+        "(shared machine: wall times vary; compare CPU seconds and shares).",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(
-    setting: list[str] = typer.Option([], "--setting", help='NAME="fit options" (repeatable); "default" (no options) always runs first'),
+    setting: list[str] = typer.Option(
+        [], "--setting", help='NAME="fit options" (repeatable); "default" (no options) always runs first'
+    ),
     threads: int = typer.Option(1, "--threads"),
-    cohort: str = typer.Option("hs1940", "--cohort", help="hs1940: gemma-doc's mice; example: the cohort `make example` fits (examples/, with covariates)"),
-    workdir: Path | None = typer.Option(None, "--workdir", help="keep the runs and profiles here (default: a new temporary folder)"),
+    cohort: str = typer.Option(
+        "hs1940",
+        "--cohort",
+        help="hs1940: gemma-doc's mice; example: the cohort `make example` fits (examples/, with covariates)",
+    ),
+    workdir: Path | None = typer.Option(
+        None, "--workdir", help="keep the runs and profiles here (default: a new temporary folder)"
+    ),
     out: Path = typer.Option(RESULTS, "--out", help="folder for profile_{cohort}.json and .md"),
 ) -> None:
     if cohort not in ("hs1940", "example"):
@@ -167,20 +231,28 @@ def main(
         bfile, pheno = ROOT / "examples" / "cohort", ROOT / "examples" / "pheno.tsv"
         inputs = ["--pheno", str(pheno), "--covar", str(ROOT / "examples" / "covar.tsv")]
     grm = folder / "kinship.npz"
-    subprocess.run([sys.executable, "-m", "flowpheno.cli", "grm", "--bfile", str(bfile), "--out", str(grm), "--overwrite"],
-                   check=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, "-m", "flowpheno.cli", "grm", "--bfile", str(bfile), "--out", str(grm), "--overwrite"],
+        check=True,
+        cwd=ROOT,
+    )
     inputs += ["--grm", str(grm)]
     rows = []
     for name, options in settings.items():
         rows.append(profile_setting(name, options, inputs, folder, threads))
         print(json.dumps(rows[-1]), flush=True)
     gemma = gemma_times(bfile, pheno, folder, cohort == "hs1940")
-    command = f"python benchmarks/profile_fit.py --cohort {cohort} " + " ".join(shlex.quote(f"--setting={s}") for s in setting)
+    command = f"python benchmarks/profile_fit.py --cohort {cohort} " + " ".join(
+        shlex.quote(f"--setting={s}") for s in setting
+    )
     stem = f"profile_{cohort}"
-    write_results(out, {
-        f"{stem}.json": {"command": command.strip(), "threads": threads, "rows": rows, "gemma_cpu_s": gemma},
-        f"{stem}.md": markdown(rows, gemma, threads, command.strip()),
-    })
+    write_results(
+        out,
+        {
+            f"{stem}.json": {"command": command.strip(), "threads": threads, "rows": rows, "gemma_cpu_s": gemma},
+            f"{stem}.md": markdown(rows, gemma, threads, command.strip()),
+        },
+    )
     print(f"wrote {out}/{stem}.md")
 
 

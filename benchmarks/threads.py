@@ -60,9 +60,28 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
 def fit_epochs(kinship: Path, out: Path, epochs: int, threads: int | None) -> dict[str, object]:
     """One ``flowpheno fit`` process; its per-epoch seconds and the threads it recorded."""
     env = {key: value for key, value in os.environ.items() if key not in THREAD_VARIABLES}
-    command = [sys.executable, "-m", "flowpheno.cli", "fit", "--pheno", str(EXAMPLES / "pheno.tsv"),
-               "--covar", str(EXAMPLES / "covar.tsv"), "--grm", str(kinship), "--out", str(out), "--seed", "1",
-               "--epochs", str(epochs), "--stages", "1", "--quiet", "--overwrite"]
+    command = [
+        sys.executable,
+        "-m",
+        "flowpheno.cli",
+        "fit",
+        "--pheno",
+        str(EXAMPLES / "pheno.tsv"),
+        "--covar",
+        str(EXAMPLES / "covar.tsv"),
+        "--grm",
+        str(kinship),
+        "--out",
+        str(out),
+        "--seed",
+        "1",
+        "--epochs",
+        str(epochs),
+        "--stages",
+        "1",
+        "--quiet",
+        "--overwrite",
+    ]
     if threads is not None:
         command += ["--threads", str(threads)]
     load = os.getloadavg()[0]
@@ -71,8 +90,11 @@ def fit_epochs(kinship: Path, out: Path, epochs: int, threads: int | None) -> di
     wall = time.perf_counter() - started
     report = json.loads((out / "fit.json").read_text())
     seconds = [epoch["seconds"] for epoch in report["epochs"]]
-    print(f"--threads {threads}: {statistics.median(seconds[1:] or seconds):.3f} s per epoch, {wall:.0f} s in all, "
-          f"load {load:.1f}", flush=True)
+    print(
+        f"--threads {threads}: {statistics.median(seconds[1:] or seconds):.3f} s per epoch, {wall:.0f} s in all, "
+        f"load {load:.1f}",
+        flush=True,
+    )
     return {
         "threads_flag": threads,
         "threads_used": report["threads"]["used"],
@@ -107,12 +129,18 @@ def main(
         for round_ in range(rounds):
             idle = [1, 2] if round_ % 2 == 0 else [2, 1]
             for threads in idle:
-                runs.append({"round": round_, "condition": "as is", **fit_epochs(work / "kinship.npz", work / "run", epochs, threads)})
+                runs.append(
+                    {
+                        "round": round_,
+                        "condition": "as is",
+                        **fit_epochs(work / "kinship.npz", work / "run", epochs, threads),
+                    }
+                )
             busy = busy_processes(competitors)
             print(f"round {round_ + 1}: {competitors} busy processes, PIDs {[c.pid for c in busy]}", flush=True)
             try:
                 time.sleep(1.0)
-                for threads in ([None, 1] if round_ % 2 == 0 else [1, None]):
+                for threads in [None, 1] if round_ % 2 == 0 else [1, None]:
                     record = fit_epochs(work / "kinship.npz", work / "run", epochs, threads)
                     runs.append({"round": round_, "condition": f"{competitors} busy processes", **record})
             finally:
@@ -142,8 +170,13 @@ def main(
         "slowdown_loaded_default_over_threads_1": summary["loaded_default"] / summary["loaded_threads_1"],
         "runs": runs,
         "wall_seconds": wall,
-        "machine": {"cpus_available": cpus, "cpus_from": source, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "shared": True},
+        "machine": {
+            "cpus_available": cpus,
+            "cpus_from": source,
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "shared": True,
+        },
         "versions": package_versions(),
     }
     lines = [

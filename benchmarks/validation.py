@@ -94,8 +94,13 @@ def dependent_nll(flow: torch.nn.Module, block: np.ndarray, families: int, s2: f
 
 
 def grid_both(
-    values: list[float], base: KinshipCovariance, held_out: HeldOutKinship, x_train: torch.Tensor, x_val: torch.Tensor,
-    config: TrainConfig, seed: int,
+    values: list[float],
+    base: KinshipCovariance,
+    held_out: HeldOutKinship,
+    x_train: torch.Tensor,
+    x_val: torch.Tensor,
+    config: TrainConfig,
+    seed: int,
 ) -> dict[str, Any]:
     """Train one flow per ``s2``; keep the best state by each score. Returns per score the chosen
     ``s2``, its flow state and every grid value's best score."""
@@ -112,8 +117,12 @@ def grid_both(
             trainer.run(1, 1)
             record = trainer.epochs[-1]
             best_iid.offer(record["val_nll_iid"], flow, dependence, record)
-        row = {"s2": value, "iid": best_iid.value, "conditional": trainer.best.value,
-               "iid_of_conditional_best": trainer.best.scores.get("val_nll_iid")}
+        row = {
+            "s2": value,
+            "iid": best_iid.value,
+            "conditional": trainer.best.value,
+            "iid_of_conditional_best": trainer.best.scores.get("val_nll_iid"),
+        }
         grid.append(row)
         for score, best in (("iid", best_iid), ("conditional", trainer.best)):
             if best.value is not None and (chosen[score] is None or best.value < chosen[score]["value"]):
@@ -139,8 +148,19 @@ def simulate(cohort: str, s2_true: float, seed: int) -> dict[str, Any]:
     base = KinshipCovariance.from_matrix(torch.as_tensor(kinship[np.ix_(train_rows, train_rows)]))
     cross, within = kinship[np.ix_(val_rows, train_rows)], kinship[np.ix_(val_rows, val_rows)]
     held_out = base.held_out(torch.as_tensor(cross), torch.as_tensor(within))
-    return {"families": families, "size": size, "block": block, "n": n, "x_test": x_test, "test": test, "units": units,
-            "base": base.float(), "held_out": held_out, "x_train": standardised[train_rows], "x_val": standardised[val_rows]}
+    return {
+        "families": families,
+        "size": size,
+        "block": block,
+        "n": n,
+        "x_test": x_test,
+        "test": test,
+        "units": units,
+        "base": base.float(),
+        "held_out": held_out,
+        "x_train": standardised[train_rows],
+        "x_val": standardised[val_rows],
+    }
 
 
 def run_one(cohort: str, s2_true: float, seed: int, values: list[float]) -> dict[str, Any]:
@@ -152,8 +172,15 @@ def run_one(cohort: str, s2_true: float, seed: int, values: list[float]) -> dict
     started = time.perf_counter()
     result = grid_both(values, base, held_out, x_train, x_val, config, seed)
     seconds = time.perf_counter() - started
-    row: dict[str, Any] = {"cohort": cohort, "s2_true": s2_true, "seed": seed, "n": n, "n_validation": held_out.m,
-                           "grid": result["grid"], "seconds": seconds}
+    row: dict[str, Any] = {
+        "cohort": cohort,
+        "s2_true": s2_true,
+        "seed": seed,
+        "n": n,
+        "n_validation": held_out.m,
+        "grid": result["grid"],
+        "seconds": seconds,
+    }
     for score, pick in result["chosen"].items():
         flow = affine_coupling_flow(D, **FLOW, seed=seed)
         flow.load_state_dict(pick["state"])
@@ -162,7 +189,10 @@ def run_one(cohort: str, s2_true: float, seed: int, values: list[float]) -> dict
         row[f"test_nll_{score}"] = dependent_nll(flow, block, families, pick["s2"], test) + units
     oracle_z = np.column_stack([2 * np.log(x_test[:, 0]), np.arcsinh(x_test[:, 1] - np.log(x_test[:, 0]))])
     truth = KinshipCovariance.from_matrix(torch.as_tensor(block)).with_s2(s2_true).double()
-    oracle = sum(float(truth.gaussian_nll(torch.as_tensor(family))) for family in oracle_z.reshape(families, size, D)) / families
+    oracle = (
+        sum(float(truth.gaussian_nll(torch.as_tensor(family))) for family in oracle_z.reshape(families, size, D))
+        / families
+    )
     row["test_nll_oracle"] = oracle - float(log_det_inverse_map(x_test).mean())
     return row
 
@@ -179,14 +209,29 @@ def check_against_fit_grid(values: list[float], seed: int = 0) -> None:
         return affine_coupling_flow(D, **FLOW, seed=seed)
 
     for score, held_out in (("iid", None), ("conditional", data["held_out"])):
-        outcome = fit_grid(make_flow, data["base"].with_s2, values, data["x_train"], data["x_val"], config, None, held_out)
+        outcome = fit_grid(
+            make_flow, data["base"].with_s2, values, data["x_train"], data["x_val"], config, None, held_out
+        )
         assert [g["val_nll"] for g in outcome.grid] == [g[score] for g in result["grid"]], score
-        assert outcome.dependence.describe()["s2"] == data["base"].with_s2(result["chosen"][score]["s2"]).describe()["s2"], score
+        assert (
+            outcome.dependence.describe()["s2"] == data["base"].with_s2(result["chosen"][score]["s2"]).describe()["s2"]
+        ), score
 
 
 def protocol(values: list[float]) -> str:
-    text = json.dumps({"cohorts": COHORTS, "true": TRUE_S2, "flow": FLOW, "train": TRAIN, "grid": values, "val_frac": VAL_FRAC,
-                       "map": "exp(z1/2), sinh(z2)+z1/2", "version": 1}, sort_keys=True)
+    text = json.dumps(
+        {
+            "cohorts": COHORTS,
+            "true": TRUE_S2,
+            "flow": FLOW,
+            "train": TRAIN,
+            "grid": values,
+            "val_frac": VAL_FRAC,
+            "map": "exp(z1/2), sinh(z2)+z1/2",
+            "version": 1,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -261,8 +306,12 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str
                 continue
             cells = []
             for score in ("iid", "conditional"):
-                gaps = [g0[score] - min(g[score] for g in r["grid"] if g["s2"] >= 0.5)
-                        for r in group for g0 in r["grid"] if g0["s2"] == 0]
+                gaps = [
+                    g0[score] - min(g[score] for g in r["grid"] if g["s2"] >= 0.5)
+                    for r in group
+                    for g0 in r["grid"]
+                    if g0["s2"] == 0
+                ]
                 cells.append(", ".join(f"{v:+.3f}" for v in gaps))
             lines.append(f"| {cohort} | {s2:g} | {cells[0]} | {cells[1]} |")
     lines += [
@@ -281,15 +330,19 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str
         scores = {g["s2"]: g["conditional"] for g in r["grid"]}
         nearest = min(scores, key=lambda value: abs(value - r["s2_true"]))
         gap = scores[nearest] - scores[r["s2_conditional"]]
-        lines.append(f"| {r['cohort']} | {r['s2_true']:g} | {r['seed']} | {r['s2_iid']:g} | {r['s2_conditional']:g} | "
-                     f"{gap:.3f} | {diff:+.4f} |")
+        lines.append(
+            f"| {r['cohort']} | {r['s2_true']:g} | {r['seed']} | {r['s2_iid']:g} | {r['s2_conditional']:g} | "
+            f"{gap:.3f} | {diff:+.4f} |"
+        )
     lines += ["", f"Versions: {json.dumps(meta['versions'])}", ""]
     return "\n".join(lines)
 
 
 def main(
     seeds: int = typer.Option(5, "--seeds", help="seeds 0..N-1 per cohort and true s2"),
-    out: Path = typer.Option(ROOT / "benchmarks" / "results", "--out", help="folder for validation.json (resumed) and validation.md"),
+    out: Path = typer.Option(
+        ROOT / "benchmarks" / "results", "--out", help="folder for validation.json (resumed) and validation.md"
+    ),
 ) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     values = FitConfig().s2_grid
@@ -307,7 +360,8 @@ def main(
         "protocol": key,
         "protocol_text": (
             "families with an exact pedigree kinship ("
-            + "; ".join(f"{name}: {children} children per couple" for name, (_, _, children) in COHORTS.items()) + "), "
+            + "; ".join(f"{name}: {children} children per couple" for name, (_, _, children) in COHORTS.items())
+            + "), "
             f"d = {D} traits, x1 = exp(z1/2), x2 = sinh(z2) + z1/2; fit's random split ({VAL_FRAC:.0%} held out); "
             f"default grid {values}; affine coupling flow {FLOW}, {TRAIN}, no early stopping; seeds 0-{seeds - 1}."
         ),
@@ -325,8 +379,11 @@ def main(
                     continue
                 row = run_one(cohort, s2, seed, values)
                 rows.append(row)
-                print(f"{cohort} s2={s2} seed={seed}: old {row['s2_iid']:g} new {row['s2_conditional']:g} test old "
-                      f"{row['test_nll_iid']:.4f} new {row['test_nll_conditional']:.4f} ({row['seconds']:.0f} s)", flush=True)
+                print(
+                    f"{cohort} s2={s2} seed={seed}: old {row['s2_iid']:g} new {row['s2_conditional']:g} test old "
+                    f"{row['test_nll_iid']:.4f} new {row['test_nll_conditional']:.4f} ({row['seconds']:.0f} s)",
+                    flush=True,
+                )
                 with atomic_path(json_path) as tmp:
                     tmp.write_text(json.dumps({"protocol": key, "meta": meta, "rows": rows}, indent=1))
     ran = len(rows) - len(done)
@@ -334,8 +391,14 @@ def main(
         calls.append({"runs": ran, "wall_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time()})
     meta["calls"] = calls
     summary = summarise(rows)
-    write_results(out, {"validation.json": {"protocol": key, "meta": meta, "summary": summary, "rows": rows},
-                        "validation.md": markdown(rows, summary, meta)}, indent=1)
+    write_results(
+        out,
+        {
+            "validation.json": {"protocol": key, "meta": meta, "summary": summary, "rows": rows},
+            "validation.md": markdown(rows, summary, meta),
+        },
+        indent=1,
+    )
     print(json.dumps(summary, indent=1))
 
 

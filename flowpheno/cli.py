@@ -6,12 +6,12 @@ import sys
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
-from rich.text import Text
 from rich.progress import Progress
+from rich.text import Text
 
 from flowpheno import __version__
 from flowpheno.config import FLAGS, flag_name, worded
@@ -29,7 +29,7 @@ def _flags_without_placeholder() -> None:
     if shown is None or getattr(shown, "flowpheno_flags", False):
         return
 
-    def display_type_rich(self: Any, ctx: Any) -> Optional[str]:
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
         return None if getattr(self, "is_flag", False) else shown(self, ctx)
 
     display_type_rich.flowpheno_flags = True  # type: ignore[attr-defined]
@@ -37,17 +37,24 @@ def _flags_without_placeholder() -> None:
 
 
 _flags_without_placeholder()
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Relatedness-aware normalizing flows for multivariate GWAS.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Relatedness-aware normalizing flows for multivariate GWAS.",
+)
 console = Console(stderr=True, soft_wrap=True)  # a log file gets whole lines, not lines cut at 80 columns
 
 
-def _device(requested: Optional[str]) -> str:
+def _device(requested: str | None) -> str:
     import torch
 
     if requested is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise FlowphenoError("--device cuda: this torch build sees no CUDA GPU; install the CUDA build (README) or use --device cpu")
+        raise FlowphenoError(
+            "--device cuda: this torch build sees no CUDA GPU; install the CUDA build (README) or use --device cpu"
+        )
     if requested != "cpu" and not requested.startswith("cuda"):
         raise FlowphenoError(f"--device {requested!r}: use cpu or cuda")
     return requested
@@ -74,15 +81,17 @@ def _fit_option(field: str) -> Any:
     return typer.Option(flag.command_line_default, flag.flag, help=flag.full_help)
 
 
-THREADS_HELP = ("CPU threads for torch and BLAS/OpenMP (default: the CPUs this process may use: its CPU affinity, "
-                "or SLURM_CPUS_PER_TASK or OMP_NUM_THREADS when smaller)")
+THREADS_HELP = (
+    "CPU threads for torch and BLAS/OpenMP (default: the CPUs this process may use: its CPU affinity, "
+    "or SLURM_CPUS_PER_TASK or OMP_NUM_THREADS when smaller)"
+)
 
 
 def _threads_option() -> Any:
     return typer.Option(None, "--threads", min=1, help=THREADS_HELP)
 
 
-def _tool_threads(threads: Optional[int]) -> None:
+def _tool_threads(threads: int | None) -> None:
     """GEMMA and PLINK, run by the ``gwas`` commands, get ``--threads`` through
     ``OMP_NUM_THREADS`` (:func:`flowpheno.gwas.tools.run_logged` reads it)."""
     if threads is not None:
@@ -98,11 +107,15 @@ def _progress() -> Progress:
 @app.command()
 def grm(
     bfile: Path = typer.Option(..., "--bfile", help="PLINK 1 prefix (.bed/.bim/.fam)"),
-    out: Path = typer.Option(..., "--out", help="output kinship: .npz (K, ids, fids) or GEMMA-style .txt (+ .ids: FID IID per row)"),
+    out: Path = typer.Option(
+        ..., "--out", help="output kinship: .npz (K, ids, fids) or GEMMA-style .txt (+ .ids: FID IID per row)"
+    ),
     maf: float = typer.Option(0.01, "--maf", help="skip SNPs with minor allele frequency below this (GEMMA default)"),
-    max_missing: float = typer.Option(0.05, "--max-missing", help="skip SNPs missing in more than this share (GEMMA default)"),
+    max_missing: float = typer.Option(
+        0.05, "--max-missing", help="skip SNPs missing in more than this share (GEMMA default)"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
-    threads: Optional[int] = _threads_option(),
+    threads: int | None = _threads_option(),
 ) -> None:
     """Centred genetic relatedness matrix, as GEMMA -gk 1 computes it."""
     import numpy as np
@@ -133,13 +146,25 @@ def grm(
 def fit(
     pheno: Path = typer.Option(..., "--pheno", help="phenotypes: FID, IID, traits (tsv/csv/whitespace or parquet)"),
     out: Path = typer.Option(..., "--out", help="run directory to write"),
-    grm: Optional[Path] = typer.Option(None, "--grm", help="kinship: .npz, GEMMA .cXX/.sXX.txt, GCTA .grm.bin, or PLINK prefix"),
-    grm_ids: Optional[Path] = typer.Option(None, "--grm-ids", "--fam", help="row IDs of a GEMMA kinship (.fam or ID list)"),
-    grm_pcs: Optional[Path] = typer.Option(None, "--grm-pcs", help="low-rank kinship: correlation of individuals' PCs (FID, IID, PC1..PCr)"),
-    grm_factor: Optional[Path] = typer.Option(None, "--grm-factor", help="low-rank kinship: standardised genotypes of a PLINK prefix with fewer SNPs than individuals"),
-    covar: Optional[Path] = typer.Option(None, "--covar", help="covariates projected out by least squares before the flow"),
-    traits: Optional[str] = _fit_option("traits"),
-    categorical: Optional[str] = _fit_option("categorical"),
+    grm: Path | None = typer.Option(
+        None, "--grm", help="kinship: .npz, GEMMA .cXX/.sXX.txt, GCTA .grm.bin, or PLINK prefix"
+    ),
+    grm_ids: Path | None = typer.Option(
+        None, "--grm-ids", "--fam", help="row IDs of a GEMMA kinship (.fam or ID list)"
+    ),
+    grm_pcs: Path | None = typer.Option(
+        None, "--grm-pcs", help="low-rank kinship: correlation of individuals' PCs (FID, IID, PC1..PCr)"
+    ),
+    grm_factor: Path | None = typer.Option(
+        None,
+        "--grm-factor",
+        help="low-rank kinship: standardised genotypes of a PLINK prefix with fewer SNPs than individuals",
+    ),
+    covar: Path | None = typer.Option(
+        None, "--covar", help="covariates projected out by least squares before the flow"
+    ),
+    traits: str | None = _fit_option("traits"),
+    categorical: str | None = _fit_option("categorical"),
     keep_outliers: bool = _fit_option("keep_outliers"),
     mode: str = _fit_option("mode"),
     s2_grid: str = _fit_option("s2_grid"),
@@ -151,14 +176,20 @@ def fit(
     lr: float = _fit_option("lr"),
     weight_decay: float = _fit_option("weight_decay"),
     val_frac: float = _fit_option("val_frac"),
-    device: Optional[str] = _fit_option("device"),
+    device: str | None = _fit_option("device"),
     seed: int = _fit_option("seed"),
-    patience: Optional[int] = _fit_option("patience"),
+    patience: int | None = _fit_option("patience"),
     objective: str = _fit_option("objective"),
     scale_step: bool = _fit_option("profile_scale"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress (default: bars on a terminal, a line every 15 s and per stage in a log file)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds an earlier flowpheno run (never another folder)"),
-    threads: Optional[int] = _threads_option(),
+    quiet: bool = typer.Option(
+        False,
+        "--quiet",
+        help="no progress (default: bars on a terminal, a line every 15 s and per stage in a log file)",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace --out if it holds an earlier flowpheno run (never another folder)"
+    ),
+    threads: int | None = _threads_option(),
 ) -> None:
     """Train the flow and write Gaussianized phenotypes, model, fit.json and diagnostics."""
     from flowpheno.pipeline import FitConfig, fit_phenotypes
@@ -176,17 +207,36 @@ def fit(
         keep_outliers=keep_outliers,
         threads=threads,
         train=TrainConfig(
-            epochs=epochs, stages=stages, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, patience=patience,
-            objective=objective, profile_scale=scale_step,
+            epochs=epochs,
+            stages=stages,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            seed=seed,
+            patience=patience,
+            objective=objective,
+            profile_scale=scale_step,
         ),
     )
     with nullcontext(None) if quiet else fit_progress(console) as callback:  # bars on a terminal, lines in a log
         _, table, report = fit_phenotypes(
-            pheno, grm, covar, config, out=out, grm_ids=grm_ids, callback=callback, command=sys.argv, grm_pcs=grm_pcs,
-            grm_factor=grm_factor, overwrite=overwrite, progress=False,
+            pheno,
+            grm,
+            covar,
+            config,
+            out=out,
+            grm_ids=grm_ids,
+            callback=callback,
+            command=sys.argv,
+            grm_pcs=grm_pcs,
+            grm_factor=grm_factor,
+            overwrite=overwrite,
+            progress=False,
         )
-    summary = (f"fitted {report.d} traits on {report.n_used} individuals ({report.dropped_count} dropped, see fit.json); "
-               f"{report.final_state}")
+    summary = (
+        f"fitted {report.d} traits on {report.n_used} individuals ({report.dropped_count} dropped, see fit.json); "
+        f"{report.final_state}"
+    )
     console.print(f"{summary}\nwrote {out}/gaussianized.tsv, model, fit.json, diagnostics.png", soft_wrap=True)
 
 
@@ -196,30 +246,41 @@ def transform(
     pheno: Path = typer.Option(..., "--pheno", help="phenotypes with the model's trait columns"),
     out: Path = typer.Option(..., "--out", help="output file"),
     fmt: str = typer.Option("tsv", "--format", help="tsv | gemma (GEMMA -p, needs --fam) | parquet"),
-    fam: Optional[Path] = typer.Option(None, "--fam", help="order rows like this .fam (required for --format gemma)"),
-    covar: Optional[Path] = typer.Option(None, "--covar", help="covariates, if the model was fitted with them"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda"),
+    fam: Path | None = typer.Option(None, "--fam", help="order rows like this .fam (required for --format gemma)"),
+    covar: Path | None = typer.Option(None, "--covar", help="covariates, if the model was fitted with them"),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda"),
     keep_outliers: bool = typer.Option(False, "--keep-outliers", help="transform values beyond 100 training SDs too"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
-    threads: Optional[int] = _threads_option(),
+    threads: int | None = _threads_option(),
 ) -> None:
     """Gaussianize phenotypes with a fitted model."""
     from flowpheno.io.atomic import check_file_output
     from flowpheno.io.outputs import write_phenotypes
     from flowpheno.pipeline import transform_phenotypes
 
-    fileset = [fam.with_suffix(suffix) for suffix in (".bed", ".bim")] if fam is not None else []  # read by GEMMA with the output
-    check_file_output(out, {"--model": model, "--pheno": pheno, "--covar": covar, "--fam": [fam, *fileset] if fam else None},
-                      overwrite=overwrite)
-    table = transform_phenotypes(model, pheno, covar, device=_device(device), keep_outliers=keep_outliers, threads=threads)
-    written = write_phenotypes(table, out, fmt, fam, source=str(pheno))  # the rows actually written, in the file's order
+    fileset = (
+        [fam.with_suffix(suffix) for suffix in (".bed", ".bim")] if fam is not None else []
+    )  # read by GEMMA with the output
+    check_file_output(
+        out,
+        {"--model": model, "--pheno": pheno, "--covar": covar, "--fam": [fam, *fileset] if fam else None},
+        overwrite=overwrite,
+    )
+    table = transform_phenotypes(
+        model, pheno, covar, device=_device(device), keep_outliers=keep_outliers, threads=threads
+    )
+    written = write_phenotypes(
+        table, out, fmt, fam, source=str(pheno)
+    )  # the rows actually written, in the file's order
     complete = int(written.drop(columns=["FID", "IID"]).notna().all(axis=1).sum())
     console.print(f"wrote {out} ({fmt}): {complete} of {len(written)} individuals Gaussianized")
 
 
 @app.command()
 def simulate(
-    out: Path = typer.Option(..., "--out", help="directory for cohort.bed/bim/fam, pheno.tsv, oracle.tsv, covar.tsv, truth.tsv"),
+    out: Path = typer.Option(
+        ..., "--out", help="directory for cohort.bed/bim/fam, pheno.tsv, oracle.tsv, covar.tsv, truth.tsv"
+    ),
     n: int = typer.Option(2000, "--n", min=20, help="individuals (families of --generations generations)"),
     snps: int = typer.Option(20000, "--snps", min=100, help="SNPs kept (MAF >= 0.05, thinned at random)"),
     traits: int = typer.Option(4, "--traits", min=1, help="traits"),
@@ -228,11 +289,21 @@ def simulate(
     populations: int = typer.Option(3, "--populations", min=1, help="populations split from one ancestor"),
     chromosomes: int = typer.Option(5, "--chromosomes", min=1, help="chromosomes of 10 Mb"),
     causal_variance: float = typer.Option(0.2, "--causal-variance", help="share of latent variance from causal SNPs"),
-    generations: int = typer.Option(3, "--generations", min=3, help="generations per family (3: grandparents unsampled, children, grandchildren; more: deeper pedigrees)"),
-    family_size: int = typer.Option(2, "--family-size", min=1, help="children of each founder couple, and the mean number of children of every other couple"),
+    generations: int = typer.Option(
+        3,
+        "--generations",
+        min=3,
+        help="generations per family (3: grandparents unsampled, children, grandchildren; more: deeper pedigrees)",
+    ),
+    family_size: int = typer.Option(
+        2,
+        "--family-size",
+        min=1,
+        help="children of each founder couple, and the mean number of children of every other couple",
+    ),
     seed: int = typer.Option(1, "--seed", help="random seed"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds an earlier simulated cohort"),
-    threads: Optional[int] = _threads_option(),
+    threads: int | None = _threads_option(),
 ) -> None:
     """Simulate a related, structured cohort with non-Gaussian pleiotropic traits and known truth."""
     from flowpheno.io.atomic import StagedDirectory
@@ -242,8 +313,16 @@ def simulate(
     with StagedDirectory(out, "simulate", overwrite=overwrite, legacy=SIMULATED_FILES) as staged:
         with console.status(f"simulating {n} individuals with msprime"), thread_limits(threads):
             structure = write_simulated_cohort(
-                staged.path, n=n, snps=snps, traits=traits, causal=0 if null else causal, populations=populations,
-                chromosomes=chromosomes, causal_variance=causal_variance, seed=seed, generations=generations,
+                staged.path,
+                n=n,
+                snps=snps,
+                traits=traits,
+                causal=0 if null else causal,
+                populations=populations,
+                chromosomes=chromosomes,
+                causal_variance=causal_variance,
+                seed=seed,
+                generations=generations,
                 family_size=family_size,
             )
         staged.commit()
@@ -274,7 +353,7 @@ def gwas_prepare(
     bfile: Path = typer.Option(..., "--bfile", help="PLINK 1 prefix of the cohort"),
     out: Path = typer.Option(..., "--out", help="prefix of the fileset to write (.bed/.bim/.fam, .excluded.tsv, .log)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the files of --out if they exist"),
-    threads: Optional[int] = _threads_option(),
+    threads: int | None = _threads_option(),
 ) -> None:
     """The fileset every GWAS step reads: SNPs at a negative position (-9) or on chromosome 0 left out, sorted by PLINK."""
     _tool_threads(threads)
@@ -292,9 +371,11 @@ def gwas_prepare(
 def gwas_grm(
     bfile: Path = typer.Option(..., "--bfile", help="PLINK 1 prefix"),
     out: Path = typer.Option(..., "--out", help="GEMMA kinship to write (.cXX.txt)"),
-    loco: Optional[str] = typer.Option(None, "--loco", help="leave this chromosome out: the GRM of every SNP not on it"),
+    loco: str | None = typer.Option(
+        None, "--loco", help="leave this chromosome out: the GRM of every SNP not on it"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
-    threads: Optional[int] = _threads_option(),
+    threads: int | None = _threads_option(),
 ) -> None:
     """Centred GRM with GEMMA -gk 1 over every individual of the fileset."""
     _tool_threads(threads)
@@ -313,9 +394,13 @@ def gwas_rint(
     pheno: Path = typer.Option(..., "--pheno"),
     fam: Path = typer.Option(..., "--fam", help="row order of the GEMMA phenotype file"),
     out: Path = typer.Option(..., "--out", help="GEMMA -p file to write"),
-    covar: Optional[Path] = typer.Option(None, "--covar"),
-    traits: Optional[str] = typer.Option(None, "--traits", help="comma-separated trait columns"),
-    no_rank: bool = typer.Option(False, "--no-rank", help="write the covariate residuals without the rank-inverse-normal step (traits already Gaussian, e.g. a simulated cohort's oracle.tsv)"),
+    covar: Path | None = typer.Option(None, "--covar"),
+    traits: str | None = typer.Option(None, "--traits", help="comma-separated trait columns"),
+    no_rank: bool = typer.Option(
+        False,
+        "--no-rank",
+        help="write the covariate residuals without the rank-inverse-normal step (traits already Gaussian, e.g. a simulated cohort's oracle.tsv)",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
 ) -> None:
     """Baseline: covariates out, then rank-inverse-normal per trait, as a GEMMA -p file."""
@@ -336,11 +421,19 @@ def gwas_assoc(
     pheno: Path = typer.Option(..., "--pheno", help="GEMMA -p file"),
     columns: str = typer.Option(..., "--columns", help="1-based phenotype columns, e.g. 1,2,3,4"),
     out: Path = typer.Option(..., "--out", help="association table to write (SNP, CHR, BP, P)"),
-    per_trait: bool = typer.Option(False, "--per-trait", help="one univariate LMM per column, min p x d (the single baseline)"),
-    covar: Optional[Path] = typer.Option(None, "--covar", help="covariates (FID, IID, columns; text columns one-hot) GEMMA adjusts every test for (-c, with an intercept); individuals with a missing covariate are left out"),
-    chromosome: Optional[str] = typer.Option(None, "--chr", help="test only the SNPs on this chromosome (LOCO: with its --loco GRM)"),
+    per_trait: bool = typer.Option(
+        False, "--per-trait", help="one univariate LMM per column, min p x d (the single baseline)"
+    ),
+    covar: Path | None = typer.Option(
+        None,
+        "--covar",
+        help="covariates (FID, IID, columns; text columns one-hot) GEMMA adjusts every test for (-c, with an intercept); individuals with a missing covariate are left out",
+    ),
+    chromosome: str | None = typer.Option(
+        None, "--chr", help="test only the SNPs on this chromosome (LOCO: with its --loco GRM)"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
-    threads: Optional[int] = _threads_option(),
+    threads: int | None = _threads_option(),
 ) -> None:
     """GEMMA -lmm 3: multivariate over the columns, or per trait with --per-trait."""
     _tool_threads(threads)
@@ -352,16 +445,27 @@ def gwas_assoc(
     check_file_output(out.with_suffix(".log"), inputs, overwrite=overwrite)
     if covar is not None:
         check_file_output(covariates_path(out), inputs, overwrite=overwrite)
-    result = association(bfile, kinship, pheno, _columns(columns), out, per_trait=per_trait, covar=covar, chromosome=chromosome)
-    analysed = (f"{result.attrs['n_analysed']} individuals" if "n_analysed" in result.attrs
-                else "individuals per trait " + ", ".join(map(str, result.attrs.get("n_per_trait", []))))
-    console.print(f"wrote {out}: {len(result)} SNPs" + (f" on chromosome {chromosome}" if chromosome is not None else "")
-                  + f"; {analysed} analysed" + (f" (covariates: {covariates_path(out)})" if covar else ""))
+    result = association(
+        bfile, kinship, pheno, _columns(columns), out, per_trait=per_trait, covar=covar, chromosome=chromosome
+    )
+    analysed = (
+        f"{result.attrs['n_analysed']} individuals"
+        if "n_analysed" in result.attrs
+        else "individuals per trait " + ", ".join(map(str, result.attrs.get("n_per_trait", [])))
+    )
+    console.print(
+        f"wrote {out}: {len(result)} SNPs"
+        + (f" on chromosome {chromosome}" if chromosome is not None else "")
+        + f"; {analysed} analysed"
+        + (f" (covariates: {covariates_path(out)})" if covar else "")
+    )
 
 
 @gwas_app.command("gather")
 def gwas_gather(
-    parts: list[Path] = typer.Argument(..., help="association tables of flowpheno gwas assoc --chr, one per chromosome"),
+    parts: list[Path] = typer.Argument(
+        ..., help="association tables of flowpheno gwas assoc --chr, one per chromosome"
+    ),
     bfile: Path = typer.Option(..., "--bfile", help="PLINK 1 prefix the tables were computed on"),
     out: Path = typer.Option(..., "--out", help="association table to write (SNP, CHR, BP, P)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it exists"),
@@ -383,27 +487,62 @@ def gwas_evaluate(
     assoc: Path = typer.Option(..., "--assoc", help="association table (SNP, CHR, BP, P)"),
     out_dir: Path = typer.Option(..., "--out-dir"),
     name: str = typer.Option(..., "--name", help="method name for tables and plots"),
-    truth: Optional[Path] = typer.Option(None, "--truth", help="truth.tsv of a simulated cohort"),
-    threshold: str = typer.Option("bonferroni", "--threshold", help="p threshold, or 'bonferroni' (alpha / SNPs tested)"),
+    truth: Path | None = typer.Option(None, "--truth", help="truth.tsv of a simulated cohort"),
+    threshold: str = typer.Option(
+        "bonferroni", "--threshold", help="p threshold, or 'bonferroni' (alpha / SNPs tested)"
+    ),
     alpha: float = typer.Option(0.05, "--alpha"),
     r2: float = typer.Option(0.1, "--r2", help="clumping r2"),
     kb: int = typer.Option(250, "--kb", help="clumping window (kb)"),
-    window_kb: float = typer.Option(TRUTH_WINDOW_KB, "--truth-window-kb", help="a locus within this of a causal SNP is true (summary.json records the share of the genome these windows cover)"),
-    pheno: Optional[Path] = typer.Option(None, "--pheno", help="the GEMMA -p file that was tested (with --columns, --test): n analysed, lambda GC on the test's own scale"),
-    columns: Optional[str] = typer.Option(None, "--columns", help="its tested 1-based columns, e.g. 1,2,3,4"),
-    test: Optional[str] = typer.Option(None, "--test", help="mvlmm (one mvLMM over --columns: d-df lambda GC) or per-trait (gwas assoc --per-trait: per-trait 1-df lambdas)"),
-    covar: Optional[Path] = typer.Option(None, "--covar", help="the covariates given to gwas assoc --covar: individuals with a missing one are not counted in n"),
+    window_kb: float = typer.Option(
+        TRUTH_WINDOW_KB,
+        "--truth-window-kb",
+        help="a locus within this of a causal SNP is true (summary.json records the share of the genome these windows cover)",
+    ),
+    pheno: Path | None = typer.Option(
+        None,
+        "--pheno",
+        help="the GEMMA -p file that was tested (with --columns, --test): n analysed, lambda GC on the test's own scale",
+    ),
+    columns: str | None = typer.Option(None, "--columns", help="its tested 1-based columns, e.g. 1,2,3,4"),
+    test: str | None = typer.Option(
+        None,
+        "--test",
+        help="mvlmm (one mvLMM over --columns: d-df lambda GC) or per-trait (gwas assoc --per-trait: per-trait 1-df lambdas)",
+    ),
+    covar: Path | None = typer.Option(
+        None,
+        "--covar",
+        help="the covariates given to gwas assoc --covar: individuals with a missing one are not counted in n",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out-dir if it holds an earlier evaluation"),
-    threads: Optional[int] = _threads_option(),
+    threads: int | None = _threads_option(),
 ) -> None:
     """PLINK clumping, loci counts (true/false with a truth file), lambda GC, Manhattan and QQ plots."""
     _tool_threads(threads)
     from flowpheno.gwas.steps import evaluate_method
 
-    summary = evaluate_method(bfile, assoc, out_dir, name, truth, threshold, alpha, r2, kb, window_kb, overwrite=overwrite,
-                              pheno=pheno, columns=_columns(columns) if columns is not None else None, test=test, covar=covar)
+    summary = evaluate_method(
+        bfile,
+        assoc,
+        out_dir,
+        name,
+        truth,
+        threshold,
+        alpha,
+        r2,
+        kb,
+        window_kb,
+        overwrite=overwrite,
+        pheno=pheno,
+        columns=_columns(columns) if columns is not None else None,
+        test=test,
+        covar=covar,
+    )
     n = f", n {summary['n']}" if "n" in summary else ""
-    console.print(f"{name}: {summary['loci']} loci, lambda GC {summary['lambda_gc']:.3f} ({summary['lambda_gc_df']} df){n}")
+    console.print(
+        f"{name}: {summary['loci']} loci, lambda GC {summary['lambda_gc']:.3f} ({summary['lambda_gc_df']} df){n}"
+    )
 
 
 @gwas_app.command("report")
@@ -430,41 +569,62 @@ def bench_synthetic(
     out: Path = typer.Option(..., "--out", help="results directory (finished runs are kept: the command resumes)"),
     shapes: str = typer.Option("abs,crescent,crescentcubed,sign,sinewave", "--shapes"),
     setting: str = typer.Option("blocks,kinship", "--setting", help="blocks, kinship or both"),
-    methods: Optional[str] = typer.Option(None, "--methods", help="subset of baseline,grid,joint,joint_blockbatch,alternating,alternating_strat (blocks) / baseline,grid,alternating,alternating_scaled (kinship)"),
+    methods: str | None = typer.Option(
+        None,
+        "--methods",
+        help="subset of baseline,grid,joint,joint_blockbatch,alternating,alternating_strat (blocks) / baseline,grid,alternating,alternating_scaled (kinship)",
+    ),
     seeds: int = typer.Option(10, "--seeds", min=1, help="seeds 0..N-1"),
     quick: bool = typer.Option(False, "--quick", help="CI size: small n, few epochs, 1 seed, crescent and sinewave"),
-    jobs: int = typer.Option(1, "--jobs", min=1, help="parallel processes (each gets --threads / --jobs threads, at least 1)"),
-    threads: Optional[int] = _threads_option(),
-    protocol: str = typer.Option("paper", "--protocol", help="paper: the authors' setup (no ActNorm, tail bound per shape, batch 256, "
-                                 "lr x weight decay sweep, 13-value grids, 100 epochs, batched members); fast: the earlier one"),
+    jobs: int = typer.Option(
+        1, "--jobs", min=1, help="parallel processes (each gets --threads / --jobs threads, at least 1)"
+    ),
+    threads: int | None = _threads_option(),
+    protocol: str = typer.Option(
+        "paper",
+        "--protocol",
+        help="paper: the authors' setup (no ActNorm, tail bound per shape, batch 256, "
+        "lr x weight decay sweep, 13-value grids, 100 epochs, batched members); fast: the earlier one",
+    ),
 ) -> None:
     """Table 1 of the paper: 2-D shapes with dependent training data (blocks, kinship)."""
     from flowpheno.bench.run import run_synthetic
 
     chosen_settings = [s.strip() for s in setting.split(",") if s.strip()]
     chosen_shapes = ["crescent", "sinewave"] if quick else [s.strip().lower() for s in shapes.split(",") if s.strip()]
-    console.print(run_synthetic(out, chosen_settings, chosen_shapes, methods, seeds, quick, jobs, threads, _progress,
-                                protocol=protocol))
+    console.print(
+        run_synthetic(
+            out, chosen_settings, chosen_shapes, methods, seeds, quick, jobs, threads, _progress, protocol=protocol
+        )
+    )
 
 
 @bench_app.command("stocks")
 def bench_stocks(
     out: Path = typer.Option(..., "--out", help="results directory"),
-    prices: list[Path] = typer.Option(..., "--prices", help="price files or folders (Huge Stock Market Dataset or Yahoo CSV); repeatable"),
-    pairs: str = typer.Option("AAPL-MSFT,MA-V", "--pairs", help="comma-separated TICKER-TICKER pairs (case-insensitive)"),
-    start: Optional[str] = typer.Option(None, "--start", help="first date used (YYYY-MM-DD)"),
-    end: Optional[str] = typer.Option(None, "--end", help="last date used (YYYY-MM-DD)"),
+    prices: list[Path] = typer.Option(
+        ..., "--prices", help="price files or folders (Huge Stock Market Dataset or Yahoo CSV); repeatable"
+    ),
+    pairs: str = typer.Option(
+        "AAPL-MSFT,MA-V", "--pairs", help="comma-separated TICKER-TICKER pairs (case-insensitive)"
+    ),
+    start: str | None = typer.Option(None, "--start", help="first date used (YYYY-MM-DD)"),
+    end: str | None = typer.Option(None, "--end", help="last date used (YYYY-MM-DD)"),
     seeds: int = typer.Option(5, "--seeds", min=1, help="seeds 0..N-1 (flow initialisation and batch order)"),
     methods: str = typer.Option("baseline,grid,joint", "--methods"),
     quick: bool = typer.Option(False, "--quick", help="CI size: small flow, few epochs, 1 seed"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds earlier results of this command"),
-    threads: Optional[int] = _threads_option(),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace --out if it holds earlier results of this command"
+    ),
+    threads: int | None = _threads_option(),
 ) -> None:
     """Stocks experiment: daily log-return pairs, one equicorrelated block per pair."""
     from flowpheno.bench.run import run_stocks
 
     chosen_pairs = [p.strip() for p in pairs.split(",") if p.strip()]
-    console.print(run_stocks(out, list(prices), chosen_pairs, start, end, seeds, methods, quick, overwrite, threads, _progress))
+    console.print(
+        run_stocks(out, list(prices), chosen_pairs, start, end, seeds, methods, quick, overwrite, threads, _progress)
+    )
 
 
 @bench_app.command("stocks-data")
@@ -489,20 +649,32 @@ def bench_stocks_data(
 @bench_app.command("images")
 def bench_images(
     out: Path = typer.Option(..., "--out", help="results directory"),
-    images: Optional[Path] = typer.Option(None, "--images", help="folder with one sub-folder per individual (LFW layout); default: the embedded digits dataset"),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        help="folder with one sub-folder per individual (LFW layout); default: the embedded digits dataset",
+    ),
     size: int = typer.Option(16, "--size", min=4, help="images are resized to SIZE x SIZE (divisible by 4)"),
-    grayscale: bool = typer.Option(False, "--grayscale", help="convert to one channel (the embedded dataset always is)"),
+    grayscale: bool = typer.Option(
+        False, "--grayscale", help="convert to one channel (the embedded dataset always is)"
+    ),
     seeds: int = typer.Option(2, "--seeds", min=1),
     methods: str = typer.Option("baseline,grid,joint", "--methods"),
     quick: bool = typer.Option(False, "--quick", help="CI size: 8x8, a tiny Glow, 3 epochs, 1 seed"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available); metrics are computed on the CPU"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds earlier results of this command"),
-    threads: Optional[int] = _threads_option(),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu or cuda (default: cuda when available); metrics are computed on the CPU"
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace --out if it holds earlier results of this command"
+    ),
+    threads: int | None = _threads_option(),
 ) -> None:
     """Images experiment: repeated images of individuals, one equicorrelated block each."""
     from flowpheno.bench.run import run_images
 
-    console.print(run_images(out, images, size, grayscale, seeds, methods, quick, _device(device), overwrite, threads, _progress))
+    console.print(
+        run_images(out, images, size, grayscale, seeds, methods, quick, _device(device), overwrite, threads, _progress)
+    )
 
 
 @bench_app.command("images-data")
@@ -530,7 +702,9 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version")) -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+) -> None:
     """Relatedness-aware normalizing flows for multivariate GWAS."""
 
 
@@ -571,9 +745,13 @@ def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 1, usage errors
     (unknown option, bad value, missing argument) one line and exit code 2."""
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
-    warnings.showwarning = lambda message, *_, **__: console.print(Text("warning: ", "yellow") + Text(str(message)), soft_wrap=True)
+    warnings.showwarning = lambda message, *_, **__: console.print(
+        Text("warning: ", "yellow") + Text(str(message)), soft_wrap=True
+    )
     try:
-        code = app(prog_name="flowpheno", standalone_mode=False)  # a command's Exit (Ctrl-C: 130) is returned, not raised
+        code = app(
+            prog_name="flowpheno", standalone_mode=False
+        )  # a command's Exit (Ctrl-C: 130) is returned, not raised
         if isinstance(code, int) and code != 0:
             if code == 130:
                 console.print(Text("error: ", "bold red") + Text("interrupted; nothing was written"), soft_wrap=True)

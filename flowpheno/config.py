@@ -101,8 +101,14 @@ class TrainConfig:
         if self.seed >= 2**63:
             raise refuse("seed", self.seed, "must be below 2^63")
         check.integer("patience", self.patience, 0, optional=True)
-        check.number("max_grad_norm", self.max_grad_norm, "must be a positive finite number (or None: no clipping)",
-                     0.0, low_open=True, optional=True)
+        check.number(
+            "max_grad_norm",
+            self.max_grad_norm,
+            "must be a positive finite number (or None: no clipping)",
+            0.0,
+            low_open=True,
+            optional=True,
+        )
         check.choice("estimator", self.estimator, ESTIMATORS)
         check.choice("objective", self.objective, OBJECTIVES)
         check.integer("chunk_size", self.chunk_size, 1)
@@ -147,8 +153,11 @@ class FitConfig:
         """
         check = Checks()
         if self.traits is not None and (not isinstance(self.traits, list) or not self.traits):
-            raise refuse("traits", self.traits,
-                         "give at least one trait column name, or leave it out (None) for every numeric column")
+            raise refuse(
+                "traits",
+                self.traits,
+                "give at least one trait column name, or leave it out (None) for every numeric column",
+            )
         if self.traits is not None and len(set(self.traits)) != len(self.traits):
             twice = next(trait for trait in self.traits if self.traits.count(trait) > 1)
             raise refuse("traits", self.traits, f"names {twice!r} twice; name each trait column once")
@@ -162,8 +171,9 @@ class FitConfig:
         check.integer("threads", self.threads, 1, optional=True)
         check.number("val_frac", self.val_frac, "must be in [0, 0.9)", 0.0, 0.9)
         if self.mode == "grid" and self.val_frac == 0:
-            raise refuse("val_frac", self.val_frac,
-                         "must be above 0 when {mode} is 'grid' (the grid picks s2 by validation NLL)")
+            raise refuse(
+                "val_frac", self.val_frac, "must be above 0 when {mode} is 'grid' (the grid picks s2 by validation NLL)"
+            )
         if not isinstance(self.train, TrainConfig):
             raise refuse("train", type(self.train).__name__, "must be a TrainConfig")
         self.train.validate()
@@ -224,32 +234,65 @@ class Flag:
         return f"{' | '.join(self.choices)}: {self.help}" if self.choices else self.help
 
 
-FLAGS: dict[str, Flag] = {flag.field: flag for flag in (
-    Flag(FitConfig, "traits", "--traits", "comma-separated trait columns (default: every numeric column)",
-         workflow=False),
-    Flag(FitConfig, "categorical", "--categorical", "comma-separated covariate columns to one-hot encode whatever "
-         "their values (needed for text columns with more than 50 levels)", workflow=False),
-    Flag(FitConfig, "keep_outliers", "--keep-outliers", "fit even when a trait value lies beyond robust |z| 100 "
-         "(median/MAD)", workflow=False),
-    Flag(FitConfig, "mode", "--mode", "how relatedness enters the fit (iid: not at all)"),
-    Flag(FitConfig, "s2_grid", "--s2-grid", "s2 values tried by --mode grid"),
-    Flag(TrainConfig, "epochs", "--epochs", "flow epochs per stage"),
-    Flag(TrainConfig, "stages", "--stages", "stages (alternating: flow epochs then an s2 update)"),
-    Flag(FitConfig, "layers", "--layers", "coupling layers"),
-    Flag(FitConfig, "hidden", "--hidden", "hidden units of each conditioner layer"),
-    Flag(TrainConfig, "batch_size", "--batch-size", "mini-batch size"),
-    Flag(TrainConfig, "lr", "--lr", "Adamax learning rate of the flow"),
-    Flag(TrainConfig, "weight_decay", "--weight-decay", "weight decay on flow weights (never on s2)"),
-    Flag(FitConfig, "val_frac", "--val-frac", "share of individuals held out for validation NLL"),
-    Flag(FitConfig, "device", "--device", "cpu or cuda (default: cuda when available)", cli_default=None),
-    Flag(TrainConfig, "seed", "--seed", "random seed (same seed on CPU gives the same numbers)"),
-    Flag(TrainConfig, "patience", "--patience", "stop after this many epochs without a better validation NLL (0: never stop early)"),
-    Flag(TrainConfig, "objective", "--objective", "mini-batches with the unbiased batch estimator, or one "
-         "full-data step per epoch (no estimator variance)"),
-    Flag(TrainConfig, "profile_scale", "--scale-step", "alternating: fit each trait's latent scale with s2 "
-         "(corrects the downward s2 bias of strongly related samples)"),
-    Flag(FitConfig, "threads", "--threads", "CPU threads for torch and BLAS/OpenMP", workflow=False),
-)}
+FLAGS: dict[str, Flag] = {
+    flag.field: flag
+    for flag in (
+        Flag(
+            FitConfig,
+            "traits",
+            "--traits",
+            "comma-separated trait columns (default: every numeric column)",
+            workflow=False,
+        ),
+        Flag(
+            FitConfig,
+            "categorical",
+            "--categorical",
+            "comma-separated covariate columns to one-hot encode whatever "
+            "their values (needed for text columns with more than 50 levels)",
+            workflow=False,
+        ),
+        Flag(
+            FitConfig,
+            "keep_outliers",
+            "--keep-outliers",
+            "fit even when a trait value lies beyond robust |z| 100 (median/MAD)",
+            workflow=False,
+        ),
+        Flag(FitConfig, "mode", "--mode", "how relatedness enters the fit (iid: not at all)"),
+        Flag(FitConfig, "s2_grid", "--s2-grid", "s2 values tried by --mode grid"),
+        Flag(TrainConfig, "epochs", "--epochs", "flow epochs per stage"),
+        Flag(TrainConfig, "stages", "--stages", "stages (alternating: flow epochs then an s2 update)"),
+        Flag(FitConfig, "layers", "--layers", "coupling layers"),
+        Flag(FitConfig, "hidden", "--hidden", "hidden units of each conditioner layer"),
+        Flag(TrainConfig, "batch_size", "--batch-size", "mini-batch size"),
+        Flag(TrainConfig, "lr", "--lr", "Adamax learning rate of the flow"),
+        Flag(TrainConfig, "weight_decay", "--weight-decay", "weight decay on flow weights (never on s2)"),
+        Flag(FitConfig, "val_frac", "--val-frac", "share of individuals held out for validation NLL"),
+        Flag(FitConfig, "device", "--device", "cpu or cuda (default: cuda when available)", cli_default=None),
+        Flag(TrainConfig, "seed", "--seed", "random seed (same seed on CPU gives the same numbers)"),
+        Flag(
+            TrainConfig,
+            "patience",
+            "--patience",
+            "stop after this many epochs without a better validation NLL (0: never stop early)",
+        ),
+        Flag(
+            TrainConfig,
+            "objective",
+            "--objective",
+            "mini-batches with the unbiased batch estimator, or one full-data step per epoch (no estimator variance)",
+        ),
+        Flag(
+            TrainConfig,
+            "profile_scale",
+            "--scale-step",
+            "alternating: fit each trait's latent scale with s2 "
+            "(corrects the downward s2 bias of strongly related samples)",
+        ),
+        Flag(FitConfig, "threads", "--threads", "CPU threads for torch and BLAS/OpenMP", workflow=False),
+    )
+}
 """Field of :class:`FitConfig`/:class:`TrainConfig` -> the ``flowpheno fit`` flag that sets it.
 Fields without a flag (``TrainConfig.lr_decay``, ``estimator``, ``batching``, ...) are library-only."""
 
@@ -377,11 +420,21 @@ class Checks:
         if value is None and optional:
             return
         if not isinstance(value, Integral) or isinstance(value, bool) or value < minimum:
-            raise refuse(name, value, f"must be an integer >= {minimum}" + (" (or unset)" if optional else ""),
-                         self.owner)
+            raise refuse(
+                name, value, f"must be an integer >= {minimum}" + (" (or unset)" if optional else ""), self.owner
+            )
 
-    def number(self, name: str, value: Any, rule: str, low: float, high: float = math.inf, low_open: bool = False,
-               high_open: bool = True, optional: bool = False) -> None:
+    def number(
+        self,
+        name: str,
+        value: Any,
+        rule: str,
+        low: float,
+        high: float = math.inf,
+        low_open: bool = False,
+        high_open: bool = True,
+        optional: bool = False,
+    ) -> None:
         """``value`` is a finite number in the interval from ``low`` to ``high`` (``rule`` says which, in words)."""
         if value is None and optional:
             return

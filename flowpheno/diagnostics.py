@@ -95,8 +95,14 @@ def mardia_test(x: np.ndarray) -> MardiaTest:
     df = d * (d + 1) * (d + 2) / 6.0
     z = (kurtosis - d * (d + 2)) / math.sqrt(8.0 * d * (d + 2) / n)
     return MardiaTest(
-        n=n, d=d, skewness=skewness, skewness_statistic=statistic, skewness_df=df,
-        skewness_p=float(stats.chi2.sf(statistic, df)), kurtosis=kurtosis, kurtosis_z=z,
+        n=n,
+        d=d,
+        skewness=skewness,
+        skewness_statistic=statistic,
+        skewness_df=df,
+        skewness_p=float(stats.chi2.sf(statistic, df)),
+        kurtosis=kurtosis,
+        kurtosis_z=z,
         kurtosis_p=float(2.0 * stats.norm.sf(abs(z))),
     )
 

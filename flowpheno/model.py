@@ -44,7 +44,18 @@ from flowpheno.io.atomic import atomic_path
 MODEL_FORMAT = 2
 """Bumped whenever the meaning of saved weights or metadata changes."""
 
-_MAPPING = ("flow", "flow_constants", "probe", "traits", "covariates", "covariate_columns", "levels", "beta", "center", "scale")
+_MAPPING = (
+    "flow",
+    "flow_constants",
+    "probe",
+    "traits",
+    "covariates",
+    "covariate_columns",
+    "levels",
+    "beta",
+    "center",
+    "scale",
+)
 """The fields of ``model.json`` that define the mapping (covered by ``mapping_sha256``)."""
 _REQUIRED = (*_MAPPING, "checksums")
 _PROBE_ROWS = 4
@@ -79,7 +90,9 @@ class PhenotypeModel:
         design = np.ones((values.shape[0], 1))
         if self.covariates:
             if covariates is None:
-                raise FlowphenoError(f"this model was fitted with covariates ({', '.join(self.covariates)}); pass --covar")
+                raise FlowphenoError(
+                    f"this model was fitted with covariates ({', '.join(self.covariates)}); pass --covar"
+                )
             design = np.hstack([design, covariates])
         return (values - design @ self.beta - self.center) / self.scale
 
@@ -141,7 +154,9 @@ class PhenotypeModel:
         flow = _build(meta, json_path)
         _load_weights(flow, weights_path)
         if flow_constants(flow)["permutations"] != meta["flow_constants"].get("permutations"):
-            raise _damaged(weights_path, "permutations differ from those in model.json", "the files were edited or mixed up")
+            raise _damaged(
+                weights_path, "permutations differ from those in model.json", "the files were edited or mixed up"
+            )
         traits, covariates = meta["traits"], meta["covariates"]
         d = len(traits)
         beta = _array(meta, "beta", (1 + len(covariates), d), json_path)
@@ -243,7 +258,9 @@ def _build(meta: dict[str, Any], path: Path) -> TabularFlow:
     except (TypeError, ValueError, KeyError, RuntimeError, AssertionError) as error:
         raise _damaged(path, f"flow settings {config} cannot be built ({error})") from None
     expected, stored = flow_constants(flow), meta["flow_constants"]
-    changed = [key for key in expected if key not in ("zuko", "torch", "permutations") and stored.get(key) != expected[key]]
+    changed = [
+        key for key in expected if key not in ("zuko", "torch", "permutations") and stored.get(key) != expected[key]
+    ]
     if changed:
         raise FlowphenoError(
             f"{path}: flow constant(s) {', '.join(changed)} differ from this flowpheno's "
@@ -263,7 +280,9 @@ def _load_weights(flow: TabularFlow, path: Path) -> None:
     extra = [key for key in state if key not in expected]
     if missing or extra:
         what = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(extra[:3])}"
-        raise _damaged(path, f"tensors do not match the flow in model.json ({what})", "the files were edited or mixed up")
+        raise _damaged(
+            path, f"tensors do not match the flow in model.json ({what})", "the files were edited or mixed up"
+        )
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[key].shape) or tensor.dtype != expected[key].dtype:
             what = f"tensor {key} is {tensor.dtype} {tuple(tensor.shape)}, the flow needs {expected[key].dtype} {tuple(expected[key].shape)}"
@@ -293,9 +312,13 @@ def _verify_probe(flow: TabularFlow, meta: dict[str, Any], path: Path) -> None:
         raise _damaged(path, "'probe' is malformed") from None
     now = _probe(flow)
     z, ladj = np.asarray(now["z"]), np.asarray(now["ladj"])
-    if z.shape != expected_z.shape or ladj.shape != expected_ladj.shape or not (
-        np.allclose(z, expected_z, rtol=_PROBE_TOLERANCE, atol=_PROBE_TOLERANCE)
-        and np.allclose(ladj, expected_ladj, rtol=_PROBE_TOLERANCE, atol=_PROBE_TOLERANCE)
+    if (
+        z.shape != expected_z.shape
+        or ladj.shape != expected_ladj.shape
+        or not (
+            np.allclose(z, expected_z, rtol=_PROBE_TOLERANCE, atol=_PROBE_TOLERANCE)
+            and np.allclose(ladj, expected_ladj, rtol=_PROBE_TOLERANCE, atol=_PROBE_TOLERANCE)
+        )
     ):
         saved = meta["flow_constants"].get("zuko")
         raise FlowphenoError(

@@ -29,15 +29,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-from flowpheno.config import MODES, Checks, FitConfig, Mode  # noqa: F401  (FitConfig lives with TrainConfig in flowpheno.config)
+from flowpheno.config import (  # noqa: F401  (FitConfig lives with TrainConfig in flowpheno.config)
+    MODES,
+    Checks,
+    FitConfig,
+    Mode,
+)
 from flowpheno.dependence import HeldOutKinship, KinshipCovariance
 from flowpheno.diagnostics import gaussianity_report
 from flowpheno.errors import FlowphenoError, warn
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.atomic import StagedDirectory, atomic_path, write_errors
-from flowpheno.io.kinship import Kinship, KinshipFactor, read_genotype_factor, read_kinship, read_pcs, spectral_decomposition
-from flowpheno.io.outputs import write_phenotypes
 from flowpheno.io.ids import FID_GIVEN, SampleKeys, align
+from flowpheno.io.kinship import (
+    Kinship,
+    KinshipFactor,
+    read_genotype_factor,
+    read_kinship,
+    read_pcs,
+    spectral_decomposition,
+)
+from flowpheno.io.outputs import write_phenotypes
 from flowpheno.io.phenotypes import Phenotypes, aligned_covariates, read_phenotypes
 from flowpheno.io.tables import MISSING_STRINGS
 from flowpheno.model import PhenotypeModel, least_squares_residuals
@@ -119,7 +131,9 @@ def _check_traits(values: np.ndarray, traits: list[str], pheno: str, iids: np.nd
         column = values[:, j]
         distinct, counts = np.unique(column, return_counts=True)
         if len(distinct) == 1:
-            raise FlowphenoError(f"{pheno}: trait {trait!r} has zero variance (every complete row is {distinct[0]:g}); drop it with --traits")
+            raise FlowphenoError(
+                f"{pheno}: trait {trait!r} has zero variance (every complete row is {distinct[0]:g}); drop it with --traits"
+            )
         top = int(np.argmax(counts))
         if len(distinct) < MIN_DISTINCT_VALUES or counts[top] * 2 > n:
             others = np.flatnonzero(column != distinct[top])
@@ -134,11 +148,15 @@ def _check_traits(values: np.ndarray, traits: list[str], pheno: str, iids: np.nd
             )
 
 
-def _check_residuals(residuals: np.ndarray, values: np.ndarray, traits: list[str], pheno: str, covar: str | Path | None) -> None:
+def _check_residuals(
+    residuals: np.ndarray, values: np.ndarray, traits: list[str], pheno: str, covar: str | Path | None
+) -> None:
     """A trait that the covariates explain entirely (residual SD ~ 0 on the trait's own scale)."""
     for trait, rest, raw in zip(traits, residuals.std(axis=0), values.std(axis=0)):
         if not rest > 1e-9 * raw:
-            raise FlowphenoError(f"{pheno}: trait {trait!r} is fully explained by the covariates of {covar}; drop it with --traits")
+            raise FlowphenoError(
+                f"{pheno}: trait {trait!r} is fully explained by the covariates of {covar}; drop it with --traits"
+            )
 
 
 MAX_TRAIT_CORRELATION = 0.999
@@ -201,7 +219,13 @@ def _check_levels(phenotypes: Phenotypes, keep: np.ndarray, covar: str | Path | 
     for column, levels in phenotypes.levels.items():
         dummies = [names.index(f"{column}_{level}") for level in levels[1:] if f"{column}_{level}" in names]
         members = {levels[0]: ~(used[:, dummies] == 1).any(axis=1)} if dummies else {}
-        members.update({level: used[:, names.index(f"{column}_{level}")] == 1 for level in levels[1:] if f"{column}_{level}" in names})
+        members.update(
+            {
+                level: used[:, names.index(f"{column}_{level}")] == 1
+                for level in levels[1:]
+                if f"{column}_{level}" in names
+            }
+        )
         for level, rows in members.items():
             count = int(rows.sum())
             who = ", ".join(f"IID {iid}" for iid in iids[rows])
@@ -245,16 +269,19 @@ def _check_outliers(
     z = robust_z(values)
     rows, cols = np.nonzero(np.abs(z) > OUTLIER_WARN_Z)
     found = sorted(
-        ({**who[r], "trait": traits[c], "value": float(values[r, c]), "robust_z": round(float(z[r, c]), 1)}
-         for r, c in zip(rows, cols)),
+        (
+            {**who[r], "trait": traits[c], "value": float(values[r, c]), "robust_z": round(float(z[r, c]), 1)}
+            for r, c in zip(rows, cols)
+        ),
         key=lambda entry: -abs(entry["robust_z"]),
     )
     if not found:
         return found
 
     def listed(entries: list[dict[str, Any]]) -> str:
-        shown = "; ".join(f"{_individual(o)} trait {o['trait']!r} = {o['value']:g} (robust z {o['robust_z']:g})"
-                          for o in entries[:3])
+        shown = "; ".join(
+            f"{_individual(o)} trait {o['trait']!r} = {o['value']:g} (robust z {o['robust_z']:g})" for o in entries[:3]
+        )
         return shown + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
 
     gross = [o for o in found if abs(o["robust_z"]) > OUTLIER_STOP_Z]
@@ -278,8 +305,11 @@ S2_SETTLED = 0.02
 def _check_settled_s2(outcome: FitOutcome, config: FitConfig) -> None:
     """Warn when ``s2`` was still moving at the end of training (it rises stage by stage while
     the flow learns the traits' shape): the reported value is then not yet the estimate."""
-    values = [stage["s2"] for stage in outcome.stages  # the stages' own values, not the final refit
-              if isinstance(stage.get("stage"), int) and isinstance(stage.get("s2"), (int, float))]
+    values = [
+        stage["s2"]
+        for stage in outcome.stages  # the stages' own values, not the final refit
+        if isinstance(stage.get("stage"), int) and isinstance(stage.get("s2"), (int, float))
+    ]
     if config.mode not in ("alternating", "joint") or len(values) < 2:
         return
     change = values[-1] - values[-2]
@@ -299,8 +329,10 @@ def _mvlmm_advice(n: int, d: int) -> str:
     how = "test the traits one at a time (flowpheno gwas assoc --per-trait)"
     if group >= 2:
         columns = ",".join(str(j) for j in range(1, group + 1))
-        how = (f"test groups of at most {group} traits (the workflow's trait_groups; by hand flowpheno gwas assoc "
-               f"--columns {columns}) or one trait at a time (--per-trait)")
+        how = (
+            f"test groups of at most {group} traits (the workflow's trait_groups; by hand flowpheno gwas assoc "
+            f"--columns {columns}) or one trait at a time (--per-trait)"
+        )
     return (
         f"{n} individuals for {d} traits: GEMMA's mvLMM of all {d} traits at once needs about 100 d^2 = {100 * d * d} "
         f"individuals (with fewer, its {d} x {d} genetic and residual covariance estimates are unstable: "
@@ -315,7 +347,11 @@ def _split(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _kinship_model(
-    kinship: Kinship | KinshipFactor, train_rows: np.ndarray, val_rows: np.ndarray, device: str, timings: dict[str, float]
+    kinship: Kinship | KinshipFactor,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    device: str,
+    timings: dict[str, float],
 ) -> tuple[KinshipCovariance, HeldOutKinship | None, bool | None]:
     """The training rows' covariance model (float32) and, when there are validation rows, their
     kinship with the training rows and among themselves (float64, for the conditional held-out
@@ -325,7 +361,11 @@ def _kinship_model(
     if isinstance(kinship, KinshipFactor):  # thin SVD of the factor: O(n r^2), no n x n matrix
         factor = torch.as_tensor(kinship.rows(train_rows), dtype=torch.float64)
         model = KinshipCovariance.from_factor(factor)
-        held_out = model.held_out_factor(torch.as_tensor(kinship.rows(val_rows), dtype=torch.float64)) if len(val_rows) else None
+        held_out = (
+            model.held_out_factor(torch.as_tensor(kinship.rows(val_rows), dtype=torch.float64))
+            if len(val_rows)
+            else None
+        )
         timings["thin_svd"] = time.perf_counter() - started
         return model.float().to(device), None if held_out is None else held_out.to(device), None
     source = Path(kinship.source)
@@ -336,7 +376,9 @@ def _kinship_model(
     held_out = None
     if len(val_rows):
         started = time.perf_counter()
-        held_out = model.held_out(torch.as_tensor(kinship.cross(val_rows, train_rows)), torch.as_tensor(kinship.rows(val_rows)))
+        held_out = model.held_out(
+            torch.as_tensor(kinship.cross(val_rows, train_rows)), torch.as_tensor(kinship.rows(val_rows))
+        )
         held_out = held_out.to(device)
         timings["held_out_kinship"] = time.perf_counter() - started
     return model.float().to(device), held_out, hit
@@ -417,7 +459,11 @@ def fit_phenotypes(
                 staged = StagedDirectory(out, "fit", inputs, overwrite=overwrite, legacy=RUN_FILES)
             config = config or FitConfig()
             config.validate()  # before its thread count is applied
-            with staged or _nothing(), thread_limits(config.threads), fit_progress() if progress else _nothing() as shown:
+            with (
+                staged or _nothing(),
+                thread_limits(config.threads),
+                fit_progress() if progress else _nothing() as shown,
+            ):
                 if grm_pcs is not None:
                     grm = read_pcs(grm_pcs)
                 elif grm_factor is not None:
@@ -567,7 +613,9 @@ def prepare_fit(
     """
     config.validate()  # again: the dataclasses can be changed after construction
     if config.mode != "iid" and grm is None:
-        raise FlowphenoError(f"--mode {config.mode} models relatedness and needs --grm, --grm-pcs or --grm-factor (or use --mode iid)")
+        raise FlowphenoError(
+            f"--mode {config.mode} models relatedness and needs --grm, --grm-pcs or --grm-factor (or use --mode iid)"
+        )
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     phenotypes = read_phenotypes(pheno, config.traits, covar, config.categorical)
@@ -586,8 +634,18 @@ def prepare_fit(
 
     train_rows, val_rows = _split(int(keep.sum()), config.val_frac, config.train.seed)
     data = PreparedData(
-        phenotypes, None if covar is None else str(covar), keep, dropped, outliers, beta, center, scale,
-        (residuals - center) / scale, train_rows, val_rows, seconds=seconds,
+        phenotypes,
+        None if covar is None else str(covar),
+        keep,
+        dropped,
+        outliers,
+        beta,
+        center,
+        scale,
+        (residuals - center) / scale,
+        train_rows,
+        val_rows,
+        seconds=seconds,
     )
     if kinship is not None:
         positions = kinship_rows[keep]
@@ -598,7 +656,9 @@ def prepare_fit(
     return data
 
 
-def _check_used_rows(phenotypes: Phenotypes, keep: np.ndarray, covar: str | Path | None, keep_outliers: bool) -> list[dict[str, Any]]:
+def _check_used_rows(
+    phenotypes: Phenotypes, keep: np.ndarray, covar: str | Path | None, keep_outliers: bool
+) -> list[dict[str, Any]]:
     """Every check of the used rows (``keep``) before covariates are removed; returns the outliers."""
     pheno = phenotypes.source
     n_complete = int(keep.sum())
@@ -613,9 +673,13 @@ def _check_used_rows(phenotypes: Phenotypes, keep: np.ndarray, covar: str | Path
     _check_leverage(phenotypes, keep, covar, keep_outliers)
     _check_collinear_traits(phenotypes.values[keep], phenotypes.traits, pheno)
     who = [
-        {**({"fid": str(fid)} if phenotypes.fid_given else {}), "iid": str(iid),
-         **({"line": int(phenotypes.lines[r])} if phenotypes.lines is not None else {})}
-        for r, (fid, iid) in enumerate(zip(phenotypes.ids["FID"], phenotypes.ids["IID"])) if keep[r]
+        {
+            **({"fid": str(fid)} if phenotypes.fid_given else {}),
+            "iid": str(iid),
+            **({"line": int(phenotypes.lines[r])} if phenotypes.lines is not None else {}),
+        }
+        for r, (fid, iid) in enumerate(zip(phenotypes.ids["FID"], phenotypes.ids["IID"]))
+        if keep[r]
     ]
     outliers = _check_outliers(phenotypes.values[keep], who, phenotypes.traits, pheno, keep_outliers)
     d = len(phenotypes.traits)
@@ -640,7 +704,11 @@ def train_fit(data: PreparedData, config: FitConfig, callback: Callback | None =
     device = config.device
     d = len(data.phenotypes.traits)
     x_train = torch.as_tensor(data.standardised[data.train_rows], dtype=torch.float32, device=device)
-    x_val = torch.as_tensor(data.standardised[data.val_rows], dtype=torch.float32, device=device) if len(data.val_rows) else None
+    x_val = (
+        torch.as_tensor(data.standardised[data.val_rows], dtype=torch.float32, device=device)
+        if len(data.val_rows)
+        else None
+    )
 
     def make_flow() -> torch.nn.Module:  # weights drawn from the seed, not the global random state
         return affine_coupling_flow(d, layers=config.layers, hidden=config.hidden, seed=config.train.seed).to(device)
@@ -664,9 +732,15 @@ def train_fit(data: PreparedData, config: FitConfig, callback: Callback | None =
 
     phenotypes = data.phenotypes
     model = PhenotypeModel(
-        flow=outcome.flow.cpu(), traits=phenotypes.traits, covariates=phenotypes.covariate_names, beta=data.beta,
-        center=data.center, scale=data.scale, covariance=outcome.dependence.describe(),
-        covariate_columns=phenotypes.covariate_columns, levels=phenotypes.levels,
+        flow=outcome.flow.cpu(),
+        traits=phenotypes.traits,
+        covariates=phenotypes.covariate_names,
+        beta=data.beta,
+        center=data.center,
+        scale=data.scale,
+        covariance=outcome.dependence.describe(),
+        covariate_columns=phenotypes.covariate_columns,
+        levels=phenotypes.levels,
     )
     started = time.perf_counter()
     latent = model.gaussianize(phenotypes.values, phenotypes.covariates)
@@ -676,14 +750,20 @@ def train_fit(data: PreparedData, config: FitConfig, callback: Callback | None =
             f"training diverged: the fitted flow maps {int(broken.sum())} of {data.n_used} complete individuals "
             f"(first: IID {phenotypes.ids['IID'].to_numpy()[broken][0]}) to non-finite values: {advice}; nothing was written"
         )
-    gaussianized = pd.concat([phenotypes.ids.reset_index(drop=True), pd.DataFrame(latent, columns=phenotypes.traits)], axis=1)
+    gaussianized = pd.concat(
+        [phenotypes.ids.reset_index(drop=True), pd.DataFrame(latent, columns=phenotypes.traits)], axis=1
+    )
     gaussianized.attrs[FID_GIVEN] = phenotypes.fid_given
     seconds["transform"] = time.perf_counter() - started
     return TrainedFit(model, outcome, latent, gaussianized, seconds)
 
 
 def fit_report(
-    data: PreparedData, trained: TrainedFit, config: FitConfig, command: list[str] | None = None, warned: list[str] | None = None
+    data: PreparedData,
+    trained: TrainedFit,
+    config: FitConfig,
+    command: list[str] | None = None,
+    warned: list[str] | None = None,
 ) -> FitReport:
     """The typed ``fit.json`` of a fit (:class:`~flowpheno.report.FitReport`): ``command`` (default
     ``sys.argv``), ``warned`` the warnings raised so far; versions and thread counts are
@@ -712,7 +792,9 @@ def fit_report(
             reason: DroppedRows(len(rows), ids["FID"].iloc[rows].tolist(), ids["IID"].iloc[rows].tolist())
             for reason, rows in data.dropped.items()
         },
-        kinship=None if dependence is None else KinshipSummary(
+        kinship=None
+        if dependence is None
+        else KinshipSummary(
             dependence.scale, dependence.rank, dependence.complement > 0, data.eigendecomposition_cached
         ),
         covariance=trained.model.covariance,
@@ -796,14 +878,21 @@ def write_fit_outputs(
     from flowpheno.plots import diagnostics_figure
 
     started = time.perf_counter()
-    staged = out if isinstance(out, StagedDirectory) else StagedDirectory(out, "fit", overwrite=overwrite, legacy=RUN_FILES)
+    staged = (
+        out if isinstance(out, StagedDirectory) else StagedDirectory(out, "fit", overwrite=overwrite, legacy=RUN_FILES)
+    )
     with staged, write_errors(staged.target):
         tmp = staged.path
         trained.model.save(tmp)
         write_phenotypes(trained.gaussianized, tmp / "gaussianized.tsv")
         before = trained.model.standardise(data.phenotypes.values[data.keep], data.used_covariates)  # the flow's input
-        figure = diagnostics_figure(before, trained.latent[data.keep], trained.model.traits, report,
-                                    data.phenotypes.ids[["FID", "IID"]].to_numpy(dtype=str)[data.keep])
+        figure = diagnostics_figure(
+            before,
+            trained.latent[data.keep],
+            trained.model.traits,
+            report,
+            data.phenotypes.ids[["FID", "IID"]].to_numpy(dtype=str)[data.keep],
+        )
         figure.savefig(tmp / "diagnostics.png", dpi=110)
         report.seconds["write"] = time.perf_counter() - started
         with atomic_path(tmp / "fit.json") as path:
@@ -822,7 +911,8 @@ def _check_new_values(standardised: np.ndarray, phenotypes: Phenotypes, pheno: s
     iids = phenotypes.ids["IID"].to_numpy()
     shown = "; ".join(
         f"IID {iids[rows[k]]} trait {phenotypes.traits[cols[k]]!r} = {phenotypes.values[rows[k], cols[k]]:g} "
-        f"({far[rows[k], cols[k]]:.3g} SD)" for k in order[:3]
+        f"({far[rows[k], cols[k]]:.3g} SD)"
+        for k in order[:3]
     )
     more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
     if far[rows, cols].max() > OUTLIER_STOP_Z and not keep_outliers:
@@ -864,7 +954,9 @@ def _transform_phenotypes(
     if model.covariates and covar is None:
         raise FlowphenoError(f"the model was fitted with covariates ({', '.join(model.covariates)}); pass --covar FILE")
     if covar is not None and not model.covariates:
-        raise FlowphenoError(f"--covar {covar}: the model was fitted without covariates, so they would be ignored; leave --covar out")
+        raise FlowphenoError(
+            f"--covar {covar}: the model was fitted without covariates, so they would be ignored; leave --covar out"
+        )
     phenotypes = read_phenotypes(pheno, model.traits)
     covariates = None
     if model.covariates:

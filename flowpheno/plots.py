@@ -56,8 +56,18 @@ def diagnostics_figure(
     size = (max(3.0 * width, 12.0), 2.9 * sum(heights))
     figure = plt.figure(figsize=size)
     # fixed margins in inches, no layout engine: a layout pass costs more than drawing the figure
-    rows = iter(figure.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.5, left=0.6 / size[0], right=1 - 0.15 / size[0],
-                                    top=1 - 0.75 / size[1], bottom=0.05 / size[1]))
+    rows = iter(
+        figure.add_gridspec(
+            len(heights),
+            1,
+            height_ratios=heights,
+            hspace=0.5,
+            left=0.6 / size[0],
+            right=1 - 0.15 / size[0],
+            top=1 - 0.75 / size[1],
+            bottom=0.05 / size[1],
+        )
+    )
     covariates = report.covariates
     input_label = "covariate residuals, standardised" if covariates else "traits standardised, no covariates"
     cells, start = None, 0
@@ -72,7 +82,9 @@ def diagnostics_figure(
             axis = figure.add_subplot(cells[0, start + column])
             axis.scatter(data[:, i], data[:, j], s=2, alpha=0.35, color=colour, rasterized=True)
             if marked.any():
-                axis.scatter(data[marked, i], data[marked, j], s=30, marker="x", color="red", label="outlier (robust z)")
+                axis.scatter(
+                    data[marked, i], data[marked, j], s=30, marker="x", color="red", label="outlier (robust z)"
+                )
                 axis.legend(fontsize=6, loc="best")
             axis.set_xlabel(traits[i], fontsize=8)
             axis.set_ylabel(traits[j], fontsize=8)
@@ -81,7 +93,9 @@ def diagnostics_figure(
                 axis.set_title(label, fontsize=9, loc="left")
     cells = next(rows).subgridspec(1, width, wspace=0.3)
     for column in shown:
-        _qq_panel(figure.add_subplot(cells[0, column]), before[:, column], after[:, column], traits[column], first=column == 0)
+        _qq_panel(
+            figure.add_subplot(cells[0, column]), before[:, column], after[:, column], traits[column], first=column == 0
+        )
     gaussianity = report.gaussianity or gaussianity_report(before, after)
     _training_row(figure, next(rows), report, before, after, gaussianity)
     caption = figure.add_subplot(next(rows))
@@ -91,7 +105,9 @@ def diagnostics_figure(
     lines = [textwrap.fill(line, characters) for line in _caption(report, covariates, input_label, d, len(pairs))]
     caption.text(0.0, 1.0, "\n".join(lines), fontsize=8, va="top", transform=caption.transAxes)
     mode = report.mode or "?"
-    figure.suptitle(f"flowpheno fit --mode {mode}: n = {report.n_used or len(before)}, d = {d}", y=1 - 0.1 / size[1], va="top")
+    figure.suptitle(
+        f"flowpheno fit --mode {mode}: n = {report.n_used or len(before)}, d = {d}", y=1 - 0.1 / size[1], va="top"
+    )
     return figure
 
 
@@ -140,7 +156,12 @@ def _number(value: Any) -> float:
 
 
 def _training_row(
-    figure: Figure, row: Any, report: FitReport, before: np.ndarray, after: np.ndarray, gaussianity: dict[str, Any],
+    figure: Figure,
+    row: Any,
+    report: FitReport,
+    before: np.ndarray,
+    after: np.ndarray,
+    gaussianity: dict[str, Any],
 ) -> None:
     """Loss curves (wide), s2 (kinship modes), joint Gaussianity."""
     epochs = report.epochs
@@ -162,8 +183,16 @@ def _stage_boundaries(axis: Axes, epochs: list[dict[str, Any]], gid: str, labels
         if k == len(epochs) or epochs[k].get("stage") != epochs[k - 1].get("stage"):
             first, last = epochs[start].get("epoch"), epochs[k - 1].get("epoch")
             if labels:
-                axis.text((first + last) / 2, 0.98, f"stage {epochs[start].get('stage')}", transform=top, ha="center",
-                          va="top", fontsize=7, color="0.35")
+                axis.text(
+                    (first + last) / 2,
+                    0.98,
+                    f"stage {epochs[start].get('stage')}",
+                    transform=top,
+                    ha="center",
+                    va="top",
+                    fontsize=7,
+                    color="0.35",
+                )
             if k < len(epochs):
                 axis.axvline((last + epochs[k].get("epoch")) / 2, color="0.6", ls="--", lw=0.8, gid=gid)
             start = k
@@ -179,8 +208,13 @@ def _loss_panel(axis: Axes, epochs: list[dict[str, Any]], report: FitReport, dep
         return
     x = [record.get("epoch") for record in epochs]
     model = "kinship" if dependent else "iid"
-    axis.plot(x, [_number(record.get("train_nll")) for record in epochs], lw=1, color="C0",
-              label=f"training objective ({model} model, training rows)")
+    axis.plot(
+        x,
+        [_number(record.get("train_nll")) for record in epochs],
+        lw=1,
+        color="C0",
+        label=f"training objective ({model} model, training rows)",
+    )
     val = [_number(record.get("val_nll")) for record in epochs]
     if not np.isnan(val).all():
         score = "conditional on the training rows" if report.validation_score == "val_nll_conditional" else "iid"
@@ -188,8 +222,14 @@ def _loss_panel(axis: Axes, epochs: list[dict[str, Any]], report: FitReport, dep
     _stage_boundaries(axis, epochs, "stage-boundary", labels=True)
     best_epoch = report.best_epoch
     if best_epoch is not None:
-        axis.axvline(best_epoch, color="C3", ls=":", lw=1.2, gid="kept-epoch",
-                     label=f"kept: stage {report.best_stage}, epoch {best_epoch}")
+        axis.axvline(
+            best_epoch,
+            color="C3",
+            ls=":",
+            lw=1.2,
+            gid="kept-epoch",
+            label=f"kept: stage {report.best_stage}, epoch {best_epoch}",
+        )
     axis.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.92), framealpha=0.8)
 
 
@@ -198,18 +238,35 @@ def _s2_panel(axis: Axes, epochs: list[dict[str, Any]], grid: list[dict[str, Any
     final = report.covariance.get("s2")
     if grid:
         values = [g.get("value") for g in grid]
-        axis.plot(values, [_number(g.get("val_nll")) for g in grid], marker="o", lw=1, color="C1", label="run's best validation NLL")
+        axis.plot(
+            values,
+            [_number(g.get("val_nll")) for g in grid],
+            marker="o",
+            lw=1,
+            color="C1",
+            label="run's best validation NLL",
+        )
         scores = [_number(g.get("val_nll")) if not g.get("diverged") else np.nan for g in grid]
         if not np.isnan(scores).all():  # the winner: fit_grid's rule (a diverged run never wins)
             best = int(np.nanargmin(scores))
-            axis.plot([values[best]], [scores[best]], marker="*", ms=12, ls="", color="C3", label=f"kept: s2 = {values[best]:g}")
+            axis.plot(
+                [values[best]],
+                [scores[best]],
+                marker="*",
+                ms=12,
+                ls="",
+                color="C3",
+                label=f"kept: s2 = {values[best]:g}",
+            )
         axis.set_title("s2 grid search", fontsize=9, loc="left")
         axis.set_xlabel("s2 (fixed per run)", fontsize=8)
         axis.set_ylabel("validation NLL", fontsize=8)
         axis.legend(fontsize=7)
         return
     x = [record.get("epoch") for record in epochs]
-    axis.step(x, [_number(record.get("s2")) for record in epochs], where="mid", lw=1, color="C0", label="s2 used in the epoch")
+    axis.step(
+        x, [_number(record.get("s2")) for record in epochs], where="mid", lw=1, color="C0", label="s2 used in the epoch"
+    )
     _stage_boundaries(axis, epochs, "stage-boundary-s2", labels=False)
     best_epoch = report.best_epoch
     kept = next((r for r in epochs if r.get("epoch") == best_epoch), None)
@@ -218,8 +275,15 @@ def _s2_panel(axis: Axes, epochs: list[dict[str, Any]], grid: list[dict[str, Any
     if final is not None and x:
         refitted = report.mode == "alternating"
         where = (x[-1] + 1) if refitted else (best_epoch or x[-1])
-        axis.plot([where], [final], marker="*", ms=12, ls="", color="C3",
-                  label=f"final s2 = {final:.3f}" + (" (refitted on the kept flow)" if refitted else ""))
+        axis.plot(
+            [where],
+            [final],
+            marker="*",
+            ms=12,
+            ls="",
+            color="C3",
+            label=f"final s2 = {final:.3f}" + (" (refitted on the kept flow)" if refitted else ""),
+        )
     axis.set_title("s2 (kinship share of latent variance)", fontsize=9, loc="left")
     axis.set_xlabel("epoch", fontsize=8)
     axis.set_ylabel("s2", fontsize=8)
@@ -237,8 +301,16 @@ def _mahalanobis_panel(axis: Axes, before: np.ndarray, after: np.ndarray, gaussi
         except ValueError:
             continue
         theoretical, sample = _quantiles(distances, lambda p: stats.chi2.ppf(p, d))
-        axis.plot(theoretical, sample, ls="", marker=".", ms=2, color=colour, label=_mardia_label(side, gaussianity.get(side, {})),
-                  rasterized=True)
+        axis.plot(
+            theoretical,
+            sample,
+            ls="",
+            marker=".",
+            ms=2,
+            color=colour,
+            label=_mardia_label(side, gaussianity.get(side, {})),
+            rasterized=True,
+        )
     low, high = axis.get_xlim()
     axis.plot([0, high], [0, high], color="0.3", lw=0.8, ls="--")
     axis.set_title("joint Gaussianity", fontsize=9, loc="left")
@@ -251,8 +323,10 @@ def _mahalanobis_panel(axis: Axes, before: np.ndarray, after: np.ndarray, gaussi
 def _mardia_label(side: str, test: dict[str, Any]) -> str:
     if "skewness_p" not in test:
         return f"{side}: Mardia untestable"
-    return (f"{side}: Mardia skewness {test['skewness']:.3g}\n({_p(test['skewness_p'])}), "
-            f"kurtosis z {test['kurtosis_z']:.1f}\n({_p(test['kurtosis_p'])})")
+    return (
+        f"{side}: Mardia skewness {test['skewness']:.3g}\n({_p(test['skewness_p'])}), "
+        f"kurtosis z {test['kurtosis_z']:.1f}\n({_p(test['kurtosis_p'])})"
+    )
 
 
 def _p(value: float) -> str:
@@ -263,14 +337,18 @@ def _caption(report: FitReport, covariates: list[str], input_label: str, d: int,
     lines = []
     if covariates:
         named = ", ".join(covariates[:6]) + (", ..." if len(covariates) > 6 else "")
-        lines.append(f"Before: trait residuals after the covariates ({named}), standardised: the flow's input; "
-                     "covariate effects are removed, not shown.")
+        lines.append(
+            f"Before: trait residuals after the covariates ({named}), standardised: the flow's input; "
+            "covariate effects are removed, not shown."
+        )
     else:
         lines.append(f"Before: {input_label}: the flow's input.")
     if report.epochs:
         lines.append(f"Final state: {final_state_note(report)}.")
-        lines.append("Training curve: NLL per individual under the dependence model over the training rows; validation curve: "
-                     "held-out NLL per individual of other rows. Different quantities: their gap alone does not mean overfitting.")
+        lines.append(
+            "Training curve: NLL per individual under the dependence model over the training rows; validation curve: "
+            "held-out NLL per individual of other rows. Different quantities: their gap alone does not mean overfitting."
+        )
     lines.append("Mardia's tests assume independent rows: with related individuals their p-values are approximate.")
     hidden = []
     if d > MAX_QQ:

@@ -95,8 +95,9 @@ class FitLines:
         stage 1/1 epoch 3/3: train NLL 2.8000, validation NLL 2.8500; 0:00:20 elapsed
     """
 
-    def __init__(self, write: Callable[[str], None], interval: float = LOG_INTERVAL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, write: Callable[[str], None], interval: float = LOG_INTERVAL, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.write, self.interval, self.clock = write, interval, clock
         self.started = clock()
         self.last_epoch_line: float | None = None
@@ -116,8 +117,10 @@ class FitLines:
             self.stages, self.epochs, self.runs = record["stages"], record["epochs"], record["runs"]
             self.started = self.clock()
             runs = f"{self.runs} s2 grid runs x " if self.runs > 1 else ""
-            self._emit(f"training: {runs}{self.stages} stages x {self.epochs} epochs; a line every "
-                       f"{self.interval:g} s and at each stage end")
+            self._emit(
+                f"training: {runs}{self.stages} stages x {self.epochs} epochs; a line every "
+                f"{self.interval:g} s and at each stage end"
+            )
         elif event == "epoch":
             self.done += 1
             self.last_epoch = record
@@ -126,8 +129,10 @@ class FitLines:
             now = self.clock()
             if self.last_epoch_line is None or now - self.last_epoch_line >= self.interval:
                 self.last_epoch_line = now
-                self._emit(f"{self._where(record)} epoch {record.get('epoch')}/{self.stages * self.epochs or '?'}: "
-                           f"{_losses(record)}; {self._times(now)}")
+                self._emit(
+                    f"{self._where(record)} epoch {record.get('epoch')}/{self.stages * self.epochs or '?'}: "
+                    f"{_losses(record)}; {self._times(now)}"
+                )
         elif event == "stage":
             stage = record.get("stage")
             covariance = _covariance(record)

@@ -146,9 +146,11 @@ class FitReport:
         for item in fields(self):
             value = getattr(self, item.name)
             if item.name == "config":
-                value = None if value is None else {
-                    **{k: v for k, v in asdict(value).items() if k != "train"}, "train": asdict(value.train)
-                }
+                value = (
+                    None
+                    if value is None
+                    else {**{k: v for k, v in asdict(value).items() if k != "train"}, "train": asdict(value.train)}
+                )
             elif item.name == "dropped":
                 value = {reason: asdict(entry) for reason, entry in value.items()}
             elif item.name in ("inputs", "kinship"):

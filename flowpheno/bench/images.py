@@ -34,8 +34,10 @@ from flowpheno.train.objective import iid_nll  # noqa: E402
 METHODS = ("baseline", "grid", "joint")
 GRID = (0.0, 0.05, 0.1, 0.3, 0.6)
 """Shared ``rho`` values; 0 is the baseline's model."""
-PAPER_BPD = {"LFW": {"baseline": 3.012, "grid": 2.986, "joint": 2.983},
-             "ADNI": {"baseline": 2.745, "grid": 2.734, "joint": 2.705}}
+PAPER_BPD = {
+    "LFW": {"baseline": 3.012, "grid": 2.986, "joint": 2.983},
+    "ADNI": {"baseline": 2.745, "grid": 2.734, "joint": 2.705},
+}
 
 
 @dataclass
@@ -69,14 +71,25 @@ class ImageSplits:
 def split_images(images: ImageSet, seed: int = 0) -> ImageSplits:
     """Dequantise and split by image; also the first test image of each individual."""
     rng = np.random.default_rng(seed)
-    x = ((images.pixels + rng.uniform(size=images.pixels.shape)) / 256).astype(np.float32).reshape(len(images.pixels), -1)
+    x = (
+        ((images.pixels + rng.uniform(size=images.pixels.shape)) / 256)
+        .astype(np.float32)
+        .reshape(len(images.pixels), -1)
+    )
     order = rng.permutation(len(x))
     cut_train, cut_val = int(0.7 * len(x)), int(0.85 * len(x))
     train, val, test = np.sort(order[:cut_train]), np.sort(order[cut_train:cut_val]), np.sort(order[cut_val:])
     _, first = np.unique(images.individuals[test], return_index=True)
     one = test[first]
-    counts = {"images": len(x), "individuals": len(images.names), "train": len(train), "val": len(val), "test": len(test),
-              "test_one_per_individual": len(one), "largest_block_in_train": int(np.bincount(images.individuals[train]).max())}
+    counts = {
+        "images": len(x),
+        "individuals": len(images.names),
+        "train": len(train),
+        "val": len(val),
+        "test": len(test),
+        "test_one_per_individual": len(one),
+        "largest_block_in_train": int(np.bincount(images.individuals[train]).max()),
+    }
     return ImageSplits(x[train], x[val], x[test], x[one], images.individuals[train], images.shape, counts)
 
 
@@ -87,8 +100,15 @@ def run_method(
     started = time.perf_counter()
     x = torch.as_tensor(splits.train).to(device)
     x_val = torch.as_tensor(splits.val).to(device)
-    config = TrainConfig(epochs=sizes.epochs, stages=1, batch_size=sizes.batch_size, lr=sizes.lr, seed=seed,
-                         patience=sizes.patience, weight_decay=0.0)
+    config = TrainConfig(
+        epochs=sizes.epochs,
+        stages=1,
+        batch_size=sizes.batch_size,
+        lr=sizes.lr,
+        seed=seed,
+        patience=sizes.patience,
+        weight_decay=0.0,
+    )
 
     def make_flow() -> GlowFlow:
         torch.manual_seed(seed)
@@ -115,12 +135,19 @@ def run_method(
     test_nll = iid_nll(flow, torch.as_tensor(splits.test))
     one_nll = iid_nll(flow, torch.as_tensor(splits.test_one))
     record = {
-        "method": method, "seed": seed, "val_nll": outcome.best_val_nll,
-        "test_nll": test_nll, "test_bpd": bits_per_dim(test_nll, dims),
-        "one_per_individual_nll": one_nll, "one_per_individual_bpd": bits_per_dim(one_nll, dims),
-        "covariance": {k: v for k, v in outcome.dependence.describe().items() if k != "block_sizes"} if method != "joint"
+        "method": method,
+        "seed": seed,
+        "val_nll": outcome.best_val_nll,
+        "test_nll": test_nll,
+        "test_bpd": bits_per_dim(test_nll, dims),
+        "one_per_individual_nll": one_nll,
+        "one_per_individual_bpd": bits_per_dim(one_nll, dims),
+        "covariance": {k: v for k, v in outcome.dependence.describe().items() if k != "block_sizes"}
+        if method != "joint"
         else {"rho_mean": float(np.mean(outcome.dependence.describe()["rho"]))},
-        "grid": outcome.grid, "epochs_trained": len(outcome.epochs), "seconds": time.perf_counter() - started,
+        "grid": outcome.grid,
+        "epochs_trained": len(outcome.epochs),
+        "seconds": time.perf_counter() - started,
     }
     record.update(precision_recall(flow, splits.test, seed))
     return record, flow
@@ -152,13 +179,19 @@ def precision_recall(flow: GlowFlow, real: np.ndarray, seed: int, k: int = 3) ->
 def table(records: list[dict[str, Any]], splits: ImageSplits, command: str, wall: float, embedded: bool) -> str:
     frame = pd.DataFrame(records)
     c, h, w = splits.shape
-    lines = ["# Images: test NLL and bits per dimension (lower is better)", "", f"`{command}` — wall time {wall / 60:.1f} min", "",
-             f"Data: {'the embedded dataset (scikit-learn digits as individuals, see flowpheno/simulate/digits.py)' if embedded else 'user images'}; "
-             f"{splits.counts['images']} images of {splits.counts['individuals']} individuals at {c}x{h}x{w}; split by image "
-             f"{splits.counts['train']}/{splits.counts['val']}/{splits.counts['test']}; one-per-individual test set "
-             f"{splits.counts['test_one_per_individual']} images; largest training block {splits.counts['largest_block_in_train']}.", "",
-             "| method | NLL (nats/image) | bpd, test | bpd, one per individual | precision | recall | paper bpd LFW / ADNI | covariance (seed 0) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Images: test NLL and bits per dimension (lower is better)",
+        "",
+        f"`{command}` — wall time {wall / 60:.1f} min",
+        "",
+        f"Data: {'the embedded dataset (scikit-learn digits as individuals, see flowpheno/simulate/digits.py)' if embedded else 'user images'}; "
+        f"{splits.counts['images']} images of {splits.counts['individuals']} individuals at {c}x{h}x{w}; split by image "
+        f"{splits.counts['train']}/{splits.counts['val']}/{splits.counts['test']}; one-per-individual test set "
+        f"{splits.counts['test_one_per_individual']} images; largest training block {splits.counts['largest_block_in_train']}.",
+        "",
+        "| method | NLL (nats/image) | bpd, test | bpd, one per individual | precision | recall | paper bpd LFW / ADNI | covariance (seed 0) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
 
     def cell(values: np.ndarray, digits: int = 3) -> str:
         if len(values) < 2:
@@ -171,11 +204,16 @@ def table(records: list[dict[str, Any]], splits: ImageSplits, command: str, wall
         lines.append(
             f"| {method} | {cell(group['test_nll'].to_numpy(), 1)} | {cell(group['test_bpd'].to_numpy(), 4)} | "
             f"{cell(group['one_per_individual_bpd'].to_numpy(), 4)} | {group['precision'].mean():.3f} | {group['recall'].mean():.3f} | "
-            f"{PAPER_BPD['LFW'][method]:.3f} / {PAPER_BPD['ADNI'][method]:.3f} | {first['covariance']} |")
+            f"{PAPER_BPD['LFW'][method]:.3f} / {PAPER_BPD['ADNI'][method]:.3f} | {first['covariance']} |"
+        )
     wide = frame.pivot(index="seed", columns="method", values="test_bpd")
     wide_one = frame.pivot(index="seed", columns="method", values="one_per_individual_bpd")
     if "baseline" in wide:
-        lines += ["", "| method - baseline | bpd difference, test | bpd difference, one per individual |", "|---|---|---|"]
+        lines += [
+            "",
+            "| method - baseline | bpd difference, test | bpd difference, one per individual |",
+            "|---|---|---|",
+        ]
         for method in [m for m in METHODS if m in wide and m != "baseline"]:
             parts = []
             for table_ in (wide, wide_one):
@@ -183,8 +221,11 @@ def table(records: list[dict[str, Any]], splits: ImageSplits, command: str, wall
                 se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
                 parts.append(f"{diff.mean():+.4f} +- {se:.4f}")
             lines.append(f"| {method} | {parts[0]} | {parts[1]} |")
-    lines += ["", "FID: not computed (needs Inception weights, unavailable offline); precision/recall are k-NN (k = 3) "
-              "estimates in pixel space between as many model samples as test images and the test images."]
+    lines += [
+        "",
+        "FID: not computed (needs Inception weights, unavailable offline); precision/recall are k-NN (k = 3) "
+        "estimates in pixel space between as many model samples as test images and the test images.",
+    ]
     return "\n".join(lines) + "\n"
 
 

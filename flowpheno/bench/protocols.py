@@ -49,7 +49,7 @@ import torch
 from flowpheno.dependence import KinshipCovariance
 from flowpheno.flows import spline_coupling_flow
 from flowpheno.flows.batched import BatchedSplineFlow
-from flowpheno.train.batched import LRSchedule, MemberBlocks, MemberIID, MemberKinship, MemberTrainer, members_iid_nll
+from flowpheno.train.batched import LRSchedule, MemberBlocks, MemberIID, MemberKinship, MemberTrainer
 
 PROTOCOLS = ("paper", "fast")
 PAPER_METHODS = {"blocks": ("baseline", "grid", "joint"), "kinship": ("baseline", "grid", "alternating")}
@@ -85,17 +85,37 @@ def paper_sizes(quick: bool = False) -> Any:
 
     pairs = [(lr, wd) for lr in PaperSetup().lrs for wd in PaperSetup().weight_decays]
     if quick:
-        return BenchSizes(n_blocks=2000, n_kinship=600, n_eval=1000, epochs=6, stages=2, patience=None, batch_size=256,
-                          optimisers=pairs, layers=3, hidden=64, bins=16)
-    return BenchSizes(epochs=100, stages=5, patience=None, batch_size=256, optimisers=pairs, layers=3, hidden=64, bins=16)
+        return BenchSizes(
+            n_blocks=2000,
+            n_kinship=600,
+            n_eval=1000,
+            epochs=6,
+            stages=2,
+            patience=None,
+            batch_size=256,
+            optimisers=pairs,
+            layers=3,
+            hidden=64,
+            bins=16,
+        )
+    return BenchSizes(
+        epochs=100, stages=5, patience=None, batch_size=256, optimisers=pairs, layers=3, hidden=64, bins=16
+    )
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(array, dtype=torch.float32)
 
 
-def run_one_paper(setting: str, shape: str, method: str, seed: int, sizes: Any, cache_dir: Path | None = None,
-                  setup: PaperSetup | None = None) -> dict[str, Any]:
+def run_one_paper(
+    setting: str,
+    shape: str,
+    method: str,
+    seed: int,
+    sizes: Any,
+    cache_dir: Path | None = None,
+    setup: PaperSetup | None = None,
+) -> dict[str, Any]:
     """One run (setting, shape, method, seed) of the paper protocol: every (covariance value,
     lr, weight decay) trained as one member of a batched model, the member with the best iid
     validation NLL reported (its iid test NLL)."""
@@ -121,8 +141,18 @@ def run_one_paper(setting: str, shape: str, method: str, seed: int, sizes: Any, 
     flows = []
     for _ in members:
         torch.manual_seed(seed)  # every member starts from the run's one initialisation, as a lone run would
-        flows.append(spline_coupling_flow(2, layers=sizes.layers, hidden=sizes.hidden, bins=sizes.bins, seed=seed,
-                                          actnorm=setup.actnorm, tail_bound=setup.tail_bounds[shape], coupling=setup.coupling))
+        flows.append(
+            spline_coupling_flow(
+                2,
+                layers=sizes.layers,
+                hidden=sizes.hidden,
+                bins=sizes.bins,
+                seed=seed,
+                actnorm=setup.actnorm,
+                tail_bound=setup.tail_bounds[shape],
+                coupling=setup.coupling,
+            )
+        )
     flow = BatchedSplineFlow(flows)
     kinship = None
     if setting == "kinship":
@@ -142,8 +172,19 @@ def run_one_paper(setting: str, shape: str, method: str, seed: int, sizes: Any, 
     epochs = max(1, sizes.epochs // 4) if method == "alternating" else sizes.epochs  # the paper: 5 stages of 25
     steps = stages * epochs * math.ceil(n / sizes.batch_size)
     schedule = LRSchedule(setup.lr_gamma, "step", max(1, steps // setup.lr_decays))
-    trainer = MemberTrainer(flow, covariance, x, x_val, [lr for _, lr, _ in members], [wd for _, _, wd in members],
-                            sizes.batch_size, seed, schedule, sizes.patience, covariance_lr=None)
+    trainer = MemberTrainer(
+        flow,
+        covariance,
+        x,
+        x_val,
+        [lr for _, lr, _ in members],
+        [wd for _, _, wd in members],
+        sizes.batch_size,
+        seed,
+        schedule,
+        sizes.patience,
+        covariance_lr=None,
+    )
     s2_path: list[list[float]] = []
     if method == "alternating":
         _refit_s2(flow, covariance, kinship, x)
@@ -164,20 +205,42 @@ def run_one_paper(setting: str, shape: str, method: str, seed: int, sizes: Any, 
     from flowpheno.train.objective import iid_nll
 
     record: dict[str, Any] = {
-        "setting": setting, "shape": shape, "method": method, "seed": seed, "protocol": "paper",
-        "lr": lr, "weight_decay": weight_decay, "val_nll": outcome.best_val_nll[best], "test_nll": iid_nll(chosen, x_test),
-        "epochs_trained": outcome.epochs_trained[best], "best_epoch": outcome.best_epoch[best],
-        "covariance": covariance.describe(best), "n_train": n, "members": len(members), "steps": outcome.steps,
+        "setting": setting,
+        "shape": shape,
+        "method": method,
+        "seed": seed,
+        "protocol": "paper",
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "val_nll": outcome.best_val_nll[best],
+        "test_nll": iid_nll(chosen, x_test),
+        "epochs_trained": outcome.epochs_trained[best],
+        "best_epoch": outcome.best_epoch[best],
+        "covariance": covariance.describe(best),
+        "n_train": n,
+        "members": len(members),
+        "steps": outcome.steps,
         "seconds": time.perf_counter() - started,
-        "sweep": [{"value": v, "lr": a, "weight_decay": b, "val_nll": outcome.best_val_nll[k], "best_epoch": outcome.best_epoch[k],
-                   "diverged": outcome.diverged[k]} for k, (v, a, b) in enumerate(members)],
+        "sweep": [
+            {
+                "value": v,
+                "lr": a,
+                "weight_decay": b,
+                "val_nll": outcome.best_val_nll[k],
+                "best_epoch": outcome.best_epoch[k],
+                "diverged": outcome.diverged[k],
+            }
+            for k, (v, a, b) in enumerate(members)
+        ],
         "grid": [],
     }
     if method == "grid":
         for v in values:  # per grid value, its best lr and weight decay
             ks = [k for k, member in enumerate(members) if member[0] == v]
             k = min(ks, key=lambda i: scores[i])
-            record["grid"].append({"value": v, "val_nll": outcome.best_val_nll[k], "lr": members[k][1], "weight_decay": members[k][2]})
+            record["grid"].append(
+                {"value": v, "val_nll": outcome.best_val_nll[k], "lr": members[k][1], "weight_decay": members[k][2]}
+            )
     if method == "alternating":
         record["s2_stages"] = [path[best] for path in s2_path]
     if method == "joint":

@@ -22,21 +22,35 @@ PAPER_TABLE1 = {
     ("blocks", "baseline"): {"abs": 1.513, "crescent": 2.021, "crescentcubed": 3.010, "sign": 1.519, "sinewave": 2.070},
     ("blocks", "grid"): {"abs": 1.379, "crescent": 1.885, "crescentcubed": 2.938, "sign": 1.420, "sinewave": 1.983},
     ("blocks", "joint"): {"abs": 1.475, "crescent": 2.005, "crescentcubed": 3.067, "sign": 1.501, "sinewave": 2.087},
-    ("kinship", "baseline"): {"abs": 1.898, "crescent": 2.070, "crescentcubed": 3.253, "sign": 1.748, "sinewave": 2.130},
+    ("kinship", "baseline"): {
+        "abs": 1.898,
+        "crescent": 2.070,
+        "crescentcubed": 3.253,
+        "sign": 1.748,
+        "sinewave": 2.130,
+    },
     ("kinship", "grid"): {"abs": 1.454, "crescent": 1.886, "crescentcubed": 2.983, "sign": 1.490, "sinewave": 1.980},
-    ("kinship", "alternating"): {"abs": 1.537, "crescent": 1.905, "crescentcubed": 3.076, "sign": 1.580, "sinewave": 2.020},
+    ("kinship", "alternating"): {
+        "abs": 1.537,
+        "crescent": 1.905,
+        "crescentcubed": 3.076,
+        "sign": 1.580,
+        "sinewave": 2.020,
+    },
 }
 
 
 PROTOCOL_LINES = {
     "paper": "Protocol `paper`: the authors' setup (no ActNorm, spline tail bound per shape, batch 256, "
-             "lr {1e-3, 3e-3, 1e-2, 3e-2} x weight decay {1e-3, 1e-2, 1e-1} chosen per run by validation NLL, "
-             "13-value s2/rho grids, 100 epochs at full size, StepLR 0.9 x 32, best-validation state; `flowpheno.bench.protocols`).",
+    "lr {1e-3, 3e-3, 1e-2, 3e-2} x weight decay {1e-3, 1e-2, 1e-1} chosen per run by validation NLL, "
+    "13-value s2/rho grids, 100 epochs at full size, StepLR 0.9 x 32, best-validation state; `flowpheno.bench.protocols`).",
     "fast": "Protocol `fast`: ActNorm-standardised inputs, tail bound 5, batch 512, one lr, 3-value grids, early stopping.",
 }
 
 
-def table1(results: list[dict[str, Any]], wall_seconds: float | None = None, command: str = "", protocol: str | None = None) -> str:
+def table1(
+    results: list[dict[str, Any]], wall_seconds: float | None = None, command: str = "", protocol: str | None = None
+) -> str:
     """Markdown: ours (mean +- SE) beside the paper per setting/method/shape, and paired one-sided
     t-tests of the best adjusted method against the baseline per shape; ``protocol`` (``paper`` or
     ``fast``) is named in the header."""
@@ -47,8 +61,12 @@ def table1(results: list[dict[str, Any]], wall_seconds: float | None = None, com
         lines += [f"`{command}`" + (f" — wall time {wall_seconds / 60:.1f} min" if wall_seconds else ""), ""]
     if protocol:
         lines += [PROTOCOL_LINES.get(protocol, f"Protocol `{protocol}`."), ""]
-    lines += ["Ours: mean +- standard error over seeds (number of seeds in brackets); paper in italics.", "",
-              "| setting | method | " + " | ".join(shapes) + " |", "|---|---|" + "---|" * len(shapes)]
+    lines += [
+        "Ours: mean +- standard error over seeds (number of seeds in brackets); paper in italics.",
+        "",
+        "| setting | method | " + " | ".join(shapes) + " |",
+        "|---|---|" + "---|" * len(shapes),
+    ]
     order = [(s, m) for s in SETTINGS for m in METHODS[s]]
     for setting, method in [key for key in order if key in set(zip(frame["setting"], frame["method"]))]:
         group = frame[(frame["setting"] == setting) & (frame["method"] == method)]
@@ -56,16 +74,29 @@ def table1(results: list[dict[str, Any]], wall_seconds: float | None = None, com
         for shape in shapes:
             values = group.loc[group["shape"] == shape, "test_nll"].to_numpy()
             paper = PAPER_TABLE1.get((setting, method), {}).get(shape)
-            ours = "-" if len(values) == 0 else (
-                f"{values.mean():.3f} +- {values.std(ddof=1) / np.sqrt(len(values)):.3f} ({len(values)})" if len(values) > 1
-                else f"{values.mean():.3f} (1)")
+            ours = (
+                "-"
+                if len(values) == 0
+                else (
+                    f"{values.mean():.3f} +- {values.std(ddof=1) / np.sqrt(len(values)):.3f} ({len(values)})"
+                    if len(values) > 1
+                    else f"{values.mean():.3f} (1)"
+                )
+            )
             cells.append(ours + (f" / *{paper:.3f}*" if paper is not None else ""))
         lines.append(f"| {setting} | {method} | " + " | ".join(cells) + " |")
-    lines += ["", "## Adjusted methods vs baseline (paired over seeds, one-sided t-test that the method is better)", "",
-              "| setting | shape | method | mean difference | seeds | p | best |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Adjusted methods vs baseline (paired over seeds, one-sided t-test that the method is better)",
+        "",
+        "| setting | shape | method | mean difference | seeds | p | best |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for setting, setting_frame in frame.groupby("setting", sort=False):
         for shape in shapes:
-            wide = setting_frame[setting_frame["shape"] == shape].pivot(index="seed", columns="method", values="test_nll")
+            wide = setting_frame[setting_frame["shape"] == shape].pivot(
+                index="seed", columns="method", values="test_nll"
+            )
             adjusted = [m for m in METHODS[setting] if m in wide.columns and m != "baseline"]
             if "baseline" not in wide.columns or not adjusted:
                 continue
@@ -75,15 +106,28 @@ def table1(results: list[dict[str, Any]], wall_seconds: float | None = None, com
             for method in adjusted:
                 paired = pairs[method]
                 difference = (paired[method] - paired["baseline"]).mean()
-                p = ttest_rel(paired[method], paired["baseline"], alternative="less").pvalue if len(paired) > 1 else float("nan")
-                lines.append(f"| {setting} | {shape} | {method} | {difference:+.3f} | {len(paired)} | {p:.3g} | {'yes' if method == best else ''} |")
+                p = (
+                    ttest_rel(paired[method], paired["baseline"], alternative="less").pvalue
+                    if len(paired) > 1
+                    else float("nan")
+                )
+                lines.append(
+                    f"| {setting} | {shape} | {method} | {difference:+.3f} | {len(paired)} | {p:.3g} | {'yes' if method == best else ''} |"
+                )
     rho = [r for r in results if "rho_mse" in r]
     if rho:
-        lines += ["", "## Learned vs true rho (blocks): MSE and MAE over blocks, mean over seeds", "",
-                  "| method | shape | MSE | MAE | MAE, blocks of 2+ rows |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Learned vs true rho (blocks): MSE and MAE over blocks, mean over seeds",
+            "",
+            "| method | shape | MSE | MAE | MAE, blocks of 2+ rows |",
+            "|---|---|---|---|---|",
+        ]
         rho_frame = pd.DataFrame(rho).groupby(["method", "shape"])[["rho_mse", "rho_mae", "rho_mae_repeated"]].mean()
         for (method, shape), row in rho_frame.iterrows():
-            lines.append(f"| {method} | {shape} | {row['rho_mse']:.4f} | {row['rho_mae']:.4f} | {row['rho_mae_repeated']:.4f} |")
+            lines.append(
+                f"| {method} | {shape} | {row['rho_mse']:.4f} | {row['rho_mae']:.4f} | {row['rho_mae_repeated']:.4f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -99,27 +143,35 @@ def _density(record: dict[str, Any], grid: np.ndarray) -> np.ndarray:
 
 def figure(setting: str, shape: str, results: list[dict[str, Any]], train_x: np.ndarray, path: Path) -> None:
     """True density, the dependent training sample, baseline density, best adjusted density."""
-    chosen = {r["method"]: r for r in results if r["setting"] == setting and r["shape"] == shape and r.get("flow_state")}
+    chosen = {
+        r["method"]: r for r in results if r["setting"] == setting and r["shape"] == shape and r.get("flow_state")
+    }
     if "baseline" not in chosen:
         return
     adjusted = min((m for m in chosen if m != "baseline"), key=lambda m: chosen[m]["test_nll"], default=None)
     lo, hi = np.percentile(train_x, [0.5, 99.5], axis=0)
     pad = 0.15 * (hi - lo)
-    xs, ys = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 160), np.linspace(lo[1] - pad[1], hi[1] + pad[1], 160))
+    xs, ys = np.meshgrid(
+        np.linspace(lo[0] - pad[0], hi[0] + pad[0], 160), np.linspace(lo[1] - pad[1], hi[1] + pad[1], 160)
+    )
     grid = np.column_stack([xs.ravel(), ys.ravel()])
     panels = [("true density", np.exp(true_log_density(shape, grid)))]
     panels.append((f"baseline (test NLL {chosen['baseline']['test_nll']:.3f})", _density(chosen["baseline"], grid)))
     if adjusted:
         panels.append((f"{adjusted} (test NLL {chosen[adjusted]['test_nll']:.3f})", _density(chosen[adjusted], grid)))
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.3 * (len(panels) + 1), 3.2))
-    axes[0].imshow(panels[0][1].reshape(xs.shape), origin="lower", extent=(xs.min(), xs.max(), ys.min(), ys.max()), aspect="auto")
+    axes[0].imshow(
+        panels[0][1].reshape(xs.shape), origin="lower", extent=(xs.min(), xs.max(), ys.min(), ys.max()), aspect="auto"
+    )
     axes[0].set_title(panels[0][0], fontsize=9)
     axes[1].scatter(train_x[:, 0], train_x[:, 1], s=2, alpha=0.3)
     axes[1].set_xlim(xs.min(), xs.max())
     axes[1].set_ylim(ys.min(), ys.max())
     axes[1].set_title(f"dependent training sample ({setting})", fontsize=9)
     for axis, (title, density) in zip(axes[2:], panels[1:]):
-        axis.imshow(density.reshape(xs.shape), origin="lower", extent=(xs.min(), xs.max(), ys.min(), ys.max()), aspect="auto")
+        axis.imshow(
+            density.reshape(xs.shape), origin="lower", extent=(xs.min(), xs.max(), ys.min(), ys.max()), aspect="auto"
+        )
         axis.set_title(title, fontsize=9)
     fig.suptitle(f"{shape}, {setting} setting, seed 0", fontsize=10)
     fig.tight_layout()

@@ -29,7 +29,9 @@ def command_line(program: str, argv: list[str] | None = None, skip: int = 1) -> 
     return " ".join([program, *arguments])
 
 
-def write_results(folder: str | Path, files: Mapping[str, Any], indent: int = 2, default: Callable[[Any], Any] | None = None) -> list[Path]:
+def write_results(
+    folder: str | Path, files: Mapping[str, Any], indent: int = 2, default: Callable[[Any], Any] | None = None
+) -> list[Path]:
     """Write each of ``files`` (name -> content) into ``folder`` (created if needed): a ``str``
     as it is (a Markdown table), anything else as JSON (``indent``; ``default`` for values JSON
     lacks). Each file is written under a temporary name and renamed into place. Returns the paths.

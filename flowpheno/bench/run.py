@@ -53,7 +53,10 @@ def chosen_methods(methods: str, allowed: tuple[str, ...]) -> list[str]:
 
 
 def methods_by_seeds(
-    methods: list[str], seeds: list[int], run: Callable[[str, int], tuple[dict[str, Any], Any]], progress: Bars | None = None
+    methods: list[str],
+    seeds: list[int],
+    run: Callable[[str, int], tuple[dict[str, Any], Any]],
+    progress: Bars | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every (seed, method) run in that order; the records, and the seed-0 flow per method."""
     records, flows = [], {}
@@ -70,8 +73,17 @@ def methods_by_seeds(
 
 
 def run_synthetic(
-    out: Path, settings: list[str], shapes: list[str], methods: str | None, seeds: int, quick: bool, jobs: int,
-    threads: int | None, progress: Bars | None = None, argv: list[str] | None = None, protocol: str = "paper",
+    out: Path,
+    settings: list[str],
+    shapes: list[str],
+    methods: str | None,
+    seeds: int,
+    quick: bool,
+    jobs: int,
+    threads: int | None,
+    progress: Bars | None = None,
+    argv: list[str] | None = None,
+    protocol: str = "paper",
 ) -> str:
     """Table 1 (:mod:`flowpheno.bench.synthetic`): every (setting, shape, method, seed) run,
     resumable in ``out`` (finished runs are kept and reused); writes ``table1.md``,
@@ -101,27 +113,45 @@ def run_synthetic(
         allowed = tuple(dict.fromkeys(m for s in settings for m in available[s]))
         names = chosen_methods(methods, allowed)
         wanted = {s: [m for m in available[s] if m in names] for s in settings}
-    sizes = paper_sizes(quick) if protocol == "paper" else synthetic.BenchSizes.quick() if quick else synthetic.BenchSizes()
+    sizes = (
+        paper_sizes(quick) if protocol == "paper" else synthetic.BenchSizes.quick() if quick else synthetic.BenchSizes()
+    )
     seed_list = list(range(1 if quick else seeds))
     results_folder(out, "bench synthetic", legacy=("runs", "cache", r"results\.json", r"table1\.md", r"figure_.*\.png"))
     total = sum(len(wanted[s]) for s in settings) * len(shapes) * len(seed_list)
     started = time.perf_counter()
     with _bars(progress) as bars:
         task = bars.add_task("runs (setting x shape x method x seed)", total=total)
-        results = synthetic.run_all(out, settings, shapes, wanted, seed_list, sizes, jobs,
-                                    on_result=lambda record: bars.update(task, advance=1),
-                                    on_plan=lambda done, _: bars.update(task, completed=done), threads=threads,
-                                    protocol=protocol)
+        results = synthetic.run_all(
+            out,
+            settings,
+            shapes,
+            wanted,
+            seed_list,
+            sizes,
+            jobs,
+            on_result=lambda record: bars.update(task, advance=1),
+            on_plan=lambda done, _: bars.update(task, completed=done),
+            threads=threads,
+            protocol=protocol,
+        )
     wall = time.perf_counter() - started  # results: exactly the runs asked for in this call
     command = command_line("flowpheno bench synthetic", argv, skip=3)
     slim = [{k: v for k, v in r.items() if k not in ("flow_state", "identity")} for r in results]  # sizes: once, below
-    write_results(out, {
-        "table1.md": table1(results, wall, command, protocol),
-        "results.json": {"sizes": synthetic.sizes_dict(sizes), "protocol": protocol,
-                         "protocol_version": PAPER_VERSION if protocol == "paper" else synthetic.PROTOCOL,
-                         "versions": package_versions(),
-                         "wall_seconds_this_call": wall, "runs": slim},
-    })
+    write_results(
+        out,
+        {
+            "table1.md": table1(results, wall, command, protocol),
+            "results.json": {
+                "sizes": synthetic.sizes_dict(sizes),
+                "protocol": protocol,
+                "protocol_version": PAPER_VERSION if protocol == "paper" else synthetic.PROTOCOL,
+                "versions": package_versions(),
+                "wall_seconds_this_call": wall,
+                "runs": slim,
+            },
+        },
+    )
     for name in settings:
         shape = "crescent" if "crescent" in shapes else shapes[0]
         train = synthetic.make_data(name, shape, 0, sizes, out / "cache")["x"]
@@ -130,8 +160,18 @@ def run_synthetic(
 
 
 def run_stocks(
-    out: Path, prices: list[Path], pairs: list[str], start: str | None, end: str | None, seeds: int, methods: str,
-    quick: bool, overwrite: bool, threads: int | None, progress: Bars | None = None, argv: list[str] | None = None,
+    out: Path,
+    prices: list[Path],
+    pairs: list[str],
+    start: str | None,
+    end: str | None,
+    seeds: int,
+    methods: str,
+    quick: bool,
+    overwrite: bool,
+    threads: int | None,
+    progress: Bars | None = None,
+    argv: list[str] | None = None,
 ) -> str:
     """The stocks experiment (:mod:`flowpheno.bench.stocks`): daily log-return pairs, one
     equicorrelated block per pair; writes ``table.md``, ``results.json`` and
@@ -146,29 +186,56 @@ def run_stocks(
     chosen = chosen_methods(methods, METHODS)
     sizes = StocksSizes.quick() if quick else StocksSizes()
     seed_list = list(range(1 if quick else seeds))
-    staged = StagedDirectory(out, "bench stocks", {"--prices": list(prices)}, overwrite=overwrite,
-                             legacy=("results.json", "table.md", "density_regions.png"))
+    staged = StagedDirectory(
+        out,
+        "bench stocks",
+        {"--prices": list(prices)},
+        overwrite=overwrite,
+        legacy=("results.json", "table.md", "density_regions.png"),
+    )
     with staged, thread_limits(threads):
         data = load_pairs(list(prices), pairs, start, end)
         synthetic = marked_synthetic(list(prices))
         started = time.perf_counter()
-        records, flows = methods_by_seeds(chosen, seed_list, lambda method, seed: run_method(method, data, seed, sizes), progress)
+        records, flows = methods_by_seeds(
+            chosen, seed_list, lambda method, seed: run_method(method, data, seed, sizes), progress
+        )
         wall = time.perf_counter() - started
         command = command_line("flowpheno bench stocks", argv, skip=3)
         with write_errors(out):  # an error names --out, not the staging folder
-            write_results(staged.path, {
-                "table.md": table(records, data, command, wall, synthetic),
-                "results.json": {"command": command, "sizes": sizes_dict(sizes), "pairs": data.days, "synthetic_data": synthetic,
-                                 "versions": package_versions(), "wall_seconds": wall, "runs": records},
-            })
+            write_results(
+                staged.path,
+                {
+                    "table.md": table(records, data, command, wall, synthetic),
+                    "results.json": {
+                        "command": command,
+                        "sizes": sizes_dict(sizes),
+                        "pairs": data.days,
+                        "synthetic_data": synthetic,
+                        "versions": package_versions(),
+                        "wall_seconds": wall,
+                        "runs": records,
+                    },
+                },
+            )
             figure(flows, data, staged.path / "density_regions.png")
         staged.commit()
     return f"wrote {out}/table.md, results.json, density_regions.png ({len(records)} runs, {wall / 60:.1f} min)"
 
 
 def run_images(
-    out: Path, images: Path | None, size: int, grayscale: bool, seeds: int, methods: str, quick: bool, device: str,
-    overwrite: bool, threads: int | None, progress: Bars | None = None, argv: list[str] | None = None,
+    out: Path,
+    images: Path | None,
+    size: int,
+    grayscale: bool,
+    seeds: int,
+    methods: str,
+    quick: bool,
+    device: str,
+    overwrite: bool,
+    threads: int | None,
+    progress: Bars | None = None,
+    argv: list[str] | None = None,
 ) -> str:
     """The images experiment (:mod:`flowpheno.bench.images`): repeated images of individuals,
     one equicorrelated block each (``images``: an LFW-layout folder; None: the embedded digits);
@@ -187,8 +254,13 @@ def run_images(
         raise FlowphenoError(f"--size {size}: the two-level flow needs a size divisible by 4 (for example 16 or 32)")
     sizes = ImageSizes.quick() if quick else ImageSizes()
     embedded = images is None
-    staged = StagedDirectory(out, "bench images", {"--images": images}, overwrite=overwrite,
-                             legacy=("results.json", "table.md", "samples.png"))
+    staged = StagedDirectory(
+        out,
+        "bench images",
+        {"--images": images},
+        overwrite=overwrite,
+        legacy=("results.json", "table.md", "samples.png"),
+    )
     with staged, tempfile.TemporaryDirectory() as scratch, thread_limits(threads):
         if embedded:
             from flowpheno.simulate.digits import make_digit_individuals
@@ -199,17 +271,29 @@ def run_images(
         splits = split_images(image_set)
         seed_list = list(range(1 if quick else seeds))
         started = time.perf_counter()
-        records, flows = methods_by_seeds(chosen, seed_list, lambda method, seed: run_method(method, splits, seed, sizes, device),
-                                          progress)
+        records, flows = methods_by_seeds(
+            chosen, seed_list, lambda method, seed: run_method(method, splits, seed, sizes, device), progress
+        )
         wall = time.perf_counter() - started
         command = command_line("flowpheno bench images", argv, skip=3)
         with write_errors(out):  # an error names --out, not the staging folder
-            write_results(staged.path, {
-                "table.md": table(records, splits, command, wall, embedded),
-                "results.json": {"command": command, "sizes": sizes_dict(sizes), "image_size": size, "data": splits.counts,
-                                 "embedded_data": embedded, "device": device, "versions": package_versions(), "wall_seconds": wall,
-                                 "runs": records},
-            })
+            write_results(
+                staged.path,
+                {
+                    "table.md": table(records, splits, command, wall, embedded),
+                    "results.json": {
+                        "command": command,
+                        "sizes": sizes_dict(sizes),
+                        "image_size": size,
+                        "data": splits.counts,
+                        "embedded_data": embedded,
+                        "device": device,
+                        "versions": package_versions(),
+                        "wall_seconds": wall,
+                        "runs": records,
+                    },
+                },
+            )
             sample_figure(flows, splits, staged.path / "samples.png")
         staged.commit()
     return f"wrote {out}/table.md, results.json, samples.png ({len(records)} runs, {wall / 60:.1f} min)"

@@ -71,7 +71,9 @@ def pareto_block_sizes(n: int, rng: np.random.Generator, alpha: float = 0.5, max
     return np.array(sizes)
 
 
-def sparse_spd_correlation(n: int, rng: np.random.Generator, smallest: float = 0.5, largest: float = 0.99) -> np.ndarray:
+def sparse_spd_correlation(
+    n: int, rng: np.random.Generator, smallest: float = 0.5, largest: float = 0.99
+) -> np.ndarray:
     """A dense random correlation matrix, built as scikit-learn's
     ``make_sparse_spd_matrix(alpha=0, smallest_coef, largest_coef, norm_diag=True)``:
     a unit lower-triangular factor with off-diagonal entries uniform in

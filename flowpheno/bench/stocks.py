@@ -88,10 +88,20 @@ def load_pairs(
         train_pair.append(np.full(cut_train, index))
         test_pair.append(np.full(n - cut_val, index))
         dates = returns.index
-        days[pair] = {"first_day": str(dates[0].date()), "last_day": str(dates[-1].date()), "days": n,
-                      "train_until": str(dates[cut_train - 1].date()), "test_from": str(dates[cut_val].date())}
-    return PairData(*(np.concatenate(parts[k]) for k in ("train", "val", "test")), np.concatenate(train_pair),
-                    np.concatenate(test_pair), pairs, days)
+        days[pair] = {
+            "first_day": str(dates[0].date()),
+            "last_day": str(dates[-1].date()),
+            "days": n,
+            "train_until": str(dates[cut_train - 1].date()),
+            "test_from": str(dates[cut_val].date()),
+        }
+    return PairData(
+        *(np.concatenate(parts[k]) for k in ("train", "val", "test")),
+        np.concatenate(train_pair),
+        np.concatenate(test_pair),
+        pairs,
+        days,
+    )
 
 
 def run_method(method: str, data: PairData, seed: int, sizes: StocksSizes) -> tuple[dict[str, Any], LatentFlow]:
@@ -99,15 +109,17 @@ def run_method(method: str, data: PairData, seed: int, sizes: StocksSizes) -> tu
     started = time.perf_counter()
     x = torch.as_tensor(data.train, dtype=torch.float32)
     x_val = torch.as_tensor(data.val, dtype=torch.float32)
-    config = TrainConfig(epochs=sizes.epochs, stages=1, batch_size=sizes.batch_size, lr=sizes.lr, seed=seed,
-                         patience=sizes.patience)
+    config = TrainConfig(
+        epochs=sizes.epochs, stages=1, batch_size=sizes.batch_size, lr=sizes.lr, seed=seed, patience=sizes.patience
+    )
 
     def make_flow() -> LatentFlow:
         torch.manual_seed(seed)
         return affine_coupling_flow(2, layers=sizes.layers, hidden=sizes.hidden, seed=seed)
 
     blocks: Callable[[float], EquicorrelatedBlocks] = lambda rho: EquicorrelatedBlocks(  # noqa: E731
-        torch.as_tensor(data.train_pair), rho=rho, shared=True)
+        torch.as_tensor(data.train_pair), rho=rho, shared=True
+    )
     if method == "baseline":
         flow = make_flow()
         flow.initialize(x)
@@ -122,10 +134,16 @@ def run_method(method: str, data: PairData, seed: int, sizes: StocksSizes) -> tu
     outcome.flow.eval()
     test = torch.as_tensor(data.test, dtype=torch.float32)
     record = {
-        "method": method, "seed": seed, "val_nll": outcome.best_val_nll, "test_nll": iid_nll(outcome.flow, test),
-        "test_nll_per_pair": {pair: iid_nll(outcome.flow, test[torch.as_tensor(data.test_pair == k)])
-                              for k, pair in enumerate(data.pairs)},
-        "covariance": outcome.dependence.describe(), "grid": outcome.grid, "epochs_trained": len(outcome.epochs),
+        "method": method,
+        "seed": seed,
+        "val_nll": outcome.best_val_nll,
+        "test_nll": iid_nll(outcome.flow, test),
+        "test_nll_per_pair": {
+            pair: iid_nll(outcome.flow, test[torch.as_tensor(data.test_pair == k)]) for k, pair in enumerate(data.pairs)
+        },
+        "covariance": outcome.dependence.describe(),
+        "grid": outcome.grid,
+        "epochs_trained": len(outcome.epochs),
         "seconds": time.perf_counter() - started,
     }
     return record, outcome.flow
@@ -134,11 +152,18 @@ def run_method(method: str, data: PairData, seed: int, sizes: StocksSizes) -> tu
 def table(records: list[dict[str, Any]], data: PairData, command: str, wall: float, synthetic: bool) -> str:
     """Markdown: test NLL per method (mean +- SE over seeds) beside the paper, and paired differences."""
     frame = pd.DataFrame([{k: r[k] for k in ("method", "seed", "test_nll")} for r in records])
-    lines = ["# Stocks: test NLL (nats per day-pair of log returns, lower is better)", "",
-             f"`{command}` — wall time {wall / 60:.1f} min", ""]
+    lines = [
+        "# Stocks: test NLL (nats per day-pair of log returns, lower is better)",
+        "",
+        f"`{command}` — wall time {wall / 60:.1f} min",
+        "",
+    ]
     if synthetic:
-        lines += ["**Data: SYNTHETIC price series** (`flowpheno bench stocks-data`), not market data: compare methods "
-                  "with each other, not with the paper's numbers.", ""]
+        lines += [
+            "**Data: SYNTHETIC price series** (`flowpheno bench stocks-data`), not market data: compare methods "
+            "with each other, not with the paper's numbers.",
+            "",
+        ]
     lines += ["| pair | days | first day | training until | test from |", "|---|---|---|---|---|"]
     for pair, info in data.days.items():
         lines.append(f"| {pair} | {info['days']} | {info['first_day']} | {info['train_until']} | {info['test_from']} |")
@@ -164,7 +189,9 @@ def figure(flows: dict[str, LatentFlow], data: PairData, path: Path, level: floa
     """Test returns with each method's ``level`` highest-density region (from model samples)."""
     lo, hi = np.percentile(data.test, [0.5, 99.5], axis=0)
     pad = 0.3 * (hi - lo)
-    xs, ys = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 200), np.linspace(lo[1] - pad[1], hi[1] + pad[1], 200))
+    xs, ys = np.meshgrid(
+        np.linspace(lo[0] - pad[0], hi[0] + pad[0], 200), np.linspace(lo[1] - pad[1], hi[1] + pad[1], 200)
+    )
     grid = torch.as_tensor(np.column_stack([xs.ravel(), ys.ravel()]), dtype=torch.float32)
     fig, axes = plt.subplots(1, len(flows), figsize=(4 * len(flows), 4), sharex=True, sharey=True, squeeze=False)
     generator = torch.Generator().manual_seed(0)

@@ -39,8 +39,10 @@ from flowpheno.train import TrainConfig, fit_alternating, fit_grid, fit_joint, f
 from flowpheno.train.objective import iid_nll
 
 SETTINGS = ("blocks", "kinship")
-METHODS = {"blocks": ("baseline", "grid", "joint", "joint_blockbatch", "alternating", "alternating_strat"),
-           "kinship": ("baseline", "grid", "alternating", "alternating_scaled")}
+METHODS = {
+    "blocks": ("baseline", "grid", "joint", "joint_blockbatch", "alternating", "alternating_strat"),
+    "kinship": ("baseline", "grid", "alternating", "alternating_scaled"),
+}
 """Blocks methods after ``joint`` are ours, not the paper's. ``joint_blockbatch``: ``joint``
 with batches of whole blocks, so the Gaussian term of every batch is exact.
 ``alternating`` (blocks): stages of flow epochs at fixed per-block ``rho``, each followed by
@@ -75,8 +77,18 @@ class BenchSizes:
 
     @classmethod
     def quick(cls) -> BenchSizes:
-        return cls(n_blocks=2000, n_kinship=600, n_eval=1000, epochs=6, stages=2, patience=4,
-                   optimisers=[(2e-3, 0.0)], layers=2, hidden=32, bins=8)
+        return cls(
+            n_blocks=2000,
+            n_kinship=600,
+            n_eval=1000,
+            epochs=6,
+            stages=2,
+            patience=4,
+            optimisers=[(2e-3, 0.0)],
+            layers=2,
+            hidden=32,
+            bins=8,
+        )
 
 
 def _data_seed(setting: str, shape: str, seed: int) -> int:
@@ -103,7 +115,9 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(array, dtype=torch.float32)
 
 
-def run_one(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes, cache_dir: Path | None = None) -> dict[str, Any]:
+def run_one(
+    setting: str, shape: str, method: str, seed: int, sizes: BenchSizes, cache_dir: Path | None = None
+) -> dict[str, Any]:
     """Train one method on one dataset; hyperparameters picked by validation NLL."""
     started = time.perf_counter()
     data = make_data(setting, shape, seed, sizes, cache_dir)
@@ -122,8 +136,15 @@ def run_one(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes,
 
     best: dict[str, Any] | None = None
     for lr, weight_decay in sizes.optimisers:
-        config = TrainConfig(epochs=sizes.epochs, stages=sizes.stages, batch_size=sizes.batch_size, lr=lr,
-                             weight_decay=weight_decay, seed=seed, patience=sizes.patience)
+        config = TrainConfig(
+            epochs=sizes.epochs,
+            stages=sizes.stages,
+            batch_size=sizes.batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            seed=seed,
+            patience=sizes.patience,
+        )
         if method == "baseline":
             flow = make_flow()
             flow.initialize(x)
@@ -151,11 +172,19 @@ def run_one(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes,
     outcome = best["outcome"]
     outcome.flow.eval()
     record: dict[str, Any] = {
-        "setting": setting, "shape": shape, "method": method, "seed": seed,
-        "lr": best["lr"], "weight_decay": best["weight_decay"],
-        "val_nll": best["val_nll"], "test_nll": iid_nll(outcome.flow, x_test),
-        "epochs_trained": len(outcome.epochs), "covariance": outcome.dependence.describe(),
-        "grid": outcome.grid, "n_train": n, "seconds": time.perf_counter() - started,
+        "setting": setting,
+        "shape": shape,
+        "method": method,
+        "seed": seed,
+        "lr": best["lr"],
+        "weight_decay": best["weight_decay"],
+        "val_nll": best["val_nll"],
+        "test_nll": iid_nll(outcome.flow, x_test),
+        "epochs_trained": len(outcome.epochs),
+        "covariance": outcome.dependence.describe(),
+        "grid": outcome.grid,
+        "n_train": n,
+        "seconds": time.perf_counter() - started,
     }
     if setting == "blocks" and method != "baseline" and not outcome.dependence.shared:
         learned = np.array(outcome.dependence.describe()["rho"])
@@ -168,19 +197,35 @@ def run_one(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes,
     return record
 
 
-def run_identity(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes, protocol: str = "fast") -> dict[str, Any]:
+def run_identity(
+    setting: str, shape: str, method: str, seed: int, sizes: BenchSizes, protocol: str = "fast"
+) -> dict[str, Any]:
     """Everything that changes a run's numbers: setting, shape, method, seed, every size
     (n, epochs, optimisers, flow), the protocol (``fast``: its version number, as before
     there was a choice; ``paper``: name, version and :class:`PaperSetup`) and the flowpheno version."""
-    identity = {"setting": setting, "shape": shape, "method": method, "seed": seed, "sizes": asdict(sizes),
-                "protocol": PROTOCOL, "flowpheno_version": __version__}
+    identity = {
+        "setting": setting,
+        "shape": shape,
+        "method": method,
+        "seed": seed,
+        "sizes": asdict(sizes),
+        "protocol": PROTOCOL,
+        "flowpheno_version": __version__,
+    }
     if protocol != "fast":
         identity.update(protocol=f"{protocol}-{PAPER_VERSION}", setup=setup_dict())
     return identity
 
 
-def run_protocol(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes, cache_dir: Path | None = None,
-                 protocol: str = "fast") -> dict[str, Any]:
+def run_protocol(
+    setting: str,
+    shape: str,
+    method: str,
+    seed: int,
+    sizes: BenchSizes,
+    cache_dir: Path | None = None,
+    protocol: str = "fast",
+) -> dict[str, Any]:
     """One run under ``protocol``: :func:`run_one` (``fast``) or :func:`run_one_paper` (``paper``)."""
     if protocol == "paper":
         return run_one_paper(setting, shape, method, seed, sizes, cache_dir)
@@ -195,7 +240,9 @@ def run_hash(identity: dict[str, Any]) -> str:
 
 def run_key(setting: str, shape: str, method: str, seed: int, sizes: BenchSizes, protocol: str = "fast") -> str:
     """File stem of a finished run: readable fields, then the hash of its identity."""
-    return f"{setting}_{shape}_{method}_seed{seed}_{run_hash(run_identity(setting, shape, method, seed, sizes, protocol))}"
+    return (
+        f"{setting}_{shape}_{method}_seed{seed}_{run_hash(run_identity(setting, shape, method, seed, sizes, protocol))}"
+    )
 
 
 def stored_run(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -253,13 +300,20 @@ def run_all(
     runs_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "cache"
     cache_dir.mkdir(exist_ok=True)
-    asked = [(setting, shape, method, seed) for setting in settings for shape in shapes for seed in seeds
-             for method in methods[setting]]
+    asked = [
+        (setting, shape, method, seed)
+        for setting in settings
+        for shape in shapes
+        for seed in seeds
+        for method in methods[setting]
+    ]
     records: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     todo = []
     for setting, shape, method, seed in asked:
-        found = stored_run(runs_dir / f"{run_key(setting, shape, method, seed, sizes, protocol)}.json",
-                           run_identity(setting, shape, method, seed, sizes, protocol))
+        found = stored_run(
+            runs_dir / f"{run_key(setting, shape, method, seed, sizes, protocol)}.json",
+            run_identity(setting, shape, method, seed, sizes, protocol),
+        )
         if found is not None:
             records[(setting, shape, method, seed)] = found
         else:

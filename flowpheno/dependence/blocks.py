@@ -92,7 +92,9 @@ class EquicorrelatedBlocks(DependenceModel):
     def precision_times(self, z: Tensor) -> Tensor:
         """Per block: ``diag_k z_i + off_k (sum_block z - z_i)``; ``O(n d)``."""
         diagonal, off_diagonal = self.precision_entries()
-        block_sums = torch.zeros(self.n_blocks, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, self.block_ids, z)
+        block_sums = torch.zeros(self.n_blocks, z.shape[1], dtype=z.dtype, device=z.device).index_add_(
+            0, self.block_ids, z
+        )
         own_diag, own_off = diagonal[self.block_ids][:, None], off_diagonal[self.block_ids][:, None]
         return own_diag * z + own_off * (block_sums[self.block_ids] - z)
 
@@ -108,7 +110,11 @@ class EquicorrelatedBlocks(DependenceModel):
         blocks = self.block_ids[idx]
         same_block = blocks[:, None] == blocks[None, :]
         block_off = off_diagonal[blocks]
-        entries = torch.where(same_block, block_off[:, None].expand(-1, len(idx)), torch.zeros((), dtype=block_off.dtype, device=block_off.device))
+        entries = torch.where(
+            same_block,
+            block_off[:, None].expand(-1, len(idx)),
+            torch.zeros((), dtype=block_off.dtype, device=block_off.device),
+        )
         eye = torch.eye(len(idx), dtype=torch.bool, device=entries.device)
         return torch.where(eye, diagonal[blocks][:, None].expand(-1, len(idx)), entries)
 
@@ -121,8 +127,11 @@ class EquicorrelatedBlocks(DependenceModel):
         """
         if self._block_rows is None:  # once per model: rows grouped by block, on the host
             sizes = self.sizes.cpu().long()
-            self._block_rows = (torch.argsort(self.block_ids.cpu(), stable=True),
-                                (torch.cumsum(sizes, 0) - sizes).tolist(), sizes.tolist())
+            self._block_rows = (
+                torch.argsort(self.block_ids.cpu(), stable=True),
+                (torch.cumsum(sizes, 0) - sizes).tolist(),
+                sizes.tolist(),
+            )
         rows_by_block, starts, sizes_list = self._block_rows
         batches: list[Tensor] = []
         current: list[Tensor] = []
@@ -249,7 +258,11 @@ class EquicorrelatedBlocks(DependenceModel):
         small = torch.nonzero(~dealt).flatten()
         if len(small):
             small = small[torch.randperm(len(small), generator=generator)]
-            dealt_rows = torch.bincount(batch_of[dealt[ids]], minlength=n_batches) if dealt.any() else torch.zeros(n_batches, dtype=torch.long)
+            dealt_rows = (
+                torch.bincount(batch_of[dealt[ids]], minlength=n_batches)
+                if dealt.any()
+                else torch.zeros(n_batches, dtype=torch.long)
+            )
             room = (int(sizes[small].sum()) + int(dealt_rows.sum())) / n_batches - dealt_rows
             room = room.clamp(min=0)
             bounds = torch.cumsum(room, 0) / max(float(room.sum()), 1.0) * float(sizes[small].sum())
@@ -282,9 +295,9 @@ class EquicorrelatedBlocks(DependenceModel):
         sum_sq = torch.zeros(self.n_blocks, dtype=z_batch.dtype, device=z_batch.device).index_add_(
             0, blocks, z_batch.square().sum(dim=1)
         )
-        block_sums = torch.zeros(self.n_blocks, z_batch.shape[1], dtype=z_batch.dtype, device=z_batch.device).index_add_(
-            0, blocks, z_batch
-        )
+        block_sums = torch.zeros(
+            self.n_blocks, z_batch.shape[1], dtype=z_batch.dtype, device=z_batch.device
+        ).index_add_(0, blocks, z_batch)
         pairs = block_sums.square().sum(dim=1) - sum_sq
         one = torch.ones((), dtype=z_batch.dtype, device=z_batch.device)
         diagonal_weight = torch.where(r > 0, m / r.clamp(min=1), 0 * one)
@@ -303,9 +316,9 @@ class EquicorrelatedBlocks(DependenceModel):
         sum_sq = torch.zeros(self.n_blocks, dtype=z_batch.dtype, device=z_batch.device).index_add_(
             0, blocks, z_batch.square().sum(dim=1)
         )
-        block_sums = torch.zeros(self.n_blocks, z_batch.shape[1], dtype=z_batch.dtype, device=z_batch.device).index_add_(
-            0, blocks, z_batch
-        )
+        block_sums = torch.zeros(
+            self.n_blocks, z_batch.shape[1], dtype=z_batch.dtype, device=z_batch.device
+        ).index_add_(0, blocks, z_batch)
         shrink = rho / (1 + (m - 1) * rho)
         quad = ((sum_sq - shrink * block_sums.square().sum(dim=1)) / (1 - rho)).sum()
         log_det = (present * ((m - 1) * torch.log1p(-rho) + torch.log1p((m - 1) * rho))).sum()
@@ -319,4 +332,3 @@ class EquicorrelatedBlocks(DependenceModel):
         if self.shared:
             return {"rho": float(rho[0])}
         return {"rho": [float(r) for r in rho], "block_sizes": [int(m) for m in self.sizes.cpu()]}
-

@@ -347,7 +347,9 @@ class KinshipCovariance(DependenceModel):
         dtype = factor_rows.dtype
         basis = self.factor_basis.to(dtype)
         if factor_rows.shape[1] != basis.shape[0]:
-            raise ValueError(f"held-out factor rows have {factor_rows.shape[1]} columns, the training factor {basis.shape[0]}")
+            raise ValueError(
+                f"held-out factor rows have {factor_rows.shape[1]} columns, the training factor {basis.shape[0]}"
+            )
         scaled = math.sqrt(self.scale) * factor_rows
         eigenvalues = self.eigenvalues.to(dtype)
         return HeldOutKinship((scaled @ basis) * eigenvalues.sqrt(), eigenvalues, factor=scaled, basis=basis)
@@ -495,7 +497,9 @@ def s2_objective(
     return 0.5 * (d * (weights * np.log(spectrum)).sum() + (rotated_sq / spectrum).sum())
 
 
-def optimise_s2(rotated_sq: np.ndarray, eigenvalues: np.ndarray, d: int, multiplicity: np.ndarray | None = None) -> float:
+def optimise_s2(
+    rotated_sq: np.ndarray, eigenvalues: np.ndarray, d: int, multiplicity: np.ndarray | None = None
+) -> float:
     """Exact 1-D minimisation of :func:`s2_objective` over ``[0, S2_MAX]``.
 
     The objective is smooth in ``s2``; bounded Brent finds the interior optimum and
@@ -507,7 +511,9 @@ def optimise_s2(rotated_sq: np.ndarray, eigenvalues: np.ndarray, d: int, multipl
     return min(candidates, key=lambda s: s2_objective(s, *args))
 
 
-def profiled_s2_objective(s2: float, rotated_sq: np.ndarray, eigenvalues: np.ndarray, multiplicity: np.ndarray) -> float:
+def profiled_s2_objective(
+    s2: float, rotated_sq: np.ndarray, eigenvalues: np.ndarray, multiplicity: np.ndarray
+) -> float:
     """``(d/2) sum m_j log D_j + (n/2) sum_t log(sum_j r_jt / D_j / n)``: the NLL in ``s2`` once each
     trait's latent variance is set to its optimum for that ``s2`` (``rotated_sq`` is eigenvalues x traits)."""
     spectrum = s2 * eigenvalues + (1.0 - s2)
@@ -519,6 +525,8 @@ def profiled_s2_objective(s2: float, rotated_sq: np.ndarray, eigenvalues: np.nda
 def optimise_profiled_s2(rotated_sq: np.ndarray, eigenvalues: np.ndarray, multiplicity: np.ndarray) -> float:
     """Exact 1-D minimisation of :func:`profiled_s2_objective` over ``[0, S2_MAX]``, end points checked."""
     args = (rotated_sq, eigenvalues, multiplicity)
-    result = minimize_scalar(profiled_s2_objective, bounds=(0.0, S2_MAX), args=args, method="bounded", options={"xatol": 1e-6})
+    result = minimize_scalar(
+        profiled_s2_objective, bounds=(0.0, S2_MAX), args=args, method="bounded", options={"xatol": 1e-6}
+    )
     candidates = [float(result.x), 0.0, S2_MAX]
     return min(candidates, key=lambda s: profiled_s2_objective(s, *args))

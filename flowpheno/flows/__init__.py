@@ -7,6 +7,12 @@ from flowpheno.flows.glow import GlowFlow
 from flowpheno.flows.spline import spline_coupling_flow
 
 __all__ = [
-    "ActNorm", "GlowFlow", "LatentFlow", "TabularFlow", "affine_coupling_flow", "build_flow", "seeded_init",
+    "ActNorm",
+    "GlowFlow",
+    "LatentFlow",
+    "TabularFlow",
+    "affine_coupling_flow",
+    "build_flow",
+    "seeded_init",
     "spline_coupling_flow",
 ]

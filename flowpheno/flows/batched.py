@@ -50,7 +50,9 @@ class BatchedSplineFlow(nn.Module):
             if other != {key: value for key, value in config.items() if key != "seed"}:
                 raise FlowphenoError("the members of a batched flow must share one architecture")
         if config.get("coupling") != "alternating" or config.get("actnorm", True):
-            raise FlowphenoError("a batched flow stacks spline_coupling_flow(actnorm=False, coupling='alternating') members")
+            raise FlowphenoError(
+                "a batched flow stacks spline_coupling_flow(actnorm=False, coupling='alternating') members"
+            )
         self.config = config
         self.members = len(flows)
         self.features = int(config["features"])

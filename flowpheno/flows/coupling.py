@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -88,6 +89,13 @@ def affine_coupling_flow(
         if features > 1:
             stack.append(UnconditionalTransform(PermutationTransform, torch.argsort(position), buffer=True))
         stack.append(ActNorm(features))
-    config = {"kind": "affine_coupling", "features": features, "layers": layers, "hidden": hidden, "depth": depth, "seed": seed}
+    config = {
+        "kind": "affine_coupling",
+        "features": features,
+        "layers": layers,
+        "hidden": hidden,
+        "depth": depth,
+        "seed": seed,
+    }
     zero_last_layers(stack)
     return TabularFlow(stack, config)

@@ -85,8 +85,10 @@ class AffineCoupling2d(nn.Module):
         super().__init__()
         self.half = channels // 2
         self.net = nn.Sequential(
-            nn.Conv2d(self.half, hidden, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(hidden, hidden, 1), nn.SiLU(),
+            nn.Conv2d(self.half, hidden, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.SiLU(),
             nn.Conv2d(hidden, 2 * (channels - self.half), 3, padding=1),
         )
         nn.init.zeros_(self.net[-1].weight)
@@ -124,13 +126,21 @@ class GlowFlow(LatentFlow):
         ValueError: ``H`` or ``W`` is not divisible by ``2^levels``.
     """
 
-    def __init__(self, shape: tuple[int, int, int], levels: int = 2, steps: int = 4, hidden: int = 64, seed: int = 0) -> None:
+    def __init__(
+        self, shape: tuple[int, int, int], levels: int = 2, steps: int = 4, hidden: int = 64, seed: int = 0
+    ) -> None:
         super().__init__()
         channels, height, width = shape
         if height % 2**levels or width % 2**levels:
             raise ValueError(f"image size {height}x{width} must be divisible by 2^levels = {2**levels}")
-        self.config: dict[str, Any] = {"kind": "glow", "shape": list(shape), "levels": levels, "steps": steps,
-                                       "hidden": hidden, "seed": seed}
+        self.config: dict[str, Any] = {
+            "kind": "glow",
+            "shape": list(shape),
+            "levels": levels,
+            "steps": steps,
+            "hidden": hidden,
+            "seed": seed,
+        }
         self.shape = shape
         generator = torch.Generator().manual_seed(seed)
         self.levels = nn.ModuleList()

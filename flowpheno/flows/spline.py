@@ -58,7 +58,14 @@ def spline_coupling_flow(
 
 
 def _spline_stack(
-    features: int, layers: int, hidden: int, depth: int, bins: int, seed: int, actnorm: bool, tail_bound: float,
+    features: int,
+    layers: int,
+    hidden: int,
+    depth: int,
+    bins: int,
+    seed: int,
+    actnorm: bool,
+    tail_bound: float,
     coupling: SplineCoupling,
 ) -> TabularFlow:
     generator = torch.Generator().manual_seed(seed)
@@ -67,8 +74,16 @@ def _spline_stack(
     univariate = partial(MonotonicRQSTransform, bound=tail_bound)
     for layer in range(layers):
         if coupling == "alternating":
-            stack.append(GeneralCouplingTransform(features, mask=alternating_mask(features, layer), univariate=univariate,
-                                                  shapes=shapes, hidden_features=(hidden,) * depth, activation=nn.SiLU))
+            stack.append(
+                GeneralCouplingTransform(
+                    features,
+                    mask=alternating_mask(features, layer),
+                    univariate=univariate,
+                    shapes=shapes,
+                    hidden_features=(hidden,) * depth,
+                    activation=nn.SiLU,
+                )
+            )
             continue
         order = torch.randperm(features, generator=generator)
         stack.append(UnconditionalTransform(PermutationTransform, order, buffer=True))
@@ -84,8 +99,15 @@ def _spline_stack(
         )
     if actnorm:
         stack.append(ActNorm(features))
-    config: dict[str, Any] = {"kind": "spline_coupling", "features": features, "layers": layers, "hidden": hidden, "depth": depth,
-                              "bins": bins, "seed": seed}
+    config: dict[str, Any] = {
+        "kind": "spline_coupling",
+        "features": features,
+        "layers": layers,
+        "hidden": hidden,
+        "depth": depth,
+        "bins": bins,
+        "seed": seed,
+    }
     if not actnorm or tail_bound != 5.0 or coupling != "autoregressive":  # older configs rebuild unchanged
         config.update(actnorm=actnorm, tail_bound=tail_bound, coupling=coupling)
     zero_last_layers(stack)

@@ -51,15 +51,18 @@ def rint_after_covariates(values: np.ndarray, covariates: np.ndarray | None, ran
         usable = np.isfinite(values[:, j])
         if covariates is not None:
             usable &= np.isfinite(covariates).all(axis=1)
-        residuals, _ = least_squares_residuals(values[usable, j : j + 1], None if covariates is None else covariates[usable])
+        residuals, _ = least_squares_residuals(
+            values[usable, j : j + 1], None if covariates is None else covariates[usable]
+        )
         column = np.full(values.shape[0], np.nan)
         column[usable] = residuals[:, 0]
         out[:, j] = rank_inverse_normal(column) if rank else column
     return out
 
 
-def rint_table(ids: pd.DataFrame, values: np.ndarray, covariates: np.ndarray | None, traits: list[str],
-               rank: bool = True) -> pd.DataFrame:
+def rint_table(
+    ids: pd.DataFrame, values: np.ndarray, covariates: np.ndarray | None, traits: list[str], rank: bool = True
+) -> pd.DataFrame:
     """FID, IID and the transformed traits (:func:`rint_after_covariates`), in input order.
 
     ``ids``: (n, 2) FID and IID columns; ``values``: (n, d) in the order of ``traits``;

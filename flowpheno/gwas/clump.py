@@ -71,8 +71,10 @@ def clump(
     prefix = plink_prefix(bfile).resolve()
     unsorted = plink_unsorted(read_bim(f"{prefix}.bim"))
     if unsorted:
-        raise FlowphenoError(f"{prefix}.bim is not sorted ({unsorted}); PLINK 1.9 clumps only a sorted .bim: write a "
-                             "sorted copy with flowpheno gwas prepare --bfile PREFIX --out NEW and use NEW")
+        raise FlowphenoError(
+            f"{prefix}.bim is not sorted ({unsorted}); PLINK 1.9 clumps only a sorted .bim: write a "
+            "sorted copy with flowpheno gwas prepare --bfile PREFIX --out NEW and use NEW"
+        )
     with tempfile.TemporaryDirectory() as scratch:
         scratch_path = Path(scratch)
         assoc[["SNP", "P"]].dropna().to_csv(scratch_path / "assoc.tsv", sep="\t", index=False)
@@ -84,9 +86,27 @@ def clump(
             bim.to_csv(scratch_path / "codes.bim", sep="\t", header=False, index=False)
             fileset = ["--bed", f"{prefix}.bed", "--bim", str(scratch_path / "codes.bim"), "--fam", f"{prefix}.fam"]
         command = [
-            plink, *fileset, "--clump", "assoc.tsv", "--clump-p1", f"{p1:.6g}", "--clump-p2", f"{max(p2, p1):.6g}",
-            "--clump-r2", f"{r2:g}", "--clump-kb", str(kb), "--clump-snp-field", "SNP", "--clump-field", "P",
-            "--allow-no-sex", "--allow-extra-chr", "--make-founders", "--out", "clumped",
+            plink,
+            *fileset,
+            "--clump",
+            "assoc.tsv",
+            "--clump-p1",
+            f"{p1:.6g}",
+            "--clump-p2",
+            f"{max(p2, p1):.6g}",
+            "--clump-r2",
+            f"{r2:g}",
+            "--clump-kb",
+            str(kb),
+            "--clump-snp-field",
+            "SNP",
+            "--clump-field",
+            "P",
+            "--allow-no-sex",
+            "--allow-extra-chr",
+            "--make-founders",
+            "--out",
+            "clumped",
         ]
         run_logged(command, Path(log) if log else scratch_path / "plink.log", cwd=scratch_path)
         result = scratch_path / "clumped.clumped"

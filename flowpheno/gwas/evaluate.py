@@ -173,15 +173,26 @@ def calibration(assoc: pd.DataFrame, test: str | None, d: int | None) -> dict[st
     per_trait = [column for column in assoc.columns if column.startswith("P_")]
     if test == "mvlmm":
         df = int(d or 1)
-        return {"lambda_gc": lambda_gc(assoc["P"].to_numpy(), df), "lambda_gc_df": df, "lambda_gc_1df": lambda_gc(assoc["P"].to_numpy()),
-                "lambda_gc_scale": f"GEMMA mvLMM score test over {df} traits: chi-square with {df} df"}
+        return {
+            "lambda_gc": lambda_gc(assoc["P"].to_numpy(), df),
+            "lambda_gc_df": df,
+            "lambda_gc_1df": lambda_gc(assoc["P"].to_numpy()),
+            "lambda_gc_scale": f"GEMMA mvLMM score test over {df} traits: chi-square with {df} df",
+        }
     if per_trait:
         lambdas = [lambda_gc(assoc[column].to_numpy()) for column in per_trait]
-        return {"lambda_gc": float(np.mean(lambdas)), "lambda_gc_df": 1, "lambda_gc_per_trait": lambdas,
-                "lambda_gc_combined": lambda_gc(assoc["P"].to_numpy()),
-                "lambda_gc_scale": "mean of the per-trait univariate LMM score tests, each chi-square with 1 df"}
-    return {"lambda_gc": lambda_gc(assoc["P"].to_numpy()), "lambda_gc_df": 1,
-            "lambda_gc_scale": "P read as chi-square with 1 df (test not given)"}
+        return {
+            "lambda_gc": float(np.mean(lambdas)),
+            "lambda_gc_df": 1,
+            "lambda_gc_per_trait": lambdas,
+            "lambda_gc_combined": lambda_gc(assoc["P"].to_numpy()),
+            "lambda_gc_scale": "mean of the per-trait univariate LMM score tests, each chi-square with 1 df",
+        }
+    return {
+        "lambda_gc": lambda_gc(assoc["P"].to_numpy()),
+        "lambda_gc_df": 1,
+        "lambda_gc_scale": "P read as chi-square with 1 df (test not given)",
+    }
 
 
 def summarise(
@@ -206,15 +217,17 @@ def summarise(
     if truth is None:
         return summary, None
     is_true, found = match_truth(loci, truth, window_kb)
-    summary.update({
-        "true_loci": int(is_true.sum()),
-        "false_loci": int((~is_true).sum()),
-        "causal_snps": int(len(truth)),
-        "causal_found": found,
-        "power": found / len(truth) if len(truth) else None,
-        "fdp": float((~is_true).sum() / len(loci)) if len(loci) else 0.0,
-        "truth_window_kb": float(window_kb),
-    })
+    summary.update(
+        {
+            "true_loci": int(is_true.sum()),
+            "false_loci": int((~is_true).sum()),
+            "causal_snps": int(len(truth)),
+            "causal_found": found,
+            "power": found / len(truth) if len(truth) else None,
+            "fdp": float((~is_true).sum() / len(loci)) if len(loci) else 0.0,
+            "truth_window_kb": float(window_kb),
+        }
+    )
     if spans is not None:
         summary["truth_window_genome_share"] = truth_window_share(truth, spans, window_kb)
     if near_kb is not None and near_kb > window_kb:

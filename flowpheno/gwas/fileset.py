@@ -73,16 +73,23 @@ def prepare_fileset(bfile: str | Path, out: str | Path) -> dict[str, Any]:
     check_snp_ids(bim, bim_path)
     excluded = unplaced_snps(bim)
     if len(excluded) == len(bim):
-        raise FlowphenoError(f"{bim_path}: none of its {len(bim)} SNPs has a position on a chromosome (all are at a negative "
-                             "position or on chromosome 0); the GWAS needs positions: update them (plink1.9 --update-map)")
+        raise FlowphenoError(
+            f"{bim_path}: none of its {len(bim)} SNPs has a position on a chromosome (all are at a negative "
+            "position or on chromosome 0); the GWAS needs positions: update them (plink1.9 --update-map)"
+        )
     kept = bim.drop(index=excluded.index)
     unsorted = plink_unsorted(kept)
     plink = require("plink1.9")
     n = len(read_fam(f"{prefix}.fam"))
     negative = int((excluded["reason"] == "negative position").sum())
     summary = {
-        "snps_in": len(bim), "snps_out": len(kept), "negative_position": negative,
-        "chromosome_0": len(excluded) - negative, "individuals": n, "was_sorted": unsorted is None, "unsorted": unsorted,
+        "snps_in": len(bim),
+        "snps_out": len(kept),
+        "negative_position": negative,
+        "chromosome_0": len(excluded) - negative,
+        "individuals": n,
+        "was_sorted": unsorted is None,
+        "unsorted": unsorted,
     }
     with write_errors(out):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -97,19 +104,36 @@ def prepare_fileset(bfile: str | Path, out: str | Path) -> dict[str, Any]:
         if len(excluded):
             excluded["SNP"].to_csv(scratch_path / "excluded.txt", header=False, index=False)
             exclude = ["--exclude", "excluded.txt"]
-        run_logged([plink, *fileset, *exclude, "--make-bed", "--keep-allele-order", "--allow-extra-chr", "--allow-no-sex",
-                    "--out", "sorted"], scratch_path / "plink.out", cwd=scratch_path)
+        run_logged(
+            [
+                plink,
+                *fileset,
+                *exclude,
+                "--make-bed",
+                "--keep-allele-order",
+                "--allow-extra-chr",
+                "--allow-no-sex",
+                "--out",
+                "sorted",
+            ],
+            scratch_path / "plink.out",
+            cwd=scratch_path,
+        )
         written = read_bim(scratch_path / "sorted.bim")
         names = written["snp"].map(bim.set_index("snp")["chrom"])
         if len(written) != len(kept) or names.isna().any():
-            raise FlowphenoError(f"plink1.9 --make-bed wrote {len(written)} SNPs where {len(kept)} of {bim_path} have a place "
-                                 "on the genome; check that fileset with plink1.9 --bfile PREFIX --make-bed")
+            raise FlowphenoError(
+                f"plink1.9 --make-bed wrote {len(written)} SNPs where {len(kept)} of {bim_path} have a place "
+                "on the genome; check that fileset with plink1.9 --bfile PREFIX --make-bed"
+            )
         aliases = names.groupby(written["chrom"]).unique()
         aliases = aliases[aliases.map(len) > 1]
         if len(aliases):
             spelled = " and ".join(repr(name) for name in aliases.iloc[0])
-            raise FlowphenoError(f"{bim_path}: chromosome names {spelled} are one chromosome for PLINK "
-                                 f"({aliases.index[0]}); spell each chromosome one way")
+            raise FlowphenoError(
+                f"{bim_path}: chromosome names {spelled} are one chromosome for PLINK "
+                f"({aliases.index[0]}); spell each chromosome one way"
+            )
         written["chrom"] = names.to_numpy()
         written.to_csv(scratch_path / "sorted.bim", sep="\t", header=False, index=False)
         if len(read_fam(scratch_path / "sorted.fam")) != n:
@@ -117,7 +141,8 @@ def prepare_fileset(bfile: str | Path, out: str | Path) -> dict[str, Any]:
         check_bed(scratch_path / "sorted")
         excluded.to_csv(scratch_path / "sorted.excluded.tsv", sep="\t", index=False)
         (scratch_path / "sorted.log").write_text(
-            describe_fileset(summary, bfile, out) + "\n\n" + (scratch_path / "sorted.log").read_text(errors="replace"))
+            describe_fileset(summary, bfile, out) + "\n\n" + (scratch_path / "sorted.log").read_text(errors="replace")
+        )
         for suffix in (".log", ".excluded.tsv", ".fam", ".bim", ".bed"):  # the .bed last: it completes the fileset
             with atomic_path(f"{out}{suffix}") as tmp:
                 os.replace(scratch_path / f"sorted{suffix}", tmp)
@@ -127,9 +152,11 @@ def prepare_fileset(bfile: str | Path, out: str | Path) -> dict[str, Any]:
 def describe_fileset(summary: dict[str, Any], bfile: str | Path, out: str | Path) -> str:
     """What :func:`prepare_fileset` did, in words (for its log and the command's output)."""
     left_out = summary["snps_in"] - summary["snps_out"]
-    text = (f"{out}: {summary['snps_out']} of the {summary['snps_in']} SNPs of {bfile}, {summary['individuals']} individuals; "
-            f"{left_out} SNPs left out of the GRM, association, clumping and counts ({summary['negative_position']} at a "
-            f"negative position such as -9, {summary['chromosome_0']} on chromosome 0; listed in {out}.excluded.tsv)")
+    text = (
+        f"{out}: {summary['snps_out']} of the {summary['snps_in']} SNPs of {bfile}, {summary['individuals']} individuals; "
+        f"{left_out} SNPs left out of the GRM, association, clumping and counts ({summary['negative_position']} at a "
+        f"negative position such as -9, {summary['chromosome_0']} on chromosome 0; listed in {out}.excluded.tsv)"
+    )
     if summary["was_sorted"]:
         return text + "; already sorted"
     return text + f"; sorted by PLINK (the .bim was not: {summary['unsorted']})"

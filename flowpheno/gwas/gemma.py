@@ -40,10 +40,14 @@ def check_gemma_kinship(kinship: str | Path, n_fam: int) -> None:
     """
     kinship = Path(kinship)
     if not kinship.is_file():
-        raise FlowphenoError(f"{kinship}: file not found; give the .cXX.txt written by flowpheno gwas grm (GEMMA -gk 1)")
+        raise FlowphenoError(
+            f"{kinship}: file not found; give the .cXX.txt written by flowpheno gwas grm (GEMMA -gk 1)"
+        )
     with kinship.open("rb") as handle:
         if handle.read(2) == b"PK":
-            raise FlowphenoError(f"{kinship}: a .npz archive; GEMMA reads a text matrix: give the .cXX.txt of flowpheno gwas grm")
+            raise FlowphenoError(
+                f"{kinship}: a .npz archive; GEMMA reads a text matrix: give the .cXX.txt of flowpheno gwas grm"
+            )
     rows = 0
     with kinship.open(errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
@@ -87,23 +91,30 @@ def check_gemma_phenotypes(pheno: str | Path, columns: list[int], n_fam: int | N
     """
     pheno = Path(pheno)
     if not pheno.is_file():
-        raise FlowphenoError(f"{pheno}: file not found; give the GEMMA -p file written by flowpheno transform or gwas rint")
+        raise FlowphenoError(
+            f"{pheno}: file not found; give the GEMMA -p file written by flowpheno transform or gwas rint"
+        )
     lines = pheno.read_text(errors="replace").splitlines()
     rows = [line.split() for line in lines]
     if n_fam is not None and len(rows) != n_fam:
-        raise FlowphenoError(f"{pheno}: {len(rows)} rows but the .fam has {n_fam}; GEMMA reads one row per .fam line, "
-                             "in .fam order: write it with --format gemma --fam")
+        raise FlowphenoError(
+            f"{pheno}: {len(rows)} rows but the .fam has {n_fam}; GEMMA reads one row per .fam line, "
+            "in .fam order: write it with --format gemma --fam"
+        )
     if not rows:
         raise FlowphenoError(f"{pheno}: empty; write it with --format gemma --fam")
     width = len(rows[0])
     for number, fields in enumerate(rows, start=1):
         if len(fields) != width:
-            raise FlowphenoError(f"{pheno}, line {number}: {len(fields)} values where line 1 has {width}; "
-                                 "every row needs one value (or NA) per trait")
+            raise FlowphenoError(
+                f"{pheno}, line {number}: {len(fields)} values where line 1 has {width}; "
+                "every row needs one value (or NA) per trait"
+            )
     for column in columns:
         if not 1 <= column <= width:
-            raise FlowphenoError(f"{pheno}: --columns {column}: the file has {width} phenotype column(s); "
-                                 f"choose from 1-{width}")
+            raise FlowphenoError(
+                f"{pheno}: --columns {column}: the file has {width} phenotype column(s); choose from 1-{width}"
+            )
     values = np.full((len(rows), len(columns)), np.nan)
     for j, column in enumerate(columns):
         for i, fields in enumerate(rows):
@@ -113,24 +124,32 @@ def check_gemma_phenotypes(pheno: str | Path, columns: list[int], n_fam: int | N
             try:
                 values[i, j] = float(text)
             except ValueError:
-                raise FlowphenoError(f"{pheno}, line {i + 1}, column {column}: {text!r} is not a number; "
-                                     "use NA for a missing value") from None
+                raise FlowphenoError(
+                    f"{pheno}, line {i + 1}, column {column}: {text!r} is not a number; use NA for a missing value"
+                ) from None
             if not np.isfinite(values[i, j]):
                 raise FlowphenoError(f"{pheno}, line {i + 1}, column {column}: {text!r}; use NA for a missing value")
     for j, column in enumerate(columns):
         present = values[np.isfinite(values[:, j]), j]
         if present.size < MIN_PHENOTYPED:
-            raise FlowphenoError(f"{pheno}: column {column} has {present.size} non-missing value(s); GEMMA needs at least "
-                                 f"{MIN_PHENOTYPED}: drop that trait from --columns")
+            raise FlowphenoError(
+                f"{pheno}: column {column} has {present.size} non-missing value(s); GEMMA needs at least "
+                f"{MIN_PHENOTYPED}: drop that trait from --columns"
+            )
         if np.ptp(present) == 0:
-            raise FlowphenoError(f"{pheno}: column {column} is constant ({present[0]:g} for all {present.size}); "
-                                 "it carries no association: drop it from --columns")
+            raise FlowphenoError(
+                f"{pheno}: column {column} is constant ({present[0]:g} for all {present.size}); "
+                "it carries no association: drop it from --columns"
+            )
     complete = int(np.isfinite(values).all(axis=1).sum())
     if len(columns) > 1 and complete < MIN_PHENOTYPED:
-        raise FlowphenoError(f"{pheno}: only {complete} individual(s) have every one of columns "
-                             f"{','.join(map(str, columns))}; the mvLMM needs at least {MIN_PHENOTYPED}: "
-                             "test fewer traits together")
+        raise FlowphenoError(
+            f"{pheno}: only {complete} individual(s) have every one of columns "
+            f"{','.join(map(str, columns))}; the mvLMM needs at least {MIN_PHENOTYPED}: "
+            "test fewer traits together"
+        )
     return values
+
 
 def chromosome_snps(bfile: str | Path, chromosome: str, on: bool) -> list[str]:
     """IDs of the ``.bim`` SNPs on ``chromosome`` (``on``), or on every other chromosome.
@@ -148,8 +167,10 @@ def chromosome_snps(bfile: str | Path, chromosome: str, on: bool) -> list[str]:
         raise FlowphenoError(f"{bim_path}: no SNP on chromosome {chromosome!r}; its chromosomes: {shown}")
     selected = bim.loc[(bim["chrom"] == chromosome) == on, "snp"].tolist()
     if not selected:
-        raise FlowphenoError(f"{bim_path}: every SNP is on chromosome {chromosome!r}; a leave-one-chromosome-out GRM "
-                             "needs SNPs on other chromosomes: compute one GRM from all SNPs (without --loco)")
+        raise FlowphenoError(
+            f"{bim_path}: every SNP is on chromosome {chromosome!r}; a leave-one-chromosome-out GRM "
+            "needs SNPs on other chromosomes: compute one GRM from all SNPs (without --loco)"
+        )
     return selected
 
 
@@ -214,8 +235,21 @@ def gemma_lmm(
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
         scratch_path = Path(scratch)
         command = [
-            gemma, "-bfile", str(prefix), "-k", str(Path(kinship).resolve()), "-p", str(Path(pheno).resolve()),
-            "-n", *map(str, columns), "-lmm", "3", "-o", "assoc", "-outdir", "out",
+            gemma,
+            "-bfile",
+            str(prefix),
+            "-k",
+            str(Path(kinship).resolve()),
+            "-p",
+            str(Path(pheno).resolve()),
+            "-n",
+            *map(str, columns),
+            "-lmm",
+            "3",
+            "-o",
+            "assoc",
+            "-outdir",
+            "out",
         ]
         if covariates is not None:
             command += ["-c", str(Path(covariates).resolve())]
@@ -240,8 +274,8 @@ def gemma_covariate_design(covar: str | Path, fam: str | Path) -> pd.DataFrame:
     Matched on (FID, IID), or IID alone when ``covar`` has no FID. Raises
     :class:`~flowpheno.errors.FlowphenoError` when no individual matches.
     """
-    from flowpheno.io.plink import fam_keys
     from flowpheno.io.phenotypes import aligned_covariates
+    from flowpheno.io.plink import fam_keys
 
     fam_table = read_fam(fam)
     aligned, _, _ = aligned_covariates(covar, fam_keys(fam_table, fam))
@@ -261,17 +295,23 @@ def check_covariate_design(design: pd.DataFrame, usable: np.ndarray, covar: str 
     rows = usable & design.notna().all(axis=1).to_numpy()
     n = int(rows.sum())
     if n < MIN_PHENOTYPED:
-        raise FlowphenoError(f"{covar}: only {n} individual(s) with {what} have every covariate; GEMMA needs at least "
-                             f"{MIN_PHENOTYPED}: fill the covariates or leave --covar out")
+        raise FlowphenoError(
+            f"{covar}: only {n} individual(s) with {what} have every covariate; GEMMA needs at least "
+            f"{MIN_PHENOTYPED}: fill the covariates or leave --covar out"
+        )
     matrix = design.to_numpy()[rows]
     for j, name in enumerate(design.columns[1:], start=1):
         if np.ptp(matrix[:, j]) == 0:
-            raise FlowphenoError(f"{covar}: covariate {name!r} is {matrix[0, j]:g} for all {n} individuals with {what}; "
-                                 "GEMMA would take it for the intercept: remove that column")
+            raise FlowphenoError(
+                f"{covar}: covariate {name!r} is {matrix[0, j]:g} for all {n} individuals with {what}; "
+                "GEMMA would take it for the intercept: remove that column"
+            )
     rank = int(np.linalg.matrix_rank(matrix))
     if rank < matrix.shape[1]:
-        raise FlowphenoError(f"{covar}: the covariates are collinear among the {n} individuals with {what} (rank {rank} "
-                             f"of {matrix.shape[1]} columns with the intercept): remove a redundant column")
+        raise FlowphenoError(
+            f"{covar}: the covariates are collinear among the {n} individuals with {what} (rank {rank} "
+            f"of {matrix.shape[1]} columns with the intercept): remove a redundant column"
+        )
     return n
 
 
@@ -340,9 +380,13 @@ def min_p_over_traits(per_trait: list[pd.DataFrame], snp_order: list[str] | None
     positions = positions[~positions.index.duplicated()].reindex(order)
     p_values = np.column_stack([frame["P"].reindex(order).to_numpy(dtype=float) for frame in frames])
     tested = np.isfinite(p_values).sum(axis=1)
-    merged = pd.DataFrame({"SNP": order.to_numpy(), "CHR": positions["CHR"].to_numpy(), "BP": positions["BP"].to_numpy()})
+    merged = pd.DataFrame(
+        {"SNP": order.to_numpy(), "CHR": positions["CHR"].to_numpy(), "BP": positions["BP"].to_numpy()}
+    )
     with np.errstate(invalid="ignore"):
-        smallest = np.where(tested > 0, np.fmin.reduce(np.where(np.isfinite(p_values), p_values, np.inf), axis=1), np.nan)
+        smallest = np.where(
+            tested > 0, np.fmin.reduce(np.where(np.isfinite(p_values), p_values, np.inf), axis=1), np.nan
+        )
     merged["P"] = np.minimum(smallest * tested, 1.0)
     merged["TRAITS_TESTED"] = tested
     for j in range(p_values.shape[1]):
@@ -372,29 +416,40 @@ def gather_chromosomes(parts: list[str | Path], bfile: str | Path) -> pd.DataFra
         table = pd.read_csv(part, sep="\t", dtype={"SNP": str, "CHR": str})
         missing = [column for column in ("SNP", "CHR", "BP", "P") if column not in table.columns]
         if missing:
-            raise FlowphenoError(f"{part}: no column {', '.join(missing)}; give the tables written by flowpheno gwas assoc --chr")
+            raise FlowphenoError(
+                f"{part}: no column {', '.join(missing)}; give the tables written by flowpheno gwas assoc --chr"
+            )
         if table.empty:
             empty.append(table)
             continue
         codes = list(dict.fromkeys(table["CHR"]))
         if len(codes) != 1:
-            raise FlowphenoError(f"{part}: SNPs on chromosomes {', '.join(codes[:5])}; give one table per chromosome "
-                                 "(flowpheno gwas assoc --chr)")
+            raise FlowphenoError(
+                f"{part}: SNPs on chromosomes {', '.join(codes[:5])}; give one table per chromosome "
+                "(flowpheno gwas assoc --chr)"
+            )
         if codes[0] in tables:
             raise FlowphenoError(f"{part}: chromosome {codes[0]!r} is given twice; give each chromosome's table once")
         unknown = ~table["SNP"].isin(known)
         if unknown.any():
-            raise FlowphenoError(f"{part}: SNP {table['SNP'][unknown].iloc[0]!r} is not in {bim_path}; gather the tables "
-                                 "of this fileset")
+            raise FlowphenoError(
+                f"{part}: SNP {table['SNP'][unknown].iloc[0]!r} is not in {bim_path}; gather the tables of this fileset"
+            )
         tables[codes[0]] = table
     if len(tables) + len(empty) != len(chromosomes) or not set(tables) <= set(chromosomes):
         absent = [code for code in chromosomes if code not in tables]
-        raise FlowphenoError(f"{len(parts)} tables for the {len(chromosomes)} chromosomes of {bim_path}; give one per "
-                             f"chromosome (without results: {', '.join(absent[:10])})")
+        raise FlowphenoError(
+            f"{len(parts)} tables for the {len(chromosomes)} chromosomes of {bim_path}; give one per "
+            f"chromosome (without results: {', '.join(absent[:10])})"
+        )
     if not tables:
-        raise FlowphenoError(f"no SNP was tested on any chromosome of {bim_path}; check the GEMMA logs beside the tables")
+        raise FlowphenoError(
+            f"no SNP was tested on any chromosome of {bim_path}; check the GEMMA logs beside the tables"
+        )
     gathered = pd.concat([tables[code] for code in chromosomes if code in tables], ignore_index=True)
     repeated = gathered["SNP"].duplicated()
     if repeated.any():
-        raise FlowphenoError(f"SNP {gathered['SNP'][repeated].iloc[0]!r} is in two tables; give each chromosome's table once")
+        raise FlowphenoError(
+            f"SNP {gathered['SNP'][repeated].iloc[0]!r} is in two tables; give each chromosome's table once"
+        )
     return gathered

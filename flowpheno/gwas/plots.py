@@ -14,7 +14,6 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from flowpheno.gwas.evaluate import lambda_gc  # noqa: E402
 
-
 _NAMED_CHROMOSOMES = {"X": 23, "Y": 24, "XY": 25, "MT": 26, "M": 26}
 
 
@@ -33,7 +32,9 @@ def chromosome_order(values: pd.Series) -> pd.Series:
     key = pd.to_numeric(bare, errors="coerce")
     key = key.fillna(bare.str.upper().map(_NAMED_CHROMOSOMES))
     others = names[key.isna()].unique()
-    natural = sorted(others, key=lambda name: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)])
+    natural = sorted(
+        others, key=lambda name: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    )
     rank = {name: 100_000 + i for i, name in enumerate(natural)}
     return key.fillna(names.map(rank)).astype(float)
 
@@ -61,8 +62,14 @@ def manhattan(assoc: pd.DataFrame, threshold: float, title: str, truth: pd.DataF
     axis.axhline(-np.log10(threshold), color="#c44e52", lw=0.8, ls="--", label=f"threshold {threshold:.2g}")
     if truth is not None and len(truth):
         causal = table[table["SNP"].isin(truth["snp"])]
-        axis.scatter(x[causal.index], -np.log10(causal["P"].clip(lower=1e-300)), s=18, facecolors="none",
-                     edgecolors="#dd8452", label="causal SNP")
+        axis.scatter(
+            x[causal.index],
+            -np.log10(causal["P"].clip(lower=1e-300)),
+            s=18,
+            facecolors="none",
+            edgecolors="#dd8452",
+            label="causal SNP",
+        )
     axis.set_xticks(ticks, labels, fontsize=7)
     axis.set_xlabel("chromosome")
     axis.set_ylabel("-log10 p")

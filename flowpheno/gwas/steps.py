@@ -28,12 +28,18 @@ from flowpheno.gwas.plots import manhattan, qq
 from flowpheno.io.atomic import StagedDirectory, atomic_path, check_no_clobber, write_errors
 from flowpheno.io.ids import FID_GIVEN
 from flowpheno.io.outputs import write_phenotypes
-from flowpheno.io.plink import plink_prefix, read_bim, read_fam
 from flowpheno.io.phenotypes import Phenotypes, read_phenotypes
+from flowpheno.io.plink import plink_prefix, read_bim, read_fam
 
 
-def write_rint_phenotypes(pheno: str | Path, out: str | Path, fam: str | Path, covar: str | Path | None = None,
-                          traits: list[str] | None = None, rank: bool = True) -> pd.DataFrame:
+def write_rint_phenotypes(
+    pheno: str | Path,
+    out: str | Path,
+    fam: str | Path,
+    covar: str | Path | None = None,
+    traits: list[str] | None = None,
+    rank: bool = True,
+) -> pd.DataFrame:
     """Rank-inverse-normal traits after covariates, as a GEMMA ``-p`` file in ``.fam`` order.
 
     With ``rank=False`` the covariate residuals are written as they are (no rank step:
@@ -61,11 +67,15 @@ def check_rint_traits(phenotypes: Phenotypes, pheno: str | Path, covar: str | Pa
     for j, trait in enumerate(phenotypes.traits):
         present = phenotypes.values[usable & np.isfinite(phenotypes.values[:, j]), j]
         if present.size < MIN_PHENOTYPED:
-            raise FlowphenoError(f"{pheno}: trait {trait!r} has {present.size} value(s){where}; GEMMA needs at least "
-                                 f"{MIN_PHENOTYPED}: leave it out of --traits")
+            raise FlowphenoError(
+                f"{pheno}: trait {trait!r} has {present.size} value(s){where}; GEMMA needs at least "
+                f"{MIN_PHENOTYPED}: leave it out of --traits"
+            )
         if np.ptp(present) == 0:
-            raise FlowphenoError(f"{pheno}: trait {trait!r} is {present[0]:g} for all {present.size} individuals{where}; "
-                                 "it carries no association: leave it out of --traits")
+            raise FlowphenoError(
+                f"{pheno}: trait {trait!r} is {present[0]:g} for all {present.size} individuals{where}; "
+                "it carries no association: leave it out of --traits"
+            )
 
 
 def covariates_path(out: str | Path) -> Path:
@@ -74,8 +84,16 @@ def covariates_path(out: str | Path) -> Path:
     return out.with_name(f"{out.stem}.covariates.txt")
 
 
-def association(bfile: str | Path, kinship: str | Path, pheno: str | Path, columns: list[int], out: str | Path,
-                per_trait: bool = False, covar: str | Path | None = None, chromosome: str | None = None) -> pd.DataFrame:
+def association(
+    bfile: str | Path,
+    kinship: str | Path,
+    pheno: str | Path,
+    columns: list[int],
+    out: str | Path,
+    per_trait: bool = False,
+    covar: str | Path | None = None,
+    chromosome: str | None = None,
+) -> pd.DataFrame:
     """One mvLMM over ``columns``, or (``per_trait``) one LMM per column combined by min p x d;
     over every SNP, or only those on ``chromosome`` (a ``.bim`` code: LOCO runs).
 
@@ -112,7 +130,9 @@ def association(bfile: str | Path, kinship: str | Path, pheno: str | Path, colum
             try:
                 for column in columns:
                     written.append(out.with_name(f"{out.stem}.trait{column}.assoc.txt"))
-                    tables.append(gemma_lmm(bfile, kinship, pheno, [column], written[-1], chromosome=chromosome, **adjust))
+                    tables.append(
+                        gemma_lmm(bfile, kinship, pheno, [column], written[-1], chromosome=chromosome, **adjust)
+                    )
             except BaseException:  # no set of per-trait files that a later trait failed to join
                 for path in written:
                     path.unlink(missing_ok=True)
@@ -120,7 +140,15 @@ def association(bfile: str | Path, kinship: str | Path, pheno: str | Path, colum
             result = min_p_over_traits(tables, read_bim(f"{plink_prefix(bfile)}.bim")["snp"].tolist())
             result.attrs["n_per_trait"] = counts
         else:
-            result = gemma_lmm(bfile, kinship, pheno, columns, out.with_name(f"{out.stem}.gemma.assoc.txt"), chromosome=chromosome, **adjust)
+            result = gemma_lmm(
+                bfile,
+                kinship,
+                pheno,
+                columns,
+                out.with_name(f"{out.stem}.gemma.assoc.txt"),
+                chromosome=chromosome,
+                **adjust,
+            )
             result.attrs["n_analysed"] = counts[0]
     except BaseException:  # GEMMA failed: no -c file without the table it was written for
         if covariate_file is not None:
@@ -151,11 +179,15 @@ def read_assoc(path: str | Path) -> pd.DataFrame:
         size = handle.tell()
         handle.seek(max(size - 1, 0))
         if size and handle.read(1) != b"\n":
-            raise FlowphenoError(f"{path}: the last line is cut (no newline at the end: a truncated file?); rerun flowpheno gwas assoc")
+            raise FlowphenoError(
+                f"{path}: the last line is cut (no newline at the end: a truncated file?); rerun flowpheno gwas assoc"
+            )
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
-        raise FlowphenoError(f"{path}: not a tab-separated association table ({' '.join(str(error).split())})") from None
+        raise FlowphenoError(
+            f"{path}: not a tab-separated association table ({' '.join(str(error).split())})"
+        ) from None
     missing = [column for column in ASSOC_COLUMNS if column not in table.columns]
     if missing:
         raise FlowphenoError(
@@ -165,7 +197,9 @@ def read_assoc(path: str | Path) -> pd.DataFrame:
     short = (table[list(ASSOC_COLUMNS)] == "").any(axis=1).to_numpy()
     if short.any():
         line = int(np.flatnonzero(short)[0]) + 2
-        raise FlowphenoError(f"{path}, line {line}: a field is empty (a truncated or edited file?); rerun flowpheno gwas assoc")
+        raise FlowphenoError(
+            f"{path}, line {line}: a field is empty (a truncated or edited file?); rerun flowpheno gwas assoc"
+        )
     p_text = table["P"].str.strip()
     is_missing = p_text.isin(["NA", "nan", "NaN"])
     p_values = pd.to_numeric(p_text.where(~is_missing), errors="coerce")
@@ -196,12 +230,15 @@ def read_truth(path: str | Path) -> pd.DataFrame:
     truth = pd.read_csv(path, sep="\t", dtype={"snp": str, "chrom": str})
     missing = [column for column in ("snp", "chrom", "pos") if column not in truth.columns]
     if missing:
-        raise FlowphenoError(f"{path}: no column {', '.join(missing)}; give the truth.tsv written by flowpheno simulate")
+        raise FlowphenoError(
+            f"{path}: no column {', '.join(missing)}; give the truth.tsv written by flowpheno simulate"
+        )
     return truth
 
 
-def analysed_individuals(bfile: str | Path, pheno: str | Path, columns: list[int], test: str,
-                         covar: str | Path | None = None) -> dict[str, Any]:
+def analysed_individuals(
+    bfile: str | Path, pheno: str | Path, columns: list[int], test: str, covar: str | Path | None = None
+) -> dict[str, Any]:
     """How many individuals GEMMA analysed: those with every tested phenotype of the ``-p``
     file ``pheno`` (the mvLMM keeps complete rows over ``columns``; a per-trait LMM the
     rows with its own column) and, with ``covar`` (the file given to ``gwas assoc --covar``),
@@ -212,7 +249,9 @@ def analysed_individuals(bfile: str | Path, pheno: str | Path, columns: list[int
     :class:`~flowpheno.errors.FlowphenoError` (a bad ``-p`` file, ``test`` unknown).
     """
     if test not in TESTS:
-        raise FlowphenoError(f"--test {test!r}: choose mvlmm (one mvLMM over --columns) or per-trait (gwas assoc --per-trait)")
+        raise FlowphenoError(
+            f"--test {test!r}: choose mvlmm (one mvLMM over --columns) or per-trait (gwas assoc --per-trait)"
+        )
     fam = f"{plink_prefix(bfile)}.fam"
     values = check_gemma_phenotypes(pheno, columns, len(read_fam(fam)))
     present = np.isfinite(values)
@@ -223,14 +262,20 @@ def analysed_individuals(bfile: str | Path, pheno: str | Path, columns: list[int
     return {"n": int(present.any(axis=1).sum()), "n_per_trait": [int(k) for k in present.sum(axis=0)]}
 
 
-def _check_test_matches(assoc: pd.DataFrame, assoc_path: str | Path, test: str | None, columns: list[int] | None) -> None:
+def _check_test_matches(
+    assoc: pd.DataFrame, assoc_path: str | Path, test: str | None, columns: list[int] | None
+) -> None:
     """A per-trait table (``P_1 .. P_d``) evaluated as one, with as many columns as tested; an mvLMM table without them."""
     per_trait = [column for column in assoc.columns if column.startswith("P_")]
     if test == "mvlmm" and per_trait:
-        raise FlowphenoError(f"{assoc_path}: a per-trait table (columns {', '.join(per_trait[:4])}); evaluate it with --test per-trait")
+        raise FlowphenoError(
+            f"{assoc_path}: a per-trait table (columns {', '.join(per_trait[:4])}); evaluate it with --test per-trait"
+        )
     if test == "per-trait" and len(per_trait) != len(columns or []):
-        raise FlowphenoError(f"{assoc_path}: {len(per_trait)} per-trait p-value column(s) (P_1 ..) for {len(columns or [])} "
-                             "--columns; give the table of flowpheno gwas assoc --per-trait over the same columns")
+        raise FlowphenoError(
+            f"{assoc_path}: {len(per_trait)} per-trait p-value column(s) (P_1 ..) for {len(columns or [])} "
+            "--columns; give the table of flowpheno gwas assoc --per-trait over the same columns"
+        )
 
 
 def evaluate_method(
@@ -268,31 +313,63 @@ def evaluate_method(
     given = {"--pheno": pheno, "--columns": columns, "--test": test}
     if any(value is not None for value in given.values()) and not all(value is not None for value in given.values()):
         missing = ", ".join(option for option, value in given.items() if value is None)
-        raise FlowphenoError(f"{missing}: --pheno, --columns and --test go together (the GEMMA -p file, its tested columns "
-                             "and mvlmm or per-trait); give all three, or none for a 1-df lambda GC without n")
+        raise FlowphenoError(
+            f"{missing}: --pheno, --columns and --test go together (the GEMMA -p file, its tested columns "
+            "and mvlmm or per-trait); give all three, or none for a 1-df lambda GC without n"
+        )
     if covar is not None and test is None:
-        raise FlowphenoError("--covar counts the individuals GEMMA analysed: give it with --pheno, --columns and --test")
-    staged = StagedDirectory(out_dir, "gwas evaluate", {"--assoc": assoc_path, "--truth": truth_path, "--pheno": pheno, "--covar": covar,
-                                                         "--bfile": [f"{plink_prefix(bfile)}{s}" for s in (".bed", ".bim", ".fam")]},
-                             overwrite=overwrite, legacy=EVALUATION_FILES, option="--out-dir")
+        raise FlowphenoError(
+            "--covar counts the individuals GEMMA analysed: give it with --pheno, --columns and --test"
+        )
+    staged = StagedDirectory(
+        out_dir,
+        "gwas evaluate",
+        {
+            "--assoc": assoc_path,
+            "--truth": truth_path,
+            "--pheno": pheno,
+            "--covar": covar,
+            "--bfile": [f"{plink_prefix(bfile)}{s}" for s in (".bed", ".bim", ".fam")],
+        },
+        overwrite=overwrite,
+        legacy=EVALUATION_FILES,
+        option="--out-dir",
+    )
     with staged:
         assoc = read_assoc(assoc_path)
         truth = read_truth(truth_path) if truth_path else None
         counted: dict[str, Any] = {}
         if test is not None:
             _check_test_matches(assoc, assoc_path, test, columns)
-            counted = {"test": test, "columns": list(columns or []), **analysed_individuals(bfile, pheno, columns, test, covar)}
+            counted = {
+                "test": test,
+                "columns": list(columns or []),
+                **analysed_individuals(bfile, pheno, columns, test, covar),
+            }
         spans = None
         if truth is not None:
-            bim = pd.read_csv(f"{plink_prefix(bfile)}.bim", sep=r"\s+", header=None, usecols=[0, 3], names=["chrom", "pos"],
-                              dtype={"chrom": str})
+            bim = pd.read_csv(
+                f"{plink_prefix(bfile)}.bim",
+                sep=r"\s+",
+                header=None,
+                usecols=[0, 3],
+                names=["chrom", "pos"],
+                dtype={"chrom": str},
+            )
             spans = genome_spans(bim)
         tmp = staged.path
         p1 = genome_wide_threshold(threshold, int(assoc["P"].notna().sum()), alpha)
         loci = clump(bfile, assoc, p1, r2=r2, kb=kb, log=tmp / "clump.log")
-        counts, is_true = summarise(loci, assoc, truth, window_kb, test=test, d=len(columns) if columns else None,
-                                    spans=spans, near_kb=kb)
-        summary: dict[str, Any] = {"method": name, "threshold": p1, "snps_tested": int(assoc["P"].notna().sum()), **counted, **counts}
+        counts, is_true = summarise(
+            loci, assoc, truth, window_kb, test=test, d=len(columns) if columns else None, spans=spans, near_kb=kb
+        )
+        summary: dict[str, Any] = {
+            "method": name,
+            "threshold": p1,
+            "snps_tested": int(assoc["P"].notna().sum()),
+            **counted,
+            **counts,
+        }
         if is_true is not None:
             loci = loci.assign(true_locus=is_true.to_numpy())
         with write_errors(out_dir, "--out-dir"):
@@ -374,7 +451,9 @@ def _fit_cell(evaluation_dir: Path) -> str:
         parts = [f"s2 {s2:.3f}" if isinstance(s2, (int, float)) else "iid"]
         if scored:
             best = min(scored, key=lambda record: record["val_nll"])
-            stages = max((record.get("stage") for record in epochs if isinstance(record.get("stage"), int)), default=None)
+            stages = max(
+                (record.get("stage") for record in epochs if isinstance(record.get("stage"), int)), default=None
+            )
             where = f" (stage {best['stage']} of {stages})" if isinstance(best.get("stage"), int) and stages else ""
             parts.append(f"kept epoch {best['epoch']} of {len(epochs)}{where}")
         elif epochs:
@@ -382,6 +461,8 @@ def _fit_cell(evaluation_dir: Path) -> str:
         return "; ".join(parts)
     except (ValueError, TypeError, AttributeError, KeyError):
         return "fit.json unreadable"
+
+
 REPORT_MARK = "<!-- written by flowpheno gwas report -->"
 """Last line of every ``report.md``: an existing report without it is not replaced."""
 
@@ -389,7 +470,9 @@ REPORT_MARK = "<!-- written by flowpheno gwas report -->"
 def _read_loci(path: Path, expected: int) -> pd.DataFrame:
     """A ``loci.tsv`` of ``gwas evaluate``: whole lines, the columns it writes, ``expected`` rows."""
     if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-        raise FlowphenoError(f"{path}: the last line is cut (a truncated file?); rerun flowpheno gwas evaluate for that folder")
+        raise FlowphenoError(
+            f"{path}: the last line is cut (a truncated file?); rerun flowpheno gwas evaluate for that folder"
+        )
     table = pd.read_csv(path, sep="\t", dtype={"CHR": str, "SNP": str})
     missing = [column for column in ("CHR", "SNP", "BP", "P", "method") if column not in table.columns]
     if missing or len(table) != expected or table[["CHR", "SNP", "BP", "P"]].isna().any().any():
@@ -400,8 +483,12 @@ def _read_loci(path: Path, expected: int) -> pd.DataFrame:
     return table
 
 
-def write_report(method_dirs: list[str | Path], out_dir: str | Path, title: str = "flowpheno GWAS comparison",
-                 overwrite: bool = False) -> pd.DataFrame:
+def write_report(
+    method_dirs: list[str | Path],
+    out_dir: str | Path,
+    title: str = "flowpheno GWAS comparison",
+    overwrite: bool = False,
+) -> pd.DataFrame:
     """``loci.tsv`` (every locus of every method) and ``report.md`` (one row per method: n
     analysed, loci, true/false loci, power, FDP, lambda GC with its degrees of freedom, the
     flow's fit (s2, kept epoch) from ``run/fit.json`` beside each evaluation folder, and,
@@ -416,7 +503,9 @@ def write_report(method_dirs: list[str | Path], out_dir: str | Path, title: str 
     check_no_clobber([out_dir / "report.md", out_dir / "loci.tsv"], overwrite)
     report_path = out_dir / "report.md"
     if report_path.is_file() and REPORT_MARK not in report_path.read_text(errors="replace"):
-        raise FlowphenoError(f"--out-dir: {report_path} was not written by flowpheno gwas report; it is never replaced: choose another folder")
+        raise FlowphenoError(
+            f"--out-dir: {report_path} was not written by flowpheno gwas report; it is never replaced: choose another folder"
+        )
     seen: set[Path] = set()
     for directory in map(Path, method_dirs):
         if directory.resolve() in seen:
@@ -424,24 +513,34 @@ def write_report(method_dirs: list[str | Path], out_dir: str | Path, title: str 
         seen.add(directory.resolve())
         for name in ("summary.json", "loci.tsv"):
             if not (directory / name).is_file():
-                raise FlowphenoError(f"{directory}: no {name}; give folders written by flowpheno gwas evaluate --out-dir")
+                raise FlowphenoError(
+                    f"{directory}: no {name}; give folders written by flowpheno gwas evaluate --out-dir"
+                )
     summaries, loci = [], []
     for directory in map(Path, method_dirs):
         try:
             summary = json.loads((directory / "summary.json").read_text())
         except ValueError:
-            raise FlowphenoError(f"{directory}/summary.json: not valid JSON (a truncated file?); rerun flowpheno gwas evaluate") from None
+            raise FlowphenoError(
+                f"{directory}/summary.json: not valid JSON (a truncated file?); rerun flowpheno gwas evaluate"
+            ) from None
         missing = [key for key in SUMMARY_KEYS if not isinstance(summary, dict) or key not in summary]
         if missing:
-            raise FlowphenoError(f"{directory}/summary.json: no {', '.join(missing)}; rerun flowpheno gwas evaluate for that folder")
+            raise FlowphenoError(
+                f"{directory}/summary.json: no {', '.join(missing)}; rerun flowpheno gwas evaluate for that folder"
+            )
         summaries.append(summary | {"dir": directory})
         loci.append(_read_loci(directory / "loci.tsv", int(summary["loci"])))
     table = pd.DataFrame(summaries)
     has_truth = "true_loci" in table.columns
     gaps = _gap_shares(summaries) if has_truth else {}
-    header = ("| method | n | loci | " + ("true | false | power | FDP | " if has_truth else "")
-              + "lambda GC [1] | fit [2] | " + ("single -> oracle gap closed [3] | " if gaps else "")
-              + "threshold | SNPs tested | plots |")
+    header = (
+        "| method | n | loci | "
+        + ("true | false | power | FDP | " if has_truth else "")
+        + "lambda GC [1] | fit [2] | "
+        + ("single -> oracle gap closed [3] | " if gaps else "")
+        + "threshold | SNPs tested | plots |"
+    )
     lines = [f"# {title}", "", "Loci are PLINK 1.9 clumps of SNPs below each method's threshold.", ""]
     if has_truth:
         lines += [_truth_line(summaries), ""]
@@ -451,35 +550,54 @@ def write_report(method_dirs: list[str | Path], out_dir: str | Path, title: str 
         cells = [str(summary["method"]), _n_cell(summary), str(summary["loci"])]
         if has_truth:
             power = summary.get("power")
-            cells += [str(summary.get("true_loci", "-")), str(summary.get("false_loci", "-")),
-                      f"{power:.2f}" if isinstance(power, (int, float)) else "-",
-                      f"{summary['fdp']:.2f}" if isinstance(summary.get("fdp"), (int, float)) else "-"]
+            cells += [
+                str(summary.get("true_loci", "-")),
+                str(summary.get("false_loci", "-")),
+                f"{power:.2f}" if isinstance(power, (int, float)) else "-",
+                f"{summary['fdp']:.2f}" if isinstance(summary.get("fdp"), (int, float)) else "-",
+            ]
         cells += [_lambda_cell(summary), _fit_cell(Path(row["dir"]))]
         if gaps:
             share = gaps.get(position)
             cells.append("-" if share is None else f"{share[0] / share[1]:.0%} ({share[0]:+d} of {share[1]} loci)")
-        relative = Path(os.path.relpath(Path(row["dir"]).resolve(), out_dir.resolve()))  # links work from report.md's folder
-        cells += [f"{summary['threshold']:.2g}", str(summary["snps_tested"]),
-                  f"[Manhattan]({relative}/manhattan.png), [QQ]({relative}/qq.png)"]
+        relative = Path(
+            os.path.relpath(Path(row["dir"]).resolve(), out_dir.resolve())
+        )  # links work from report.md's folder
+        cells += [
+            f"{summary['threshold']:.2g}",
+            str(summary["snps_tested"]),
+            f"[Manhattan]({relative}/manhattan.png), [QQ]({relative}/qq.png)",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "n: individuals GEMMA analysed (the mvLMM keeps only individuals with every tested trait and covariate; "
-              "`single`: individuals in at least one per-trait test, the per-trait range in brackets); - where the evaluation "
-              "was not given the tested phenotype file (gwas evaluate --pheno --columns --test).",
-              "", "[1] lambda GC: median of the chi-square quantiles of the p-values with the test's own degrees of freedom, "
-              "over that distribution's median: for an mvLMM over d traits a chi-square with d df (written `d df`); for "
-              "`single` the mean of the per-trait univariate tests' 1-df lambdas (its min p x d combination has no chi-square "
-              "null of its own and is conservative by construction). `1 df?`: the test was not recorded and P was read as 1 df, "
-              "which exaggerates any deviation of a d-df test from 1.",
-              "", "[2] fit: the flow's s2 (share of latent variance explained by kinship; `iid`: none) and the kept epoch "
-              "(lowest validation NLL) of all epochs run, from `run/fit.json` beside the evaluation folder."]
+    lines += [
+        "",
+        "n: individuals GEMMA analysed (the mvLMM keeps only individuals with every tested trait and covariate; "
+        "`single`: individuals in at least one per-trait test, the per-trait range in brackets); - where the evaluation "
+        "was not given the tested phenotype file (gwas evaluate --pheno --columns --test).",
+        "",
+        "[1] lambda GC: median of the chi-square quantiles of the p-values with the test's own degrees of freedom, "
+        "over that distribution's median: for an mvLMM over d traits a chi-square with d df (written `d df`); for "
+        "`single` the mean of the per-trait univariate tests' 1-df lambdas (its min p x d combination has no chi-square "
+        "null of its own and is conservative by construction). `1 df?`: the test was not recorded and P was read as 1 df, "
+        "which exaggerates any deviation of a d-df test from 1.",
+        "",
+        "[2] fit: the flow's s2 (share of latent variance explained by kinship; `iid`: none) and the kept epoch "
+        "(lowest validation NLL) of all epochs run, from `run/fit.json` beside the evaluation folder.",
+    ]
     if gaps:
-        lines += ["", "[3] (true loci - true loci of `single`) / (true loci of `oracle` - true loci of `single`) in the same "
-                  "trait group: the share of the way from per-trait RINT to the simulator's own inverse map (in brackets: the true loci "
-                  "gained over `single` and the gap; a gap of a few loci makes the share coarse). True loci only: read it "
-                  "beside the false loci and FDP."]
+        lines += [
+            "",
+            "[3] (true loci - true loci of `single`) / (true loci of `oracle` - true loci of `single`) in the same "
+            "trait group: the share of the way from per-trait RINT to the simulator's own inverse map (in brackets: the true loci "
+            "gained over `single` and the gap; a gap of a few loci makes the share coarse). True loci only: read it "
+            "beside the false loci and FDP.",
+        ]
     if has_truth:
-        lines += ["", "True locus: index SNP within the truth window of a causal SNP. Power: share of causal SNPs with a locus nearby. "
-                  "FDP: false loci / loci."]
+        lines += [
+            "",
+            "True locus: index SNP within the truth window of a causal SNP. Power: share of causal SNPs with a locus nearby. "
+            "FDP: false loci / loci.",
+        ]
     lines += ["", REPORT_MARK]
     found = [frame for frame in loci if len(frame)]
     combined = pd.concat(found, ignore_index=True) if found else loci[0].iloc[:0]

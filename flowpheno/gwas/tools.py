@@ -24,7 +24,9 @@ def require(tool: str) -> str:
         found = shutil.which(name)
         if found:
             return found
-    raise FlowphenoError(f"{tool} not found on PATH: install the Debian package {PACKAGES.get(tool, tool)} (apt-get install {PACKAGES.get(tool, tool)})")
+    raise FlowphenoError(
+        f"{tool} not found on PATH: install the Debian package {PACKAGES.get(tool, tool)} (apt-get install {PACKAGES.get(tool, tool)})"
+    )
 
 
 def run_logged(command: list[str], log: Path, cwd: Path | None = None, tail_lines: int = 15) -> None:

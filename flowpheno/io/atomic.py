@@ -146,12 +146,14 @@ def clean_leftovers(target: str | Path) -> list[Path]:
             continue
         if not (name.startswith(start) and name.endswith(".tmp")):
             continue
-        middle = name[len(start):-len(".tmp")]
+        middle = name[len(start) : -len(".tmp")]
         match = re.fullmatch(r"(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)(\.[A-Za-z0-9_.]+)?", middle)
         if match is None:
             if re.fullmatch(r"[a-z0-9_]{8}", middle):
-                warn(f"{entry} ({_size(entry) / 1e6:.1f} MB) is a leftover of an interrupted run; "
-                     "delete it if no flowpheno run is writing there")
+                warn(
+                    f"{entry} ({_size(entry) / 1e6:.1f} MB) is a leftover of an interrupted run; "
+                    "delete it if no flowpheno run is writing there"
+                )
             continue
         host, pid = match["host"], int(match["pid"])
         if host != _host():
@@ -168,7 +170,9 @@ def clean_leftovers(target: str | Path) -> list[Path]:
                 warn(f"could not remove {entry}, a leftover of an interrupted run: {error.strerror}")
                 continue
             removed.append(entry)
-            warn(f"removed {entry} ({size / 1e6:.1f} MB), left by an interrupted flowpheno run (process {pid} has ended)")
+            warn(
+                f"removed {entry} ({size / 1e6:.1f} MB), left by an interrupted flowpheno run (process {pid} has ended)"
+            )
     return removed
 
 
@@ -196,7 +200,9 @@ def _check_not_under_file(out: Path, option: str) -> None:
     for ancestor in Path(os.path.abspath(out)).parents:
         if ancestor.exists():
             if not ancestor.is_dir():
-                raise FlowphenoError(f"{option} {out}: {ancestor} is a file, not a folder; choose an {option} outside it")
+                raise FlowphenoError(
+                    f"{option} {out}: {ancestor} is a file, not a folder; choose an {option} outside it"
+                )
             return
 
 
@@ -210,7 +216,9 @@ def check_disjoint(out: str | Path, inputs: Inputs, option: str = "--out") -> No
     for name, path in _input_paths(inputs):
         source = path.resolve()
         if _same(out, path):
-            raise FlowphenoError(f"{option} {out} is the {name} input {path}: writing there would destroy it; choose another {option}")
+            raise FlowphenoError(
+                f"{option} {out} is the {name} input {path}: writing there would destroy it; choose another {option}"
+            )
         if resolved in source.parents:
             raise FlowphenoError(f"{option} {out} contains the {name} input {path}: choose a new folder for {option}")
         if source in resolved.parents and source.is_dir():
@@ -223,7 +231,9 @@ def _probe(directory: Path, target: Path, option: str) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=directory))
 
 
-def check_file_output(out: str | Path, inputs: Inputs | None = None, option: str = "--out", overwrite: bool = False) -> Path:
+def check_file_output(
+    out: str | Path, inputs: Inputs | None = None, option: str = "--out", overwrite: bool = False
+) -> Path:
     """Check a single-file output before any work: not an input, not inside an input folder,
     not an existing folder, not under a file, not an existing file unless ``overwrite``
     (it may be the user's own), and its folder (or nearest existing ancestor) writable.
@@ -333,7 +343,9 @@ def _check_place(out: Path, inputs: Inputs, option: str) -> None:
     resolved = out.resolve()
     here = Path.cwd().resolve()
     if resolved == here or resolved in here.parents:
-        raise FlowphenoError(f"{option} {out} is the current folder or holds it; name a new folder, e.g. {option} {out / 'run'}")
+        raise FlowphenoError(
+            f"{option} {out} is the current folder or holds it; name a new folder, e.g. {option} {out / 'run'}"
+        )
     check_disjoint(out, inputs, option)
     if out.is_symlink():
         raise FlowphenoError(f"{option} {out} is a symbolic link; give the path of a real folder")
@@ -341,8 +353,9 @@ def _check_place(out: Path, inputs: Inputs, option: str) -> None:
         raise FlowphenoError(f"{option} {out} is an existing file; a folder is wanted: choose a new path")
 
 
-def _check_run_folder(out: Path, inputs: Inputs, overwrite: bool, legacy: Iterable[str], option: str,
-                      command: str | None = None) -> None:
+def _check_run_folder(
+    out: Path, inputs: Inputs, overwrite: bool, legacy: Iterable[str], option: str, command: str | None = None
+) -> None:
     _check_place(out, inputs, option)
     if not out.exists() or not any(out.iterdir()):
         return
@@ -364,7 +377,9 @@ def _check_run_folder(out: Path, inputs: Inputs, overwrite: bool, legacy: Iterab
             f"move those out or choose another {option}"
         )
     if not overwrite:
-        raise FlowphenoError(f"{option} {out} holds an earlier flowpheno run; pass --overwrite to replace it, or choose another {option}")
+        raise FlowphenoError(
+            f"{option} {out} holds an earlier flowpheno run; pass --overwrite to replace it, or choose another {option}"
+        )
 
 
 class StagedDirectory:
@@ -375,8 +390,15 @@ class StagedDirectory:
     interruption) removes the temporary folder and any parent folder it created.
     """
 
-    def __init__(self, target: str | Path, command: str, inputs: Inputs | None = None, overwrite: bool = False,
-                 legacy: Iterable[str] = (), option: str = "--out") -> None:
+    def __init__(
+        self,
+        target: str | Path,
+        command: str,
+        inputs: Inputs | None = None,
+        overwrite: bool = False,
+        legacy: Iterable[str] = (),
+        option: str = "--out",
+    ) -> None:
         self.target = Path(target)
         self.command, self.overwrite, self.legacy, self.option = command, overwrite, tuple(legacy), option
         self.inputs: Inputs = inputs or {}
@@ -444,13 +466,16 @@ class StagedDirectory:
     def __enter__(self) -> StagedDirectory:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if not self.committed:
             self.discard()
 
 
-def results_folder(out: str | Path, command: str, inputs: Inputs | None = None, legacy: Iterable[str] = (),
-                   option: str = "--out") -> Path:
+def results_folder(
+    out: str | Path, command: str, inputs: Inputs | None = None, legacy: Iterable[str] = (), option: str = "--out"
+) -> Path:
     """Check and create a folder that a resumable command fills over several calls.
 
     Accepted: a new or empty folder, or one this command wrote (its manifest; or, written
@@ -463,7 +488,9 @@ def results_folder(out: str | Path, command: str, inputs: Inputs | None = None, 
     _check_place(out, inputs or {}, option)
     manifest = _manifest(out) if out.is_dir() else None
     if manifest is not None and manifest.get("command") != command:
-        raise FlowphenoError(f"{option} {out} holds the output of {manifest.get('command')!r}, not of {command!r}; choose another folder")
+        raise FlowphenoError(
+            f"{option} {out} holds the output of {manifest.get('command')!r}, not of {command!r}; choose another folder"
+        )
     if out.is_dir() and any(out.iterdir()) and manifest is None:
         names = sorted(p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp")))
         stray = [n for n in names if not any(re.fullmatch(pattern, n) for pattern in legacy)]
@@ -514,8 +541,13 @@ def atomic_path(target: str | Path, option: str = "--out") -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_directory(target: str | Path, command: str = "flowpheno", inputs: Inputs | None = None,
-                     overwrite: bool = False, legacy: Iterable[str] = ()) -> Iterator[Path]:
+def atomic_directory(
+    target: str | Path,
+    command: str = "flowpheno",
+    inputs: Inputs | None = None,
+    overwrite: bool = False,
+    legacy: Iterable[str] = (),
+) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it becomes ``target``.
 
     ``target`` is checked first (see :class:`StagedDirectory`): an earlier flowpheno run

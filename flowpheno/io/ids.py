@@ -46,7 +46,9 @@ class SampleKeys:
         return f"line {int(self.lines[row])}" if self.lines is not None else f"row {row + 1}"
 
 
-def sample_keys(table: pd.DataFrame, source: str, lines: np.ndarray | None = None, fid: bool | None = None) -> SampleKeys:
+def sample_keys(
+    table: pd.DataFrame, source: str, lines: np.ndarray | None = None, fid: bool | None = None
+) -> SampleKeys:
     """Keys of a table with ``FID`` and ``IID`` columns (text).
 
     ``fid=None`` reads whether the FID column came from the file from
@@ -100,9 +102,12 @@ def check_unique(keys: SampleKeys) -> None:
     same = np.flatnonzero(same)
     places = ", ".join(str(int(keys.lines[i])) if keys.lines is not None else str(i + 1) for i in same)
     label = "lines" if keys.lines is not None else "rows"
-    fix = ("keep one row per individual" if keys.fid is not None else
-           "if these are different individuals of different families, add a FID column (PLINK identifies an individual "
-           "by FID and IID); if they are one individual, keep one row")
+    fix = (
+        "keep one row per individual"
+        if keys.fid is not None
+        else "if these are different individuals of different families, add a FID column (PLINK identifies an individual "
+        "by FID and IID); if they are one individual, keep one row"
+    )
     raise FlowphenoError(f"{keys.source}: {keys.describe(first)} appears more than once ({label} {places}); {fix}")
 
 

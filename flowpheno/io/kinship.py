@@ -44,7 +44,11 @@ class Kinship:
 
     def keys(self) -> SampleKeys:
         """The rows' (FID, IID) keys (IID only without FIDs)."""
-        return SampleKeys(np.asarray(self.ids, dtype=str), None if self.fids is None else np.asarray(self.fids, dtype=str), self.source)
+        return SampleKeys(
+            np.asarray(self.ids, dtype=str),
+            None if self.fids is None else np.asarray(self.fids, dtype=str),
+            self.source,
+        )
 
     def subset(self, ids: np.ndarray) -> np.ndarray:
         """The sub-matrix for IIDs ``ids`` (each must be present, IIDs unique), in that order."""
@@ -74,7 +78,11 @@ class KinshipFactor:
 
     def keys(self) -> SampleKeys:
         """The rows' (FID, IID) keys (IID only without FIDs)."""
-        return SampleKeys(np.asarray(self.ids, dtype=str), None if self.fids is None else np.asarray(self.fids, dtype=str), self.source)
+        return SampleKeys(
+            np.asarray(self.ids, dtype=str),
+            None if self.fids is None else np.asarray(self.fids, dtype=str),
+            self.source,
+        )
 
     def subset(self, ids: np.ndarray) -> np.ndarray:
         """Rows of ``W`` for IIDs ``ids`` (each must be present), in that order."""
@@ -99,17 +107,23 @@ def read_pcs(path: str | Path) -> KinshipFactor:
     from flowpheno.io.tables import numeric_columns, read_table, table_keys
 
     table = read_table(path)
-    columns = [c for c in table.columns if str(c).upper().startswith("PC")] or [c for c in table.columns if c not in ("FID", "IID")]
+    columns = [c for c in table.columns if str(c).upper().startswith("PC")] or [
+        c for c in table.columns if c not in ("FID", "IID")
+    ]
     if len(columns) < 2:
         raise FlowphenoError(f"{path}: need at least two PC columns (PC1, PC2, ...) besides FID and IID")
     values = numeric_columns(table, columns, path, "PC").to_numpy()
     incomplete = ~np.isfinite(values).all(axis=1)
     if incomplete.any():
-        raise FlowphenoError(f"{path}: IID {table['IID'][incomplete].iloc[0]} has missing PC values; remove the row or impute")
+        raise FlowphenoError(
+            f"{path}: IID {table['IID'][incomplete].iloc[0]} has missing PC values; remove the row or impute"
+        )
     centred = values - values.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     if (norms == 0).any():
-        raise FlowphenoError(f"{path}: IID {table['IID'][(norms == 0)[:, 0]].iloc[0]} has identical PC values; its correlation is undefined")
+        raise FlowphenoError(
+            f"{path}: IID {table['IID'][(norms == 0)[:, 0]].iloc[0]} has identical PC values; its correlation is undefined"
+        )
     keys = table_keys(table, path)
     return KinshipFactor(centred / norms, keys.iid, str(path), keys.fid)
 
@@ -215,18 +229,26 @@ def read_kinship(path: str | Path, ids_path: str | Path | None = None) -> Kinshi
         if ids_path is None and Path(name + ".ids").is_file():
             ids_path = name + ".ids"  # written beside it by flowpheno grm --out NAME.txt
         if ids_path is None:
-            raise FlowphenoError(f"{path}: a GEMMA kinship has no IDs; give --grm-ids FILE or --fam FILE in the order GEMMA read them")
+            raise FlowphenoError(
+                f"{path}: a GEMMA kinship has no IDs; give --grm-ids FILE or --fam FILE in the order GEMMA read them"
+            )
         matrix = np.loadtxt(path, ndmin=2)
         ids, fids = _ids_from_file(Path(ids_path))
         if len(ids) != matrix.shape[0]:
-            raise FlowphenoError(f"{path}: {matrix.shape[0]} rows but {ids_path} lists {len(ids)} IDs; use the .fam GEMMA read")
+            raise FlowphenoError(
+                f"{path}: {matrix.shape[0]} rows but {ids_path} lists {len(ids)} IDs; use the .fam GEMMA read"
+            )
     elif any(Path(name + s).exists() for s in (".bed", ".bim", ".fam")) or path.suffix in {".bed", ".bim", ".fam"}:
         prefix = plink_prefix(path)
         matrix, ids, _ = centred_grm(prefix)
         fids = sample_fids(prefix)
     else:
-        raise FlowphenoError(f"{path}: not a kinship file (.npz, GEMMA .cXX.txt/.sXX.txt, GCTA .grm.bin) or PLINK prefix")
-    return validated(Kinship(matrix, np.asarray(ids, dtype=str), name, None if fids is None else np.asarray(fids, dtype=str)))
+        raise FlowphenoError(
+            f"{path}: not a kinship file (.npz, GEMMA .cXX.txt/.sXX.txt, GCTA .grm.bin) or PLINK prefix"
+        )
+    return validated(
+        Kinship(matrix, np.asarray(ids, dtype=str), name, None if fids is None else np.asarray(fids, dtype=str))
+    )
 
 
 NPZ_IDS_HINT = "np.savez(f, K=K, ids=fam.IID.astype(str).to_numpy(), fids=fam.FID.astype(str).to_numpy())"
@@ -240,7 +262,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             if "K" not in archive or "ids" not in archive:
-                raise FlowphenoError(f"{path}: .npz kinship needs arrays 'K' and 'ids' (found: {', '.join(archive.files)})")
+                raise FlowphenoError(
+                    f"{path}: .npz kinship needs arrays 'K' and 'ids' (found: {', '.join(archive.files)})"
+                )
             arrays = {}
             for key in ("K", "ids", "fids"):
                 if key not in archive:
@@ -255,7 +279,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
                         f"save IDs as text: {NPZ_IDS_HINT}"
                     ) from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise FlowphenoError(f"{path}: cannot read as .npz ({type(error).__name__}: {error}); write it with np.savez") from None
+        raise FlowphenoError(
+            f"{path}: cannot read as .npz ({type(error).__name__}: {error}); write it with np.savez"
+        ) from None
     try:
         matrix = arrays["K"].astype(np.float64)
     except (TypeError, ValueError):
@@ -269,7 +295,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 
 def _id_array(values: np.ndarray, path: Path, key: str) -> np.ndarray:
     if values.ndim != 1:
-        raise FlowphenoError(f"{path}: {key!r} must be one-dimensional (shape {values.shape}); save IIDs in 'ids' and FIDs in 'fids'")
+        raise FlowphenoError(
+            f"{path}: {key!r} must be one-dimensional (shape {values.shape}); save IIDs in 'ids' and FIDs in 'fids'"
+        )
     if values.dtype.kind == "f":
         raise FlowphenoError(f"{path}: {key!r} holds floating-point numbers, not IDs; {NPZ_IDS_HINT}")
     return np.array([str(value) for value in values.tolist()], dtype=str) if len(values) else np.array([], dtype=str)
@@ -305,7 +333,9 @@ def validated(kinship: Kinship) -> Kinship:
             f"{matrix[i, j] - matrix[j, i]:.3g}); pass the full matrix, not one triangle"
         )
     if not matrix.any():
-        raise FlowphenoError(f"{source}: kinship is all zeros; recompute it (e.g. flowpheno grm --bfile PREFIX) or check the file")
+        raise FlowphenoError(
+            f"{source}: kinship is all zeros; recompute it (e.g. flowpheno grm --bfile PREFIX) or check the file"
+        )
     check_unique(kinship.keys())
     kinship.matrix = (matrix + matrix.T) / 2
     return kinship
@@ -383,8 +413,10 @@ def spectral_decomposition(
 
 def _warn_clipped(source: str, clipped: int) -> None:
     if clipped:
-        warn(f"{source}: clipped {clipped} tiny negative eigenvalues (round-off, above -{NEGATIVE_EIGENVALUE_TOLERANCE:g} x "
-             "the largest) to 0")
+        warn(
+            f"{source}: clipped {clipped} tiny negative eigenvalues (round-off, above -{NEGATIVE_EIGENVALUE_TOLERANCE:g} x "
+            "the largest) to 0"
+        )
 
 
 def _read_cache(cache: Path, n: int) -> tuple[np.ndarray, np.ndarray, int] | None:
@@ -399,7 +431,9 @@ def _read_cache(cache: Path, n: int) -> tuple[np.ndarray, np.ndarray, int] | Non
             eigenvalues, eigenvectors = archive["eigenvalues"], archive["eigenvectors"]
             clipped = archive["clipped"] if "clipped" in archive.files else None
         if eigenvalues.shape != (n,) or eigenvectors.shape != (n, n):
-            raise ValueError(f"arrays of shape {eigenvalues.shape} and {eigenvectors.shape}, expected ({n},) and ({n}, {n})")
+            raise ValueError(
+                f"arrays of shape {eigenvalues.shape} and {eigenvectors.shape}, expected ({n},) and ({n}, {n})"
+            )
         if not (np.isfinite(eigenvalues).all() and np.isfinite(eigenvectors).all()):
             raise ValueError("non-finite values")
         if clipped is not None and (clipped.shape != () or not 0 <= int(clipped) <= n):

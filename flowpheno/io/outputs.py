@@ -29,7 +29,8 @@ def order_like_fam(table: pd.DataFrame, fam_path: str | Path, source: str = "the
     fam = read_fam(fam_path)
     traits = [column for column in table.columns if column not in ("FID", "IID")]
     alignment = align(
-        sample_keys(table, source), fam_keys(fam, fam_path),
+        sample_keys(table, source),
+        fam_keys(fam, fam_path),
         hint="the output would be all NA; check that the phenotypes belong to this fileset",
     )
     left_out = len(table) - len(np.unique(alignment.positions[alignment.found]))
@@ -43,7 +44,11 @@ def order_like_fam(table: pd.DataFrame, fam_path: str | Path, source: str = "the
 
 
 def write_phenotypes(
-    table: pd.DataFrame, path: str | Path, fmt: str = "tsv", fam: str | Path | None = None, source: str = "the phenotype table"
+    table: pd.DataFrame,
+    path: str | Path,
+    fmt: str = "tsv",
+    fam: str | Path | None = None,
+    source: str = "the phenotype table",
 ) -> pd.DataFrame:
     """Write FID, IID and trait columns; missing values as ``NA``. Atomic.
 

@@ -98,13 +98,24 @@ def read_phenotypes(
     values = numeric_columns(table, traits, pheno, "trait").to_numpy()
     covariates, names, columns, levels = None, [], [], {}
     if categorical and covar is None:
-        raise FlowphenoError(f"--categorical {','.join(categorical)} names covariate columns, but no --covar file was given")
+        raise FlowphenoError(
+            f"--categorical {','.join(categorical)} names covariate columns, but no --covar file was given"
+        )
     if covar is not None:
         aligned, columns, levels = aligned_covariates(covar, keys, categorical)
         covariates, names = aligned.to_numpy(dtype=float), list(aligned.columns)
     return Phenotypes(
-        table[["FID", "IID"]].copy(), values, list(traits), covariates, names, columns, str(pheno), skipped,
-        fid_given=keys.fid is not None, lines=keys.lines, levels=levels,
+        table[["FID", "IID"]].copy(),
+        values,
+        list(traits),
+        covariates,
+        names,
+        columns,
+        str(pheno),
+        skipped,
+        fid_given=keys.fid is not None,
+        lines=keys.lines,
+        levels=levels,
     )
 
 
@@ -136,12 +147,12 @@ def aligned_covariates(
     if only is not None:
         absent = [c for c in only if c not in columns]
         if absent:
-            raise FlowphenoError(f"{covar}: missing covariate column(s) {', '.join(absent)} used by the model; add them")
+            raise FlowphenoError(
+                f"{covar}: missing covariate column(s) {', '.join(absent)} used by the model; add them"
+            )
         lines = covariate_table.attrs.get("lines")
         covariate_table = covariate_table[["FID", "IID", *only]].copy()
         covariate_table.attrs["lines"] = lines
     matrix, used = covariate_design(covariate_table, covar, categorical, levels)
     alignment = align(covariate_keys, keys, hint="give covariates for the same individuals")
     return alignment.take(matrix), columns, used
-
-

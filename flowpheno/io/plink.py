@@ -80,7 +80,9 @@ def check_bed(prefix: str | Path) -> tuple[int, int]:
         >>> folder.cleanup()
     """
     prefix = Path(prefix)
-    stamps = tuple((stat.st_mtime_ns, stat.st_size) for stat in (Path(_member(prefix, s)).stat() for s in (".bed", ".bim", ".fam")))
+    stamps = tuple(
+        (stat.st_mtime_ns, stat.st_size) for stat in (Path(_member(prefix, s)).stat() for s in (".bed", ".bim", ".fam"))
+    )
     return _checked_bed(str(prefix), str(prefix.resolve()), stamps)
 
 
@@ -188,14 +190,26 @@ def read_bim(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FlowphenoError(f"{path}: file not found")
     try:
-        bim = pd.read_csv(path, sep=r"\s+", header=None, usecols=range(6), names=BIM_COLUMNS, dtype=str,
-                          keep_default_na=False, skip_blank_lines=True)
+        bim = pd.read_csv(
+            path,
+            sep=r"\s+",
+            header=None,
+            usecols=range(6),
+            names=BIM_COLUMNS,
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=True,
+        )
     except (pd.errors.ParserError, ValueError) as error:
-        raise FlowphenoError(f"{path}: not a .bim file ({' '.join(str(error).split())}); a .bim line has six fields") from None
+        raise FlowphenoError(
+            f"{path}: not a .bim file ({' '.join(str(error).split())}); a .bim line has six fields"
+        ) from None
     short = (bim.isna() | (bim == "")).any(axis=1).to_numpy()
     if short.any():
-        raise FlowphenoError(f"{path}: line {int(np.flatnonzero(short)[0]) + 1} has fewer than six fields; a .bim line is "
-                             "chromosome, SNP ID, cM, position, allele 1, allele 2")
+        raise FlowphenoError(
+            f"{path}: line {int(np.flatnonzero(short)[0]) + 1} has fewer than six fields; a .bim line is "
+            "chromosome, SNP ID, cM, position, allele 1, allele 2"
+        )
     position = pd.to_numeric(bim["pos"], errors="coerce")
     bad = (position.isna() | (position != position.round())).to_numpy()
     if bad.any():
@@ -254,8 +268,10 @@ def plink_unsorted(bim: pd.DataFrame) -> str | None:
     decreasing = (placed["pos"] < previous).to_numpy()
     if decreasing.any():
         row = placed.index[int(np.flatnonzero(decreasing)[0])]
-        return (f"line {row + 1}: position {bim.at[row, 'pos']} of {bim.at[row, 'snp']} on chromosome "
-                f"{bim.at[row, 'chrom']!r} comes after a larger one")
+        return (
+            f"line {row + 1}: position {bim.at[row, 'pos']} of {bim.at[row, 'snp']} on chromosome "
+            f"{bim.at[row, 'chrom']!r} comes after a larger one"
+        )
     return None
 
 
@@ -313,7 +329,11 @@ def _sample_ids(prefix: str | Path) -> np.ndarray:
 def sample_fids(prefix: str | Path) -> np.ndarray:
     """FIDs of a fileset's individuals in ``.fam`` order (the partners of the IIDs
     :func:`centred_grm` and :func:`standardised_genotype_factor` return)."""
-    return read_fam(_member(Path(prefix).with_suffix("") if Path(prefix).suffix in {".bed", ".bim", ".fam"} else Path(prefix), ".fam"))["FID"].to_numpy(dtype=str)
+    return read_fam(
+        _member(
+            Path(prefix).with_suffix("") if Path(prefix).suffix in {".bed", ".bim", ".fam"} else Path(prefix), ".fam"
+        )
+    )["FID"].to_numpy(dtype=str)
 
 
 def centred_grm(
@@ -340,7 +360,9 @@ def centred_grm(
         kinship += block @ block.T
         used += block.shape[1]
     if used == 0:
-        raise FlowphenoError(f"{prefix}: no SNP passes MAF >= {maf} and missingness <= {max_missing}; cannot compute a GRM")
+        raise FlowphenoError(
+            f"{prefix}: no SNP passes MAF >= {maf} and missingness <= {max_missing}; cannot compute a GRM"
+        )
     return kinship / used, ids, used
 
 
@@ -367,7 +389,9 @@ def standardised_genotype_factor(
         chunks.append((block / np.sqrt(2 * frequency * (1 - frequency))).astype(np.float32))
     used = sum(chunk.shape[1] for chunk in chunks)
     if used == 0:
-        raise FlowphenoError(f"{prefix}: no SNP passes MAF >= {maf} and missingness <= {max_missing}; cannot build a kinship factor")
+        raise FlowphenoError(
+            f"{prefix}: no SNP passes MAF >= {maf} and missingness <= {max_missing}; cannot build a kinship factor"
+        )
     if used >= len(ids):
         raise FlowphenoError(
             f"{prefix}: {used} SNPs pass the filters for {len(ids)} individuals; a genotype factor is low rank only with "

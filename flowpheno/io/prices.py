@@ -132,5 +132,7 @@ def pair_log_returns(
         joined = joined[joined.index <= pd.Timestamp(end)]
     returns = np.log(joined).diff().dropna()
     if len(returns) < 20:
-        raise FlowphenoError(f"pair {first}-{second}: only {len(returns)} days with prices of both; check --start/--end")
+        raise FlowphenoError(
+            f"pair {first}-{second}: only {len(returns)} days with prices of both; check --start/--end"
+        )
     return returns

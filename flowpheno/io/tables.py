@@ -49,7 +49,9 @@ def decode_text(path: Path) -> str:
         try:
             text = raw.decode("utf-16")
         except UnicodeDecodeError:
-            raise FlowphenoError(f"{path}: starts with a UTF-16 byte-order mark but is not valid UTF-16; save it again as UTF-8") from None
+            raise FlowphenoError(
+                f"{path}: starts with a UTF-16 byte-order mark but is not valid UTF-16; save it again as UTF-8"
+            ) from None
     else:
         try:
             text = raw.decode("utf-8")
@@ -87,9 +89,13 @@ def _split_rows(text: str, path: Path) -> tuple[list[str], list[list[str]], list
         raise FlowphenoError(f"{path}: file is empty; expected a header naming FID and IID")
     delimiter = _delimiter(lines[first])
     if delimiter is None:
+
         def split(line: str) -> list[str]:
-            return [field.strip('"').strip("'") if len(field) > 1 and field[0] == field[-1] and field[0] in "\"'" else field
-                    for field in line.split()]
+            return [
+                field.strip('"').strip("'") if len(field) > 1 and field[0] == field[-1] and field[0] in "\"'" else field
+                for field in line.split()
+            ]
+
         rows = [(i + 1, split(line)) for i, line in enumerate(lines) if line.strip()]
     else:
         reader = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter, quotechar='"', strict=False)
@@ -129,7 +135,9 @@ def _parquet_table(path: Path) -> tuple[pd.DataFrame, None]:
     try:
         table = pd.read_parquet(path)
     except Exception as error:  # pyarrow raises many types for a damaged file
-        raise FlowphenoError(f"{path}: cannot read as parquet ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+        raise FlowphenoError(
+            f"{path}: cannot read as parquet ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from None
     table.columns = [str(column) for column in table.columns]
     for column in ("FID", "IID", "#FID", "#IID"):
         if column not in table.columns:
@@ -194,7 +202,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     table = table.rename(columns={"#FID": "FID", "#IID": "IID"})
     if "IID" not in table.columns:
         found = ", ".join(map(str, table.columns[:8]))
-        raise FlowphenoError(f"{path}: header must name FID and IID columns (found: {found}); add them or rename #FID/#IID")
+        raise FlowphenoError(
+            f"{path}: header must name FID and IID columns (found: {found}); add them or rename #FID/#IID"
+        )
     fid_given = "FID" in table.columns
     if not fid_given:
         table.insert(0, "FID", table["IID"])
@@ -217,7 +227,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     # --- end of value columns ---
     table = table.reset_index(drop=True)
     table.attrs[FID_GIVEN] = fid_given
-    table.attrs["lines"] = None if lines is None else [int(line) for line in lines]  # a list: attrs are compared by pandas
+    table.attrs["lines"] = (
+        None if lines is None else [int(line) for line in lines]
+    )  # a list: attrs are compared by pandas
     sample_keys(table, str(path), lines)  # refuses a duplicated individual, naming both lines
     return table
 
@@ -236,7 +248,10 @@ def _line(table: pd.DataFrame, row: int) -> int:
 
 
 def _cells(table: pd.DataFrame, column: str, rows: np.ndarray) -> str:
-    shown = [f"line {_line(table, int(r))}, IID {table['IID'].iloc[int(r)]}: {table[column].iloc[int(r)]!r}" for r in rows[:_SHOWN]]
+    shown = [
+        f"line {_line(table, int(r))}, IID {table['IID'].iloc[int(r)]}: {table[column].iloc[int(r)]!r}"
+        for r in rows[:_SHOWN]
+    ]
     more = f" and {len(rows) - _SHOWN} more" if len(rows) > _SHOWN else ""
     return "; ".join(shown) + more
 
@@ -295,7 +310,9 @@ def numeric_columns(table: pd.DataFrame, columns: list[str], path: str | Path, r
                 else f"fix the value(s) or write a missing code ({missing_codes})"
             )
             leave = "; or leave the column out with --traits" if role == "trait" else ""
-            raise FlowphenoError(f"{path}: {role} column {column!r} is not numeric ({_cells(table, column, bad)}); {hint}{leave}")
+            raise FlowphenoError(
+                f"{path}: {role} column {column!r} is not numeric ({_cells(table, column, bad)}); {hint}{leave}"
+            )
         infinite = np.flatnonzero(np.isinf(values.to_numpy(dtype=float)))
         if len(infinite):
             raise FlowphenoError(
@@ -375,7 +392,9 @@ def covariate_design(
     unknown = sorted(set(categorical or []) - set(table.columns))
     if unknown:
         available = ", ".join(c for c in table.columns if c not in ID_COLUMNS)
-        raise FlowphenoError(f"{path}: --categorical names column(s) {', '.join(unknown)} that the file lacks (available: {available})")
+        raise FlowphenoError(
+            f"{path}: --categorical names column(s) {', '.join(unknown)} that the file lacks (available: {available})"
+        )
     columns: list[pd.DataFrame] = []
     used: dict[str, list[str]] = {}
     for column in table.columns:
@@ -383,7 +402,9 @@ def covariate_design(
             continue
         present = _missing_codes_to_na(table[column]).dropna()
         if not len(present):
-            raise FlowphenoError(f"{path}: covariate column {column!r} is missing for every individual; fill it or remove the column")
+            raise FlowphenoError(
+                f"{path}: covariate column {column!r} is missing for every individual; fill it or remove the column"
+            )
         if column not in declared:
             if len(present) and _looks_numeric(present).mean() >= 0.5:
                 columns.append(numeric_columns(table, [column], path, "covariate"))

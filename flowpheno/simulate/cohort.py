@@ -38,7 +38,14 @@ def family_design(generations: int, family_size: int) -> str:
 
 
 SIMULATED_FILES = (
-    "cohort.bed", "cohort.bim", "cohort.fam", "pheno.tsv", "oracle.tsv", "covar.tsv", "truth.tsv", "populations.tsv",
+    "cohort.bed",
+    "cohort.bim",
+    "cohort.fam",
+    "pheno.tsv",
+    "oracle.tsv",
+    "covar.tsv",
+    "truth.tsv",
+    "populations.tsv",
     "structure.json",
 )
 """What :func:`write_simulated_cohort` writes (``structure.json`` last)."""
@@ -72,16 +79,28 @@ def write_simulated_cohort(
             and :func:`~flowpheno.simulate.phenotypes.simulate_phenotypes`.
     """
     out = Path(out)
-    genotypes = simulate_genotypes(n, populations=populations, chromosomes=chromosomes, snps=snps, seed=seed,
-                                   generations=generations, family_size=family_size)
+    genotypes = simulate_genotypes(
+        n,
+        populations=populations,
+        chromosomes=chromosomes,
+        snps=snps,
+        seed=seed,
+        generations=generations,
+        family_size=family_size,
+    )
     phenotypes = simulate_phenotypes(
         genotypes, traits=traits, causal=causal, causal_variance=causal_variance if causal else 0.0, seed=seed + 1000
     )
     out.mkdir(parents=True, exist_ok=True)
     write_plink(out / "cohort", genotypes.dosage, genotypes.fam, genotypes.bim)
     members = genotypes.fam[["FID", "IID"]].assign(population=[f"pop{p}" for p in genotypes.population])
-    tables = (("pheno", phenotypes.pheno), ("oracle", phenotypes.oracle), ("covar", phenotypes.covar), ("truth", phenotypes.truth),
-              ("populations", members))
+    tables = (
+        ("pheno", phenotypes.pheno),
+        ("oracle", phenotypes.oracle),
+        ("covar", phenotypes.covar),
+        ("truth", phenotypes.truth),
+        ("populations", members),
+    )
     for name, table in tables:
         with atomic_path(out / f"{name}.tsv") as tmp:
             table.to_csv(tmp, sep="\t", index=False, na_rep="NA", float_format="%.6g")

@@ -28,7 +28,9 @@ def _shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """Translate by (dy, dx) pixels, filling with background (0), without wrapping around."""
     out = np.zeros_like(image)
     h, w = image.shape
-    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[
+        max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
     return out
 
 

@@ -37,12 +37,18 @@ def _demography(populations: int, split_time: float, population_size: float):  #
     for index in range(populations):
         demography.add_population(name=f"pop{index}", initial_size=population_size)
     demography.add_population(name="ancestral", initial_size=population_size)
-    demography.add_population_split(time=split_time, derived=[f"pop{i}" for i in range(populations)], ancestral="ancestral")
+    demography.add_population_split(
+        time=split_time, derived=[f"pop{i}" for i in range(populations)], ancestral="ancestral"
+    )
     return demography
 
 
 def _family_pedigree(
-    builder, population: int, rng: np.random.Generator, generations: int = 3, family_size: int = 2  # noqa: ANN001
+    builder,
+    population: int,
+    rng: np.random.Generator,
+    generations: int = 3,
+    family_size: int = 2,  # noqa: ANN001
 ) -> list[tuple[int, str]]:
     """One family over ``generations`` generations; returns (pedigree individual, role) for the sampled members.
 
@@ -116,7 +122,10 @@ def simulate_genotypes(
     family = 0
     while len(members) < n_target:
         population = int(rng.integers(populations))
-        members += [(ind, role, population, family) for ind, role in _family_pedigree(builder, population, rng, generations, family_size)]
+        members += [
+            (ind, role, population, family)
+            for ind, role in _family_pedigree(builder, population, rng, generations, family_size)
+        ]
         family += 1
     members = members[:n_target]
     pedigree = builder.finalise(sequence_length=chromosome_length)
@@ -126,12 +135,17 @@ def simulate_genotypes(
     for chromosome in range(1, chromosomes + 1):
         chrom_seed = int(rng.integers(1, 2**31 - 1))
         ts = msprime.sim_ancestry(
-            initial_state=pedigree, model="fixed_pedigree", recombination_rate=recombination_rate, random_seed=chrom_seed
+            initial_state=pedigree,
+            model="fixed_pedigree",
+            recombination_rate=recombination_rate,
+            random_seed=chrom_seed,
         )
         ts = msprime.sim_ancestry(
             initial_state=ts, demography=demography, recombination_rate=recombination_rate, random_seed=chrom_seed + 1
         )
-        ts = msprime.sim_mutations(ts, rate=mutation_rate, model=msprime.BinaryMutationModel(), random_seed=chrom_seed + 2)
+        ts = msprime.sim_mutations(
+            ts, rate=mutation_rate, model=msprime.BinaryMutationModel(), random_seed=chrom_seed + 2
+        )
         haplotypes = ts.genotype_matrix()  # sites x sample nodes
         node_individual = ts.tables.nodes.individual[ts.samples()]
         order = np.argsort(node_individual, kind="stable")
@@ -150,12 +164,16 @@ def simulate_genotypes(
     dosage, bim = dosage[:, chosen], bim.iloc[chosen].reset_index(drop=True)
     bim = bim.assign(snp=[f"rs{c}_{p}" for c, p in zip(bim["chrom"], bim["pos"])], cm=0.0, a0="A", a1="G")
     family_ids = np.array([f"fam{m[3]:04d}" for m in members])
-    fam = pd.DataFrame({
-        "FID": family_ids,
-        "IID": [f"ind{i:05d}" for i in range(len(members))],
-        "PAT": "0",
-        "MAT": "0",
-        "SEX": rng.integers(1, 3, len(members)).astype(str),
-        "PHENO": "-9",
-    })
-    return SimulatedGenotypes(dosage, fam, bim[["chrom", "snp", "cm", "pos", "a0", "a1"]], np.array([m[2] for m in members]), family_ids)
+    fam = pd.DataFrame(
+        {
+            "FID": family_ids,
+            "IID": [f"ind{i:05d}" for i in range(len(members))],
+            "PAT": "0",
+            "MAT": "0",
+            "SEX": rng.integers(1, 3, len(members)).astype(str),
+            "PHENO": "-9",
+        }
+    )
+    return SimulatedGenotypes(
+        dosage, fam, bim[["chrom", "snp", "cm", "pos", "a0", "a1"]], np.array([m[2] for m in members]), family_ids
+    )

@@ -150,13 +150,17 @@ def simulate_phenotypes(
     n, m = genotypes.dosage.shape
     standardised = _standardise(genotypes.dosage.astype(np.float64))
     if m <= causal:
-        raise FlowphenoError(f"{m} SNPs simulated for {causal} causal SNPs; ask for more SNPs (--snps) or fewer causal ones (--causal)")
+        raise FlowphenoError(
+            f"{m} SNPs simulated for {causal} causal SNPs; ask for more SNPs (--snps) or fewer causal ones (--causal)"
+        )
     polygenic_snps = min(polygenic_snps, m - causal)  # small test cohorts: the background uses every other SNP
     chosen = rng.choice(m, size=causal + polygenic_snps, replace=False)
     causal_snps, polygenic = chosen[:causal], chosen[causal:]
 
     genetic_correlation = np.full((traits, traits), 0.4) + 0.6 * np.eye(traits)
-    background = standardised[:, polygenic] @ (rng.normal(size=(len(polygenic), traits)) @ np.linalg.cholesky(genetic_correlation).T)
+    background = standardised[:, polygenic] @ (
+        rng.normal(size=(len(polygenic), traits)) @ np.linalg.cholesky(genetic_correlation).T
+    )
     background = _standardise(background) * np.sqrt(polygenic_variance)
 
     effects = np.zeros((causal, traits))
@@ -191,6 +195,8 @@ def simulate_phenotypes(
     pheno = pd.concat([ids, pd.DataFrame(observed, columns=names)], axis=1)
     covar = ids.assign(age=age, sex=sex, batch=batch)
     bim = genotypes.bim.iloc[causal_snps].reset_index(drop=True)
-    truth = pd.concat([bim[["snp", "chrom", "pos"]], pd.DataFrame(effects, columns=[f"effect_{t}" for t in names])], axis=1)
+    truth = pd.concat(
+        [bim[["snp", "chrom", "pos"]], pd.DataFrame(effects, columns=[f"effect_{t}" for t in names])], axis=1
+    )
     oracle_table = pd.concat([ids, pd.DataFrame(oracle, columns=names)], axis=1)
     return SimulatedPhenotypes(pheno, covar, truth, latent, oracle_table)

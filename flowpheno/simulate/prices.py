@@ -50,11 +50,17 @@ def simulate_prices(seed: int = 0, end: str = "2017-11-10") -> dict[str, pd.Data
         live = days >= pd.Timestamp(listed)
         close = 20.0 * np.exp(np.cumsum(returns[live]))
         spread = np.abs(rng.normal(0, 0.005, size=close.shape))
-        tables[ticker] = pd.DataFrame({
-            "Date": days[live].strftime("%Y-%m-%d"), "Open": close * (1 + rng.normal(0, 0.003, size=close.shape)),
-            "High": close * (1 + spread), "Low": close * (1 - spread), "Close": close, "Adj Close": close,
-            "Volume": rng.integers(10**5, 10**7, size=close.shape),
-        })
+        tables[ticker] = pd.DataFrame(
+            {
+                "Date": days[live].strftime("%Y-%m-%d"),
+                "Open": close * (1 + rng.normal(0, 0.003, size=close.shape)),
+                "High": close * (1 + spread),
+                "Low": close * (1 - spread),
+                "Close": close,
+                "Adj Close": close,
+                "Volume": rng.integers(10**5, 10**7, size=close.shape),
+            }
+        )
     return tables
 
 

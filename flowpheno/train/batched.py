@@ -51,8 +51,15 @@ class MemberAdamax:
         decay: per parameter, whether weight decay applies (default: all).
     """
 
-    def __init__(self, params: Sequence[Tensor], lr: Tensor, weight_decay: Tensor, decay: Sequence[bool] | None = None,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        params: Sequence[Tensor],
+        lr: Tensor,
+        weight_decay: Tensor,
+        decay: Sequence[bool] | None = None,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
         self.params = list(params)
         self.lr = lr.to(torch.float64).clone()
         self.weight_decay = weight_decay.to(torch.float64).clone()
@@ -79,7 +86,9 @@ class MemberAdamax:
             grad = param.grad
             if decays:
                 grad = grad.add(param * _view(self.weight_decay, param))
-            new_avg = exp_avg * beta1 + grad * (1 - beta1)  # lerp, spelt out: no fused kernel whose tail rounds differently
+            new_avg = exp_avg * beta1 + grad * (
+                1 - beta1
+            )  # lerp, spelt out: no fused kernel whose tail rounds differently
             new_inf = torch.maximum(exp_inf * beta2, grad.abs().add_(self.eps))
             new_param = param + _view(step_size, param) * new_avg / new_inf
             exp_avg.copy_(torch.where(mask, new_avg, exp_avg))
@@ -224,7 +233,9 @@ class MemberBlocks(MemberCovariance):
         norms = z.square().sum(dim=2)  # (K, b)
         diagonal = (diagonal_entry.expand(members, -1).index_select(1, blocks) * norms).sum(dim=1)
         present, local = torch.unique(blocks, return_inverse=True)
-        block_sums = z.new_zeros(members, len(present), d).index_add_(1, local, z)  # per block of the batch: sum of its rows
+        block_sums = z.new_zeros(members, len(present), d).index_add_(
+            1, local, z
+        )  # per block of the batch: sum of its rows
         within = (z * block_sums.index_select(1, local)).sum(dim=2) - norms  # sum_{j != i, same block} <z_i, z_j>
         total = diagonal + (off_entry.expand(members, -1).index_select(1, blocks) * within).sum(dim=1)
         return _gaussian(self.n, d, log_det, _trace(diagonal, total, self.n, b))
@@ -255,7 +266,7 @@ class LRSchedule:
 
     def factor(self, steps: int, epochs: int) -> float:
         count = epochs if self.per == "epoch" else steps // self.step_size
-        return self.gamma ** count
+        return self.gamma**count
 
 
 @dataclass
@@ -329,10 +340,14 @@ class MemberTrainer:
         self.flow_params = list(flow.parameters())
         self.covariance_params = covariance.parameters()
         self.optimiser = MemberAdamax(self.flow_params, self.base_lr, torch.tensor(weight_decay, dtype=torch.float64))
-        self.covariance_base_lr = self.base_lr if covariance_lr is None else torch.full((members,), covariance_lr, dtype=torch.float64)
+        self.covariance_base_lr = (
+            self.base_lr if covariance_lr is None else torch.full((members,), covariance_lr, dtype=torch.float64)
+        )
         self.covariance_optimiser = (
             MemberAdamax(self.covariance_params, self.covariance_base_lr, torch.zeros(members, dtype=torch.float64))
-            if self.covariance_params else None)
+            if self.covariance_params
+            else None
+        )
         self.generator = torch.Generator().manual_seed(seed)
         self.steps = 0
         self.epoch = 0
@@ -393,8 +408,12 @@ class MemberTrainer:
             self.epoch += 1
             val = members_iid_nll(self.flow, self.x_val)
             self._offer(val)
-            record = {"epoch": self.epoch, "train_nll": (loss_sum / rows.clamp_min(1)).tolist(), "val_nll": val.tolist(),
-                      "seconds": time.perf_counter() - started}
+            record = {
+                "epoch": self.epoch,
+                "train_nll": (loss_sum / rows.clamp_min(1)).tolist(),
+                "val_nll": val.tolist(),
+                "seconds": time.perf_counter() - started,
+            }
             self.history.append(record)
             if self.callback:
                 self.callback({"event": "epoch", **record})
@@ -430,8 +449,12 @@ class MemberTrainer:
         self.covariance.load(self.best_covariance, kept)
         return MembersOutcome(
             best_val_nll=[float(v) if math.isfinite(v) else None for v in self.best_value.tolist()],
-            best_epoch=list(self.best_epoch), epochs_trained=self.epochs_trained.tolist(), diverged=list(self.diverged),
-            history=self.history, steps=self.steps, seconds=time.perf_counter() - self.started,
+            best_epoch=list(self.best_epoch),
+            epochs_trained=self.epochs_trained.tolist(),
+            diverged=list(self.diverged),
+            history=self.history,
+            steps=self.steps,
+            seconds=time.perf_counter() - self.started,
         )
 
 
@@ -452,7 +475,19 @@ def fit_members(
 ) -> MembersOutcome:
     """Train every member for ``epochs`` epochs and restore each one's best-validation
     state (:class:`MemberTrainer`, one stage)."""
-    trainer = MemberTrainer(flow, covariance, x_train, x_val, lr, weight_decay, batch_size, seed, schedule, patience,
-                            covariance_lr, callback)
+    trainer = MemberTrainer(
+        flow,
+        covariance,
+        x_train,
+        x_val,
+        lr,
+        weight_decay,
+        batch_size,
+        seed,
+        schedule,
+        patience,
+        covariance_lr,
+        callback,
+    )
     trainer.run(epochs)
     return trainer.finish()

@@ -27,7 +27,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowpheno.config import BATCHINGS, ESTIMATORS, OBJECTIVES, Batching, Estimator, Objective, TrainConfig  # noqa: F401
+from flowpheno.config import (  # noqa: F401
+    BATCHINGS,
+    ESTIMATORS,
+    OBJECTIVES,
+    Batching,
+    Estimator,
+    Objective,
+    TrainConfig,
+)
 from flowpheno.dependence import DependenceModel, HeldOutKinship, IIDCovariance, LatentControlVariate
 from flowpheno.errors import FlowphenoError
 from flowpheno.flows import LatentFlow
@@ -83,7 +91,11 @@ class _BestState:
         self.state: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
 
     def offer(
-        self, value: float | None, flow: LatentFlow, dependence: DependenceModel, scores: dict[str, float | None] | None = None
+        self,
+        value: float | None,
+        flow: LatentFlow,
+        dependence: DependenceModel,
+        scores: dict[str, float | None] | None = None,
     ) -> None:
         """Keep this state if ``value`` is finite and lower than the best so far (NaN and inf never are)."""
         if value is not None and math.isfinite(value) and (self.value is None or value < self.value):
@@ -123,7 +135,9 @@ class EpochTrainer:
                 "given the training rows"
             )
         if held_out is not None and x_val is not None and held_out.m != x_val.shape[0]:
-            raise FlowphenoError(f"the held-out kinship has {held_out.m} rows but there are {x_val.shape[0]} validation rows")
+            raise FlowphenoError(
+                f"the held-out kinship has {held_out.m} rows but there are {x_val.shape[0]} validation rows"
+            )
         self.held_out = held_out
         self.score = "val_nll_conditional" if held_out is not None else "val_nll_iid"
         """The held-out score that selects, stops and diagnoses (see the module docstring)."""
@@ -227,7 +241,9 @@ class EpochTrainer:
         if control is not None:
             control.latent, control.precision_latent = snapshot["control"]
 
-    def _minibatch_epoch(self, n: int, device: torch.device, control: LatentControlVariate | None) -> tuple[Tensor, int, int]:
+    def _minibatch_epoch(
+        self, n: int, device: torch.device, control: LatentControlVariate | None
+    ) -> tuple[Tensor, int, int]:
         """One pass over the rows in batches, skipping the step of every non-finite batch.
 
         Returns the mean loss of the finite batches (on the device; NaN if none was), the
@@ -295,9 +311,7 @@ class EpochTrainer:
             self.non_finite_batches += bad
             if bad > MAX_NON_FINITE_SHARE * batches:
                 self.stopped = True
-                self.diverged = (
-                    f"at stage {stage} epoch {self.epoch_count} ({bad} of {batches} batches had a non-finite loss, latent or gradient)"
-                )
+                self.diverged = f"at stage {stage} epoch {self.epoch_count} ({bad} of {batches} batches had a non-finite loss, latent or gradient)"
             elif val is not None and not math.isfinite(val):
                 self.stopped = True
                 self.diverged = f"at stage {stage} epoch {self.epoch_count} (validation NLL {val:g})"
@@ -306,7 +320,9 @@ class EpochTrainer:
             if self.best.value != previous_best:
                 self.best_epoch, self.best_stage = self.epoch_count, stage
             patience = self.config.patience
-            self.stopped = self.stopped or (bool(patience) and val is not None and self.epoch_count - self.best_epoch >= patience)
+            self.stopped = self.stopped or (
+                bool(patience) and val is not None and self.epoch_count - self.best_epoch >= patience
+            )
             record = {
                 "stage": stage,
                 "epoch": self.epoch_count,
@@ -320,7 +336,6 @@ class EpochTrainer:
             self.epochs.append(record)
             if self.callback:
                 self.callback({"event": "epoch", **record})
-
 
     def diagnosis(self) -> str | None:
         """Why the trained flow must not be used, or None.
@@ -343,10 +358,17 @@ class EpochTrainer:
     def outcome(self, stages: list[dict[str, Any]]) -> FitOutcome:
         kept = self.best.value is not None
         return FitOutcome(
-            self.flow, self.dependence, self.epochs, stages, self.best.value,
-            non_finite_batches=self.non_finite_batches, diverged=self.diagnosis(),
-            best_epoch=self.best_epoch if kept else None, best_stage=self.best_stage if kept else None,
-            validation_score=self.score, best_val_scores=self.best.scores,
+            self.flow,
+            self.dependence,
+            self.epochs,
+            stages,
+            self.best.value,
+            non_finite_batches=self.non_finite_batches,
+            diverged=self.diagnosis(),
+            best_epoch=self.best_epoch if kept else None,
+            best_stage=self.best_stage if kept else None,
+            validation_score=self.score,
+            best_val_scores=self.best.scores,
         )
 
 
@@ -384,7 +406,9 @@ def fit_schedule(
     return trainer.outcome(stages)
 
 
-def fit_iid(flow: LatentFlow, x_train: Tensor, x_val: Tensor | None, config: TrainConfig, callback: Callback | None = None) -> FitOutcome:
+def fit_iid(
+    flow: LatentFlow, x_train: Tensor, x_val: Tensor | None, config: TrainConfig, callback: Callback | None = None
+) -> FitOutcome:
     """Baseline: independent rows (``Sigma = I``)."""
     flow.initialize(x_train)
     dependence = IIDCovariance(x_train.shape[0]).to(x_train.device, x_train.dtype)
@@ -416,9 +440,16 @@ def fit_grid(
         dependence = make_dependence(value)
         started = time.perf_counter()
         outcome = fit_schedule(flow, dependence, x_train, x_val, config, _tag(callback, value), held_out)
-        grid.append({"value": value, "val_nll": outcome.best_val_nll, **outcome.best_val_scores,
-                     "seconds": time.perf_counter() - started,
-                     "non_finite_batches": outcome.non_finite_batches, "diverged": outcome.diverged})
+        grid.append(
+            {
+                "value": value,
+                "val_nll": outcome.best_val_nll,
+                **outcome.best_val_scores,
+                "seconds": time.perf_counter() - started,
+                "non_finite_batches": outcome.non_finite_batches,
+                "diverged": outcome.diverged,
+            }
+        )
         _emit(callback, {"event": "grid", **grid[-1]})
         if best is None or _grid_score(outcome) < _grid_score(best):
             best = outcome
@@ -463,7 +494,9 @@ def fit_alternating(
     is refitted once so it matches the returned flow.
     """
     if config.profile_scale and not dependence.profiles_scale:
-        raise FlowphenoError("profile_scale is implemented for the kinship model only, not " + type(dependence).__name__)
+        raise FlowphenoError(
+            "profile_scale is implemented for the kinship model only, not " + type(dependence).__name__
+        )
 
     def refit(z: Tensor, move_flow: bool = True) -> None:
         scale = dependence.refit(z, profile_scale=config.profile_scale)
@@ -493,8 +526,14 @@ def fit_alternating(
             trainer.diverged = f"at stage {stage} epoch {trainer.epoch_count} (non-finite latents of the training rows)"
             break
         refit(latent)
-        stages.append({"stage": stage, "flow_seconds": flow_seconds, f"{key}_seconds": time.perf_counter() - started,
-                       **dependence.describe()})
+        stages.append(
+            {
+                "stage": stage,
+                "flow_seconds": flow_seconds,
+                f"{key}_seconds": time.perf_counter() - started,
+                **dependence.describe(),
+            }
+        )
         _emit(callback, {"event": "stage", **stages[-1]})
         if trainer.stopped:
             break
@@ -508,8 +547,13 @@ def fit_alternating(
         outcome.diverged = "(the kept flow state gives non-finite latents for training rows)"
         return outcome
     refit(latent, move_flow=False)  # the returned flow is the validated one
-    stages.append({"stage": "final", **{f"{name}_before_refit": value for name, value in of_best_stage.items() if name != "block_sizes"},
-                   **dependence.describe()})
+    stages.append(
+        {
+            "stage": "final",
+            **{f"{name}_before_refit": value for name, value in of_best_stage.items() if name != "block_sizes"},
+            **dependence.describe(),
+        }
+    )
     return outcome
 
 
