@@ -6,7 +6,7 @@ OUT ?= examples/out
 THREADS ?=
 THREADS_FLAG = $(if $(THREADS),--threads $(THREADS))
 
-.PHONY: install install-core system-deps example test test-quick bench-overhead
+.PHONY: install install-core system-deps example lint test test-quick bench-overhead
 
 # pip runs only when pyproject.toml changed since the last install into this Python
 # environment: each install leaves a stamp under .make/ (ignored by git), named after the
@@ -46,7 +46,12 @@ example: $(STAMPS)/core
 	@echo "Gaussianized traits: $(OUT)/run/gaussianized.tsv   diagnostics: $(OUT)/run/diagnostics.png"
 
 # Everything (tests, and the docstring examples of flowpheno/): what CI runs.
-test: install system-deps
+# ruff (settings in pyproject.toml): the lint rules, and the formatting every file already has.
+lint: install
+	$(PYTHON) -m ruff check flowpheno benchmarks tests
+	$(PYTHON) -m ruff format --check flowpheno benchmarks tests
+
+test: install system-deps lint
 	$(PYTHON) -m pytest -q
 
 # The quick loop while changing code: every test not marked slow (pyproject.toml), doctests included.
