@@ -56,7 +56,7 @@ def _device(requested: str | None) -> str:
             "--device cuda: this torch build sees no CUDA GPU; install the CUDA build (README) or use --device cpu"
         )
     if requested != "cpu" and not requested.startswith("cuda"):
-        raise FlowphenoError(f"--device {requested!r}: use cpu or cuda")
+        raise OptionError(f"--device {requested!r}: use cpu or cuda")
     return requested
 
 
@@ -68,8 +68,13 @@ def _plink_members(prefix: Path) -> list[Path]:
 
 
 def _floats(text: str, option: str) -> list[float]:
+    items = text.split(",")
+    if any(not item.strip() for item in items):
+        raise OptionError(
+            f"{option} {text!r}: an empty value between commas; give comma-separated numbers, e.g. 0,0.1,0.5"
+        )
     try:
-        return [float(item) for item in text.split(",") if item.strip()]
+        return [float(item) for item in items]
     except ValueError:
         raise OptionError(f"{option} {text!r}: give comma-separated numbers, e.g. 0,0.1,0.5") from None
 
@@ -371,9 +376,7 @@ def gwas_prepare(
 def gwas_grm(
     bfile: Path = typer.Option(..., "--bfile", help="PLINK 1 prefix"),
     out: Path = typer.Option(..., "--out", help="GEMMA kinship to write (.cXX.txt)"),
-    loco: str | None = typer.Option(
-        None, "--loco", help="leave this chromosome out: the GRM of every SNP not on it"
-    ),
+    loco: str | None = typer.Option(None, "--loco", help="leave this chromosome out: the GRM of every SNP not on it"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
     threads: int | None = _threads_option(),
 ) -> None:

@@ -22,6 +22,7 @@ the workflow's configuration checks stay cheap.
 from __future__ import annotations
 
 import math
+import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -166,9 +167,19 @@ class FitConfig:
             raise refuse("s2_grid", self.s2_grid, "give at least one s2 value in [0, 1), e.g. 0,0.1,0.5")
         for value in self.s2_grid:
             check.number("s2_grid", value, "every s2 value must be in [0, 1)", 0.0, 1.0)
+        if len(set(self.s2_grid)) != len(self.s2_grid):
+            twice = next(value for value in self.s2_grid if list(self.s2_grid).count(value) > 1)
+            raise refuse("s2_grid", self.s2_grid, f"gives {twice:g} twice; give each s2 value once")
         check.integer("layers", self.layers, 1)
         check.integer("hidden", self.hidden, 1)
         check.integer("threads", self.threads, 1, optional=True)
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise refuse("device", self.device, "must be 'cpu', 'cuda' or 'cuda:N'")
+        if self.categorical is not None and (
+            not isinstance(self.categorical, list) or not all(isinstance(name, str) for name in self.categorical)
+        ):
+            raise refuse("categorical", self.categorical, "must be a list of covariate column names, e.g. ['batch']")
+        check.boolean("keep_outliers", self.keep_outliers)
         check.number("val_frac", self.val_frac, "must be in [0, 0.9)", 0.0, 0.9)
         if self.mode == "grid" and self.val_frac == 0:
             raise refuse(

@@ -154,6 +154,15 @@ def final_state_note(report: FitReport) -> str:
     """
     mode = report.mode
     kept = kept_state(report)
+    if report.stopped_early:
+        planned = ""
+        if report.config is not None:
+            train = report.config.train
+            planned = f" of {train.epochs * train.stages}"
+        kept = (
+            f"stopped early after epoch {report.stopped_early['epoch']}{planned} (no better validation NLL in "
+            f"{report.stopped_early['patience']} epochs, --patience); {kept}"
+        )
     s2 = report.covariance.get("s2")
     if s2 is None:
         return f"{kept}; iid model: no s2" if mode == "iid" else kept

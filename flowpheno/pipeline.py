@@ -37,7 +37,7 @@ from flowpheno.config import (  # noqa: F401  (FitConfig lives with TrainConfig 
 )
 from flowpheno.dependence import HeldOutKinship, KinshipCovariance
 from flowpheno.diagnostics import gaussianity_report
-from flowpheno.errors import FlowphenoError, warn
+from flowpheno.errors import FlowphenoError, OptionError, warn
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.atomic import StagedDirectory, atomic_path, write_errors
 from flowpheno.io.ids import FID_GIVEN, SampleKeys, align
@@ -310,8 +310,8 @@ def _check_settled_s2(outcome: FitOutcome, config: FitConfig) -> None:
         for stage in outcome.stages  # the stages' own values, not the final refit
         if isinstance(stage.get("stage"), int) and isinstance(stage.get("s2"), (int, float))
     ]
-    if config.mode not in ("alternating", "joint") or len(values) < 2:
-        return
+    if config.mode not in ("alternating", "joint") or len(values) < 2 or outcome.stopped_early is not None:
+        return  # stopped early: the held-out score stopped improving, more stages would not be used
     change = values[-1] - values[-2]
     if abs(change) > S2_SETTLED:
         warn(
@@ -457,7 +457,12 @@ def fit_phenotypes(
             if out is not None:  # checked and created before anything is read or trained
                 inputs = fit_inputs(pheno, grm, covar, grm_ids, grm_pcs, grm_factor)
                 staged = StagedDirectory(out, "fit", inputs, overwrite=overwrite, legacy=RUN_FILES)
-            config = config or FitConfig()
+            config = FitConfig() if config is None else config
+            if not isinstance(config, FitConfig):
+                raise OptionError(
+                    f"fit_phenotypes(config=...): must be a FitConfig (training settings go in "
+                    f"FitConfig(train=TrainConfig(...))), got {type(config).__name__}"
+                )
             config.validate()  # before its thread count is applied
             with (
                 staged or _nothing(),
@@ -807,6 +812,7 @@ def fit_report(
         best_validation_nll_conditional=outcome.best_val_scores.get("val_nll_conditional"),
         best_epoch=outcome.best_epoch,
         best_stage=outcome.best_stage,
+        stopped_early=outcome.stopped_early,
         gaussianity=gaussianity_report(data.standardised, trained.latent[data.keep]),
         non_finite_batches=outcome.non_finite_batches,
         seconds={**data.seconds, **trained.seconds},

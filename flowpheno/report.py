@@ -80,7 +80,8 @@ class FitReport:
     :func:`~flowpheno.pipeline.fit_phenotypes`), the held-out score that chose the kept state
     (``validation_score``: ``val_nll_conditional`` or ``val_nll_iid``) with its best value
     ``best_validation_nll`` (NLL per individual, nats) and both scores of that state, the
-    kept ``best_epoch``/``best_stage`` (None without validation rows), ``gaussianity``
+    kept ``best_epoch``/``best_stage`` (None without validation rows), ``stopped_early``
+    (``{"epoch": last epoch run, "patience": p}`` when ``--patience`` ended training), ``gaussianity``
     (Mardia's tests before and after, :func:`flowpheno.diagnostics.gaussianity_report`) and
     ``non_finite_batches`` (training steps skipped). :attr:`final_state` says in one sentence
     which state was kept.
@@ -115,6 +116,7 @@ class FitReport:
     best_validation_nll_conditional: float | None = None
     best_epoch: int | None = None
     best_stage: int | None = None
+    stopped_early: dict[str, int] | None = None
     gaussianity: dict[str, Any] = field(default_factory=dict)
     non_finite_batches: int = 0
     seconds: dict[str, float] = field(default_factory=dict)

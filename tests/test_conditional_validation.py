@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from conftest import write_table
+from conftest import invoke, write_table
 from flowpheno.dependence import HeldOutKinship, KinshipCovariance
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.kinship import write_npz
@@ -27,7 +27,9 @@ from flowpheno.train import TrainConfig, fit_alternating, fit_grid, fit_joint, i
 from flowpheno.train.objective import held_out_nll
 
 
-def dense_conditional_nll(sigma: np.ndarray, train: np.ndarray, val: np.ndarray, z_train: np.ndarray, z_val: np.ndarray) -> float:
+def dense_conditional_nll(
+    sigma: np.ndarray, train: np.ndarray, val: np.ndarray, z_train: np.ndarray, z_val: np.ndarray
+) -> float:
     """``-log N(Z_v; S_vt S_tt^-1 Z_t, S_vv - S_vt S_tt^-1 S_tv) / m`` per latent column, by scipy."""
     s_tt, s_vt, s_vv = sigma[np.ix_(train, train)], sigma[np.ix_(val, train)], sigma[np.ix_(val, val)]
     mean = s_vt @ np.linalg.solve(s_tt, z_train)
@@ -52,7 +54,9 @@ def _dense_case(s2: float) -> tuple[KinshipCovariance, HeldOutKinship, np.ndarra
     return model, held_out, sigma, train, val
 
 
-def _factor_case(s2: float, columns: int) -> tuple[KinshipCovariance, HeldOutKinship, np.ndarray, np.ndarray, np.ndarray]:
+def _factor_case(
+    s2: float, columns: int
+) -> tuple[KinshipCovariance, HeldOutKinship, np.ndarray, np.ndarray, np.ndarray]:
     """``K = W W^T`` from PC-like rows (unit-length, centred), never formed by the model."""
     rng = np.random.default_rng(2)
     factor = rng.normal(size=(50, columns)) + np.repeat(rng.normal(size=(10, columns)), 5, axis=0)  # 10 families of 5
@@ -89,7 +93,9 @@ def test_held_out_nll_with_a_flow_matches_dense_scipy(case: str, s2: float) -> N
     """The whole score: conditional Gaussian term of the flow's latents minus its held-out log-dets."""
     model, held_out, sigma, train, val = CASES[case](s2)
     rng = np.random.default_rng(5)
-    x = torch.tensor(np.column_stack([rng.gamma(2.0, size=len(sigma)), rng.normal(size=len(sigma)), rng.normal(size=len(sigma))]))
+    x = torch.tensor(
+        np.column_stack([rng.gamma(2.0, size=len(sigma)), rng.normal(size=len(sigma)), rng.normal(size=len(sigma))])
+    )
     flow = affine_coupling_flow(3, layers=2, hidden=8, seed=0).double()
     torch.manual_seed(0)
     with torch.no_grad():
@@ -216,12 +222,76 @@ def test_patience_counts_epochs_without_a_better_conditional_score() -> None:
 def _cohort_files(tmp_path: Path) -> tuple[Path, Path, Path]:
     x, kinship = _families_data(0.6, seed=3, families=8, size=10)
     ids = [f"i{k}" for k in range(len(kinship))]
-    table = pd.DataFrame({"FID": [f"f{k // 10}" for k in range(len(ids))], "IID": ids, "a": x[:, 0].numpy(), "b": x[:, 1].numpy()})
+    table = pd.DataFrame(
+        {"FID": [f"f{k // 10}" for k in range(len(ids))], "IID": ids, "a": x[:, 0].numpy(), "b": x[:, 1].numpy()}
+    )
     write_npz(tmp_path / "kin.npz", kinship, np.array(ids), np.array(table["FID"]))
     rng = np.random.default_rng(3)
     pcs = rng.normal(size=(len(ids), 4)) + np.repeat(rng.normal(size=(8, 4)), 10, axis=0)
     pc_table = pd.DataFrame({"FID": table["FID"], "IID": ids, **{f"PC{j + 1}": pcs[:, j] for j in range(4)}})
     return write_table(tmp_path / "pheno.tsv", table), tmp_path / "kin.npz", write_table(tmp_path / "pcs.tsv", pc_table)
+
+
+def test_a_fit_stopped_by_patience_says_so(tmp_path: Path) -> None:
+    """fit.json and the summary say when early stopping ended training, and the 's2 still moving'
+    advice (train longer) is not given: more stages would not have been used."""
+    pheno, grm, _ = _cohort_files(tmp_path)
+    result = invoke(
+        "fit",
+        "--pheno",
+        pheno,
+        "--grm",
+        grm,
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        "3",
+        "--stages",
+        "20",
+        "--layers",
+        "2",
+        "--hidden",
+        "8",
+        "--lr",
+        "0.05",
+        "--patience",
+        "4",
+        "--threads",
+        "1",
+        "--quiet",
+    )
+    assert result.returncode == 0, result
+    report = json.loads((tmp_path / "run" / "fit.json").read_text())
+    stop = report["stopped_early"]
+    assert stop == {"epoch": len(report["epochs"]), "patience": 4} and 3 < stop["epoch"] < 60  # beyond stage 1
+    assert stop["epoch"] - report["best_epoch"] == 4
+    assert f"stopped early after epoch {stop['epoch']} of 60 (no better validation NLL in 4 epochs" in result.stderr
+    assert "still moving" not in result.stderr
+    assert report["final_state"].startswith("stopped early")
+    again = invoke(
+        "fit",
+        "--pheno",
+        pheno,
+        "--grm",
+        grm,
+        "--out",
+        tmp_path / "run0",
+        "--epochs",
+        "3",
+        "--stages",
+        "1",
+        "--layers",
+        "2",
+        "--hidden",
+        "8",
+        "--patience",
+        "0",
+        "--threads",
+        "1",
+        "--quiet",
+    )
+    assert again.returncode == 0, again
+    assert json.loads((tmp_path / "run0" / "fit.json").read_text())["stopped_early"] is None
 
 
 @pytest.mark.parametrize(("mode", "kinship"), [("grid", "grm"), ("alternating", "grm_pcs"), ("iid", None)])
@@ -256,8 +326,10 @@ def test_unsettled_s2_is_reported(tmp_path: Path) -> None:
     kinship = family_kinship(200, rng)
     latent = np.linalg.cholesky(0.8 * kinship + 0.2 * np.eye(200)) @ rng.normal(size=(200, 2))
     ids = [f"i{k}" for k in range(200)]
-    pheno = write_table(tmp_path / "p.tsv", pd.DataFrame({"FID": ids, "IID": ids, "a": np.exp(latent[:, 0]),
-                                                          "b": latent[:, 1] ** 3 + latent[:, 1]}))
+    pheno = write_table(
+        tmp_path / "p.tsv",
+        pd.DataFrame({"FID": ids, "IID": ids, "a": np.exp(latent[:, 0]), "b": latent[:, 1] ** 3 + latent[:, 1]}),
+    )
     np.savez(tmp_path / "k.npz", K=kinship, ids=np.array(ids))
     config = FitConfig(mode="alternating", layers=2, hidden=8, train=TrainConfig(epochs=1, stages=2, lr=1e-2))
     with pytest.warns(UserWarning) as caught:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flowpheno.bench.results import command_line, package_versions, write_results
-from flowpheno.errors import FlowphenoError
+from flowpheno.errors import FlowphenoError, OptionError
 from flowpheno.io.atomic import StagedDirectory, results_folder, write_errors
 from flowpheno.threads import thread_limits
 
@@ -48,7 +48,7 @@ def chosen_methods(methods: str, allowed: tuple[str, ...]) -> list[str]:
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     for name in chosen:
         if name not in allowed:
-            raise FlowphenoError(f"--methods {name!r}: choose from {', '.join(allowed)}")
+            raise OptionError(f"--methods {name!r}: choose from {', '.join(allowed)}")
     return chosen
 
 
@@ -101,12 +101,12 @@ def run_synthetic(
 
     for name in settings:
         if name not in synthetic.SETTINGS:
-            raise FlowphenoError(f"--setting {name!r}: choose blocks and/or kinship")
+            raise OptionError(f"--setting {name!r}: choose blocks and/or kinship")
     for name in shapes:
         if name not in SHAPES:
-            raise FlowphenoError(f"--shapes {name!r}: choose from {', '.join(sorted(SHAPES))}")
+            raise OptionError(f"--shapes {name!r}: choose from {', '.join(sorted(SHAPES))}")
     if protocol not in PROTOCOLS:
-        raise FlowphenoError(f"--protocol {protocol!r}: choose paper or fast")
+        raise OptionError(f"--protocol {protocol!r}: choose paper or fast")
     available = PAPER_METHODS if protocol == "paper" else synthetic.METHODS
     wanted = {s: list(available[s]) for s in settings}
     if methods:
@@ -251,7 +251,7 @@ def run_images(
     chosen = chosen_methods(methods, METHODS)
     size = 8 if quick else size
     if size % 4:
-        raise FlowphenoError(f"--size {size}: the two-level flow needs a size divisible by 4 (for example 16 or 32)")
+        raise OptionError(f"--size {size}: the two-level flow needs a size divisible by 4 (for example 16 or 32)")
     sizes = ImageSizes.quick() if quick else ImageSizes()
     embedded = images is None
     staged = StagedDirectory(

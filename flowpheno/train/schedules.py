@@ -70,6 +70,9 @@ class FitOutcome:
     (None without validation rows: the last epoch's state is returned)."""
     best_stage: int | None = None
     """The stage of ``best_epoch``."""
+    stopped_early: dict[str, int] | None = None
+    """When ``TrainConfig.patience`` ended training: ``{"epoch": last epoch run, "patience": p}``
+    (epochs counted over stages), else None."""
     validation_score: str = "val_nll_iid"
     """The key of the held-out score that chose the state (and the grid value): ``val_nll_conditional``
     (kinship with held-out kinship blocks) or ``val_nll_iid``."""
@@ -162,6 +165,7 @@ class EpochTrainer:
         self.best_epoch = 0
         self.best_stage: int | None = None
         self.stopped = False
+        self.stopped_early: dict[str, int] | None = None
         self.non_finite_batches = 0
         self.diverged: str | None = None
         self.check_every_batch = x_train.device.type == "cpu"
@@ -320,9 +324,9 @@ class EpochTrainer:
             if self.best.value != previous_best:
                 self.best_epoch, self.best_stage = self.epoch_count, stage
             patience = self.config.patience
-            self.stopped = self.stopped or (
-                bool(patience) and val is not None and self.epoch_count - self.best_epoch >= patience
-            )
+            if not self.stopped and patience and val is not None and self.epoch_count - self.best_epoch >= patience:
+                self.stopped = True
+                self.stopped_early = {"epoch": self.epoch_count, "patience": patience}
             record = {
                 "stage": stage,
                 "epoch": self.epoch_count,
@@ -367,6 +371,7 @@ class EpochTrainer:
             diverged=self.diagnosis(),
             best_epoch=self.best_epoch if kept else None,
             best_stage=self.best_stage if kept else None,
+            stopped_early=self.stopped_early,
             validation_score=self.score,
             best_val_scores=self.best.scores,
         )
