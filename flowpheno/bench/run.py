@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flowpheno.bench.results import command_line, package_versions, write_results
-from flowpheno.errors import FlowphenoError, OptionError
+from flowpheno.errors import OptionError
 from flowpheno.io.atomic import StagedDirectory, results_folder, write_errors
 from flowpheno.threads import thread_limits
 
