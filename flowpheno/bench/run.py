@@ -43,7 +43,7 @@ def chosen_methods(methods: str, allowed: tuple[str, ...]) -> list[str]:
     """``--methods a,b`` as a list, each checked against the experiment's methods.
 
     Raises:
-        FlowphenoError: a name not in ``allowed`` (the message lists them).
+        OptionError: a name not in ``allowed`` (the message lists them).
     """
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     for name in chosen:
@@ -92,7 +92,7 @@ def run_synthetic(
     setting of a run trained as members of one batched model) or ``fast`` (the earlier one).
 
     Raises:
-        FlowphenoError: an unknown setting, shape, method or protocol, or ``out`` refused.
+        OptionError: an unknown setting, shape, method or protocol. FlowphenoError: ``out`` refused.
     """
     from flowpheno.bench import synthetic
     from flowpheno.bench.protocols import PAPER_METHODS, PAPER_VERSION, PROTOCOLS, paper_sizes
