@@ -200,10 +200,15 @@ def fit(
     from flowpheno.pipeline import FitConfig, fit_phenotypes
     from flowpheno.train import TrainConfig
 
+    grid = _floats(s2_grid, "--s2-grid")
+    if mode != "grid" and grid != FitConfig().s2_grid:
+        raise OptionError(
+            f"--s2-grid {s2_grid}: the values of --mode grid, not of --mode {mode}; drop it or add --mode grid"
+        )
     config = FitConfig(
         traits=[t.strip() for t in traits.split(",") if t.strip()] if traits else None,
         mode=mode,
-        s2_grid=_floats(s2_grid, "--s2-grid"),
+        s2_grid=grid,
         layers=layers,
         hidden=hidden,
         val_frac=val_frac,

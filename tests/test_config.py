@@ -206,6 +206,18 @@ def test_an_empty_grid_value_is_refused_not_dropped(tmp_path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+def test_a_grid_given_without_mode_grid_is_refused(tmp_path) -> None:
+    """``--s2-grid`` is read by ``--mode grid`` only: given with another mode it would be ignored."""
+    pheno = tmp_path / "pheno.tsv"
+    pheno.write_text("FID\tIID\ta\nf\ti1\t1.0\n")
+    result = invoke("fit", "--pheno", pheno, "--out", tmp_path / "run", "--s2-grid", "0.1,0.5")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: --s2-grid 0.1,0.5: the values of --mode grid, not of --mode alternating; drop it or add --mode grid\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_fit_phenotypes_refuses_a_config_that_is_not_a_fit_config(tmp_path) -> None:
     from flowpheno.pipeline import fit_phenotypes
 

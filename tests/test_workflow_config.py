@@ -44,15 +44,19 @@ def ci_config(name: str) -> dict:
 
 
 def shell_commands(output: str) -> list[str]:
-    return [line.split("Shell command: ", 1)[1] for line in output.splitlines() if line.startswith("Shell command: ")
-            and "None" != line.split("Shell command: ", 1)[1]]
+    return [
+        line.split("Shell command: ", 1)[1]
+        for line in output.splitlines()
+        if line.startswith("Shell command: ") and "None" != line.split("Shell command: ", 1)[1]
+    ]
 
 
 def user_config(work: Path) -> dict:
     """A cohort of its own: the example genotypes, two traits under other names, no covariates, no truth."""
     pheno = pd.read_csv(EXAMPLES / "pheno.tsv", sep="\t")
     pheno.rename(columns={"trait1": "height", "trait3": "weight"})[["FID", "IID", "height", "weight"]].to_csv(
-        work / "body.tsv", sep="\t", index=False)
+        work / "body.tsv", sep="\t", index=False
+    )
     return {
         "outdir": str(work / "out"),
         "cohort": {"bfile": str(EXAMPLES / "cohort"), "pheno": str(work / "body.tsv")},
@@ -67,8 +71,15 @@ def test_user_config_is_not_merged_with_the_example(tmp_path: Path) -> None:
     planned = result.stdout + result.stderr
     commands = shell_commands(result.stdout)
     assert commands, planned[-3000:]
-    for example_only in ("examples/pheno.tsv", "examples/covar.tsv", "examples/truth.tsv", "results/example", "trait1",
-                         "/all/", "flow_iid"):
+    for example_only in (
+        "examples/pheno.tsv",
+        "examples/covar.tsv",
+        "examples/truth.tsv",
+        "results/example",
+        "trait1",
+        "/all/",
+        "flow_iid",
+    ):
         assert example_only not in planned, example_only
     assert not any("--covar" in command or "--truth" in command for command in commands)
     rint = [command for command in commands if command.startswith("flowpheno gwas rint")]
@@ -95,17 +106,24 @@ def test_loco_off_tests_every_snp_with_the_full_grm(tmp_path: Path) -> None:
     assert sum("--per-trait" in command for command in assoc) == 1
     evaluate = [command for command in commands if command.startswith("flowpheno gwas evaluate")]
     assert len(evaluate) == 4 and all("--threshold 5e-08 --r2 0.2 " in command for command in evaluate)
-    assert not any("--alpha" in command or "--kb" in command for command in evaluate)  # left out: the command's defaults
+    assert not any(
+        "--alpha" in command or "--kb" in command for command in evaluate
+    )  # left out: the command's defaults
 
 
 def test_typed_fit_keys_reach_the_fit_commands(tmp_path: Path) -> None:
     """Each `fit:` key of .test/config-noloco is its flag on flowpheno fit; flow_iid gets no kinship-mode setting."""
     result = dry_run(tmp_path, TEST_CONFIGS / "config-noloco" / "config.yaml")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    fits = {command.split("/run ", 1)[0].rsplit("/", 1)[1]: command
-            for command in shell_commands(result.stdout) if command.startswith("(flowpheno fit")}
-    shared = ("--epochs 2 --stages 1 --layers 4 --hidden 32 --batch-size 128 --lr 0.002 --weight-decay 0 --val-frac 0.2 "
-              "--patience 3 --seed 1 --device cpu --out")
+    fits = {
+        command.split("/run ", 1)[0].rsplit("/", 1)[1]: command
+        for command in shell_commands(result.stdout)
+        if command.startswith("(flowpheno fit")
+    }
+    shared = (
+        "--epochs 2 --stages 1 --layers 4 --hidden 32 --batch-size 128 --lr 0.002 --weight-decay 0 --val-frac 0.2 "
+        "--patience 3 --seed 1 --device cpu --out"
+    )
     assert "--traits trait1,trait2 --mode grid --s2-grid 0.1,0.4 " + shared in fits["flow_kinship"]
     assert "--traits trait1,trait2 --mode iid " + shared in fits["flow_iid"]
 
@@ -124,16 +142,23 @@ def test_typed_fit_keys_are_the_flag_table(tmp_path: Path) -> None:
 EXTRA = "error: config fit.extra: free text is no longer pasted into flowpheno fit; delete it and set typed keys under fit: "
 
 
-@pytest.mark.parametrize(("fit", "message"), [
-    ({"extra": "--lr 0.01 --scale-step --s2-grid 0,0.5"}, EXTRA + "lr: 0.01; scale_step: true; s2_grid: [0,0.5]"),
-    ({"extra": ""}, EXTRA + "mode, epochs, lr, patience, ... (workflow/schemas/config.schema.yaml)"),
-    ({"extra": "--grm-pcs pcs.tsv --patience=4"},
-     EXTRA + "--grm-pcs has no key (the workflow sets it, or it is not a workflow setting); patience: 4"),
-    ({"epochs": 0}, "error: config fit.epochs: must be an integer >= 1, got 0"),
-    ({"val_frac": 0.95}, "error: config fit.val_frac: must be in [0, 0.9), got 0.95"),
-    ({"mode": "grid", "scale_step": True},
-     "error: config fit.scale_step: a step of fit.mode 'alternating' only, not of 'grid', got True"),
-])
+@pytest.mark.parametrize(
+    ("fit", "message"),
+    [
+        ({"extra": "--lr 0.01 --scale-step --s2-grid 0,0.5"}, EXTRA + "lr: 0.01; scale_step: true; s2_grid: [0,0.5]"),
+        ({"extra": ""}, EXTRA + "mode, epochs, lr, patience, ... (workflow/schemas/config.schema.yaml)"),
+        (
+            {"extra": "--grm-pcs pcs.tsv --patience=4"},
+            EXTRA + "--grm-pcs has no key (the workflow sets it, or it is not a workflow setting); patience: 4",
+        ),
+        ({"epochs": 0}, "error: config fit.epochs: must be an integer >= 1, got 0"),
+        ({"val_frac": 0.95}, "error: config fit.val_frac: must be in [0, 0.9), got 0.95"),
+        (
+            {"mode": "grid", "scale_step": True},
+            "error: config fit.scale_step: a step of fit.mode 'alternating' only, not of 'grid', got True",
+        ),
+    ],
+)
 def test_bad_fit_settings_stop_with_one_line(tmp_path: Path, fit: dict, message: str) -> None:
     config = ci_config("config")
     config["fit"] |= fit
@@ -147,9 +172,21 @@ def test_bad_fit_settings_stop_with_one_line(tmp_path: Path, fit: dict, message:
 @pytest.mark.parametrize("name", ["config", "config-noloco"])
 def test_lint_finds_nothing(tmp_path: Path, name: str) -> None:
     result = subprocess.run(
-        [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile",
-         str(TEST_CONFIGS / name / "config.yaml"), "--lint"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False,
+        [
+            SNAKEMAKE,
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(TEST_CONFIGS / name / "config.yaml"),
+            "--lint",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        check=False,
     )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     assert "Lints for" not in result.stdout + result.stderr
@@ -162,25 +199,47 @@ def test_default_configuration_is_the_example(tmp_path: Path) -> None:
     result = dry_run(work)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     commands = shell_commands(result.stdout)
-    assert any("--covar examples/covar.tsv" in command and "--traits trait1,trait2,trait3,trait4" in command
-               for command in commands)
+    assert any(
+        "--covar examples/covar.tsv" in command and "--traits trait1,trait2,trait3,trait4" in command
+        for command in commands
+    )
     assert any("--truth examples/truth.tsv" in command for command in commands)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda config: config.pop("methods"), "'methods' is a required property"),
-    (lambda config: config.update(trait_group=config.pop("trait_groups")), "'trait_group' was unexpected"),
-    (lambda config: config.update(methods=["single", "oracle"]), "oracle needs the simulator's own inverse map"),
-    (lambda config: config.update(methods=["single", "rint"]), "'rint' is not one of"),
-    (lambda config: config["cohort"].pop("bfile"), "cohort.bfile is required"),
-    (lambda config: config["trait_groups"]["body"].append("bmi"), "config trait_groups.body: "),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda config: config.pop("methods"), "'methods' is a required property"),
+        (lambda config: config.update(trait_group=config.pop("trait_groups")), "'trait_group' was unexpected"),
+        (lambda config: config.update(methods=["single", "oracle"]), "oracle needs the simulator's own inverse map"),
+        (lambda config: config.update(methods=["single", "rint"]), "'rint' is not one of"),
+        (lambda config: config["cohort"].pop("bfile"), "cohort.bfile is required"),
+        (lambda config: config["trait_groups"]["body"].append("bmi"), "config trait_groups.body: "),
+        (
+            lambda config: config.update(fit={"epoch": 3}),
+            "error: config fit: Additional properties are not allowed ('epoch' was unexpected)",
+        ),
+        (lambda config: config.update(fit={"lr": "fast"}), "error: config fit.lr: 'fast' is not of type 'number'"),
+        (
+            lambda config: config.update(fit={"s2_grid": [0.1, 0.5]}),
+            "error: config fit.s2_grid: the values of mode: grid, not of mode: alternating; delete it or set mode: grid",
+        ),
+        (
+            lambda config: config.update(fit={"device": "gpu"}),
+            "error: config fit.device: must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'",
+        ),
+    ],
+)
 def test_bad_configuration_stops_before_any_job(tmp_path: Path, change, message: str) -> None:
+    """One line that names the key (never the whole schema, a traceback or Snakemake's own frames)."""
     config = user_config(tmp_path)
     change(config)
     result = dry_run(tmp_path, config)
     assert result.returncode != 0
-    assert message in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert message in output
+    assert "Traceback" not in output and 'File "' not in output and "Error validating" not in output
+    assert len([line for line in output.splitlines() if message in line]) == 1
     assert not (tmp_path / "out").exists()
 
 

@@ -17,6 +17,11 @@ def stop(message):
     sys.exit(f"error: config {message}")
 
 
+def refuse(message):
+    """An input the workflow cannot use: one line (the message names the file or key), before any job."""
+    sys.exit(f"error: {message}")
+
+
 def typed_fit_keys(extra):
     """The typed `fit:` keys that replace the options of a former `fit.extra` string."""
     words, keys = shlex.split(extra or ""), []
@@ -44,7 +49,19 @@ if isinstance(config.get("fit"), dict) and "extra" in config["fit"]:
          + ("; ".join(keys) if keys else "mode, epochs, lr, patience, ... (workflow/schemas/config.schema.yaml)"))
 if isinstance(config.get("simulate"), dict):  # YAML reads a bare `null:` key as None
     config["simulate"] = {("null" if key is None else str(key)): value for key, value in config["simulate"].items()}
-validate(config, "../schemas/config.schema.yaml")
+try:
+    validate(config, "../schemas/config.schema.yaml")
+except Exception:  # Snakemake prints the whole schema; say which key is wrong, in one line
+    import jsonschema
+    import yaml
+
+    with open(os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")) as handle:
+        SCHEMA = yaml.safe_load(handle)
+    problem = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(SCHEMA)(SCHEMA).iter_errors(config))
+    if problem is None:
+        raise
+    where = ".".join(map(str, problem.absolute_path))
+    stop(f"{where + ': ' if where else ''}{problem.message} (the keys: workflow/schemas/config.schema.yaml)")
 
 OUT = config["outdir"].rstrip("/")
 SIMULATE = config.get("simulate") or None
@@ -63,7 +80,7 @@ else:
     given = config.get("cohort") or {}
     missing = [key for key in ("bfile", "pheno") if not given.get(key)]
     if missing:
-        raise ValueError(f"config: cohort.{missing[0]} is required (or a `simulate` block to simulate the cohort)")
+        refuse(f"config: cohort.{missing[0]} is required (or a `simulate` block to simulate the cohort)")
     COHORT = {key: given.get(key) or "" for key in ("bfile", "pheno", "covar", "truth")}
 
 GROUPS = config["trait_groups"]
@@ -83,14 +100,14 @@ def check_cohort_files():
         for group, traits in GROUPS.items():
             for trait in traits:
                 if trait not in columns:
-                    raise ValueError(f"config trait_groups.{group}: {COHORT['pheno']} has no column {trait!r} "
+                    refuse(f"config trait_groups.{group}: {COHORT['pheno']} has no column {trait!r} "
                                      f"(its columns: {', '.join(columns[:20])})")
     bim = f"{COHORT['bfile']}.bim"
     if LOCO and os.path.exists(bim):
         table = pd.read_csv(bim, sep=r"\s+", header=None, usecols=[0, 3], dtype={0: str})
         placed = table.loc[(table[3] >= 0) & (table[0] != "0"), 0].unique()
         if len(placed) < 2:
-            raise ValueError(f"{bim}: every placed SNP is on chromosome {', '.join(placed) or 'none'}; leave-one-chromosome-out "
+            refuse(f"{bim}: every placed SNP is on chromosome {', '.join(placed) or 'none'}; leave-one-chromosome-out "
                              "association needs two or more: set gwas.loco: false in the configuration")
 
 
@@ -104,6 +121,8 @@ FIT_SETTINGS = {
     "flow_iid": {key: value for key, value in FIT.items() if key not in KINSHIP_ONLY},
     "flow_kinship": {key: value for key, value in FIT.items() if key != "mode"},
 }
+if "s2_grid" in FIT and FLOW_MODES["flow_kinship"] != "grid":
+    stop(f"fit.s2_grid: the values of mode: grid, not of mode: {FLOW_MODES['flow_kinship']}; delete it or set mode: grid")
 for method in ("flow_iid", "flow_kinship"):
     try:  # the values flowpheno fit would refuse, refused now
         fit_config(FIT_SETTINGS[method], mode=FLOW_MODES[method])
@@ -113,7 +132,7 @@ FIT_ARGS = {method: fit_arguments(settings) for method, settings in FIT_SETTINGS
 """`flowpheno fit` options of each flow arm from the `fit:` keys (flowpheno.config.FLAGS maps each key to its flag)."""
 RINT_METHODS = [method for method in ("single", "rint_mv") if method in METHODS]
 if "oracle" in METHODS and not SIMULATE:
-    raise ValueError("config methods: oracle needs the simulator's own inverse map, known only for a cohort the workflow "
+    refuse("config methods: oracle needs the simulator's own inverse map, known only for a cohort the workflow "
                      "simulates (a `simulate` block); remove oracle from methods")
 
 # Every GWAS step reads one fileset: the cohort's, sorted, without SNPs at a negative position or on
