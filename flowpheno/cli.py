@@ -201,10 +201,6 @@ def fit(
     from flowpheno.train import TrainConfig
 
     grid = _floats(s2_grid, "--s2-grid")
-    if mode != "grid" and grid != FitConfig().s2_grid:
-        raise OptionError(
-            f"--s2-grid {s2_grid}: the values of --mode grid, not of --mode {mode}; drop it or add --mode grid"
-        )
     config = FitConfig(
         traits=[t.strip() for t in traits.split(",") if t.strip()] if traits else None,
         mode=mode,
@@ -228,6 +224,10 @@ def fit(
             profile_scale=scale_step,
         ),
     )
+    if mode != "grid" and grid != FitConfig().s2_grid:  # values checked above; a grid no mode reads
+        raise OptionError(
+            f"--s2-grid {s2_grid}: the values of --mode grid, not of --mode {mode}; drop it or add --mode grid"
+        )
     with nullcontext(None) if quiet else fit_progress(console) as callback:  # bars on a terminal, lines in a log
         _, table, report = fit_phenotypes(
             pheno,
