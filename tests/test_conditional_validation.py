@@ -224,6 +224,7 @@ def _cohort_files(tmp_path: Path) -> tuple[Path, Path, Path]:
     return write_table(tmp_path / "pheno.tsv", table), tmp_path / "kin.npz", write_table(tmp_path / "pcs.tsv", pc_table)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "kinship"), [("grid", "grm"), ("alternating", "grm_pcs"), ("iid", None)])
 def test_fit_reports_which_score_chose(mode: str, kinship: str | None, tmp_path: Path) -> None:
     pheno, grm, pcs = _cohort_files(tmp_path)

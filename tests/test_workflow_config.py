@@ -26,7 +26,8 @@ def dry_run(work: Path, config: dict | None = None) -> subprocess.CompletedProce
     if config is not None:
         (work / "user.json").write_text(json.dumps(config))
         command += ["--configfile", str(work / "user.json")]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=work)
+    # the timeout guards against a hang only: a dry run takes about 4 s of CPU
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=work)
 
 
 def shell_commands(output: str) -> list[str]:
@@ -47,6 +48,7 @@ def user_config(work: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_user_config_is_not_merged_with_the_example(tmp_path: Path) -> None:
     result = dry_run(tmp_path, user_config(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -70,6 +72,7 @@ def test_user_config_is_not_merged_with_the_example(tmp_path: Path) -> None:
     assert "checkpoint" in planned  # the per-chromosome (LOCO) jobs follow from the prepared .bim
 
 
+@pytest.mark.slow
 def test_loco_off_tests_every_snp_with_the_full_grm(tmp_path: Path) -> None:
     config = user_config(tmp_path) | {"gwas": {"loco": False, "p_threshold": 5e-8}}
     result = dry_run(tmp_path, config)
@@ -82,6 +85,7 @@ def test_loco_off_tests_every_snp_with_the_full_grm(tmp_path: Path) -> None:
     assert all("--threshold 5e-08" in command for command in commands if command.startswith("flowpheno gwas evaluate"))
 
 
+@pytest.mark.slow
 def test_default_configuration_is_the_example(tmp_path: Path) -> None:
     work = tmp_path / "repo"
     work.mkdir()
@@ -102,6 +106,7 @@ def test_default_configuration_is_the_example(tmp_path: Path) -> None:
     (lambda config: config["cohort"].pop("bfile"), "cohort.bfile is required"),
     (lambda config: config["trait_groups"]["body"].append("bmi"), "config trait_groups.body: "),
 ])
+@pytest.mark.slow
 def test_bad_configuration_stops_before_any_job(tmp_path: Path, change, message: str) -> None:  # noqa: ANN001
     config = user_config(tmp_path)
     change(config)
@@ -111,6 +116,7 @@ def test_bad_configuration_stops_before_any_job(tmp_path: Path, change, message:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_loco_with_one_chromosome_stops_before_any_job(tmp_path: Path) -> None:
     """Known from the .bim before any job (LOCO needs two chromosomes with placed SNPs)."""
     bim = pd.read_csv(EXAMPLES / "cohort.bim", sep="\t", header=None)
