@@ -47,9 +47,9 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 
 @pytest.fixture(scope="session")
 def example_kinship(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded example's GRM, computed once per test session with `flowpheno grm`."""
+    """The embedded example's GRM, computed once per test session with `flowpheno grm` (in-process)."""
     out = tmp_path_factory.mktemp("example") / "kinship.npz"
-    result = run_cli("grm", "--bfile", str(EXAMPLES / "cohort"), "--out", str(out))
+    result = invoke("grm", "--bfile", str(EXAMPLES / "cohort"), "--out", str(out))
     assert result.returncode == 0, result.stderr
     return out
 

@@ -40,6 +40,7 @@ def test_block_sizes_and_correlation() -> None:
     assert 0.3 < off.mean() < 0.95  # dense and strongly correlated, as in the paper
 
 
+@pytest.mark.slow
 def test_early_stopping_stops() -> None:
     x = torch.randn(300, 2)
     flow = spline_coupling_flow(2, layers=1, hidden=8, bins=4)
@@ -50,6 +51,7 @@ def test_early_stopping_stops() -> None:
     assert len(outcome.stages) == 1
 
 
+@pytest.mark.slow
 def test_quick_bench(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     result = run_cli("bench", "synthetic", "--quick", "--protocol", "fast", "--jobs", "2", "--out", str(out))
@@ -116,6 +118,7 @@ def test_stored_runs_are_reused_only_for_the_same_sizes(tmp_path: Path) -> None:
     assert len(list((tmp_path / "runs").glob("*.json"))) == 2
 
 
+@pytest.mark.slow
 def test_bench_cli_full_sizes_do_not_reuse_quick_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import flowpheno.bench.synthetic as synthetic
     from flowpheno.bench.synthetic import BenchSizes, run_hash, run_identity

@@ -78,6 +78,7 @@ def test_glow_is_invertible_with_exact_log_det() -> None:
     assert bits_per_dim(0.0, 64) == pytest.approx(8.0)
 
 
+@pytest.mark.slow
 def test_quick_images_run(tmp_path: Path) -> None:
     out = tmp_path / "images"
     result = run_cli("bench", "images", "--quick", "--out", str(out))

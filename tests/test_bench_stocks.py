@@ -24,6 +24,7 @@ def price_sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"huge": root / "huge", "yahoo": root / "yahoo"}
 
 
+@pytest.mark.slow
 def test_both_layouts_give_the_same_returns(price_sets: dict[str, Path]) -> None:
     huge, yahoo = ticker_files([price_sets["huge"]]), ticker_files([price_sets["yahoo"]])
     assert set(huge) == set(yahoo) == {"AAPL", "MSFT", "MA", "V"}
@@ -65,6 +66,7 @@ def test_split_is_temporal_per_pair(price_sets: dict[str, Path]) -> None:
     assert counts[0] > 2 * counts[1]  # the older pair dominates training, as in the paper
 
 
+@pytest.mark.slow
 def test_quick_stocks_run(tmp_path: Path, price_sets: dict[str, Path]) -> None:
     out = tmp_path / "stocks"
     result = run_cli("bench", "stocks", "--prices", str(price_sets["huge"]), "--start", "2004-01-01", "--quick", "--out", str(out))

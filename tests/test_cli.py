@@ -26,6 +26,7 @@ def example_run(tmp_path_factory: pytest.TempPathFactory, example_kinship: Path)
     return out
 
 
+@pytest.mark.slow
 def test_fit_writes_everything(example_run: Path) -> None:
     for name in ("model.safetensors", "model.json", "fit.json", "gaussianized.tsv", "diagnostics.png"):
         assert (example_run / name).stat().st_size > 0, name
@@ -50,6 +51,7 @@ def test_fit_writes_everything(example_run: Path) -> None:
     assert np.allclose(complete.mean(), 0, atol=0.25) and np.allclose(complete.std(), 1, atol=0.3)
 
 
+@pytest.mark.slow
 def test_transform_reproduces_fit(example_run: Path, tmp_path: Path) -> None:
     result = run_cli(
         "transform", "--model", str(example_run), "--pheno", str(EXAMPLES / "pheno.tsv"),
@@ -75,6 +77,7 @@ def test_transform_reproduces_fit(example_run: Path, tmp_path: Path) -> None:
     assert result.returncode == 1 and "--covar" in result.stderr and not (tmp_path / "x.tsv").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_and_cached_eigendecomposition(example_run: Path, example_kinship: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
     result = run_cli(
@@ -182,6 +185,7 @@ def test_bad_input_is_one_clear_line(case: str, tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
 
 
+@pytest.mark.slow
 def test_failed_refit_keeps_previous_run(tmp_path: Path) -> None:
     pheno, kinship = _small_cohort(tmp_path)
     args = ["fit", "--pheno", str(pheno), "--grm", str(kinship), "--out", str(tmp_path / "run"), "--epochs", "1", "--stages", "1",
@@ -192,6 +196,7 @@ def test_failed_refit_keeps_previous_run(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "gaussianized.tsv").read_text() == before
 
 
+@pytest.mark.slow
 def test_low_rank_pcs_agree_with_dense_kinship(tmp_path: Path) -> None:
     """--grm-pcs (thin SVD, no n x n matrix) and the same kinship as a dense .npz give one s2."""
     rng = np.random.default_rng(7)
@@ -220,6 +225,7 @@ def test_low_rank_pcs_agree_with_dense_kinship(tmp_path: Path) -> None:
     np.testing.assert_allclose(low_z[["a", "b"]], dense_z[["a", "b"]], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_grm_factor_agrees_with_dense_and_trains_exactly(tmp_path: Path) -> None:
     """--grm-factor (standardised genotypes, M < n) equals the dense GRM of the same panel;
     --objective exact runs joint training on it."""

@@ -294,6 +294,7 @@ def test_a_fit_stopped_by_patience_says_so(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run0" / "fit.json").read_text())["stopped_early"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "kinship"), [("grid", "grm"), ("alternating", "grm_pcs"), ("iid", None)])
 def test_fit_reports_which_score_chose(mode: str, kinship: str | None, tmp_path: Path) -> None:
     pheno, grm, pcs = _cohort_files(tmp_path)

@@ -107,6 +107,7 @@ def test_log_lines_at_a_modest_rate_with_time_left() -> None:
 
 # --- the fit, through the CLI and the Python API -------------------------------------------------
 
+@pytest.mark.slow
 def test_fit_to_a_log_file_writes_progress_lines_and_quiet_writes_none(tmp_path: Path, example_kinship: Path) -> None:
     """Output to a non-terminal (as a workflow's log): plain progress lines with stage, epoch and
     losses; ``--quiet``: none, only the summary line, which says which state and s2 were kept."""

@@ -66,6 +66,7 @@ def test_diverging_learning_rate_fails_and_writes_nothing(lr: str, code: int, me
     assert {k: v for k, v in after.items() if ".eig-" not in k} == before  # only the eigendecomposition cache is new
 
 
+@pytest.mark.slow
 def test_healthy_fit_reports_zero_non_finite_batches(tmp_path: Path) -> None:
     pheno, kinship = _cohort(tmp_path)
     result = invoke("fit", "--pheno", pheno, "--grm", kinship, "--out", tmp_path / "run", *TINY)
@@ -240,6 +241,7 @@ def test_broken_eigendecomposition_cache_is_named_discarded_and_recomputed(damag
     np.testing.assert_array_equal(again_values, fresh_values)
 
 
+@pytest.mark.slow
 def test_truncated_cache_in_a_fit_is_a_warning_not_a_traceback(tmp_path: Path) -> None:
     pheno, kinship = _cohort(tmp_path)
     assert invoke("fit", "--pheno", pheno, "--grm", kinship, "--out", tmp_path / "one", *TINY).returncode == 0

@@ -21,6 +21,7 @@ def _average_estimate(model, z: torch.Tensor, batch: int, draws: int, seed: int)
     return values.mean(), values.std(ddof=1) / np.sqrt(draws)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [2, 16])
 def test_kinship_estimator_unbiased(batch: int) -> None:
     rng = np.random.default_rng(10)
@@ -36,6 +37,7 @@ def test_kinship_estimator_unbiased(batch: int) -> None:
     assert se > 1e-3 * abs(exact)
 
 
+@pytest.mark.slow
 def test_blocks_estimator_unbiased() -> None:
     rng = np.random.default_rng(11)
     block_ids = np.repeat(np.arange(8), [1, 3, 5, 8, 2, 6, 4, 11])
@@ -53,6 +55,7 @@ def test_iid_estimator_unbiased() -> None:
     assert abs(mean - float(model.quad_form(z))) < 3 * se
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["kinship", "low_rank", "blocks"])
 def test_control_variate_unbiased_and_lower_variance(kind: str) -> None:
     from flowpheno.dependence import LatentControlVariate

@@ -46,6 +46,7 @@ def test_exact_backward_matches_autograd_of_exact_nll() -> None:
     assert abs(float(model.logit_s2.grad)) > 1e-6
 
 
+@pytest.mark.slow
 def test_joint_exact_objective_recovers_s2() -> None:
     rng = np.random.default_rng(2)
     n, rank, truth = 3000, 20, 0.6
@@ -121,6 +122,7 @@ def test_stratified_batches_deal_large_blocks_evenly_and_keep_small_ones_whole()
     assert max(map(len, batches)) - min(map(len, batches)) <= 2 * int(sizes[~dealt].max())
 
 
+@pytest.mark.slow
 def test_stratified_estimate_is_unbiased() -> None:
     ids = _large_blocks(1)
     rho = torch.linspace(0.05, 0.97, int(ids.max()) + 1).double()

@@ -195,6 +195,7 @@ def test_a_covariate_carrying_a_snps_effect_removes_its_association(gemma_inputs
     assert np.median(np.abs(np.log10(adjusted["P"][others]) - np.log10(plain["P"][others]))) < 0.3  # the rest barely moves
 
 
+@pytest.mark.slow
 @needs_binaries
 def test_gemma_covariate_file_follows_the_fam_and_drops_missing_rows_as_gemma_does(gemma_inputs: dict[str, Path],
                                                                                    tmp_path: Path) -> None:
@@ -236,6 +237,7 @@ def test_a_covariate_constant_among_the_analysed_is_refused_before_gemma(gemma_i
 # ---- gwas evaluate: test, df, n; gwas report ---------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_binaries
 def test_evaluate_records_n_and_the_tests_df_and_report_shows_them(gemma_inputs: dict[str, Path], tmp_path: Path) -> None:
     mv = _assoc(gemma_inputs, tmp_path / "all" / "flow_kinship" / "assoc.tsv", None)

@@ -110,6 +110,7 @@ def test_transform_partial_join_counts_rows_written(fitted: tuple[Path, Path, pd
     assert out.iloc[:30].notna().all().all() and out.iloc[30:].isna().all().all()
 
 
+@pytest.mark.slow
 def test_kinship_joined_on_fid_iid(tmp_path: Path) -> None:
     """Repeated IIDs: a kinship with fids aligns each family's members; the rows of the
     kinship file in another order give exactly the same fit."""

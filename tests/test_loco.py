@@ -124,6 +124,7 @@ def test_assoc_chr_tests_exactly_that_chromosome(fileset: Path, tmp_path: Path) 
     np.testing.assert_array_equal(ours["P"].to_numpy(), reference["P"].to_numpy())
 
 
+@pytest.mark.slow
 def test_gathered_table_has_every_snp_once(fileset: Path, tmp_path: Path) -> None:
     pheno = write_gemma_pheno(tmp_path / "pheno.txt", N)
     parts = []

@@ -51,6 +51,7 @@ def _gaussianized(run: Path) -> pd.DataFrame:
     return pd.read_csv(run / "gaussianized.tsv", sep="\t")
 
 
+@pytest.mark.slow
 def test_levels_stored(data: Path) -> None:
     meta = json.loads((data / "run" / "model.json").read_text())
     assert meta["format"] == 2
@@ -222,6 +223,7 @@ def test_changed_transform_formula_detected(data: Path, monkeypatch: pytest.Monk
         PhenotypeModel.load(data / "run")
 
 
+@pytest.mark.slow
 def test_transform_refuses_covariates_a_model_does_not_use(data: Path, tmp_path: Path) -> None:
     """Covariates given to a model fitted without them would be silently ignored."""
     run = tmp_path / "nocov"

@@ -114,6 +114,7 @@ def test_refused_out_touches_nothing_and_fails_before_reading(
     assert sorted(p for p in tmp_path.rglob("*")) == listing  # nothing created: no run folder, no temporary
 
 
+@pytest.mark.slow
 def test_earlier_run_needs_overwrite_and_is_then_replaced(tmp_path: Path, no_training: list[str]) -> None:
     cohort = _cohort(tmp_path / "data")
     out = tmp_path / "run"
@@ -155,6 +156,7 @@ def test_overwrite_does_not_make_a_foreign_folder_replaceable(tmp_path: Path) ->
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_run_written_before_manifests_is_recognised(tmp_path: Path) -> None:
     cohort = _cohort(tmp_path / "data")
     out = tmp_path / "run"
@@ -232,6 +234,7 @@ def test_leftovers_of_ended_runs_are_removed_and_reported(tmp_path: Path) -> Non
     assert f"{alive} is being written by process {os.getppid()}, still running; left as it is" in " ".join(result.stderr.split())
 
 
+@pytest.mark.slow
 def test_library_api_refuses_and_overwrites(tmp_path: Path) -> None:
     from flowpheno.pipeline import FitConfig, fit_phenotypes
     from flowpheno.train import TrainConfig
@@ -281,6 +284,7 @@ def test_transform_out_refused_before_loading(case: str, fitted: tuple[dict[str,
     assert not _temporaries(run.parent)
 
 
+@pytest.mark.slow
 def test_transform_writes_a_new_file(fitted: tuple[dict[str, Path], Path]) -> None:
     cohort, run = fitted
     out = run.parent / "z.tsv"

@@ -206,6 +206,7 @@ def test_ragged_table_stops_naming_the_line(tmp_path: Path, text: str, fragment:
     assert f"p.tsv: {fragment}" in str(raised.value) and "\n" not in str(raised.value)
 
 
+@pytest.mark.slow
 def test_transform_fam_is_checked_and_its_fileset_protected(tmp_path: Path) -> None:
     """transform --fam: the .fam must still belong to its .bed (GEMMA reads them together), and
     --out may not replace the .bed/.bim beside it, even with --overwrite."""

@@ -22,6 +22,7 @@ def _kinship_data(s2: float, n: int = 2000, d: int = 3, seed: int = 0) -> tuple[
     return kinship, torch.tensor(latent, dtype=torch.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile_scale", [False, True])
 @pytest.mark.parametrize(("truth", "low", "high"), [(0.5, 0.4, 0.6), (0.0, 0.0, 0.1)])
 def test_alternating_recovers_s2(truth: float, low: float, high: float, profile_scale: bool) -> None:
@@ -35,6 +36,7 @@ def test_alternating_recovers_s2(truth: float, low: float, high: float, profile_
     assert len(outcome.stages) == SMALL.stages + 2  # stage 0, each stage, final refit
 
 
+@pytest.mark.slow
 def test_joint_recovers_s2() -> None:
     kinship, x = _kinship_data(0.5, seed=1)
     model = KinshipCovariance.from_matrix(torch.tensor(kinship, dtype=torch.float32))
@@ -71,6 +73,7 @@ def test_blocks_exact_objective_recovers_rho() -> None:
     assert np.abs(estimate - rho).mean() < 0.15
 
 
+@pytest.mark.slow
 def test_joint_blocks_rho_correlates_with_truth() -> None:
     block_ids, rho, x = _block_data(seed=1)
     model = EquicorrelatedBlocks(torch.tensor(block_ids), rho=0.5)

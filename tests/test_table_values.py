@@ -146,6 +146,7 @@ def _gaussianized(tmp_path: Path, out: str) -> str:
     return (tmp_path / out / "gaussianized.tsv").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("code", [".", "-9", "NA", ""])
 def test_missing_codes_equal_na(tmp_path: Path, code: str) -> None:
     clean = _write(tmp_path / "clean.tsv", _edit(_pheno(), 6, "t2", "NA"))
@@ -158,6 +159,7 @@ def test_missing_codes_equal_na(tmp_path: Path, code: str) -> None:
     assert report["dropped"]["missing trait value"]["iids"] == ["i4"]
 
 
+@pytest.mark.slow
 def test_text_trait_column_skipped_with_warning(tmp_path: Path) -> None:
     clean = write_table(tmp_path / "clean.tsv", _pheno())
     with_site = write_table(tmp_path / "site.tsv", _column(_pheno(), "site", ["leeds", "york"] * (N // 2)))
@@ -168,6 +170,7 @@ def test_text_trait_column_skipped_with_warning(tmp_path: Path) -> None:
     assert _gaussianized(tmp_path, "b") == _gaussianized(tmp_path, "a")
 
 
+@pytest.mark.slow
 def test_declared_categorical_accepted(tmp_path: Path) -> None:
     pheno = write_table(tmp_path / "p.tsv", _pheno())
     covar = write_table(tmp_path / "c.tsv", _column(_covar(), "site", [f"s{i % 60:02d}" for i in range(N)]))
@@ -179,6 +182,7 @@ def test_declared_categorical_accepted(tmp_path: Path) -> None:
     assert model["covariates"] == ["age", "batch_b2", "batch_b3", *[f"site_s{i:02d}" for i in range(1, 60)]]
 
 
+@pytest.mark.slow
 def test_numeric_coded_categorical(tmp_path: Path) -> None:
     """A batch coded 1/2/3 is a number unless declared: then it is one-hot like b1/b2/b3."""
     pheno = write_table(tmp_path / "p.tsv", _pheno())
@@ -215,6 +219,7 @@ def _robust_z(values: pd.Series, iid: str, table: pd.DataFrame) -> float:
     return round(float((x[list(table["IID"]).index(iid)] - med) / mad), 1)
 
 
+@pytest.mark.slow
 def test_outlier_warned_and_recorded(tmp_path: Path) -> None:
     table = _pheno()
     table.loc[10, "t1"] = 30.0  # robust z about 30: above the warning bound, below the stop bound
@@ -227,6 +232,7 @@ def test_outlier_warned_and_recorded(tmp_path: Path) -> None:
     assert report["outliers"] == [{"fid": "f10", "iid": "i10", "line": 12, "trait": "t1", "value": 30.0, "robust_z": z}]
 
 
+@pytest.mark.slow
 def test_gross_outlier_kept_on_request(tmp_path: Path) -> None:
     table = _pheno()
     table.loc[10, "t2"] = 250000.0
@@ -294,6 +300,7 @@ def test_outlier_named_and_marked_by_family_when_iids_repeat(tmp_path: Path) -> 
     assert crosses and all(marks.shape == (1, 2) for marks in crosses)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("declared", [False, True])
 def test_covariate_level_held_by_one_individual_stops(tmp_path: Path, declared: bool) -> None:
     """With the intercept each level gets its own mean: a level of one individual would set
@@ -312,6 +319,7 @@ def test_covariate_level_held_by_one_individual_stops(tmp_path: Path, declared: 
     assert two.returncode == 0 and "level 'B' of covariate 'rare' is held by 2 individuals" in " ".join(two.stderr.split()), two
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, fragment",
     [

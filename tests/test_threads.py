@@ -45,6 +45,7 @@ def _observed_threads() -> tuple[list[int], object]:
     return seen, lambda record: seen.append(torch.get_num_threads())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threads", [1, 3])
 def test_threads_reach_torch_and_blas_inside_a_fit_and_are_restored(threads: int, tmp_path: Path) -> None:
     pheno, kinship = _cohort(tmp_path)
@@ -173,6 +174,7 @@ def _nearly_psd_kinship(n: int, negatives: int) -> np.ndarray:
     return (vectors * values) @ vectors.T
 
 
+@pytest.mark.slow
 def test_clipped_eigenvalue_warning_is_the_same_when_read_from_the_cache(tmp_path: Path) -> None:
     pheno, kinship = _cohort(tmp_path, kinship=_nearly_psd_kinship(120, 2))
     config = _config(threads=1, val_frac=0.0)  # every individual trains: the cached matrix is the whole kinship

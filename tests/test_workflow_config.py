@@ -35,7 +35,8 @@ def dry_run(work: Path, config: dict | Path | None = None) -> subprocess.Complet
         config = work / "user.json"
     if config is not None:
         command += ["--configfile", str(config)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=work, check=False)
+    # the timeout guards against a hang only: a dry run takes about 4 s of CPU
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=work, check=False)
 
 
 def ci_config(name: str) -> dict:
@@ -65,6 +66,7 @@ def user_config(work: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_user_config_is_not_merged_with_the_example(tmp_path: Path) -> None:
     result = dry_run(tmp_path, user_config(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -95,6 +97,7 @@ def test_user_config_is_not_merged_with_the_example(tmp_path: Path) -> None:
     assert "checkpoint" in planned  # the per-chromosome (LOCO) jobs follow from the prepared .bim
 
 
+@pytest.mark.slow
 def test_loco_off_tests_every_snp_with_the_full_grm(tmp_path: Path) -> None:
     """.test/config-noloco: one chromosome, gwas.loco false, a fixed threshold and clump r2."""
     result = dry_run(tmp_path, TEST_CONFIGS / "config-noloco" / "config.yaml")
@@ -192,6 +195,7 @@ def test_lint_finds_nothing(tmp_path: Path, name: str) -> None:
     assert "Lints for" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_default_configuration_is_the_example(tmp_path: Path) -> None:
     work = tmp_path / "repo"
     work.mkdir()
@@ -230,6 +234,7 @@ def test_default_configuration_is_the_example(tmp_path: Path) -> None:
         ),
     ],
 )
+@pytest.mark.slow
 def test_bad_configuration_stops_before_any_job(tmp_path: Path, change, message: str) -> None:
     """One line that names the key (never the whole schema, a traceback or Snakemake's own frames)."""
     config = user_config(tmp_path)
@@ -243,6 +248,7 @@ def test_bad_configuration_stops_before_any_job(tmp_path: Path, change, message:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_loco_with_one_chromosome_stops_before_any_job(tmp_path: Path) -> None:
     """Known from the .bim before any job (LOCO needs two chromosomes with placed SNPs)."""
     bim = pd.read_csv(EXAMPLES / "cohort.bim", sep="\t", header=None)
