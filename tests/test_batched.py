@@ -18,7 +18,9 @@ N = 420
 
 def _member(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return spline_coupling_flow(2, layers=3, hidden=16, bins=8, actnorm=False, tail_bound=8.0, coupling="alternating", seed=seed)
+    return spline_coupling_flow(
+        2, layers=3, hidden=16, bins=8, actnorm=False, tail_bound=8.0, coupling="alternating", seed=seed
+    )
 
 
 def _rows(seed: int, n: int) -> torch.Tensor:
@@ -57,12 +59,12 @@ def test_three_members_batched_train_exactly_as_one_alone(kind: str) -> None:
         # Not to the bit: the (K, blocks) table of learned rho goes through vectorised elementwise
         # kernels whose last bit depends on where a member's slice meets the SIMD lanes (log1p and
         # lerp did; they are avoided) and with 70 blocks a difference of about 1e-8 remains.
-        for (name, batched), single in zip(together.named_parameters(), alone.parameters()):
+        for (name, batched), single in zip(together.named_parameters(), alone.parameters(), strict=True):
             assert torch.allclose(batched[1], single[0], atol=1e-6, rtol=0), name
         assert torch.allclose(covariance.logit_rho[1], covariance_alone.logit_rho[0], atol=1e-6, rtol=0)
         assert outcome.best_val_nll[1] == pytest.approx(outcome_alone.best_val_nll[0], abs=1e-6)
     else:
-        for (name, batched), single in zip(together.named_parameters(), alone.parameters()):
+        for (name, batched), single in zip(together.named_parameters(), alone.parameters(), strict=True):
             assert torch.equal(batched[1], single[0]), name
         assert outcome.best_val_nll[1] == outcome_alone.best_val_nll[0]
     assert outcome.best_epoch[1] == outcome_alone.best_epoch[0]
@@ -92,8 +94,18 @@ def test_one_member_follows_torch_adamax_and_steplr() -> None:
     moment is spelt out rather than torch's fused lerp."""
     x, x_val = _rows(0, N), _rows(1, 200)
     batched = BatchedSplineFlow([_member(1)])
-    outcome = fit_members(batched, MemberIID(N), x, x_val, [1e-2], [1e-2], epochs=3, batch_size=64, seed=5,
-                          schedule=LRSchedule(0.9, "step", 4))
+    outcome = fit_members(
+        batched,
+        MemberIID(N),
+        x,
+        x_val,
+        [1e-2],
+        [1e-2],
+        epochs=3,
+        batch_size=64,
+        seed=5,
+        schedule=LRSchedule(0.9, "step", 4),
+    )
     flow = _member(1)
     optimiser = torch.optim.Adamax(flow.parameters(), lr=1e-2, weight_decay=1e-2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimiser, step_size=4, gamma=0.9)
@@ -110,7 +122,7 @@ def test_one_member_follows_torch_adamax_and_steplr() -> None:
         if val < best:
             best, best_state = val, {k: v.clone() for k, v in flow.state_dict().items()}
     flow.load_state_dict(best_state)
-    for mine, theirs in zip(batched.member(0).parameters(), flow.parameters()):
+    for mine, theirs in zip(batched.member(0).parameters(), flow.parameters(), strict=True):
         assert torch.allclose(mine, theirs, atol=1e-6, rtol=0)
     assert outcome.best_val_nll[0] == pytest.approx(best, abs=1e-5)
 
@@ -123,23 +135,32 @@ def test_member_gaussian_terms_equal_the_dependence_models(kind: str) -> None:
     if kind == "joint":
         per_block = torch.rand(3, N // 6, generator=torch.Generator().manual_seed(1)) * 0.9
         batched = MemberBlocks(torch.arange(N) // 6, per_block, learn=True).minibatch_gaussian_nll(z, idx)
-        expected = [EquicorrelatedBlocks(torch.arange(N) // 6, rho=per_block[k]).minibatch_gaussian_nll(z[k], idx) for k in range(3)]
+        expected = [
+            EquicorrelatedBlocks(torch.arange(N) // 6, rho=per_block[k]).minibatch_gaussian_nll(z[k], idx)
+            for k in range(3)
+        ]
     elif kind == "blocks":
         batched = _covariance(kind, values).minibatch_gaussian_nll(z, idx)
-        expected = [EquicorrelatedBlocks(torch.arange(N) // 6, rho=v, shared=True).minibatch_gaussian_nll(z[k], idx)
-                    for k, v in enumerate(values)]
+        expected = [
+            EquicorrelatedBlocks(torch.arange(N) // 6, rho=v, shared=True).minibatch_gaussian_nll(z[k], idx)
+            for k, v in enumerate(values)
+        ]
     else:
         batched = _covariance(kind, values, torch.float64).minibatch_gaussian_nll(z, idx)
         expected = [_kinship(torch.float64).with_s2(v).minibatch_gaussian_nll(z[k], idx) for k, v in enumerate(values)]
     tolerance = 1e-10 if kind == "kinship" else 1e-4
-    assert torch.allclose(batched.detach().double(), torch.stack(expected).detach().double(), atol=tolerance, rtol=tolerance)
+    assert torch.allclose(
+        batched.detach().double(), torch.stack(expected).detach().double(), atol=tolerance, rtol=tolerance
+    )
 
 
 def test_each_member_stops_and_keeps_its_own_best_state() -> None:
     x, x_val = _rows(0, N), _rows(1, 200)
     batched = BatchedSplineFlow([_member(0), _member(0)])
     # member 0 takes steps below float32 resolution: no epoch improves on its first, it stops after 2 more
-    outcome = fit_members(batched, MemberIID(N), x, x_val, [1e-30, 1e-2], [0.0, 0.0], epochs=6, batch_size=100, patience=2)
+    outcome = fit_members(
+        batched, MemberIID(N), x, x_val, [1e-30, 1e-2], [0.0, 0.0], epochs=6, batch_size=100, patience=2
+    )
     assert outcome.epochs_trained == [3, 6] and outcome.best_epoch[0] == 1
     stopped = [record["val_nll"][0] for record in outcome.history[2:]]
     assert stopped == [stopped[0]] * 4  # no step once stopped; the other member went on

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import invoke, run_cli
-from flowpheno.bench.synthetic import BenchSizes
+
 from flowpheno.bench.shapes import SHAPES, iid_sample, pareto_block_sizes, sparse_spd_correlation, true_log_density
+from flowpheno.bench.synthetic import BenchSizes
 from flowpheno.dependence import IIDCovariance
 from flowpheno.flows import spline_coupling_flow
 from flowpheno.train import TrainConfig, fit_schedule
@@ -45,7 +45,9 @@ def test_early_stopping_stops() -> None:
     x = torch.randn(300, 2)
     flow = spline_coupling_flow(2, layers=1, hidden=8, bins=4)
     flow.initialize(x)
-    config = TrainConfig(epochs=20, stages=3, lr=1e-30, patience=2, batch_size=100)  # steps below float32 resolution: no epoch improves
+    config = TrainConfig(
+        epochs=20, stages=3, lr=1e-30, patience=2, batch_size=100
+    )  # steps below float32 resolution: no epoch improves
     outcome = fit_schedule(flow, IIDCovariance(300), x, torch.randn(100, 2), config)
     assert len(outcome.epochs) == 3  # epoch 1 is best, two more without improvement, then stop
     assert len(outcome.stages) == 1
@@ -61,7 +63,9 @@ def test_quick_bench(tmp_path: Path) -> None:
     for name in ("figure_blocks_crescent.png", "figure_kinship_crescent.png"):
         assert (out / name).stat().st_size > 10_000
     runs = json.loads((out / "results.json").read_text())["runs"]
-    assert len(runs) == 2 * (6 + 4)  # 2 shapes x (blocks: baseline, grid, joint, joint_blockbatch, 2 alternating; kinship: 4)
+    assert len(runs) == 2 * (
+        6 + 4
+    )  # 2 shapes x (blocks: baseline, grid, joint, joint_blockbatch, 2 alternating; kinship: 4)
     nll = {(r["setting"], r["shape"], r["method"]): r["test_nll"] for r in runs}
     assert nll[("blocks", "crescent", "grid")] < nll[("blocks", "crescent", "baseline")]
     assert all(np.isfinite(r["test_nll"]) and r["lr"] > 0 for r in runs)
@@ -73,7 +77,9 @@ def test_quick_bench(tmp_path: Path) -> None:
 
 
 def test_bench_synthetic_rejects_a_method_the_setting_lacks(tmp_path: Path) -> None:
-    result = invoke("bench", "synthetic", "--setting", "kinship", "--methods", "baseline,joint", "--out", str(tmp_path / "b"))
+    result = invoke(
+        "bench", "synthetic", "--setting", "kinship", "--methods", "baseline,joint", "--out", str(tmp_path / "b")
+    )
     assert result.returncode != 0
     assert "--methods 'joint': choose from baseline, grid, alternating" in result.stderr
     assert not (tmp_path / "b" / "runs").exists()
@@ -87,10 +93,24 @@ def test_table_pairs_each_method_with_the_baseline_on_its_own_seeds() -> None:
     for seed in range(6):
         base = 2.0 + 0.1 * rng.normal()
         records.append({"setting": "kinship", "shape": "abs", "method": "baseline", "seed": seed, "test_nll": base})
-        records.append({"setting": "kinship", "shape": "abs", "method": "grid", "seed": seed, "test_nll": base - 0.1 + 0.01 * rng.normal()})
+        records.append(
+            {
+                "setting": "kinship",
+                "shape": "abs",
+                "method": "grid",
+                "seed": seed,
+                "test_nll": base - 0.1 + 0.01 * rng.normal(),
+            }
+        )
         if seed < 3:  # a method run on fewer seeds must not shrink the other methods' comparisons
-            records.append({"setting": "kinship", "shape": "abs", "method": "alternating", "seed": seed, "test_nll": base + 0.05})
-    rows = {line.split("|")[3].strip(): line for line in table1(records).splitlines() if line.startswith("| kinship | abs |")}
+            records.append(
+                {"setting": "kinship", "shape": "abs", "method": "alternating", "seed": seed, "test_nll": base + 0.05}
+            )
+    rows = {
+        line.split("|")[3].strip(): line
+        for line in table1(records).splitlines()
+        if line.startswith("| kinship | abs |")
+    }
     grid = [cell.strip() for cell in rows["grid"].split("|")]
     assert (grid[4], grid[5], grid[7]) == ("-0.100", "6", "yes") and float(grid[6]) < 1e-6
     alternating = [cell.strip() for cell in rows["alternating"].split("|")]
@@ -98,8 +118,19 @@ def test_table_pairs_each_method_with_the_baseline_on_its_own_seeds() -> None:
 
 
 def _tiny(**changes: object) -> BenchSizes:
-    base = BenchSizes(n_blocks=80, n_kinship=60, n_eval=60, epochs=1, stages=1, patience=1, batch_size=40,
-                      optimisers=[(2e-3, 0.0)], layers=1, hidden=4, bins=4)
+    base = BenchSizes(
+        n_blocks=80,
+        n_kinship=60,
+        n_eval=60,
+        epochs=1,
+        stages=1,
+        patience=1,
+        batch_size=40,
+        optimisers=[(2e-3, 0.0)],
+        layers=1,
+        hidden=4,
+        bins=4,
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -151,7 +182,8 @@ def test_bench_cli_full_sizes_do_not_reuse_quick_runs(tmp_path: Path, monkeypatc
     results = json.loads((out / "results.json").read_text())
     assert results["sizes"] == json.loads(json.dumps(dataclasses.asdict(Sizes())))
     assert [(r["method"], r["n_train"], r["run_hash"]) for r in results["runs"]] == [
-        (m, 100, run_hash(run_identity("blocks", "crescent", m, 0, Sizes()))) for m in ("baseline", "grid")]
+        (m, 100, run_hash(run_identity("blocks", "crescent", m, 0, Sizes()))) for m in ("baseline", "grid")
+    ]
     assert len(list((out / "runs").glob("*.json"))) == 12 + 2  # trained, not reused
     # only the methods asked for, though the folder holds all six
     only = invoke(*common, "--quick", "--methods", "baseline")
@@ -170,23 +202,47 @@ def test_results_are_written_whole_with_command_and_versions(tmp_path: Path) -> 
 
     command = command_line("flowpheno bench stocks", ["flowpheno", "bench", "stocks", "--quick", "--out", "x"], skip=3)
     assert command == "flowpheno bench stocks --quick --out x"
-    written = write_results(tmp_path / "new", {"r.json": {"command": command, "versions": package_versions(), "x": np.float32(0.5)},
-                                               "r.md": "# table\n"}, default=float)
-    assert [p.name for p in written] == ["r.json", "r.md"] and sorted(p.name for p in (tmp_path / "new").iterdir()) == ["r.json", "r.md"]
+    written = write_results(
+        tmp_path / "new",
+        {"r.json": {"command": command, "versions": package_versions(), "x": np.float32(0.5)}, "r.md": "# table\n"},
+        default=float,
+    )
+    assert [p.name for p in written] == ["r.json", "r.md"] and sorted(p.name for p in (tmp_path / "new").iterdir()) == [
+        "r.json",
+        "r.md",
+    ]
     content = json.loads((tmp_path / "new" / "r.json").read_text())
-    assert content["command"] == command and content["x"] == 0.5 and {"python", "flowpheno", "torch"} <= set(content["versions"])
+    assert (
+        content["command"] == command
+        and content["x"] == 0.5
+        and {"python", "flowpheno", "torch"} <= set(content["versions"])
+    )
     assert (tmp_path / "new" / "r.md").read_text() == "# table\n"
 
 
-def test_paper_protocol_sweeps_every_setting_as_batched_members(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paper_protocol_sweeps_every_setting_as_batched_members(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import flowpheno.bench.protocols as protocols
     from flowpheno.bench.protocols import PaperSetup
 
     tiny = _tiny(optimisers=[(lr, wd) for lr in PaperSetup().lrs for wd in PaperSetup().weight_decays], patience=None)
     monkeypatch.setattr(protocols, "paper_sizes", lambda quick=False: tiny)
     out = tmp_path / "paper"
-    result = invoke("bench", "synthetic", "--setting", "blocks", "--shapes", "crescent", "--methods", "baseline,grid",
-                    "--seeds", "1", "--out", out)
+    result = invoke(
+        "bench",
+        "synthetic",
+        "--setting",
+        "blocks",
+        "--shapes",
+        "crescent",
+        "--methods",
+        "baseline,grid",
+        "--seeds",
+        "1",
+        "--out",
+        out,
+    )
     assert result.returncode == 0, result
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"] == "paper"

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import invoke, run_cli
 from PIL import Image
 
-from conftest import invoke, run_cli
 from flowpheno.bench.images import split_images
 from flowpheno.errors import FlowphenoError
 from flowpheno.flows.glow import GlowFlow, bits_per_dim
@@ -25,7 +25,9 @@ def test_image_folder_layout_formats_and_errors(tmp_path: Path) -> None:
         for k in range(count):
             array = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
             suffix = ".JPG" if k == 1 else ".png"  # mixed formats and suffix case
-            Image.fromarray(array).save(tmp_path / name / f"{name}_{k + 1:04d}{suffix}", format="JPEG" if k == 1 else "PNG")
+            Image.fromarray(array).save(
+                tmp_path / name / f"{name}_{k + 1:04d}{suffix}", format="JPEG" if k == 1 else "PNG"
+            )
     (tmp_path / "Bo" / "notes.txt").write_text("not an image")
     images = read_image_folder(tmp_path, size=8)
     assert images.pixels.shape == (4, 3, 8, 8) and images.pixels.dtype == np.uint8

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import invoke, run_cli
+
 from flowpheno.bench.stocks import load_pairs
 from flowpheno.errors import FlowphenoError
 from flowpheno.io.prices import pair_log_returns, read_prices, ticker_files
@@ -69,7 +69,9 @@ def test_split_is_temporal_per_pair(price_sets: dict[str, Path]) -> None:
 @pytest.mark.slow
 def test_quick_stocks_run(tmp_path: Path, price_sets: dict[str, Path]) -> None:
     out = tmp_path / "stocks"
-    result = run_cli("bench", "stocks", "--prices", str(price_sets["huge"]), "--start", "2004-01-01", "--quick", "--out", str(out))
+    result = run_cli(
+        "bench", "stocks", "--prices", str(price_sets["huge"]), "--start", "2004-01-01", "--quick", "--out", str(out)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     table = (out / "table.md").read_text()
     assert "SYNTHETIC" in table and "| grid |" in table and "-5.69" in table

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import EXAMPLES, family_kinship, invoke, run_cli, write_table
+
 from flowpheno.io.kinship import write_npz
 
 FAST = ["--epochs", "2", "--stages", "2", "--layers", "4", "--hidden", "32", "--device", "cpu", "--seed", "3"]
@@ -19,8 +19,16 @@ FAST = ["--epochs", "2", "--stages", "2", "--layers", "4", "--hidden", "32", "--
 def example_run(tmp_path_factory: pytest.TempPathFactory, example_kinship: Path) -> Path:
     out = tmp_path_factory.mktemp("fit") / "run"
     result = run_cli(
-        "fit", "--pheno", str(EXAMPLES / "pheno.tsv"), "--covar", str(EXAMPLES / "covar.tsv"),
-        "--grm", str(example_kinship), "--out", str(out), *FAST,
+        "fit",
+        "--pheno",
+        str(EXAMPLES / "pheno.tsv"),
+        "--covar",
+        str(EXAMPLES / "covar.tsv"),
+        "--grm",
+        str(example_kinship),
+        "--out",
+        str(out),
+        *FAST,
     )
     assert result.returncode == 0, result.stderr
     return out
@@ -54,8 +62,17 @@ def test_fit_writes_everything(example_run: Path) -> None:
 @pytest.mark.slow
 def test_transform_reproduces_fit(example_run: Path, tmp_path: Path) -> None:
     result = run_cli(
-        "transform", "--model", str(example_run), "--pheno", str(EXAMPLES / "pheno.tsv"),
-        "--covar", str(EXAMPLES / "covar.tsv"), "--out", str(tmp_path / "z.tsv"), "--device", "cpu",
+        "transform",
+        "--model",
+        str(example_run),
+        "--pheno",
+        str(EXAMPLES / "pheno.tsv"),
+        "--covar",
+        str(EXAMPLES / "covar.tsv"),
+        "--out",
+        str(tmp_path / "z.tsv"),
+        "--device",
+        "cpu",
     )
     assert result.returncode == 0, result.stderr
     fitted = pd.read_csv(example_run / "gaussianized.tsv", sep="\t")
@@ -63,9 +80,19 @@ def test_transform_reproduces_fit(example_run: Path, tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(fitted, again, atol=1e-6)
 
     result = run_cli(
-        "transform", "--model", str(example_run), "--pheno", str(EXAMPLES / "pheno.tsv"),
-        "--covar", str(EXAMPLES / "covar.tsv"), "--out", str(tmp_path / "z.gemma.txt"),
-        "--format", "gemma", "--fam", str(EXAMPLES / "cohort.fam"),
+        "transform",
+        "--model",
+        str(example_run),
+        "--pheno",
+        str(EXAMPLES / "pheno.tsv"),
+        "--covar",
+        str(EXAMPLES / "covar.tsv"),
+        "--out",
+        str(tmp_path / "z.gemma.txt"),
+        "--format",
+        "gemma",
+        "--fam",
+        str(EXAMPLES / "cohort.fam"),
     )
     assert result.returncode == 0, result.stderr
     gemma = pd.read_csv(tmp_path / "z.gemma.txt", sep="\t", header=None, na_values="NA")
@@ -73,16 +100,34 @@ def test_transform_reproduces_fit(example_run: Path, tmp_path: Path) -> None:
     expected = fitted.set_index("IID").loc[fam[1]].drop(columns="FID").to_numpy()
     np.testing.assert_allclose(gemma.to_numpy(), expected, atol=1e-6)
 
-    result = invoke("transform", "--model", str(example_run), "--pheno", str(EXAMPLES / "pheno.tsv"), "--out", str(tmp_path / "x.tsv"))
+    result = invoke(
+        "transform",
+        "--model",
+        str(example_run),
+        "--pheno",
+        str(EXAMPLES / "pheno.tsv"),
+        "--out",
+        str(tmp_path / "x.tsv"),
+    )
     assert result.returncode == 1 and "--covar" in result.stderr and not (tmp_path / "x.tsv").exists()
 
 
 @pytest.mark.slow
-def test_same_seed_same_numbers_and_cached_eigendecomposition(example_run: Path, example_kinship: Path, tmp_path: Path) -> None:
+def test_same_seed_same_numbers_and_cached_eigendecomposition(
+    example_run: Path, example_kinship: Path, tmp_path: Path
+) -> None:
     again = tmp_path / "again"
     result = run_cli(
-        "fit", "--pheno", str(EXAMPLES / "pheno.tsv"), "--covar", str(EXAMPLES / "covar.tsv"),
-        "--grm", str(example_kinship), "--out", str(again), *FAST,
+        "fit",
+        "--pheno",
+        str(EXAMPLES / "pheno.tsv"),
+        "--covar",
+        str(EXAMPLES / "covar.tsv"),
+        "--grm",
+        str(example_kinship),
+        "--out",
+        str(again),
+        *FAST,
     )
     assert result.returncode == 0, result.stderr
     assert (again / "gaussianized.tsv").read_text() == (example_run / "gaussianized.tsv").read_text()
@@ -92,8 +137,25 @@ def test_same_seed_same_numbers_and_cached_eigendecomposition(example_run: Path,
 @pytest.mark.parametrize("mode", ["iid", "grid", "joint", "alternating_scaled"])
 def test_other_modes(mode: str, tmp_path: Path) -> None:
     pheno, kinship = _small_cohort(tmp_path)
-    args = ["fit", "--pheno", str(pheno), "--out", str(tmp_path / "run"), "--mode", mode.removesuffix("_scaled"), "--epochs", "1",
-            "--stages", "1", "--layers", "2", "--hidden", "8", "--s2-grid", "0,0.5"]
+    args = [
+        "fit",
+        "--pheno",
+        str(pheno),
+        "--out",
+        str(tmp_path / "run"),
+        "--mode",
+        mode.removesuffix("_scaled"),
+        "--epochs",
+        "1",
+        "--stages",
+        "1",
+        "--layers",
+        "2",
+        "--hidden",
+        "8",
+        "--s2-grid",
+        "0,0.5",
+    ]
     if mode == "alternating_scaled":
         args.append("--scale-step")
     if mode != "iid":
@@ -103,7 +165,9 @@ def test_other_modes(mode: str, tmp_path: Path) -> None:
     report = json.loads((tmp_path / "run" / "fit.json").read_text())
     if mode == "grid":
         assert [g["value"] for g in report["grid"]] == [0.0, 0.5]
-        assert report["covariance"]["s2"] == pytest.approx(min(report["grid"], key=lambda g: g["val_nll"])["value"], abs=1e-5)
+        assert report["covariance"]["s2"] == pytest.approx(
+            min(report["grid"], key=lambda g: g["val_nll"])["value"], abs=1e-5
+        )
     if mode == "iid":
         assert report["covariance"] == {} and report["kinship"] is None
     assert report["config"]["train"]["profile_scale"] is (mode == "alternating_scaled")
@@ -113,8 +177,21 @@ def test_other_modes(mode: str, tmp_path: Path) -> None:
 
 def test_scale_step_needs_alternating(tmp_path: Path) -> None:
     pheno, kinship = _small_cohort(tmp_path)
-    result = invoke("fit", "--pheno", str(pheno), "--grm", str(kinship), "--out", str(tmp_path / "run"), "--mode", "grid", "--scale-step")
-    assert result.returncode != 0 and "--scale-step: a step of --mode 'alternating' only, not of 'grid'" in result.stderr
+    result = invoke(
+        "fit",
+        "--pheno",
+        str(pheno),
+        "--grm",
+        str(kinship),
+        "--out",
+        str(tmp_path / "run"),
+        "--mode",
+        "grid",
+        "--scale-step",
+    )
+    assert (
+        result.returncode != 0 and "--scale-step: a step of --mode 'alternating' only, not of 'grid'" in result.stderr
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -168,14 +245,37 @@ def _broken_inputs(tmp_path: Path, case: str) -> tuple[list[str], str]:
 
 @pytest.mark.parametrize(
     "case",
-    ["no_overlap", "duplicate_id", "non_numeric", "not_square", "not_symmetric", "negative_eigenvalues", "too_few_rows", "zero_variance"],
+    [
+        "no_overlap",
+        "duplicate_id",
+        "non_numeric",
+        "not_square",
+        "not_symmetric",
+        "negative_eigenvalues",
+        "too_few_rows",
+        "zero_variance",
+    ],
 )
 def test_bad_input_is_one_clear_line(case: str, tmp_path: Path) -> None:
     extra, message = _broken_inputs(tmp_path, case)
     out = tmp_path / "run"
     result = invoke(
-        "fit", "--pheno", str(tmp_path / "pheno.tsv"), "--grm", str(tmp_path / "kin.npz"), "--out", str(out),
-        "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "8", *extra,
+        "fit",
+        "--pheno",
+        str(tmp_path / "pheno.tsv"),
+        "--grm",
+        str(tmp_path / "kin.npz"),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--stages",
+        "1",
+        "--layers",
+        "2",
+        "--hidden",
+        "8",
+        *extra,
     )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -188,8 +288,23 @@ def test_bad_input_is_one_clear_line(case: str, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_failed_refit_keeps_previous_run(tmp_path: Path) -> None:
     pheno, kinship = _small_cohort(tmp_path)
-    args = ["fit", "--pheno", str(pheno), "--grm", str(kinship), "--out", str(tmp_path / "run"), "--epochs", "1", "--stages", "1",
-            "--layers", "2", "--hidden", "8"]
+    args = [
+        "fit",
+        "--pheno",
+        str(pheno),
+        "--grm",
+        str(kinship),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--stages",
+        "1",
+        "--layers",
+        "2",
+        "--hidden",
+        "8",
+    ]
     assert run_cli(*args).returncode == 0
     before = (tmp_path / "run" / "gaussianized.tsv").read_text()
     assert invoke(*args, "--overwrite", "--traits", "a,missing_column").returncode == 1
@@ -203,14 +318,30 @@ def test_low_rank_pcs_agree_with_dense_kinship(tmp_path: Path) -> None:
     n = 400
     ids = np.array([f"i{k}" for k in range(n)])
     pcs = rng.normal(size=(n, 6)) + np.repeat(rng.normal(size=(8, 6)) * 2, n // 8, axis=0)  # 8 clusters
-    pd.DataFrame({"FID": "f", "IID": ids, **{f"PC{j + 1}": pcs[:, j] for j in range(6)}}).to_csv(tmp_path / "pcs.tsv", sep="\t", index=False)
+    pd.DataFrame({"FID": "f", "IID": ids, **{f"PC{j + 1}": pcs[:, j] for j in range(6)}}).to_csv(
+        tmp_path / "pcs.tsv", sep="\t", index=False
+    )
     centred = pcs - pcs.mean(axis=1, keepdims=True)
     factor = centred / np.linalg.norm(centred, axis=1, keepdims=True)
     kinship = factor @ factor.T
     write_npz(tmp_path / "dense.npz", kinship, ids)
     latent = np.linalg.cholesky(0.5 * kinship + 0.5 * np.eye(n) + 1e-9 * np.eye(n)) @ rng.normal(size=(n, 2))
-    write_table(tmp_path / "pheno.tsv", pd.DataFrame({"FID": "f", "IID": ids, "a": np.exp(latent[:, 0]), "b": latent[:, 1]}))
-    common = ["fit", "--pheno", str(tmp_path / "pheno.tsv"), "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "8"]
+    write_table(
+        tmp_path / "pheno.tsv", pd.DataFrame({"FID": "f", "IID": ids, "a": np.exp(latent[:, 0]), "b": latent[:, 1]})
+    )
+    common = [
+        "fit",
+        "--pheno",
+        str(tmp_path / "pheno.tsv"),
+        "--epochs",
+        "1",
+        "--stages",
+        "1",
+        "--layers",
+        "2",
+        "--hidden",
+        "8",
+    ]
     low = invoke(*common, "--grm-pcs", str(tmp_path / "pcs.tsv"), "--out", str(tmp_path / "low"))
     dense = invoke(*common, "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "dense"))
     assert low.returncode == 0 and dense.returncode == 0, low.stderr + dense.stderr
@@ -238,15 +369,31 @@ def test_grm_factor_agrees_with_dense_and_trains_exactly(tmp_path: Path) -> None
     dosage = np.repeat(founders, 3, axis=0).astype(float)  # trios of identical genotypes: strong relatedness
     ids = np.array([f"i{k}" for k in range(n)])
     fam = pd.DataFrame({"FID": "f", "IID": ids, "PAT": "0", "MAT": "0", "SEX": "1", "PHENO": "-9"})
-    bim = pd.DataFrame({"chrom": "1", "snp": [f"rs{j}" for j in range(m)], "cm": 0.0, "pos": np.arange(m) + 1, "a0": "A", "a1": "C"})
+    bim = pd.DataFrame(
+        {"chrom": "1", "snp": [f"rs{j}" for j in range(m)], "cm": 0.0, "pos": np.arange(m) + 1, "a0": "A", "a1": "C"}
+    )
     write_plink(tmp_path / "panel", dosage, fam, bim)
     factor = read_genotype_factor(tmp_path / "panel").factor.astype(np.float64)
     kinship = factor @ factor.T
     write_npz(tmp_path / "dense.npz", kinship, ids)
     scaled = kinship * n / np.trace(kinship)
     latent = np.linalg.cholesky(0.5 * scaled + 0.5 * np.eye(n)) @ rng.normal(size=(n, 2))
-    write_table(tmp_path / "pheno.tsv", pd.DataFrame({"FID": "f", "IID": ids, "a": np.exp(latent[:, 0]), "b": latent[:, 1]}))
-    common = ["fit", "--pheno", str(tmp_path / "pheno.tsv"), "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "8"]
+    write_table(
+        tmp_path / "pheno.tsv", pd.DataFrame({"FID": "f", "IID": ids, "a": np.exp(latent[:, 0]), "b": latent[:, 1]})
+    )
+    common = [
+        "fit",
+        "--pheno",
+        str(tmp_path / "pheno.tsv"),
+        "--epochs",
+        "1",
+        "--stages",
+        "1",
+        "--layers",
+        "2",
+        "--hidden",
+        "8",
+    ]
     low = invoke(*common, "--grm-factor", str(tmp_path / "panel"), "--out", str(tmp_path / "low"))
     dense = invoke(*common, "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "dense"))
     assert low.returncode == 0 and dense.returncode == 0, low.stderr + dense.stderr
@@ -255,10 +402,29 @@ def test_grm_factor_agrees_with_dense_and_trains_exactly(tmp_path: Path) -> None
     assert low_report["kinship"]["low_rank"] and low_report["kinship"]["rank"] <= m
     assert low_report["stages"][0]["s2"] == pytest.approx(dense_report["stages"][0]["s2"], abs=1e-4)
     assert low_report["stages"][0]["s2"] > 0.2
-    exact = invoke(*common, "--grm-factor", str(tmp_path / "panel"), "--mode", "joint", "--objective", "exact",
-                    "--epochs", "5", "--out", str(tmp_path / "exact"))
+    exact = invoke(
+        *common,
+        "--grm-factor",
+        str(tmp_path / "panel"),
+        "--mode",
+        "joint",
+        "--objective",
+        "exact",
+        "--epochs",
+        "5",
+        "--out",
+        str(tmp_path / "exact"),
+    )
     assert exact.returncode == 0, exact.stderr
     exact_report = json.loads((tmp_path / "exact" / "fit.json").read_text())
     assert len(exact_report["epochs"]) == 5 and 0 < exact_report["covariance"]["s2"] < 1
-    both = invoke(*common, "--grm-factor", str(tmp_path / "panel"), "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "both"))
+    both = invoke(
+        *common,
+        "--grm-factor",
+        str(tmp_path / "panel"),
+        "--grm",
+        str(tmp_path / "dense.npz"),
+        "--out",
+        str(tmp_path / "both"),
+    )
     assert both.returncode == 1 and "give one kinship" in both.stderr + both.stdout

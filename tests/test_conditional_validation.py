@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import invoke, write_table
 from scipy.stats import multivariate_normal
 
-from conftest import invoke, write_table
 from flowpheno.dependence import HeldOutKinship, KinshipCovariance
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.kinship import write_npz
@@ -318,10 +318,10 @@ def test_fit_reports_which_score_chose(mode: str, kinship: str | None, tmp_path:
 
 def test_unsettled_s2_is_reported(tmp_path: Path) -> None:
     """A fit stopped while s2 still moves says so in a warning and in fit.json."""
+    from conftest import family_kinship, write_table
+
     from flowpheno.pipeline import S2_SETTLED, FitConfig, fit_phenotypes
     from flowpheno.train import TrainConfig
-
-    from conftest import family_kinship, write_table
 
     rng = np.random.default_rng(0)
     kinship = family_kinship(200, rng)

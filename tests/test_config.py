@@ -335,7 +335,7 @@ def test_readme_fit_table_defaults_are_the_dataclass_defaults() -> None:
         cells = [cell.strip() for cell in row.strip("|").split(" | ")]
         names = re.findall(r"`(--[a-z0-9-]+)", cells[0])
         shown = [value.strip(" `") for value in cells[1].split(", ")] if len(names) > 1 else [cells[1].strip("`")]
-        for flag, text in zip(names, shown):
+        for flag, text in zip(names, shown, strict=True):
             field = next((name for name, entry in FLAGS.items() if entry.flag == flag), None)
             if field is None or field in ("device", "threads", "traits"):
                 continue  # not a dataclass default (cuda when available; the CPUs this process may use; every column)

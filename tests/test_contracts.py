@@ -363,5 +363,5 @@ def test_flow_weights_come_from_its_seed_alone(name: str) -> None:
     torch.manual_seed(999)
     second, other = FLOWS[name](5), FLOWS[name](6)
     weights = [list(flow.state_dict().values()) for flow in (first, second, other)]
-    assert all(torch.equal(a, b) for a, b in zip(weights[0], weights[1]))
-    assert any(not torch.equal(a, b) for a, b in zip(weights[0], weights[2]))
+    assert all(torch.equal(a, b) for a, b in zip(weights[0], weights[1], strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(weights[0], weights[2], strict=True))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import family_kinship
 from scipy.stats import multivariate_normal
 
-from conftest import family_kinship
 from flowpheno.dependence import EquicorrelatedBlocks, IIDCovariance, KinshipCovariance
 
 
@@ -124,7 +124,9 @@ def test_profiled_s2_and_scale_maximise_the_dense_likelihood() -> None:
         cov = np.kron(np.diag(np.exp(2 * log_scale)), s2 * kinship * model.scale + (1 - s2) * np.eye(n))
         return -multivariate_normal(mean=np.zeros(n * d), cov=cov).logpdf(z.T.reshape(-1))
 
-    reference = minimize(dense_nll, x0=np.array([0.5, 0.0, 0.0]), bounds=[(0.0, 0.999), (-3, 3), (-3, 3)], method="L-BFGS-B")
+    reference = minimize(
+        dense_nll, x0=np.array([0.5, 0.0, 0.0]), bounds=[(0.0, 0.999), (-3, 3), (-3, 3)], method="L-BFGS-B"
+    )
     s2, fitted_scale = model.fit_s2_and_scale(torch.tensor(z))
     ours = dense_nll(np.concatenate([[s2], np.log(fitted_scale.numpy())]))
     assert ours <= reference.fun + 1e-6

@@ -11,7 +11,7 @@ waits for the device (``schedules.EpochTrainer._minibatch_pass``: one read per e
 from __future__ import annotations
 
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -71,7 +71,9 @@ def _first_host_read(action: Callable[[], object]) -> str:
     try:
         action()
     except (RuntimeError, NotImplementedError) as error:
-        frames = [f for f in traceback.extract_tb(error.__traceback__) if "/flowpheno/" in f.filename.replace("\\", "/")]
+        frames = [
+            f for f in traceback.extract_tb(error.__traceback__) if "/flowpheno/" in f.filename.replace("\\", "/")
+        ]
         assert frames, f"raised outside flowpheno: {error}"
         return f"{frames[-1].filename.rsplit('/', 1)[-1]}: {frames[-1].line} ({error})"
     return ""
@@ -86,11 +88,15 @@ def test_minibatch_pass_stays_on_the_device_until_the_epoch_ends(model_name: str
         # Block-aware batches are dealt once per epoch, on the host, before the first batch
         # (EquicorrelatedBlocks.block_batches / stratified_batches): deal them from a host copy.
         host = DEPENDENCE[model_name](40)
-        batches = EpochTrainer(FLOWS[flow_name](), host, torch.zeros(40, D), None, config, None)._batches(40, torch.device("cpu"))
+        batches = EpochTrainer(FLOWS[flow_name](), host, torch.zeros(40, D), None, config, None)._batches(
+            40, torch.device("cpu")
+        )
         dependence, flow, x = _on_meta(host, FLOWS[flow_name]())
         trainer = EpochTrainer(flow, dependence, x, None, config, None)
-        trainer._batches = lambda n, device: [idx.to(device) for idx in batches]  # type: ignore[method-assign]
-        reached = _first_host_read(lambda: trainer._minibatch_pass(x.shape[0], META, None, checked=False))
+        trainer._batches = lambda n, device, batches=batches: [idx.to(device) for idx in batches]  # type: ignore[method-assign]
+        reached = _first_host_read(
+            lambda trainer=trainer, x=x: trainer._minibatch_pass(x.shape[0], META, None, checked=False)
+        )
         # the one read of the epoch: the count of non-finite batches, after the last batch
         assert reached.startswith("schedules.py: bad_count = int(bad)"), f"{mode}: {reached}"
 
@@ -134,7 +140,9 @@ def test_coupling_flow_matches_zuko_and_keeps_its_weights() -> None:
             continue
         for p in layer.parameters():
             torch.nn.init.normal_(p, std=0.3)
-        reference = GeneralCouplingTransform(features=4, mask=layer.mask, hidden_features=(8, 8), activation=torch.nn.SiLU)
+        reference = GeneralCouplingTransform(
+            features=4, mask=layer.mask, hidden_features=(8, 8), activation=torch.nn.SiLU
+        )
         assert reference.load_state_dict(layer.state_dict()).missing_keys == []
         y, ladj = layer().call_and_ladj(x)
         y_ref, ladj_ref = reference().call_and_ladj(x)
@@ -150,6 +158,8 @@ def test_glow_pass_stays_on_the_device_until_the_epoch_ends() -> None:
     x = torch.rand(24, 64, generator=torch.Generator().manual_seed(0))
     flow.initialize(x)
     dependence = EquicorrelatedBlocks(torch.arange(24) // 4, rho=0.3, shared=True).float()
-    trainer = EpochTrainer(flow.to(META), dependence.to(META), x.to(META), None, TrainConfig(epochs=1, batch_size=8), None)
+    trainer = EpochTrainer(
+        flow.to(META), dependence.to(META), x.to(META), None, TrainConfig(epochs=1, batch_size=8), None
+    )
     reached = _first_host_read(lambda: trainer._minibatch_pass(24, META, None, checked=False))
     assert reached.startswith("schedules.py: bad_count = int(bad)"), reached

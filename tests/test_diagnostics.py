@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import EXAMPLES, invoke
+
 from flowpheno.diagnostics import final_state_note, mardia_test
 from flowpheno.pipeline import FitConfig
 from flowpheno.progress import FitLines
@@ -23,6 +23,7 @@ EPOCH_KEYS = {"event", "stage", "epoch", "train_nll", "val_nll", "non_finite_bat
 
 
 # --- Mardia's tests ---------------------------------------------------------------------------
+
 
 def test_mardia_matches_the_mvn_package_on_iris_setosa() -> None:
     """R's MVN 5.9, ``mvn(iris[iris$Species == "setosa", 1:4], mvnTest = "mardia")``, prints
@@ -74,6 +75,7 @@ def test_mardia_refuses_a_singular_sample() -> None:
 
 # --- progress lines ---------------------------------------------------------------------------
 
+
 class _Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -92,13 +94,26 @@ def test_log_lines_at_a_modest_rate_with_time_left() -> None:
     for epoch in range(1, 101):
         clock.now = float(epoch)
         stage = (epoch - 1) // 25 + 1
-        progress({"event": "epoch", "stage": stage, "epoch": epoch, "train_nll": 3.0 - epoch / 100, "val_nll": 3.1,
-                  "s2": 0.3, "seconds": 1.0, "extra_key": "ignored"})
+        progress(
+            {
+                "event": "epoch",
+                "stage": stage,
+                "epoch": epoch,
+                "train_nll": 3.0 - epoch / 100,
+                "val_nll": 3.1,
+                "s2": 0.3,
+                "seconds": 1.0,
+                "extra_key": "ignored",
+            }
+        )
         if epoch % 25 == 0:
             progress({"event": "stage", "stage": stage, "flow_seconds": 25.0, "s2_seconds": 0.1, "s2": 0.35})
     epoch_lines = [line for line in lines if " epoch " in line and "done" not in line]
     assert len(epoch_lines) == len(range(1, 101, 15))  # epochs 1, 16, 31, ...
-    assert epoch_lines[1] == "stage 1/4 epoch 16/100: train NLL 2.8400, validation NLL 3.1000, s2 0.300; 0:00:16 elapsed, about 0:01:24 left"
+    assert (
+        epoch_lines[1]
+        == "stage 1/4 epoch 16/100: train NLL 2.8400, validation NLL 3.1000, s2 0.300; 0:00:16 elapsed, about 0:01:24 left"
+    )
     done = [line for line in lines if " done" in line]
     assert [line.split(" done")[0] for line in done] == [f"stage {k}/4" for k in range(1, 5)]
     assert "s2 0.350 refitted on all latents" in done[0] and "left" not in done[-1]
@@ -107,11 +122,21 @@ def test_log_lines_at_a_modest_rate_with_time_left() -> None:
 
 # --- the fit, through the CLI and the Python API -------------------------------------------------
 
+
 @pytest.mark.slow
 def test_fit_to_a_log_file_writes_progress_lines_and_quiet_writes_none(tmp_path: Path, example_kinship: Path) -> None:
     """Output to a non-terminal (as a workflow's log): plain progress lines with stage, epoch and
     losses; ``--quiet``: none, only the summary line, which says which state and s2 were kept."""
-    args = ["fit", "--pheno", EXAMPLES / "pheno.tsv", "--covar", EXAMPLES / "covar.tsv", "--grm", example_kinship, *FAST]
+    args = [
+        "fit",
+        "--pheno",
+        EXAMPLES / "pheno.tsv",
+        "--covar",
+        EXAMPLES / "covar.tsv",
+        "--grm",
+        example_kinship,
+        *FAST,
+    ]
     result = invoke(*args, "--out", tmp_path / "run")
     assert result.returncode == 0, result
     assert "stage 1/2 epoch 1/6: train NLL" in result.stderr and "validation NLL" in result.stderr
@@ -124,11 +149,14 @@ def test_fit_to_a_log_file_writes_progress_lines_and_quiet_writes_none(tmp_path:
     assert quiet.returncode == 0, quiet
     summary = [line for line in quiet.stderr.splitlines() if line.startswith("fitted 4 traits")]
     assert summary and "kept the flow of stage 2, epoch 2" in summary[0] and "iid model: no s2" in summary[0]
-    assert not any(word in line for line in quiet.stderr.splitlines() if line not in summary for word in ("epoch", "stage", "NLL"))
+    assert not any(
+        word in line for line in quiet.stderr.splitlines() if line not in summary for word in ("epoch", "stage", "NLL")
+    )
 
 
-def test_fit_report_records_the_kept_state_and_gaussianity(tmp_path: Path, example_kinship: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_fit_report_records_the_kept_state_and_gaussianity(
+    tmp_path: Path, example_kinship: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The callback's records carry the documented keys; ``best_epoch``/``best_stage`` are the
     epoch with the lowest validation NLL; the final s2 is the refit on the kept flow's latents;
     Mardia's tests show the Gaussianized traits far closer to Gaussian; ``progress=False`` prints nothing."""
@@ -137,8 +165,9 @@ def test_fit_report_records_the_kept_state_and_gaussianity(tmp_path: Path, examp
 
     records: list[dict] = []
     config = FitConfig(layers=4, hidden=32, train=TrainConfig(epochs=4, stages=2, seed=3))
-    _, _, report = fit_phenotypes(EXAMPLES / "pheno.tsv", example_kinship, EXAMPLES / "covar.tsv", config,
-                                  callback=records.append, progress=False)
+    _, _, report = fit_phenotypes(
+        EXAMPLES / "pheno.tsv", example_kinship, EXAMPLES / "covar.tsv", config, callback=records.append, progress=False
+    )
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
 
@@ -167,8 +196,14 @@ def test_fit_phenotypes_shows_progress_by_default(capsys: pytest.CaptureFixture[
     from flowpheno.pipeline import FitConfig, fit_phenotypes
     from flowpheno.train import TrainConfig
 
-    config = FitConfig(mode="iid", layers=2, hidden=16, val_frac=0.0, traits=["trait1", "trait2"],
-                       train=TrainConfig(epochs=2, stages=2, seed=1))
+    config = FitConfig(
+        mode="iid",
+        layers=2,
+        hidden=16,
+        val_frac=0.0,
+        traits=["trait1", "trait2"],
+        train=TrainConfig(epochs=2, stages=2, seed=1),
+    )
     _, _, report = fit_phenotypes(EXAMPLES / "pheno.tsv", config=config)
     err = capsys.readouterr().err
     assert "stage 1/2 epoch 1/4: train NLL" in err and "stage 2/2 done" in err
@@ -178,16 +213,34 @@ def test_fit_phenotypes_shows_progress_by_default(capsys: pytest.CaptureFixture[
 
 # --- the diagnostics figure -----------------------------------------------------------------------
 
+
 def _report(d: int, stages: int = 3, epochs: int = 4, **extra: object) -> FitReport:
-    history = [{"stage": s, "epoch": (s - 1) * epochs + e, "train_nll": 3.0 - 0.01 * e, "val_nll": 3.2 - 0.02 * e + 0.01 * s,
-                "s2": 0.2 + 0.05 * s, "val_conditional_nll": 3.0, **extra}
-               for s in range(1, stages + 1) for e in range(1, epochs + 1)]
+    history = [
+        {
+            "stage": s,
+            "epoch": (s - 1) * epochs + e,
+            "train_nll": 3.0 - 0.01 * e,
+            "val_nll": 3.2 - 0.02 * e + 0.01 * s,
+            "s2": 0.2 + 0.05 * s,
+            "val_conditional_nll": 3.0,
+            **extra,
+        }
+        for s in range(1, stages + 1)
+        for e in range(1, epochs + 1)
+    ]
     best = min(history, key=lambda r: r["val_nll"])
     return FitReport(
-        config=FitConfig(mode="alternating"), n_used=300, covariates=["age", "sex"], epochs=history,
-        stages=[{"stage": 0, "s2": 0.25}] + [{"stage": s, "s2": 0.2 + 0.05 * (s + 1)} for s in range(1, stages + 1)]
+        config=FitConfig(mode="alternating"),
+        n_used=300,
+        covariates=["age", "sex"],
+        epochs=history,
+        stages=[{"stage": 0, "s2": 0.25}]
+        + [{"stage": s, "s2": 0.2 + 0.05 * (s + 1)} for s in range(1, stages + 1)]
         + [{"stage": "final", "s2_before_refit": best["s2"], "s2": 0.31}],
-        covariance={"s2": 0.31}, best_epoch=best["epoch"], best_stage=best["stage"], best_validation_nll=best["val_nll"],
+        covariance={"s2": 0.31},
+        best_epoch=best["epoch"],
+        best_stage=best["stage"],
+        best_validation_nll=best["val_nll"],
     )
 
 
@@ -237,11 +290,14 @@ def test_diagnostics_figure_tolerates_missing_validation_and_iid() -> None:
     values = np.random.default_rng(0).normal(size=(100, 3))
     figure = diagnostics_figure(values, values, ["a", "b", "c"], report)
     loss = next(axis for axis in figure.axes if axis.get_title(loc="left").startswith("training curves"))
-    assert [text.get_text() for text in loss.get_legend().get_texts()] == ["training objective (iid model, training rows)"]
+    assert [text.get_text() for text in loss.get_legend().get_texts()] == [
+        "training objective (iid model, training rows)"
+    ]
     assert not any(axis.get_title(loc="left").startswith("s2") for axis in figure.axes)
 
 
 # --- Manhattan plot ---------------------------------------------------------------------------------
+
 
 def test_manhattan_chromosome_axis_and_legend_off_the_data() -> None:
     """Cumulative positions in chromosome order, a label at each chromosome's centre, colours
@@ -252,9 +308,20 @@ def test_manhattan_chromosome_axis_and_legend_off_the_data() -> None:
 
     rng = np.random.default_rng(2)
     chromosomes = ["10", "2", "X", "1"]
-    assoc = pd.concat([pd.DataFrame({"SNP": [f"{c}_{k}" for k in range(50)], "CHR": c,
-                                     "BP": np.sort(rng.integers(1, 5_000_000, 50)), "P": rng.uniform(size=50)})
-                       for c in chromosomes], ignore_index=True)
+    assoc = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "SNP": [f"{c}_{k}" for k in range(50)],
+                    "CHR": c,
+                    "BP": np.sort(rng.integers(1, 5_000_000, 50)),
+                    "P": rng.uniform(size=50),
+                }
+            )
+            for c in chromosomes
+        ],
+        ignore_index=True,
+    )
     assoc.loc[3, "P"] = 1e-12
     figure = manhattan(assoc, 1e-6, "test", truth=pd.DataFrame({"snp": ["10_3"]}))
     axis = figure.axes[0]
@@ -265,9 +332,9 @@ def test_manhattan_chromosome_axis_and_legend_off_the_data() -> None:
     colours = [to_hex(c) for c in points.get_facecolors()]
     spans = np.cumsum([0] + [50] * 4)
     for k, tick in enumerate(axis.get_xticks()):
-        part = x[spans[k]:spans[k + 1]]
+        part = x[spans[k] : spans[k + 1]]
         assert part.min() <= tick <= part.max() and (k == 0 or part.min() > x[spans[k] - 1])
-        assert len(set(colours[spans[k]:spans[k + 1]])) == 1
+        assert len(set(colours[spans[k] : spans[k + 1]])) == 1
         assert k == 0 or colours[spans[k]] != colours[spans[k] - 1]
     figure.canvas.draw()
     legend = axis.get_legend().get_window_extent()

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import family_kinship, invoke, snapshot, write_table
+
 from flowpheno.dependence import IIDCovariance
 from flowpheno.errors import FlowphenoError, OptionError
 from flowpheno.flows import affine_coupling_flow
@@ -22,7 +22,21 @@ from flowpheno.pipeline import FitConfig
 from flowpheno.train import EpochTrainer, TrainConfig, fit_iid
 from flowpheno.train.schedules import _BestState
 
-TINY = ["--epochs", "3", "--stages", "2", "--layers", "2", "--hidden", "16", "--device", "cpu", "--seed", "1", "--quiet"]
+TINY = [
+    "--epochs",
+    "3",
+    "--stages",
+    "2",
+    "--layers",
+    "2",
+    "--hidden",
+    "16",
+    "--device",
+    "cpu",
+    "--seed",
+    "1",
+    "--quiet",
+]
 
 
 def _cohort(tmp_path: Path, n: int = 200, kinship: np.ndarray | None = None) -> tuple[Path, Path]:
@@ -44,8 +58,12 @@ def _error_lines(stderr: str) -> list[str]:
         ("10", 1, "training diverged (best validation NLL"),
         # the held-out score is summed in float64: latents near 1e30 still score (~1e60 nats) and
         # the next epoch's batches are the first non-finite thing
-        ("1e6", 1, "training diverged at stage 1 epoch 2 (1 of 1 batches had a non-finite loss, latent or gradient): "
-                   "lower --lr (now 1e+06)"),
+        (
+            "1e6",
+            1,
+            "training diverged at stage 1 epoch 2 (1 of 1 batches had a non-finite loss, latent or gradient): "
+            "lower --lr (now 1e+06)",
+        ),
         ("nan", 2, "--lr nan: must be a positive finite number"),
         ("inf", 2, "--lr inf: must be a positive finite number"),
     ],
@@ -59,7 +77,9 @@ def test_diverging_learning_rate_fails_and_writes_nothing(lr: str, code: int, me
     errors = _error_lines(result.stderr)
     assert len(errors) == 1 and message in errors[0], result.stderr
     if code == 1:
-        assert f"lower --lr (now {float(lr):g}) or check the traits for extreme values; nothing was written" in errors[0]
+        assert (
+            f"lower --lr (now {float(lr):g}) or check the traits for extreme values; nothing was written" in errors[0]
+        )
     assert "Traceback" not in result.stderr
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".run")]
     after = snapshot(tmp_path)
@@ -117,7 +137,9 @@ def _data(n: int = 200, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return tensor[:160], tensor[160:]
 
 
-def _trained(bad_calls: set[int], check_every_batch: bool, bad_row: int | None = None) -> tuple[EpochTrainer, dict[str, torch.Tensor]]:
+def _trained(
+    bad_calls: set[int], check_every_batch: bool, bad_row: int | None = None
+) -> tuple[EpochTrainer, dict[str, torch.Tensor]]:
     x_train, x_val = _data()
     torch.manual_seed(0)  # the conditioners' first layers draw from the global generator
     flow = affine_coupling_flow(2, layers=2, hidden=16, seed=0)
@@ -148,7 +170,11 @@ def test_replayed_epoch_equals_per_batch_check() -> None:
     its start: the result is exactly that of the per-batch check."""
     checked, checked_state = _trained(set(), check_every_batch=True, bad_row=5)
     replayed, replayed_state = _trained(set(), check_every_batch=False, bad_row=5)
-    assert [e["non_finite_batches"] for e in checked.epochs] == [e["non_finite_batches"] for e in replayed.epochs] == [1, 1, 1]
+    assert (
+        [e["non_finite_batches"] for e in checked.epochs]
+        == [e["non_finite_batches"] for e in replayed.epochs]
+        == [1, 1, 1]
+    )
     assert replayed.diagnosis() is None and all(bool(torch.isfinite(v).all()) for v in replayed_state.values())
     for name, value in checked_state.items():
         assert torch.equal(value, replayed_state[name]), name
@@ -193,16 +219,25 @@ def test_non_finite_output_of_a_complete_row_fails(tmp_path: Path, monkeypatch: 
 @pytest.mark.parametrize("kind", ["identity", "scaled_identity", "diagonal"])
 def test_kinship_without_relatedness_stops(kind: str, tmp_path: Path) -> None:
     n = 120
-    matrix = {"identity": np.eye(n), "scaled_identity": 0.37 * np.eye(n), "diagonal": np.diag(np.linspace(0.9, 1.1, n))}[kind]
+    matrix = {
+        "identity": np.eye(n),
+        "scaled_identity": 0.37 * np.eye(n),
+        "diagonal": np.diag(np.linspace(0.9, 1.1, n)),
+    }[kind]
     pheno, kinship = _cohort(tmp_path, n, matrix)
     result = invoke("fit", "--pheno", pheno, "--grm", kinship, "--out", tmp_path / "run", *TINY)
     assert result.returncode == 1, result
     errors = _error_lines(result.stderr)
     assert len(errors) == 1, result.stderr
-    assert f"{kinship}: the kinship of the 102 individuals used carries no relatedness (all off-diagonal entries are 0), " \
-           "so s2 is not identifiable; use --mode iid" in errors[0]
+    assert (
+        f"{kinship}: the kinship of the 102 individuals used carries no relatedness (all off-diagonal entries are 0), "
+        "so s2 is not identifiable; use --mode iid" in errors[0]
+    )
     assert not (tmp_path / "run").exists()
-    assert invoke("fit", "--pheno", pheno, "--grm", kinship, "--out", tmp_path / "run", *TINY, "--mode", "iid").returncode == 0
+    assert (
+        invoke("fit", "--pheno", pheno, "--grm", kinship, "--out", tmp_path / "run", *TINY, "--mode", "iid").returncode
+        == 0
+    )
 
 
 def test_all_zero_kinship_is_one_line_naming_the_file(tmp_path: Path) -> None:
@@ -210,7 +245,9 @@ def test_all_zero_kinship_is_one_line_naming_the_file(tmp_path: Path) -> None:
     result = invoke("fit", "--pheno", pheno, "--grm", kinship, "--out", tmp_path / "run", *TINY)
     assert result.returncode == 1, result
     errors = _error_lines(result.stderr)
-    assert errors == [f"error: {kinship}: kinship is all zeros; recompute it (e.g. flowpheno grm --bfile PREFIX) or check the file"]
+    assert errors == [
+        f"error: {kinship}: kinship is all zeros; recompute it (e.g. flowpheno grm --bfile PREFIX) or check the file"
+    ]
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
@@ -231,7 +268,9 @@ def test_broken_eigendecomposition_cache_is_named_discarded_and_recomputed(damag
         cache.write_bytes(b"")
     else:
         np.savez(cache, eigenvalues=fresh_values[:10], eigenvectors=fresh_vectors)
-    with pytest.warns(UserWarning, match=rf"^{cache}: unreadable eigendecomposition cache \(.+\); deleted it and recomputing$"):
+    with pytest.warns(
+        UserWarning, match=rf"^{cache}: unreadable eigendecomposition cache \(.+\); deleted it and recomputing$"
+    ):
         values, vectors, hit = spectral_decomposition(matrix, str(tmp_path / "kin.npz"), tmp_path)
     assert not hit
     np.testing.assert_array_equal(values, fresh_values)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import family_kinship
+
 from flowpheno.dependence import EquicorrelatedBlocks, IIDCovariance, KinshipCovariance
 
 
@@ -42,7 +42,9 @@ def test_blocks_estimator_unbiased() -> None:
     rng = np.random.default_rng(11)
     block_ids = np.repeat(np.arange(8), [1, 3, 5, 8, 2, 6, 4, 11])
     model = EquicorrelatedBlocks(torch.tensor(block_ids), rho=torch.tensor(rng.uniform(0.2, 0.9, 8))).double()
-    z = torch.tensor(rng.normal(size=(len(block_ids), 2)) + np.repeat(rng.normal(size=(8, 2)), [1, 3, 5, 8, 2, 6, 4, 11], axis=0))
+    z = torch.tensor(
+        rng.normal(size=(len(block_ids), 2)) + np.repeat(rng.normal(size=(8, 2)), [1, 3, 5, 8, 2, 6, 4, 11], axis=0)
+    )
     exact = float(model.quad_form(z))
     mean, se = _average_estimate(model, z, 10, draws=20000, seed=2)
     assert abs(mean - exact) < 3 * se, (mean, exact, se)
@@ -68,12 +70,16 @@ def test_control_variate_unbiased_and_lower_variance(kind: str) -> None:
     elif kind == "low_rank":
         model = KinshipCovariance.from_factor(torch.tensor(rng.normal(size=(n, 4))), s2=0.7)
     else:
-        model = EquicorrelatedBlocks(torch.tensor(np.repeat(np.arange(6), 10)), rho=torch.tensor(rng.uniform(0.3, 0.9, 6))).double()
+        model = EquicorrelatedBlocks(
+            torch.tensor(np.repeat(np.arange(6), 10)), rho=torch.tensor(rng.uniform(0.3, 0.9, 6))
+        ).double()
     previous = torch.tensor(rng.normal(size=(n, d)))
     current = previous + 0.1 * torch.tensor(rng.normal(size=(n, d)))  # latents moved a little since the last visit
     exact = float(model.quad_form(current))
     control = LatentControlVariate(model, previous)
-    np.testing.assert_allclose(control.precision_latent.numpy(), (torch.linalg.inv(_dense(model)) @ previous).numpy(), atol=1e-8)
+    np.testing.assert_allclose(
+        control.precision_latent.numpy(), (torch.linalg.inv(_dense(model)) @ previous).numpy(), atol=1e-8
+    )
     generator = torch.Generator().manual_seed(5)
     plain, variate = [], []
     for _ in range(4000):

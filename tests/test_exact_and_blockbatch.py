@@ -41,7 +41,7 @@ def test_exact_backward_matches_autograd_of_exact_nll() -> None:
         p.grad = None
     value = exact_backward(flow, model, x, chunk_size=64)  # 300 rows: five chunks
     assert float(value) == pytest.approx(float(reference.detach()), rel=1e-12)
-    for p, grad in zip(params, expected):
+    for p, grad in zip(params, expected, strict=True):
         assert torch.allclose(p.grad, grad, rtol=1e-8, atol=1e-10)
     assert abs(float(model.logit_s2.grad)) > 1e-6
 
@@ -56,7 +56,9 @@ def test_joint_exact_objective_recovers_s2() -> None:
     model = KinshipCovariance.from_factor(torch.tensor(factor, dtype=torch.float32), s2=0.1)
     torch.manual_seed(0)
     config = TrainConfig(epochs=60, stages=1, lr=3e-3, covariance_lr=0.05, objective="exact", chunk_size=1000)
-    outcome = fit_joint(affine_coupling_flow(3, layers=2, hidden=16), model, torch.tensor(latent, dtype=torch.float32), None, config)
+    outcome = fit_joint(
+        affine_coupling_flow(3, layers=2, hidden=16), model, torch.tensor(latent, dtype=torch.float32), None, config
+    )
     assert abs(outcome.dependence.describe()["s2"] - truth) < 0.08
     assert len(outcome.epochs) == 60
 
@@ -92,7 +94,9 @@ def test_block_batching_needs_blocks() -> None:
     model = KinshipCovariance.from_factor(torch.randn(50, 3))
     message = "TrainConfig.batching 'blocks' needs an EquicorrelatedBlocks dependence model, not KinshipCovariance; use batching='uniform'"
     with pytest.raises(FlowphenoError, match=f"^{re.escape(message)}$"):
-        fit_joint(affine_coupling_flow(2, layers=1, hidden=8), model, torch.randn(50, 2), None, TrainConfig(batching="blocks"))
+        fit_joint(
+            affine_coupling_flow(2, layers=1, hidden=8), model, torch.randn(50, 2), None, TrainConfig(batching="blocks")
+        )
 
 
 def _large_blocks(seed: int = 0) -> torch.Tensor:
@@ -128,7 +132,10 @@ def test_stratified_estimate_is_unbiased() -> None:
     rho = torch.linspace(0.05, 0.97, int(ids.max()) + 1).double()
     model = EquicorrelatedBlocks(ids, rho=rho, shared=False)
     rng = torch.Generator().manual_seed(3)
-    z = torch.randn(len(ids), 2, generator=rng, dtype=torch.float64) + 0.7 * torch.randn(len(rho), 2, generator=rng, dtype=torch.float64)[ids]
+    z = (
+        torch.randn(len(ids), 2, generator=rng, dtype=torch.float64)
+        + 0.7 * torch.randn(len(rho), 2, generator=rng, dtype=torch.float64)[ids]
+    )
     epoch_means = []
     for _ in range(400):
         batches = model.stratified_batches(128, rng)
@@ -152,12 +159,20 @@ def test_stratified_batch_term_is_bounded_below_where_uniform_batches_are_not() 
     z[ids == large] = 10.0
     assert float(model.quad_form(z)) > 0
     rng = torch.Generator().manual_seed(0)
-    uniform = [float(model.minibatch_quad_form(z[b], b)) for _ in range(20) for b in torch.randperm(len(ids), generator=rng).split(128)]
+    uniform = [
+        float(model.minibatch_quad_form(z[b], b))
+        for _ in range(20)
+        for b in torch.randperm(len(ids), generator=rng).split(128)
+    ]
     assert min(uniform) < 0
     for _ in range(20):
         batches = model.stratified_batches(128, rng)
         for b in batches:
-            trace = 2 * model.n * model.stratified_gaussian_nll(z[b], b, len(batches)) - model.n * 2 * np.log(2 * np.pi) - 2 * model.log_det()
+            trace = (
+                2 * model.n * model.stratified_gaussian_nll(z[b], b, len(batches))
+                - model.n * 2 * np.log(2 * np.pi)
+                - 2 * model.log_det()
+            )
             assert float(trace) >= -1e-8
 
 
@@ -173,6 +188,7 @@ def test_fit_rho_is_the_exact_per_block_maximum() -> None:
     fitted = model.fit_rho(z).double()
     sizes = torch.bincount(ids)
     for block in torch.nonzero(sizes > 1).flatten().tolist():
+
         def objective(r: float, block: int = block) -> float:
             return float(model.rho_objective(z, torch.tensor([r], dtype=torch.float64))[block, 0])
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import EXAMPLES, ROOT
 from scipy.stats import norm, shapiro
 
-from conftest import EXAMPLES, ROOT
 from flowpheno.errors import FlowphenoError
 from flowpheno.gwas.baseline import rank_inverse_normal, rint_after_covariates
 from flowpheno.gwas.evaluate import genome_wide_threshold, lambda_gc, match_truth
@@ -94,15 +94,19 @@ def test_missing_binary_names_package(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_gemma_failure_shows_log_tail(tmp_path: Path) -> None:
     (tmp_path / "p.txt").write_text("1\n" * 1000)
     (tmp_path / "k.txt").write_text("1 0\n0 1\n")  # a kinship of the wrong size
-    with pytest.raises(FlowphenoError, match=r"gemma failed \(exit -?\d+; log .*\):\n[\s\S]*kinship file does not match"):
+    with pytest.raises(
+        FlowphenoError, match=r"gemma failed \(exit -?\d+; log .*\):\n[\s\S]*kinship file does not match"
+    ):
         gemma_lmm(EXAMPLES / "cohort", tmp_path / "k.txt", tmp_path / "p.txt", [1], tmp_path / "assoc.tsv")
     assert not (tmp_path / "assoc.tsv").exists()
 
 
 @pytest.mark.slow
 @needs_binaries
-@pytest.mark.skipif(shutil.which("snakemake") is None and not (Path(sys.executable).parent / "snakemake").exists(),
-                    reason="pip install snakemake")
+@pytest.mark.skipif(
+    shutil.which("snakemake") is None and not (Path(sys.executable).parent / "snakemake").exists(),
+    reason="pip install snakemake",
+)
 def test_workflow_end_to_end(tmp_path: Path) -> None:
     work = tmp_path / "work dir"  # a space in every path: the shell commands must quote them
     work.mkdir()
@@ -110,9 +114,22 @@ def test_workflow_end_to_end(tmp_path: Path) -> None:
     local = Path(sys.executable).parent / "snakemake"
     snakemake = str(local) if local.exists() else shutil.which("snakemake")
     result = subprocess.run(
-        [snakemake, "-s", str(ROOT / "Snakefile"), "--directory", str(work), "--configfile", str(config),
-         "--config", f"outdir={work / 'out'}", "-c2", "gwas_all"],
-        capture_output=True, text=True, cwd=tmp_path,
+        [
+            snakemake,
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(work),
+            "--configfile",
+            str(config),
+            "--config",
+            f"outdir={work / 'out'}",
+            "-c2",
+            "gwas_all",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
         timeout=3600,  # a hang guard only: about 4 min on an idle 2-core machine (370 s of CPU), 10 min under load
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -154,5 +171,10 @@ def test_workflow_end_to_end(tmp_path: Path) -> None:
     gemma_pheno = pd.read_csv(out / "all" / "flow_kinship" / "pheno.gemma.txt", sep="\t", header=None, na_values="NA")
     assert gemma_pheno.shape == (300, 3)
     benchmarks = {path.name for path in (out / "benchmarks").iterdir()}
-    assert {"prepare_genotypes.tsv", "gemma_grm_loco_1.tsv", "gemma_assoc_all_rint_mv_2.tsv", "fit_flow_all_flow_kinship.tsv",
-            "report.tsv"} <= benchmarks
+    assert {
+        "prepare_genotypes.tsv",
+        "gemma_grm_loco_1.tsv",
+        "gemma_assoc_all_rint_mv_2.tsv",
+        "fit_flow_all_flow_kinship.tsv",
+        "report.tsv",
+    } <= benchmarks

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import EXAMPLES, invoke, snapshot, write_table
 from scipy import linalg
 from scipy.stats import chi2
 
-from conftest import EXAMPLES, invoke, snapshot, write_table
 from flowpheno.gwas.evaluate import genome_spans, lambda_gc, lambda_gc_standard_error, truth_window_share
 from flowpheno.gwas.gemma import gemma_grm
 from flowpheno.io.plink import read_fam, read_genotypes, write_plink
@@ -59,15 +59,19 @@ def test_lambda_gc_standard_error_matches_repeated_null_samples() -> None:
 
 def test_truth_window_share_is_the_covered_part_of_the_chromosome_spans() -> None:
     bim = pd.DataFrame({"chrom": ["chr1", "chr1", "2", "2", "3"], "pos": [100_000, 2_000_000, 50_000, 1_050_000, 500]})
-    truth = pd.DataFrame({"chrom": ["1", "1", "1", "chr2", "9"],  # two overlapping windows, one at a span's edge, one absent
-                          "pos": [1_000_000, 1_030_000, 120_000, 1_040_000, 10]})
+    truth = pd.DataFrame(
+        {
+            "chrom": ["1", "1", "1", "chr2", "9"],  # two overlapping windows, one at a span's edge, one absent
+            "pos": [1_000_000, 1_030_000, 120_000, 1_040_000, 10],
+        }
+    )
     window_kb = 40
     spans = genome_spans(bim)
     grid_covered, grid_total = 0, 0
     for chrom, (start, end) in spans.iterrows():  # dense check on a 10 bp grid
         grid = np.arange(start, end, 10)
         near = np.zeros(grid.size, dtype=bool)
-        for c, pos in zip(truth["chrom"].str.replace("chr", ""), truth["pos"]):
+        for c, pos in zip(truth["chrom"].str.replace("chr", ""), truth["pos"], strict=True):
             if c == chrom:
                 near |= np.abs(grid - pos) <= window_kb * 1000
         grid_covered, grid_total = grid_covered + near.sum(), grid_total + grid.size
@@ -99,8 +103,21 @@ def test_oracle_recovers_the_simulated_latent_where_it_is_defined(small_genotype
 
 
 def test_simulate_writes_oracle_beside_pheno(tmp_path: Path) -> None:
-    result = invoke("simulate", "--out", tmp_path / "c", "--n", "120", "--snps", "300", "--chromosomes", "1", "--causal", "5",
-                    "--traits", "3")
+    result = invoke(
+        "simulate",
+        "--out",
+        tmp_path / "c",
+        "--n",
+        "120",
+        "--snps",
+        "300",
+        "--chromosomes",
+        "1",
+        "--causal",
+        "5",
+        "--traits",
+        "3",
+    )
     assert result.returncode == 0, result
     pheno = pd.read_csv(tmp_path / "c" / "pheno.tsv", sep="\t")
     oracle = pd.read_csv(tmp_path / "c" / "oracle.tsv", sep="\t")
@@ -121,15 +138,35 @@ def test_rint_no_rank_writes_the_covariate_residuals(tmp_path: Path) -> None:
     pheno = pheno.iloc[::-1].reset_index(drop=True)  # rows in another order than the .fam
     write_table(tmp_path / "covar.tsv", covar)
     write_table(tmp_path / "pheno.tsv", pheno)
-    result = invoke("gwas", "rint", "--pheno", tmp_path / "pheno.tsv", "--covar", tmp_path / "covar.tsv", "--fam",
-                    EXAMPLES / "cohort.fam", "--traits", "trait1,trait2", "--out", tmp_path / "p.txt", "--no-rank")
+    result = invoke(
+        "gwas",
+        "rint",
+        "--pheno",
+        tmp_path / "pheno.tsv",
+        "--covar",
+        tmp_path / "covar.tsv",
+        "--fam",
+        EXAMPLES / "cohort.fam",
+        "--traits",
+        "trait1,trait2",
+        "--out",
+        tmp_path / "p.txt",
+        "--no-rank",
+    )
     assert result.returncode == 0, result
     written = np.loadtxt(tmp_path / "p.txt", dtype=str)
     written = np.where(written == "NA", "nan", written).astype(float)
-    by_fam = pheno.set_index(["FID", "IID"]).loc[list(zip(fam["FID"], fam["IID"]))]
-    design_table = covar.set_index(["FID", "IID"]).loc[list(zip(fam["FID"], fam["IID"]))]
-    design = np.column_stack([np.ones(len(fam)), design_table["age"], design_table["sex"],
-                              design_table["batch"] == "b2", design_table["batch"] == "b3"]).astype(float)
+    by_fam = pheno.set_index(["FID", "IID"]).loc[list(zip(fam["FID"], fam["IID"], strict=True))]
+    design_table = covar.set_index(["FID", "IID"]).loc[list(zip(fam["FID"], fam["IID"], strict=True))]
+    design = np.column_stack(
+        [
+            np.ones(len(fam)),
+            design_table["age"],
+            design_table["sex"],
+            design_table["batch"] == "b2",
+            design_table["batch"] == "b3",
+        ]
+    ).astype(float)
     for j, trait in enumerate(["trait1", "trait2"]):
         y = by_fam[trait].to_numpy(dtype=float)
         rows = np.isfinite(y) & np.isfinite(design).all(axis=1)
@@ -155,29 +192,65 @@ def gemma_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     columns = np.arange(0, 5000, 12)[:M]
     dosage = np.asarray(genotypes[:N, columns].values, dtype=float)
     fam = read_fam(EXAMPLES / "cohort.fam").iloc[:N]
-    bim = pd.read_csv(EXAMPLES / "cohort.bim", sep="\t", header=None, names=["chrom", "snp", "cm", "pos", "a0", "a1"],
-                      dtype={"chrom": str}).iloc[columns].reset_index(drop=True)
+    bim = (
+        pd.read_csv(
+            EXAMPLES / "cohort.bim",
+            sep="\t",
+            header=None,
+            names=["chrom", "snp", "cm", "pos", "a0", "a1"],
+            dtype={"chrom": str},
+        )
+        .iloc[columns]
+        .reset_index(drop=True)
+    )
     write_plink(root / "geno", dosage, fam, bim)
     gemma_grm(root / "geno", root / "k.cXX.txt")
     rng = np.random.default_rng(4)
     hit = dosage[:, HIT] - dosage[:, HIT].mean()
     traits = np.column_stack([0.6 * hit + rng.normal(size=N), 0.4 * hit + rng.normal(size=N)])
     np.savetxt(root / "pheno.txt", traits, fmt="%.8f", delimiter="\t")
-    covar = pd.DataFrame({"FID": fam["FID"], "IID": fam["IID"], "carrier": dosage[:, HIT] + 0.05 * rng.normal(size=N),
-                          "age": rng.uniform(20, 80, N).round(1), "batch": rng.choice(["x", "y", "z"], N)})
+    covar = pd.DataFrame(
+        {
+            "FID": fam["FID"],
+            "IID": fam["IID"],
+            "carrier": dosage[:, HIT] + 0.05 * rng.normal(size=N),
+            "age": rng.uniform(20, 80, N).round(1),
+            "batch": rng.choice(["x", "y", "z"], N),
+        }
+    )
     write_table(root / "covar.tsv", covar)
     write_table(root / "shuffled.tsv", covar.drop(columns="carrier").sample(frac=1, random_state=1))
     write_table(root / "plain.tsv", covar.drop(columns="carrier"))
     missing = covar.drop(columns="carrier")
     missing.loc[[7, 30], "age"] = np.nan
     write_table(root / "missing.tsv", missing)
-    return {"bfile": root / "geno", "kinship": root / "k.cXX.txt", "pheno": root / "pheno.txt", "covar": root / "covar.tsv",
-            "shuffled": root / "shuffled.tsv", "plain": root / "plain.tsv", "missing": root / "missing.tsv", "fam": root / "geno.fam"}
+    return {
+        "bfile": root / "geno",
+        "kinship": root / "k.cXX.txt",
+        "pheno": root / "pheno.txt",
+        "covar": root / "covar.tsv",
+        "shuffled": root / "shuffled.tsv",
+        "plain": root / "plain.tsv",
+        "missing": root / "missing.tsv",
+        "fam": root / "geno.fam",
+    }
 
 
 def _assoc(inputs: dict[str, Path], out: Path, covar: str | None, per_trait: bool = False) -> pd.DataFrame:
-    args = ["gwas", "assoc", "--bfile", inputs["bfile"], "--kinship", inputs["kinship"], "--pheno", inputs["pheno"],
-            "--columns", "1,2", "--out", out]
+    args = [
+        "gwas",
+        "assoc",
+        "--bfile",
+        inputs["bfile"],
+        "--kinship",
+        inputs["kinship"],
+        "--pheno",
+        inputs["pheno"],
+        "--columns",
+        "1,2",
+        "--out",
+        out,
+    ]
     result = invoke(*args, *(["--covar", inputs[covar]] if covar else []), *(["--per-trait"] if per_trait else []))
     assert result.returncode == 0, result
     return pd.read_csv(out, sep="\t", dtype={"SNP": str, "CHR": str})
@@ -185,52 +258,109 @@ def _assoc(inputs: dict[str, Path], out: Path, covar: str | None, per_trait: boo
 
 @needs_binaries
 @pytest.mark.parametrize("per_trait", [False, True], ids=["mvlmm", "per-trait"])
-def test_a_covariate_carrying_a_snps_effect_removes_its_association(gemma_inputs: dict[str, Path], tmp_path: Path,
-                                                                    per_trait: bool) -> None:
+def test_a_covariate_carrying_a_snps_effect_removes_its_association(
+    gemma_inputs: dict[str, Path], tmp_path: Path, per_trait: bool
+) -> None:
     plain = _assoc(gemma_inputs, tmp_path / "plain" / "assoc.tsv", None, per_trait)
     adjusted = _assoc(gemma_inputs, tmp_path / "adjusted" / "assoc.tsv", "covar", per_trait)
     assert plain["P"].iloc[HIT] < 1e-8  # the SNP drives both traits
-    assert adjusted["P"].iloc[HIT] > 1e3 * plain["P"].iloc[HIT] and adjusted["P"].iloc[HIT] > 1e-4  # carried by the covariate
+    assert (
+        adjusted["P"].iloc[HIT] > 1e3 * plain["P"].iloc[HIT] and adjusted["P"].iloc[HIT] > 1e-4
+    )  # carried by the covariate
     others = np.arange(M) != HIT
-    assert np.median(np.abs(np.log10(adjusted["P"][others]) - np.log10(plain["P"][others]))) < 0.3  # the rest barely moves
+    assert (
+        np.median(np.abs(np.log10(adjusted["P"][others]) - np.log10(plain["P"][others]))) < 0.3
+    )  # the rest barely moves
 
 
 @pytest.mark.slow
 @needs_binaries
-def test_gemma_covariate_file_follows_the_fam_and_drops_missing_rows_as_gemma_does(gemma_inputs: dict[str, Path],
-                                                                                   tmp_path: Path) -> None:
+def test_gemma_covariate_file_follows_the_fam_and_drops_missing_rows_as_gemma_does(
+    gemma_inputs: dict[str, Path], tmp_path: Path
+) -> None:
     ordered = _assoc(gemma_inputs, tmp_path / "a" / "assoc.tsv", "plain")
     shuffled = _assoc(gemma_inputs, tmp_path / "b" / "assoc.tsv", "shuffled")
     pd.testing.assert_frame_equal(ordered, shuffled)  # the covariate file's row order does not matter
     design = np.loadtxt(tmp_path / "b" / "assoc.covariates.txt")
     fam = read_fam(gemma_inputs["fam"])
     covar = pd.read_csv(gemma_inputs["plain"], sep="\t", dtype={"FID": str, "IID": str}).set_index(["FID", "IID"])
-    by_fam = covar.loc[list(zip(fam["FID"], fam["IID"]))]
-    expected = np.column_stack([np.ones(N), by_fam["age"], by_fam["batch"] == "y", by_fam["batch"] == "z"]).astype(float)
+    by_fam = covar.loc[list(zip(fam["FID"], fam["IID"], strict=True))]
+    expected = np.column_stack([np.ones(N), by_fam["age"], by_fam["batch"] == "y", by_fam["batch"] == "z"]).astype(
+        float
+    )
     np.testing.assert_allclose(design, expected)
 
-    result = invoke("gwas", "assoc", "--bfile", gemma_inputs["bfile"], "--kinship", gemma_inputs["kinship"], "--pheno",
-                    gemma_inputs["pheno"], "--columns", "1,2", "--out", tmp_path / "m" / "assoc.tsv", "--covar", gemma_inputs["missing"])
+    result = invoke(
+        "gwas",
+        "assoc",
+        "--bfile",
+        gemma_inputs["bfile"],
+        "--kinship",
+        gemma_inputs["kinship"],
+        "--pheno",
+        gemma_inputs["pheno"],
+        "--columns",
+        "1,2",
+        "--out",
+        tmp_path / "m" / "assoc.tsv",
+        "--covar",
+        gemma_inputs["missing"],
+    )
     assert result.returncode == 0 and f"{N - 2} individuals analysed" in " ".join(result.stderr.split()), result
     log = (tmp_path / "m" / "assoc.gemma.assoc.log").read_text()
     assert f"number of analyzed individuals = {N - 2}" in log
     rows = (tmp_path / "m" / "assoc.covariates.txt").read_text().splitlines()
     assert rows[7].split("\t")[1] == "NA" and rows[30].split("\t")[0] == "NA"
-    evaluated = invoke("gwas", "evaluate", "--bfile", gemma_inputs["bfile"], "--assoc", tmp_path / "m" / "assoc.tsv", "--out-dir",
-                       tmp_path / "m" / "evaluation", "--name", "m", "--pheno", gemma_inputs["pheno"], "--columns", "1,2",
-                       "--test", "mvlmm", "--covar", gemma_inputs["missing"])
+    evaluated = invoke(
+        "gwas",
+        "evaluate",
+        "--bfile",
+        gemma_inputs["bfile"],
+        "--assoc",
+        tmp_path / "m" / "assoc.tsv",
+        "--out-dir",
+        tmp_path / "m" / "evaluation",
+        "--name",
+        "m",
+        "--pheno",
+        gemma_inputs["pheno"],
+        "--columns",
+        "1,2",
+        "--test",
+        "mvlmm",
+        "--covar",
+        gemma_inputs["missing"],
+    )
     assert evaluated.returncode == 0, evaluated
     assert json.loads((tmp_path / "m" / "evaluation" / "summary.json").read_text())["n"] == N - 2
 
 
 @needs_binaries
-def test_a_covariate_constant_among_the_analysed_is_refused_before_gemma(gemma_inputs: dict[str, Path], tmp_path: Path) -> None:
+def test_a_covariate_constant_among_the_analysed_is_refused_before_gemma(
+    gemma_inputs: dict[str, Path], tmp_path: Path
+) -> None:
     covar = pd.read_csv(gemma_inputs["plain"], sep="\t", dtype={"FID": str, "IID": str}).assign(site=2.0)
     write_table(tmp_path / "covar.tsv", covar)
     before = snapshot(tmp_path)
-    result = invoke("gwas", "assoc", "--bfile", gemma_inputs["bfile"], "--kinship", gemma_inputs["kinship"], "--pheno",
-                    gemma_inputs["pheno"], "--columns", "1,2", "--out", tmp_path / "assoc.tsv", "--covar", tmp_path / "covar.tsv")
-    assert result.returncode == 1 and "covariate 'site' is 2 for all 300 individuals" in " ".join(result.stderr.split()), result
+    result = invoke(
+        "gwas",
+        "assoc",
+        "--bfile",
+        gemma_inputs["bfile"],
+        "--kinship",
+        gemma_inputs["kinship"],
+        "--pheno",
+        gemma_inputs["pheno"],
+        "--columns",
+        "1,2",
+        "--out",
+        tmp_path / "assoc.tsv",
+        "--covar",
+        tmp_path / "covar.tsv",
+    )
+    assert result.returncode == 1 and "covariate 'site' is 2 for all 300 individuals" in " ".join(
+        result.stderr.split()
+    ), result
     assert len(result.stderr.strip().splitlines()) == 1 and snapshot(tmp_path) == before
 
 
@@ -239,44 +369,106 @@ def test_a_covariate_constant_among_the_analysed_is_refused_before_gemma(gemma_i
 
 @pytest.mark.slow
 @needs_binaries
-def test_evaluate_records_n_and_the_tests_df_and_report_shows_them(gemma_inputs: dict[str, Path], tmp_path: Path) -> None:
+def test_evaluate_records_n_and_the_tests_df_and_report_shows_them(
+    gemma_inputs: dict[str, Path], tmp_path: Path
+) -> None:
     mv = _assoc(gemma_inputs, tmp_path / "all" / "flow_kinship" / "assoc.tsv", None)
     _assoc(gemma_inputs, tmp_path / "all" / "single" / "assoc.tsv", None, per_trait=True)
     bim = pd.read_csv(f"{gemma_inputs['bfile']}.bim", sep="\t", header=None, dtype={0: str, 1: str})
-    truth = pd.DataFrame({"snp": [bim[1][HIT], bim[1][10]], "chrom": [bim[0][HIT], bim[0][10]], "pos": [bim[3][HIT], bim[3][10]]})
+    truth = pd.DataFrame(
+        {"snp": [bim[1][HIT], bim[1][10]], "chrom": [bim[0][HIT], bim[0][10]], "pos": [bim[3][HIT], bim[3][10]]}
+    )
     write_table(tmp_path / "truth.tsv", truth)
     oracle = mv.assign(P=np.where(np.arange(M) == 10, 1e-12, mv["P"]))  # a second true locus
     (tmp_path / "all" / "oracle").mkdir()
     write_table(tmp_path / "all" / "oracle" / "assoc.tsv", oracle)
-    common = ["--bfile", gemma_inputs["bfile"], "--truth", tmp_path / "truth.tsv", "--pheno", gemma_inputs["pheno"], "--columns", "1,2"]
+    common = [
+        "--bfile",
+        gemma_inputs["bfile"],
+        "--truth",
+        tmp_path / "truth.tsv",
+        "--pheno",
+        gemma_inputs["pheno"],
+        "--columns",
+        "1,2",
+    ]
     for arm, test in (("single", "per-trait"), ("flow_kinship", "mvlmm"), ("oracle", "mvlmm")):
-        result = invoke("gwas", "evaluate", "--assoc", tmp_path / "all" / arm / "assoc.tsv", "--out-dir",
-                        tmp_path / "all" / arm / "evaluation", "--name", f"{arm}:all", "--test", test, *common)
+        result = invoke(
+            "gwas",
+            "evaluate",
+            "--assoc",
+            tmp_path / "all" / arm / "assoc.tsv",
+            "--out-dir",
+            tmp_path / "all" / arm / "evaluation",
+            "--name",
+            f"{arm}:all",
+            "--test",
+            test,
+            *common,
+        )
         assert result.returncode == 0, result
-    summaries = {arm: json.loads((tmp_path / "all" / arm / "evaluation" / "summary.json").read_text())
-                 for arm in ("single", "flow_kinship", "oracle")}
+    summaries = {
+        arm: json.loads((tmp_path / "all" / arm / "evaluation" / "summary.json").read_text())
+        for arm in ("single", "flow_kinship", "oracle")
+    }
     assert summaries["flow_kinship"]["n"] == N and summaries["flow_kinship"]["lambda_gc_df"] == 2
     assert summaries["flow_kinship"]["lambda_gc"] == pytest.approx(lambda_gc(mv["P"].to_numpy(), 2))
     assert summaries["single"]["n_per_trait"] == [N, N] and summaries["single"]["lambda_gc_df"] == 1
     assert 0 < summaries["oracle"]["truth_window_genome_share"] < 0.2
 
-    wrong = invoke("gwas", "evaluate", "--assoc", tmp_path / "all" / "single" / "assoc.tsv", "--out-dir", tmp_path / "wrong",
-                   "--name", "x", "--test", "mvlmm", *common)
-    assert wrong.returncode == 1 and "evaluate it with --test per-trait" in wrong.stderr and not (tmp_path / "wrong").exists()
-    partial = invoke("gwas", "evaluate", "--assoc", tmp_path / "all" / "oracle" / "assoc.tsv", "--out-dir", tmp_path / "wrong",
-                     "--name", "x", "--bfile", gemma_inputs["bfile"], "--test", "mvlmm")
+    wrong = invoke(
+        "gwas",
+        "evaluate",
+        "--assoc",
+        tmp_path / "all" / "single" / "assoc.tsv",
+        "--out-dir",
+        tmp_path / "wrong",
+        "--name",
+        "x",
+        "--test",
+        "mvlmm",
+        *common,
+    )
+    assert (
+        wrong.returncode == 1
+        and "evaluate it with --test per-trait" in wrong.stderr
+        and not (tmp_path / "wrong").exists()
+    )
+    partial = invoke(
+        "gwas",
+        "evaluate",
+        "--assoc",
+        tmp_path / "all" / "oracle" / "assoc.tsv",
+        "--out-dir",
+        tmp_path / "wrong",
+        "--name",
+        "x",
+        "--bfile",
+        gemma_inputs["bfile"],
+        "--test",
+        "mvlmm",
+    )
     assert partial.returncode == 1 and "--pheno, --columns and --test go together" in partial.stderr
 
     (tmp_path / "all" / "flow_kinship" / "run").mkdir()
-    epochs = [{"stage": s, "epoch": 3 * (s - 1) + e, "train_nll": 1.0, "val_nll": v}
-              for s, e, v in [(1, 1, 3.0), (1, 2, 2.5), (1, 3, 2.6), (2, 1, 2.2), (2, 2, 2.4), (2, 3, 2.3)]]
-    (tmp_path / "all" / "flow_kinship" / "run" / "fit.json").write_text(json.dumps({"covariance": {"s2": 0.3125}, "epochs": epochs}))
+    epochs = [
+        {"stage": s, "epoch": 3 * (s - 1) + e, "train_nll": 1.0, "val_nll": v}
+        for s, e, v in [(1, 1, 3.0), (1, 2, 2.5), (1, 3, 2.6), (2, 1, 2.2), (2, 2, 2.4), (2, 3, 2.3)]
+    ]
+    (tmp_path / "all" / "flow_kinship" / "run" / "fit.json").write_text(
+        json.dumps({"covariance": {"s2": 0.3125}, "epochs": epochs})
+    )
     dirs = [tmp_path / "all" / arm / "evaluation" for arm in ("single", "flow_kinship", "oracle")]
     result = invoke("gwas", "report", *dirs, "--out-dir", tmp_path / "report")
     assert result.returncode == 0, result
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in (tmp_path / "report" / "report.md").read_text().splitlines()
-            if line.startswith("| ") and ":all" in line}
-    header = next(line for line in (tmp_path / "report" / "report.md").read_text().splitlines() if line.startswith("| method"))
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line.split(" | ")
+        for line in (tmp_path / "report" / "report.md").read_text().splitlines()
+        if line.startswith("| ") and ":all" in line
+    }
+    header = next(
+        line for line in (tmp_path / "report" / "report.md").read_text().splitlines() if line.startswith("| method")
+    )
     column = [cell.strip() for cell in header.strip("|").split("|")].index
     assert rows["flow_kinship:all"][column("n")] == str(N)
     assert rows["single:all"][column("n")] == f"{N} ({N}-{N})"
@@ -286,7 +478,10 @@ def test_evaluate_records_n_and_the_tests_df_and_report_shows_them(gemma_inputs:
     assert true["oracle"] > true["single"]
     share = (true["flow_kinship"] - true["single"]) / (true["oracle"] - true["single"])
     gained, gap = true["flow_kinship"] - true["single"], true["oracle"] - true["single"]
-    assert rows["flow_kinship:all"][column("single -> oracle gap closed [3]")] == f"{share:.0%} ({gained:+d} of {gap} loci)"
+    assert (
+        rows["flow_kinship:all"][column("single -> oracle gap closed [3]")]
+        == f"{share:.0%} ({gained:+d} of {gap} loci)"
+    )
     assert rows["oracle:all"][column("single -> oracle gap closed [3]")] == f"100% ({gap:+d} of {gap} loci)"
 
 
@@ -299,6 +494,7 @@ def test_deeper_pedigrees_make_larger_families_and_more_related_pairs(small_geno
     deep_sizes = pd.Series(deep.family).value_counts()
     assert classic_sizes.max() <= 6 + 3 * 3  # 4 children + 2 spouses, 1-3 grandchildren for each of 3 couples
     assert deep_sizes.iloc[:-1].min() > classic_sizes.max()  # every complete deep family is larger
+
     def related_share(family: np.ndarray) -> float:  # pairs within a family
         return float(((pd.Series(family).value_counts() ** 2).sum() - len(family)) / (len(family) * (len(family) - 1)))
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import EXAMPLES, invoke, snapshot, write_table
+
 from flowpheno.errors import FlowphenoError
 from flowpheno.gwas import steps
 from flowpheno.gwas.clump import clump, plink_chromosome_codes
@@ -34,8 +34,17 @@ def filesets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     columns = np.arange(0, genotypes.shape[1], SNP_STEP)
     dosage = np.asarray(genotypes[:N, columns].values, dtype=float)
     fam = read_fam(EXAMPLES / "cohort.fam").iloc[:N]
-    bim = pd.read_csv(EXAMPLES / "cohort.bim", sep="\t", header=None, names=["chrom", "snp", "cm", "pos", "a0", "a1"],
-                      dtype={"chrom": str}).iloc[columns].reset_index(drop=True)
+    bim = (
+        pd.read_csv(
+            EXAMPLES / "cohort.bim",
+            sep="\t",
+            header=None,
+            names=["chrom", "snp", "cm", "pos", "a0", "a1"],
+            dtype={"chrom": str},
+        )
+        .iloc[columns]
+        .reset_index(drop=True)
+    )
     bim["chrom"] = ((bim["chrom"].astype(int) - 1) * 2 + 1 + (bim["pos"] >= 5_000_000)).astype(str)
     write_plink(root / "clean", dosage, fam, bim)
     write_plink(root / "named", dosage, fam, bim.assign(chrom=bim["chrom"].map(NAMES)))
@@ -54,14 +63,32 @@ def test_plink_chromosome_codes() -> None:
     codes = pd.Series(["1", "chr22", "chrX", "MT", "26", "scaffold_12", "chrUn_gl000220", "27", "1_random"])
     renamed, changed = plink_chromosome_codes(codes)
     assert changed
-    assert renamed.tolist() == ["1", "chr22", "chrX", "MT", "26", "scaffold_12", "chrUn_gl000220", "contig_27", "contig_1_random"]
+    assert renamed.tolist() == [
+        "1",
+        "chr22",
+        "chrX",
+        "MT",
+        "26",
+        "scaffold_12",
+        "chrUn_gl000220",
+        "contig_27",
+        "contig_1_random",
+    ]
     assert plink_chromosome_codes(pd.Series(["chr1", "X", "scaffold_3"]))[1] is False  # accepted as they are
 
 
 def test_chromosome_order_is_natural() -> None:
     names = pd.Series(["scaffold_12", "chr10", "chrX", "27", "scaffold_2", "chr2", "1", "MT"])
     assert names.iloc[np.argsort(chromosome_order(names).to_numpy(), kind="stable")].tolist() == [
-        "1", "chr2", "chr10", "chrX", "MT", "27", "scaffold_2", "scaffold_12"]
+        "1",
+        "chr2",
+        "chr10",
+        "chrX",
+        "MT",
+        "27",
+        "scaffold_2",
+        "scaffold_12",
+    ]
 
 
 @needs_binaries
@@ -82,16 +109,40 @@ def test_gemma_and_evaluate_keep_the_bim_names(filesets: tuple[Path, Path], tmp_
     pheno = tmp_path / "pheno.gemma.txt"
     np.savetxt(pheno, np.random.default_rng(1).normal(size=(N, 2)), fmt="%.6f", delimiter="\t")
     assert invoke("gwas", "grm", "--bfile", named, "--out", tmp_path / "k.cXX.txt").returncode == 0
-    result = invoke("gwas", "assoc", "--bfile", named, "--kinship", tmp_path / "k.cXX.txt", "--pheno", pheno,
-                    "--columns", "1,2", "--out", tmp_path / "assoc.tsv")
+    result = invoke(
+        "gwas",
+        "assoc",
+        "--bfile",
+        named,
+        "--kinship",
+        tmp_path / "k.cXX.txt",
+        "--pheno",
+        pheno,
+        "--columns",
+        "1,2",
+        "--out",
+        tmp_path / "assoc.tsv",
+    )
     assert result.returncode == 0, result
     assoc = pd.read_csv(tmp_path / "assoc.tsv", sep="\t", dtype={"CHR": str, "SNP": str})
     bim = pd.read_csv(f"{named}.bim", sep="\t", header=None, dtype={0: str, 1: str})
     assert assoc["CHR"].tolist() == bim[0].tolist() and assoc["SNP"].tolist() == bim[1].tolist()
     # evaluation (clumping and the Manhattan plot) on association results with strong hits
     write_table(tmp_path / "hits.tsv", _assoc(named))
-    result = invoke("gwas", "evaluate", "--bfile", named, "--assoc", tmp_path / "hits.tsv", "--out-dir", tmp_path / "eval",
-                    "--name", "hits", "--threshold", "1e-6")
+    result = invoke(
+        "gwas",
+        "evaluate",
+        "--bfile",
+        named,
+        "--assoc",
+        tmp_path / "hits.tsv",
+        "--out-dir",
+        tmp_path / "eval",
+        "--name",
+        "hits",
+        "--threshold",
+        "1e-6",
+    )
     assert result.returncode == 0, result
     loci = pd.read_csv(tmp_path / "eval" / "loci.tsv", sep="\t", dtype={"CHR": str})
     assert loci["CHR"].tolist() == ["chr1"] * 3 + ["scaffold_12"] * 3 + ["chr2"] * 2 + ["27"] * 3
@@ -104,21 +155,31 @@ def test_gemma_and_evaluate_keep_the_bim_names(filesets: tuple[Path, Path], tmp_
 
 def _pheno_table(fam: pd.DataFrame) -> pd.DataFrame:
     rng = np.random.default_rng(2)
-    return pd.DataFrame({"FID": fam["FID"], "IID": fam["IID"], "good": rng.gamma(2.0, size=len(fam)),
-                         "other": rng.normal(size=len(fam))})
+    return pd.DataFrame(
+        {
+            "FID": fam["FID"],
+            "IID": fam["IID"],
+            "good": rng.gamma(2.0, size=len(fam)),
+            "other": rng.normal(size=len(fam)),
+        }
+    )
 
 
 @pytest.mark.parametrize(
     ("edit", "fragment"),
     [
         (lambda t: t.assign(other=np.nan), "trait 'other' has 0 value(s); GEMMA needs at least 10"),
-        (lambda t: t.assign(other=np.where(np.arange(len(t)) < 9, 1.0 + np.arange(len(t)), np.nan)),
-         "trait 'other' has 9 value(s); GEMMA needs at least 10"),
+        (
+            lambda t: t.assign(other=np.where(np.arange(len(t)) < 9, 1.0 + np.arange(len(t)), np.nan)),
+            "trait 'other' has 9 value(s); GEMMA needs at least 10",
+        ),
         (lambda t: t.assign(other=3.5), "trait 'other' is 3.5 for all 300 individuals"),
     ],
     ids=["all-missing", "nine-values", "constant"],
 )
-def test_rint_refuses_a_trait_gemma_cannot_test(filesets: tuple[Path, Path], tmp_path: Path, edit, fragment: str) -> None:
+def test_rint_refuses_a_trait_gemma_cannot_test(
+    filesets: tuple[Path, Path], tmp_path: Path, edit, fragment: str
+) -> None:
     clean, _ = filesets
     pheno = write_table(tmp_path / "pheno.tsv", edit(_pheno_table(read_fam(f"{clean}.fam"))))
     before = snapshot(tmp_path)
@@ -135,11 +196,19 @@ def test_rint_constant_after_missing_covariates(filesets: tuple[Path, Path], tmp
     table = _pheno_table(fam)
     table.loc[20:, "other"] = 1.0
     pheno = write_table(tmp_path / "pheno.tsv", table)
-    covar = write_table(tmp_path / "covar.tsv", pd.DataFrame({"FID": fam["FID"], "IID": fam["IID"],
-                                                               "age": np.where(np.arange(N) < 20, np.nan, 40.0 + np.arange(N))}))
-    result = invoke("gwas", "rint", "--pheno", pheno, "--covar", covar, "--fam", f"{clean}.fam", "--out", tmp_path / "out.txt")
+    covar = write_table(
+        tmp_path / "covar.tsv",
+        pd.DataFrame(
+            {"FID": fam["FID"], "IID": fam["IID"], "age": np.where(np.arange(N) < 20, np.nan, 40.0 + np.arange(N))}
+        ),
+    )
+    result = invoke(
+        "gwas", "rint", "--pheno", pheno, "--covar", covar, "--fam", f"{clean}.fam", "--out", tmp_path / "out.txt"
+    )
     assert result.returncode == 1
-    assert f"trait 'other' is 1 for all 280 individuals with every covariate of {covar} present" in " ".join(result.stderr.split())
+    assert f"trait 'other' is 1 for all 280 individuals with every covariate of {covar} present" in " ".join(
+        result.stderr.split()
+    )
     assert not (tmp_path / "out.txt").exists()
 
 
@@ -157,26 +226,54 @@ def _two_traits() -> np.ndarray:
     ("values", "columns", "fragment"),
     [
         (_two_traits(), "1,3", "--columns 3: the file has 2 phenotype column(s); choose from 1-2"),
-        (np.column_stack([_two_traits()[:, 0], np.full(N, np.nan)]), "1,2", "column 2 has 0 non-missing value(s); GEMMA needs at least 10"),
-        (np.column_stack([_two_traits()[:, 0], np.where(np.arange(N) < 4, 1.0, np.nan)]), "2",
-         "column 2 has 4 non-missing value(s)"),
+        (
+            np.column_stack([_two_traits()[:, 0], np.full(N, np.nan)]),
+            "1,2",
+            "column 2 has 0 non-missing value(s); GEMMA needs at least 10",
+        ),
+        (
+            np.column_stack([_two_traits()[:, 0], np.where(np.arange(N) < 4, 1.0, np.nan)]),
+            "2",
+            "column 2 has 4 non-missing value(s)",
+        ),
         (np.column_stack([_two_traits()[:, 0], np.full(N, -0.25)]), "1,2", "column 2 is constant (-0.25 for all 300)"),
-        (np.column_stack([np.where(np.arange(N) < 150, 1.0, np.nan) * np.arange(N),
-                          np.where(np.arange(N) >= 145, 1.0, np.nan) * np.arange(N)]), "1,2",
-         "only 5 individual(s) have every one of columns 1,2; the mvLMM needs at least 10"),
+        (
+            np.column_stack(
+                [
+                    np.where(np.arange(N) < 150, 1.0, np.nan) * np.arange(N),
+                    np.where(np.arange(N) >= 145, 1.0, np.nan) * np.arange(N),
+                ]
+            ),
+            "1,2",
+            "only 5 individual(s) have every one of columns 1,2; the mvLMM needs at least 10",
+        ),
         (_two_traits()[:-1], "1", "299 rows but the .fam has 300"),
     ],
     ids=["no-such-column", "all-missing", "four-values", "constant", "few-complete", "short"],
 )
-def test_assoc_checks_columns_before_gemma(filesets: tuple[Path, Path], tmp_path: Path, values: np.ndarray, columns: str,
-                                           fragment: str) -> None:
+def test_assoc_checks_columns_before_gemma(
+    filesets: tuple[Path, Path], tmp_path: Path, values: np.ndarray, columns: str, fragment: str
+) -> None:
     clean, _ = filesets
     pheno = _gemma_file(tmp_path / "pheno.gemma.txt", values)
     kinship = tmp_path / "k.cXX.txt"
     kinship.write_text("unused\n")
     before = snapshot(tmp_path)
-    result = invoke("gwas", "assoc", "--bfile", clean, "--kinship", kinship, "--pheno", pheno, "--columns", columns,
-                    "--per-trait", "--out", tmp_path / "assoc.tsv")
+    result = invoke(
+        "gwas",
+        "assoc",
+        "--bfile",
+        clean,
+        "--kinship",
+        kinship,
+        "--pheno",
+        pheno,
+        "--columns",
+        columns,
+        "--per-trait",
+        "--out",
+        tmp_path / "assoc.tsv",
+    )
     assert result.returncode == 1
     assert f"error: {pheno}: {fragment}" in " ".join(result.stderr.split())
     assert snapshot(tmp_path) == before  # GEMMA never started: no output, no log
@@ -188,16 +285,29 @@ def test_assoc_names_the_line_of_a_bad_value(filesets: tuple[Path, Path], tmp_pa
     lines = pheno.read_text().splitlines()
     lines[6] = lines[6].split("\t")[0] + "\tabc"
     pheno.write_text("\n".join(lines) + "\n")
-    result = invoke("gwas", "assoc", "--bfile", clean, "--kinship", pheno, "--pheno", pheno, "--columns", "1,2",
-                    "--out", tmp_path / "assoc.tsv")
+    result = invoke(
+        "gwas",
+        "assoc",
+        "--bfile",
+        clean,
+        "--kinship",
+        pheno,
+        "--pheno",
+        pheno,
+        "--columns",
+        "1,2",
+        "--out",
+        tmp_path / "assoc.tsv",
+    )
     assert result.returncode == 1
     assert f"error: {pheno}, line 7, column 2: 'abc' is not a number; use NA for a missing value" in result.stderr
     assert not (tmp_path / "assoc.tsv").exists()
 
 
 @needs_binaries
-def test_per_trait_failure_removes_earlier_trait_files(filesets: tuple[Path, Path], tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_per_trait_failure_removes_earlier_trait_files(
+    filesets: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clean, _ = filesets
     pheno = _gemma_file(tmp_path / "pheno.gemma.txt", _two_traits())
     assert invoke("gwas", "grm", "--bfile", clean, "--out", tmp_path / "k.cXX.txt").returncode == 0
@@ -209,8 +319,21 @@ def test_per_trait_failure_removes_earlier_trait_files(filesets: tuple[Path, Pat
         return real(bfile, kinship, pheno, columns, out, **options)
 
     monkeypatch.setattr(steps, "gemma_lmm", second_fails)
-    result = invoke("gwas", "assoc", "--bfile", clean, "--kinship", tmp_path / "k.cXX.txt", "--pheno", pheno,
-                    "--columns", "1,2", "--per-trait", "--out", tmp_path / "assoc.tsv")
+    result = invoke(
+        "gwas",
+        "assoc",
+        "--bfile",
+        clean,
+        "--kinship",
+        tmp_path / "k.cXX.txt",
+        "--pheno",
+        pheno,
+        "--columns",
+        "1,2",
+        "--per-trait",
+        "--out",
+        tmp_path / "assoc.tsv",
+    )
     assert result.returncode == 1 and "error: gemma failed" in result.stderr
     assert (tmp_path / "assoc.trait1.assoc.log").exists()  # trait 1 did run; its log is kept
     assert not list(tmp_path.glob("*.assoc.txt")) and not (tmp_path / "assoc.tsv").exists()
@@ -230,19 +353,61 @@ def test_evaluate_and_report_never_replace_a_users_files(filesets: tuple[Path, P
     (mine / "notes.txt").write_text("mine\n")
     (mine / "report.md").write_text("my handwritten report\n")
     before = snapshot(mine)
-    refused = invoke("gwas", "evaluate", "--bfile", clean, "--assoc", assoc, "--out-dir", mine, "--name", "m", "--threshold", "1e-6")
+    refused = invoke(
+        "gwas", "evaluate", "--bfile", clean, "--assoc", assoc, "--out-dir", mine, "--name", "m", "--threshold", "1e-6"
+    )
     assert refused.returncode == 1 and "flowpheno did not write" in refused.stderr, refused
     assert snapshot(mine) == before
 
-    first = invoke("gwas", "evaluate", "--bfile", clean, "--assoc", assoc, "--out-dir", tmp_path / "ev", "--name", "m",
-                   "--threshold", "1e-6")
+    first = invoke(
+        "gwas",
+        "evaluate",
+        "--bfile",
+        clean,
+        "--assoc",
+        assoc,
+        "--out-dir",
+        tmp_path / "ev",
+        "--name",
+        "m",
+        "--threshold",
+        "1e-6",
+    )
     assert first.returncode == 0, first
     written = snapshot(tmp_path / "ev")
-    again = invoke("gwas", "evaluate", "--bfile", clean, "--assoc", assoc, "--out-dir", tmp_path / "ev", "--name", "m",
-                   "--threshold", "1e-6")
+    again = invoke(
+        "gwas",
+        "evaluate",
+        "--bfile",
+        clean,
+        "--assoc",
+        assoc,
+        "--out-dir",
+        tmp_path / "ev",
+        "--name",
+        "m",
+        "--threshold",
+        "1e-6",
+    )
     assert again.returncode == 1 and "--overwrite" in again.stderr and snapshot(tmp_path / "ev") == written
-    assert invoke("gwas", "evaluate", "--bfile", clean, "--assoc", assoc, "--out-dir", tmp_path / "ev", "--name", "m",
-                  "--threshold", "1e-6", "--overwrite").returncode == 0
+    assert (
+        invoke(
+            "gwas",
+            "evaluate",
+            "--bfile",
+            clean,
+            "--assoc",
+            assoc,
+            "--out-dir",
+            tmp_path / "ev",
+            "--name",
+            "m",
+            "--threshold",
+            "1e-6",
+            "--overwrite",
+        ).returncode
+        == 0
+    )
 
     report = invoke("gwas", "report", tmp_path / "ev", "--out-dir", mine)
     assert report.returncode == 1 and f"{mine / 'report.md'} exists" in report.stderr and "--overwrite" in report.stderr
@@ -253,7 +418,9 @@ def test_evaluate_and_report_never_replace_a_users_files(filesets: tuple[Path, P
     assert not_evaluated.returncode == 1 and f"{mine}: no summary.json" in not_evaluated.stderr
     ok = invoke("gwas", "report", tmp_path / "ev", "--out-dir", tmp_path / "rep")
     assert ok.returncode == 0, ok
-    assert "](../ev/manhattan.png)" in (tmp_path / "rep" / "report.md").read_text()  # links work from the report's folder
+    assert (
+        "](../ev/manhattan.png)" in (tmp_path / "rep" / "report.md").read_text()
+    )  # links work from the report's folder
 
 
 @needs_binaries
@@ -268,7 +435,9 @@ def test_evaluate_and_report_never_replace_a_users_files(filesets: tuple[Path, P
         ("cut_in_last_p", "the last line is cut (no newline at the end"),
     ],
 )
-def test_evaluate_checks_the_association_table(filesets: tuple[Path, Path], tmp_path: Path, case: str, fragment: str) -> None:
+def test_evaluate_checks_the_association_table(
+    filesets: tuple[Path, Path], tmp_path: Path, case: str, fragment: str
+) -> None:
     clean, _ = filesets
     table = _assoc(clean).iloc[:40]
     path = tmp_path / "assoc.tsv"
@@ -303,7 +472,9 @@ def test_evaluate_checks_the_association_table(filesets: tuple[Path, Path], tmp_
         ("text_cell", "k.cXX.txt, line 3, value 3: 'abc' is not a finite number"),
     ],
 )
-def test_assoc_checks_the_kinship_before_gemma(filesets: tuple[Path, Path], tmp_path: Path, case: str, fragment: str) -> None:
+def test_assoc_checks_the_kinship_before_gemma(
+    filesets: tuple[Path, Path], tmp_path: Path, case: str, fragment: str
+) -> None:
     clean, _ = filesets
     pheno = _gemma_file(tmp_path / "pheno.gemma.txt", _two_traits())
     kinship = tmp_path / "k.cXX.txt"
@@ -320,21 +491,51 @@ def test_assoc_checks_the_kinship_before_gemma(filesets: tuple[Path, Path], tmp_
         lines[2] = "\t".join(cells)
         kinship.write_text("\n".join(lines) + "\n")
     elif case in ("truncated", "repeated_column"):
-        kinship.write_text("\n".join(identity.splitlines()[:120] if case == "truncated" else identity.splitlines()) + "\n")
+        kinship.write_text(
+            "\n".join(identity.splitlines()[:120] if case == "truncated" else identity.splitlines()) + "\n"
+        )
     before = snapshot(tmp_path)
-    result = invoke("gwas", "assoc", "--bfile", clean, "--kinship", kinship, "--pheno", pheno,
-                    "--columns", "1,1" if case == "repeated_column" else "1,2", "--out", tmp_path / "assoc.tsv")
+    result = invoke(
+        "gwas",
+        "assoc",
+        "--bfile",
+        clean,
+        "--kinship",
+        kinship,
+        "--pheno",
+        pheno,
+        "--columns",
+        "1,1" if case == "repeated_column" else "1,2",
+        "--out",
+        tmp_path / "assoc.tsv",
+    )
     assert result.returncode == 1 and fragment in " ".join(result.stderr.split()), result
     assert len(result.stderr.strip().splitlines()) == 1 and snapshot(tmp_path) == before
 
 
-
 @needs_binaries
-def test_report_checks_its_folders_and_never_replaces_a_foreign_report(filesets: tuple[Path, Path], tmp_path: Path) -> None:
+def test_report_checks_its_folders_and_never_replaces_a_foreign_report(
+    filesets: tuple[Path, Path], tmp_path: Path
+) -> None:
     clean, _ = filesets
     assoc = _write_assoc(tmp_path / "assoc.tsv", _assoc(clean))
-    assert invoke("gwas", "evaluate", "--bfile", clean, "--assoc", assoc, "--out-dir", tmp_path / "ev", "--name", "m",
-                  "--threshold", "1e-6").returncode == 0
+    assert (
+        invoke(
+            "gwas",
+            "evaluate",
+            "--bfile",
+            clean,
+            "--assoc",
+            assoc,
+            "--out-dir",
+            tmp_path / "ev",
+            "--name",
+            "m",
+            "--threshold",
+            "1e-6",
+        ).returncode
+        == 0
+    )
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "report.md").write_text("my notes\n")
     before = snapshot(tmp_path / "mine")
@@ -342,7 +543,9 @@ def test_report_checks_its_folders_and_never_replaces_a_foreign_report(filesets:
     assert foreign.returncode == 1 and "was not written by flowpheno gwas report" in foreign.stderr, foreign
     assert snapshot(tmp_path / "mine") == before
     assert invoke("gwas", "report", tmp_path / "ev", "--out-dir", tmp_path / "rep").returncode == 0
-    assert invoke("gwas", "report", tmp_path / "ev", "--out-dir", tmp_path / "rep", "--overwrite").returncode == 0  # ours
+    assert (
+        invoke("gwas", "report", tmp_path / "ev", "--out-dir", tmp_path / "rep", "--overwrite").returncode == 0
+    )  # ours
     for name, content, fragment in [
         ("summary.json", "{}", "summary.json: no method, loci, lambda_gc"),
         ("summary.json", "[1, 2]", "summary.json: no method"),

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import invoke, snapshot, write_table
+
 from flowpheno.errors import FlowphenoError
 from flowpheno.gwas.baseline import rint_after_covariates
 from flowpheno.io.kinship import read_kinship, write_npz
@@ -21,7 +21,7 @@ TINY = ["--mode", "iid", "--epochs", "1", "--stages", "1", "--layers", "2", "--h
 
 def write_fam(path: Path, fids: list[str], iids: list[str]) -> Path:
     """A .fam (six columns) with these IDs, written as text exactly."""
-    path.write_text("".join(f"{f} {i} 0 0 1 -9\n" for f, i in zip(fids, iids)))
+    path.write_text("".join(f"{f} {i} 0 0 1 -9\n" for f, i in zip(fids, iids, strict=True)))
     return path
 
 
@@ -30,7 +30,9 @@ def pedigree(families: int = 20, size: int = 3, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     fids = [f"F{f + 1}" for f in range(families) for _ in range(size)]
     iids = [str(i + 1) for _ in range(families) for i in range(size)]
-    return pd.DataFrame({"FID": fids, "IID": iids, "a": rng.gamma(2.0, size=len(fids)), "b": rng.normal(size=len(fids))})
+    return pd.DataFrame(
+        {"FID": fids, "IID": iids, "a": rng.gamma(2.0, size=len(fids)), "b": rng.normal(size=len(fids))}
+    )
 
 
 def gemma_rows(path: Path, fam: pd.DataFrame) -> pd.DataFrame:
@@ -60,10 +62,14 @@ def test_gwas_rint_repeated_iids(tmp_path: Path) -> None:
     write_table(tmp_path / "pheno.tsv", table)
     fam = table[["FID", "IID"]].sample(frac=1.0, random_state=1).reset_index(drop=True)
     write_fam(tmp_path / "c.fam", list(fam["FID"]), list(fam["IID"]))
-    result = invoke("gwas", "rint", "--pheno", tmp_path / "pheno.tsv", "--fam", tmp_path / "c.fam", "--out", tmp_path / "r.txt")
+    result = invoke(
+        "gwas", "rint", "--pheno", tmp_path / "pheno.tsv", "--fam", tmp_path / "c.fam", "--out", tmp_path / "r.txt"
+    )
     assert result.returncode == 0, result
     assert f"{len(table)} of {len(table)} .fam individuals with values" in result.stderr
-    rint = pd.DataFrame(rint_after_covariates(table[["a", "b"]].to_numpy(), None), index=pd.MultiIndex.from_frame(table[["FID", "IID"]]))
+    rint = pd.DataFrame(
+        rint_after_covariates(table[["a", "b"]].to_numpy(), None), index=pd.MultiIndex.from_frame(table[["FID", "IID"]])
+    )
     out = gemma_rows(tmp_path / "r.txt", fam)
     np.testing.assert_allclose(out.to_numpy(), rint.loc[out.index].to_numpy(), rtol=1e-6)
 
@@ -77,7 +83,9 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.Dat
     write_table(root / "pheno.tsv", table)
     result = invoke("fit", "--pheno", root / "pheno.tsv", "--out", root / "run", *TINY)
     assert result.returncode == 0, result
-    result = invoke("transform", "--model", root / "run", "--pheno", root / "pheno.tsv", "--out", root / "z.tsv", "--device", "cpu")
+    result = invoke(
+        "transform", "--model", root / "run", "--pheno", root / "pheno.tsv", "--out", root / "z.tsv", "--device", "cpu"
+    )
     assert result.returncode == 0, result
     expected = pd.read_csv(root / "z.tsv", sep="\t", dtype={"FID": str, "IID": str}).set_index(["FID", "IID"])
     return root, root / "pheno.tsv", expected
@@ -87,8 +95,21 @@ def test_transform_gemma_fam_repeated_iids(fitted: tuple[Path, Path, pd.DataFram
     root, pheno, expected = fitted
     fam = expected.reset_index()[["FID", "IID"]].sample(frac=1.0, random_state=2).reset_index(drop=True)
     write_fam(tmp_path / "c.fam", list(fam["FID"]), list(fam["IID"]))
-    result = invoke("transform", "--model", root / "run", "--pheno", pheno, "--out", tmp_path / "z.txt",
-                    "--format", "gemma", "--fam", tmp_path / "c.fam", "--device", "cpu")
+    result = invoke(
+        "transform",
+        "--model",
+        root / "run",
+        "--pheno",
+        pheno,
+        "--out",
+        tmp_path / "z.txt",
+        "--format",
+        "gemma",
+        "--fam",
+        tmp_path / "c.fam",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result
     out = gemma_rows(tmp_path / "z.txt", fam)
     np.testing.assert_allclose(out.to_numpy(), expected.loc[out.index, ["a", "b"]].to_numpy(), rtol=1e-6)
@@ -101,8 +122,21 @@ def test_transform_partial_join_counts_rows_written(fitted: tuple[Path, Path, pd
     fids = list(keys["FID"][:30]) + ["X"] * 10  # 30 phenotyped, 10 not in the table
     iids = list(keys["IID"][:30]) + [f"x{k}" for k in range(10)]
     write_fam(tmp_path / "c.fam", fids, iids)
-    result = invoke("transform", "--model", root / "run", "--pheno", pheno, "--out", tmp_path / "z.txt",
-                    "--format", "gemma", "--fam", tmp_path / "c.fam", "--device", "cpu")
+    result = invoke(
+        "transform",
+        "--model",
+        root / "run",
+        "--pheno",
+        pheno,
+        "--out",
+        tmp_path / "z.txt",
+        "--format",
+        "gemma",
+        "--fam",
+        tmp_path / "c.fam",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result
     assert "30 of 40 individuals Gaussianized" in result.stderr
     assert "30 of 60 individuals of" in result.stderr and "left out" in result.stderr
@@ -122,16 +156,37 @@ def test_kinship_joined_on_fid_iid(tmp_path: Path) -> None:
     kinship = family_kinship(n, np.random.default_rng(0))
     order = np.random.default_rng(4).permutation(n)
     write_npz(tmp_path / "k.npz", kinship, table["IID"].to_numpy(), table["FID"].to_numpy())
-    write_npz(tmp_path / "k_shuffled.npz", kinship[np.ix_(order, order)], table["IID"].to_numpy()[order], table["FID"].to_numpy()[order])
-    args = ["--mode", "alternating", "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "16", "--device", "cpu"]
+    write_npz(
+        tmp_path / "k_shuffled.npz",
+        kinship[np.ix_(order, order)],
+        table["IID"].to_numpy()[order],
+        table["FID"].to_numpy()[order],
+    )
+    args = [
+        "--mode",
+        "alternating",
+        "--epochs",
+        "1",
+        "--stages",
+        "1",
+        "--layers",
+        "2",
+        "--hidden",
+        "16",
+        "--device",
+        "cpu",
+    ]
     for name in ("k", "k_shuffled"):
-        result = invoke("fit", "--pheno", tmp_path / "pheno.tsv", "--grm", tmp_path / f"{name}.npz", "--out", tmp_path / name, *args)
+        result = invoke(
+            "fit", "--pheno", tmp_path / "pheno.tsv", "--grm", tmp_path / f"{name}.npz", "--out", tmp_path / name, *args
+        )
         assert result.returncode == 0, result
     first, second = (json.loads((tmp_path / name / "fit.json").read_text()) for name in ("k", "k_shuffled"))
     assert first["n_used"] == n and second["n_used"] == n
     assert first["covariance"] == second["covariance"]
     pd.testing.assert_frame_equal(
-        pd.read_csv(tmp_path / "k" / "gaussianized.tsv", sep="\t"), pd.read_csv(tmp_path / "k_shuffled" / "gaussianized.tsv", sep="\t")
+        pd.read_csv(tmp_path / "k" / "gaussianized.tsv", sep="\t"),
+        pd.read_csv(tmp_path / "k_shuffled" / "gaussianized.tsv", sep="\t"),
     )
 
 
@@ -145,8 +200,23 @@ def test_dropped_individuals_reported_with_their_family(tmp_path: Path) -> None:
     kept = table[~absent]
     kinship = family_kinship(len(kept), np.random.default_rng(0))
     write_npz(tmp_path / "k.npz", kinship, kept["IID"].to_numpy(), kept["FID"].to_numpy())
-    args = ["--mode", "alternating", "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "16", "--device", "cpu"]
-    result = invoke("fit", "--pheno", tmp_path / "pheno.tsv", "--grm", tmp_path / "k.npz", "--out", tmp_path / "run", *args)
+    args = [
+        "--mode",
+        "alternating",
+        "--epochs",
+        "1",
+        "--stages",
+        "1",
+        "--layers",
+        "2",
+        "--hidden",
+        "16",
+        "--device",
+        "cpu",
+    ]
+    result = invoke(
+        "fit", "--pheno", tmp_path / "pheno.tsv", "--grm", tmp_path / "k.npz", "--out", tmp_path / "run", *args
+    )
     assert result.returncode == 0, result
     report = json.loads((tmp_path / "run" / "fit.json").read_text())
     assert report["dropped"] == {f"not in {tmp_path / 'k.npz'}": {"count": 1, "fids": ["F7"], "iids": ["2"]}}
@@ -159,7 +229,9 @@ def test_leading_zero_iids_text_table(tmp_path: Path) -> None:
     write_table(tmp_path / "pheno.tsv", table)
     write_fam(tmp_path / "c.fam", iids[::-1], iids[::-1])
     assert list(read_table(tmp_path / "pheno.tsv")["IID"]) == iids
-    result = invoke("gwas", "rint", "--pheno", tmp_path / "pheno.tsv", "--fam", tmp_path / "c.fam", "--out", tmp_path / "r.txt")
+    result = invoke(
+        "gwas", "rint", "--pheno", tmp_path / "pheno.tsv", "--fam", tmp_path / "c.fam", "--out", tmp_path / "r.txt"
+    )
     assert result.returncode == 0, result
     out = pd.read_csv(tmp_path / "r.txt", header=None, na_values="NA")[0].to_numpy()
     expected = rint_after_covariates(table[["a"]].to_numpy(), None)[::-1, 0]
@@ -173,7 +245,16 @@ def test_integer_iid_parquet(tmp_path: Path) -> None:
     table = pd.DataFrame({"FID": np.arange(1, n + 1), "IID": np.arange(1, n + 1), "a": np.arange(float(n))})
     table.to_parquet(tmp_path / "pheno.parquet", index=False)
     write_fam(tmp_path / "plain.fam", [str(k) for k in range(1, n + 1)], [str(k) for k in range(1, n + 1)])
-    result = invoke("gwas", "rint", "--pheno", tmp_path / "pheno.parquet", "--fam", tmp_path / "plain.fam", "--out", tmp_path / "ok.txt")
+    result = invoke(
+        "gwas",
+        "rint",
+        "--pheno",
+        tmp_path / "pheno.parquet",
+        "--fam",
+        tmp_path / "plain.fam",
+        "--out",
+        tmp_path / "ok.txt",
+    )
     assert result.returncode == 0, result
     assert "leading zeros" in result.stderr
     expected = rint_after_covariates(table[["a"]].to_numpy(), None)[:, 0]
@@ -181,7 +262,16 @@ def test_integer_iid_parquet(tmp_path: Path) -> None:
 
     zeros = [f"{k:06d}" for k in range(1, n + 1)]
     write_fam(tmp_path / "zeros.fam", zeros, zeros)
-    result = invoke("gwas", "rint", "--pheno", tmp_path / "pheno.parquet", "--fam", tmp_path / "zeros.fam", "--out", tmp_path / "r.txt")
+    result = invoke(
+        "gwas",
+        "rint",
+        "--pheno",
+        tmp_path / "pheno.parquet",
+        "--fam",
+        tmp_path / "zeros.fam",
+        "--out",
+        tmp_path / "r.txt",
+    )
     assert result.returncode == 1, result
     assert "share no (FID, IID) pair" in result.stderr
     assert "FID '000001' IID '000001'" in result.stderr and "FID '1' IID '1'" in result.stderr
@@ -210,7 +300,9 @@ def test_na_and_minus9_ids_are_text(tmp_path: Path) -> None:
 def test_bad_ids_stop_naming_the_line(tmp_path: Path, text: str, fragment: str) -> None:
     (tmp_path / "pheno.tsv").write_text(text)
     before = snapshot(tmp_path)
-    result = invoke("gwas", "rint", "--pheno", tmp_path / "pheno.tsv", "--fam", tmp_path / "c.fam", "--out", tmp_path / "r.txt")
+    result = invoke(
+        "gwas", "rint", "--pheno", tmp_path / "pheno.tsv", "--fam", tmp_path / "c.fam", "--out", tmp_path / "r.txt"
+    )
     assert result.returncode == 1, result
     assert fragment in " ".join(result.stderr.split()), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -222,7 +314,9 @@ def test_iid_only_table_against_repeated_iids_stops(tmp_path: Path) -> None:
     write_table(tmp_path / "pheno.tsv", table)
     full = pedigree(families=4, size=12)
     write_fam(tmp_path / "c.fam", list(full["FID"]), list(full["IID"]))
-    result = invoke("gwas", "rint", "--pheno", tmp_path / "pheno.tsv", "--fam", tmp_path / "c.fam", "--out", tmp_path / "r.txt")
+    result = invoke(
+        "gwas", "rint", "--pheno", tmp_path / "pheno.tsv", "--fam", tmp_path / "c.fam", "--out", tmp_path / "r.txt"
+    )
     assert result.returncode == 1, result
     message = " ".join(result.stderr.split())
     assert "c.fam: IID '1' is used in several families (F1, F2, F3, F4)" in message
@@ -241,7 +335,9 @@ def test_no_overlap_shows_both_first_ids(tmp_path: Path) -> None:
     iids = [f"i{k}" for k in range(12)]
     write_table(tmp_path / "pheno.tsv", pd.DataFrame({"FID": ["fa"] * 12, "IID": iids, "x": np.arange(12.0)}))
     write_fam(tmp_path / "c.fam", ["ga"] * 12, iids)  # same IIDs, another family: other people
-    result = invoke("gwas", "rint", "--pheno", tmp_path / "pheno.tsv", "--fam", tmp_path / "c.fam", "--out", tmp_path / "r.txt")
+    result = invoke(
+        "gwas", "rint", "--pheno", tmp_path / "pheno.tsv", "--fam", tmp_path / "c.fam", "--out", tmp_path / "r.txt"
+    )
     assert result.returncode == 1, result
     message = " ".join(result.stderr.split())
     assert "share no (FID, IID) pair (first: FID 'ga' IID 'i0' vs FID 'fa' IID 'i0')" in message
@@ -252,7 +348,9 @@ def test_gwas_rint_partial_join_count(tmp_path: Path) -> None:
     table = pedigree(families=10)  # 30 rows
     write_table(tmp_path / "pheno.tsv", table.iloc[:20])
     write_fam(tmp_path / "c.fam", list(table["FID"]), list(table["IID"]))
-    result = invoke("gwas", "rint", "--pheno", tmp_path / "pheno.tsv", "--fam", tmp_path / "c.fam", "--out", tmp_path / "r.txt")
+    result = invoke(
+        "gwas", "rint", "--pheno", tmp_path / "pheno.tsv", "--fam", tmp_path / "c.fam", "--out", tmp_path / "r.txt"
+    )
     assert result.returncode == 0, result
     assert "20 of 30 .fam individuals with values" in " ".join(result.stderr.split())
     out = pd.read_csv(tmp_path / "r.txt", sep="\t", header=None, na_values="NA")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import family_kinship
+
 from flowpheno.errors import FlowphenoError
 from flowpheno.io.kinship import read_kinship, spectral_decomposition, write_npz
 from flowpheno.io.outputs import write_phenotypes
@@ -59,7 +59,9 @@ def test_non_numeric_value_named(tmp_path: Path) -> None:
 
 
 def test_covariates_one_hot(tmp_path: Path) -> None:
-    table = pd.DataFrame({"FID": ["f"] * 4, "IID": list("abcd"), "age": [30, 40, None, 50], "batch": ["b1", "b2", "b1", None]})
+    table = pd.DataFrame(
+        {"FID": ["f"] * 4, "IID": list("abcd"), "age": [30, 40, None, 50], "batch": ["b1", "b2", "b1", None]}
+    )
     matrix = covariate_matrix(table, "covar.tsv")
     assert list(matrix.columns) == ["age", "batch_b2"]
     assert matrix["batch_b2"].tolist()[:3] == [0.0, 1.0, 0.0] and np.isnan(matrix["batch_b2"].iloc[3])
@@ -134,8 +136,12 @@ def test_plink_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     dosage = rng.integers(0, 3, size=(7, 9)).astype(float)
     dosage[rng.random(dosage.shape) < 0.1] = np.nan
-    fam = pd.DataFrame({"FID": "f", "IID": [f"s{i}" for i in range(7)], "PAT": "0", "MAT": "0", "SEX": "1", "PHENO": "-9"})
-    bim = pd.DataFrame({"chrom": "1", "snp": [f"rs{j}" for j in range(9)], "cm": 0.0, "pos": np.arange(9) + 1, "a0": "A", "a1": "C"})
+    fam = pd.DataFrame(
+        {"FID": "f", "IID": [f"s{i}" for i in range(7)], "PAT": "0", "MAT": "0", "SEX": "1", "PHENO": "-9"}
+    )
+    bim = pd.DataFrame(
+        {"chrom": "1", "snp": [f"rs{j}" for j in range(9)], "cm": 0.0, "pos": np.arange(9) + 1, "a0": "A", "a1": "C"}
+    )
     write_plink(tmp_path / "c", dosage, fam, bim)
     read = read_genotypes(tmp_path / "c").values
     np.testing.assert_array_equal(np.isnan(read), np.isnan(dosage))
@@ -145,8 +151,12 @@ def test_plink_round_trip(tmp_path: Path) -> None:
 def test_plink_prefix_as_kinship(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     dosage = rng.binomial(2, 0.3, size=(20, 60)).astype(float)
-    fam = pd.DataFrame({"FID": "f", "IID": [f"s{i}" for i in range(20)], "PAT": "0", "MAT": "0", "SEX": "1", "PHENO": "-9"})
-    bim = pd.DataFrame({"chrom": "1", "snp": [f"rs{j}" for j in range(60)], "cm": 0.0, "pos": np.arange(60) + 1, "a0": "A", "a1": "C"})
+    fam = pd.DataFrame(
+        {"FID": "f", "IID": [f"s{i}" for i in range(20)], "PAT": "0", "MAT": "0", "SEX": "1", "PHENO": "-9"}
+    )
+    bim = pd.DataFrame(
+        {"chrom": "1", "snp": [f"rs{j}" for j in range(60)], "cm": 0.0, "pos": np.arange(60) + 1, "a0": "A", "a1": "C"}
+    )
     write_plink(tmp_path / "c", dosage, fam, bim)
     kinship = read_kinship(tmp_path / "c")
     centred = dosage - dosage.mean(axis=0)
@@ -172,7 +182,9 @@ def test_output_formats(tmp_path: Path) -> None:
 def test_read_pcs(tmp_path: Path) -> None:
     from flowpheno.io.kinship import read_pcs
 
-    pcs = pd.DataFrame({"FID": "f", "IID": ["a", "b", "c"], "PC1": [1.0, 2.0, -1.0], "PC2": [0.5, -1.0, 2.0], "PC3": [0.0, 1.0, 1.0]})
+    pcs = pd.DataFrame(
+        {"FID": "f", "IID": ["a", "b", "c"], "PC1": [1.0, 2.0, -1.0], "PC2": [0.5, -1.0, 2.0], "PC3": [0.0, 1.0, 1.0]}
+    )
     pcs.to_csv(tmp_path / "pcs.tsv", sep="\t", index=False)
     factor = read_pcs(tmp_path / "pcs.tsv")
     kinship = factor.factor @ factor.factor.T
@@ -188,8 +200,12 @@ def _panel(n: int, m: int, seed: int) -> tuple[np.ndarray, pd.DataFrame, pd.Data
     rng = np.random.default_rng(seed)
     dosage = rng.binomial(2, rng.uniform(0.05, 0.5, size=m), size=(n, m)).astype(float)
     dosage[rng.random(dosage.shape) < 0.01] = np.nan
-    fam = pd.DataFrame({"FID": "f", "IID": [f"s{i}" for i in range(n)], "PAT": "0", "MAT": "0", "SEX": "1", "PHENO": "-9"})
-    bim = pd.DataFrame({"chrom": "1", "snp": [f"rs{j}" for j in range(m)], "cm": 0.0, "pos": np.arange(m) + 1, "a0": "A", "a1": "C"})
+    fam = pd.DataFrame(
+        {"FID": "f", "IID": [f"s{i}" for i in range(n)], "PAT": "0", "MAT": "0", "SEX": "1", "PHENO": "-9"}
+    )
+    bim = pd.DataFrame(
+        {"chrom": "1", "snp": [f"rs{j}" for j in range(m)], "cm": 0.0, "pos": np.arange(m) + 1, "a0": "A", "a1": "C"}
+    )
     return dosage, fam, bim
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import invoke, snapshot, write_table
+
 from flowpheno.errors import FlowphenoError
 from flowpheno.io.atomic import MANIFEST, _host, atomic_path, check_file_output
 
@@ -25,7 +25,10 @@ def _cohort(folder: Path, n: int = 120) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(3)
     ids = [f"i{k}" for k in range(n)]
-    pheno = write_table(folder / "pheno.tsv", pd.DataFrame({"FID": ids, "IID": ids, "a": rng.normal(size=n), "b": rng.gamma(2.0, size=n)}))
+    pheno = write_table(
+        folder / "pheno.tsv",
+        pd.DataFrame({"FID": ids, "IID": ids, "a": rng.normal(size=n), "b": rng.gamma(2.0, size=n)}),
+    )
     covar = write_table(folder / "covar.tsv", pd.DataFrame({"FID": ids, "IID": ids, "age": rng.normal(50, 5, size=n)}))
     kinship = folder / "kin.npz"
     np.savez(kinship, K=np.eye(n), ids=np.array(ids))
@@ -35,8 +38,19 @@ def _cohort(folder: Path, n: int = 120) -> dict[str, Path]:
 
 
 def _fit(cohort: dict[str, Path], out: Path | str, *extra: str):
-    return invoke("fit", "--pheno", str(cohort["pheno"]), "--covar", str(cohort["covar"]), "--grm", str(cohort["kin"]),
-                  "--out", str(out), *FAST, *extra)
+    return invoke(
+        "fit",
+        "--pheno",
+        str(cohort["pheno"]),
+        "--covar",
+        str(cohort["covar"]),
+        "--grm",
+        str(cohort["kin"]),
+        "--out",
+        str(out),
+        *FAST,
+        *extra,
+    )
 
 
 def _error(result) -> str:
@@ -79,20 +93,41 @@ def _refused_cases(tmp_path: Path, cohort: dict[str, Path]) -> dict[str, tuple[s
     (foreign / "sub" / "data.csv").write_text("x,y\n1,2\n")
     data = cohort["pheno"].parent
     return {
-        "foreign_folder": (str(foreign), f"--out {foreign} is a folder flowpheno did not write (it holds notes.txt, sub); choose a new or empty folder"),
-        "inputs_folder": (str(data), f"--out {data} contains the --pheno input {cohort['pheno']}: choose a new folder for --out"),
-        "pheno_file": (str(cohort["pheno"]), f"--out {cohort['pheno']} is the --pheno input {cohort['pheno']}: writing there would destroy it"),
+        "foreign_folder": (
+            str(foreign),
+            f"--out {foreign} is a folder flowpheno did not write (it holds notes.txt, sub); choose a new or empty folder",
+        ),
+        "inputs_folder": (
+            str(data),
+            f"--out {data} contains the --pheno input {cohort['pheno']}: choose a new folder for --out",
+        ),
+        "pheno_file": (
+            str(cohort["pheno"]),
+            f"--out {cohort['pheno']} is the --pheno input {cohort['pheno']}: writing there would destroy it",
+        ),
         "covar_file": (str(cohort["covar"]), f"--out {cohort['covar']} is the --covar input"),
         "kinship_file": (str(cohort["kin"]), f"--out {cohort['kin']} is the --grm input"),
         "eigen_cache": (str(cohort["cache"]), f"--out {cohort['cache']} is the --grm input"),
         "ancestor_of_inputs": (str(data.parent), f"--out {data.parent} contains the --pheno input"),
-        "under_a_file": (str(cohort["pheno"] / "run"), f"--out {cohort['pheno'] / 'run'}: {cohort['pheno']} is a file, not a folder"),
+        "under_a_file": (
+            str(cohort["pheno"] / "run"),
+            f"--out {cohort['pheno'] / 'run'}: {cohort['pheno']} is a file, not a folder",
+        ),
         "current_folder": (".", "--out . is the current folder or holds it; name a new folder, e.g. --out run"),
     }
 
 
-CASES = ["foreign_folder", "inputs_folder", "pheno_file", "covar_file", "kinship_file", "eigen_cache", "ancestor_of_inputs",
-         "under_a_file", "current_folder"]
+CASES = [
+    "foreign_folder",
+    "inputs_folder",
+    "pheno_file",
+    "covar_file",
+    "kinship_file",
+    "eigen_cache",
+    "ancestor_of_inputs",
+    "under_a_file",
+    "current_folder",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -122,7 +157,13 @@ def test_earlier_run_needs_overwrite_and_is_then_replaced(tmp_path: Path, no_tra
     assert first.returncode == 0, first.stderr
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["command"] == "fit"
-    assert sorted(manifest["files"]) == ["diagnostics.png", "fit.json", "gaussianized.tsv", "model.json", "model.safetensors"]
+    assert sorted(manifest["files"]) == [
+        "diagnostics.png",
+        "fit.json",
+        "gaussianized.tsv",
+        "model.json",
+        "model.safetensors",
+    ]
     no_training.clear()
     before = snapshot(tmp_path)
     again = _fit(cohort, out, "--seed", "5")
@@ -143,7 +184,9 @@ def test_overwrite_never_removes_a_file_added_to_a_run(tmp_path: Path) -> None:
     before = snapshot(tmp_path)
     result = _fit(cohort, out, "--overwrite")
     assert result.returncode == 1
-    assert f"--out {out} holds an earlier flowpheno run and also notes.txt, which flowpheno did not write" in _error(result)
+    assert f"--out {out} holds an earlier flowpheno run and also notes.txt, which flowpheno did not write" in _error(
+        result
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -229,9 +272,13 @@ def test_leftovers_of_ended_runs_are_removed_and_reported(tmp_path: Path) -> Non
     other.mkdir()
     result = _fit(cohort, tmp_path / "run")
     assert result.returncode == 0, result.stderr
-    assert f"removed {leftover} (2.5 MB), left by an interrupted flowpheno run (process {dead} has ended)" in " ".join(result.stderr.split())
+    assert f"removed {leftover} (2.5 MB), left by an interrupted flowpheno run (process {dead} has ended)" in " ".join(
+        result.stderr.split()
+    )
     assert not leftover.exists() and alive.is_dir() and other.is_dir()
-    assert f"{alive} is being written by process {os.getppid()}, still running; left as it is" in " ".join(result.stderr.split())
+    assert f"{alive} is being written by process {os.getppid()}, still running; left as it is" in " ".join(
+        result.stderr.split()
+    )
 
 
 @pytest.mark.slow
@@ -260,7 +307,9 @@ def fitted(tmp_path: Path) -> tuple[dict[str, Path], Path]:
 
 
 @pytest.mark.parametrize("case", ["folder", "pheno", "model_folder", "inside_model", "under_file"])
-def test_transform_out_refused_before_loading(case: str, fitted: tuple[dict[str, Path], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transform_out_refused_before_loading(
+    case: str, fitted: tuple[dict[str, Path], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flowpheno import pipeline
 
     cohort, run = fitted
@@ -268,15 +317,26 @@ def test_transform_out_refused_before_loading(case: str, fitted: tuple[dict[str,
     folder.mkdir()
     out, message = {
         "folder": (folder, f"--out {folder} is a folder; give a file name, e.g. {folder / 'output.tsv'}"),
-        "pheno": (cohort["pheno"], f"--out {cohort['pheno']} is the --pheno input {cohort['pheno']}: writing there would destroy it"),
+        "pheno": (
+            cohort["pheno"],
+            f"--out {cohort['pheno']} is the --pheno input {cohort['pheno']}: writing there would destroy it",
+        ),
         "model_folder": (run, f"--out {run} is a folder; give a file name"),
-        "inside_model": (run / "fit.json", f"--out {run / 'fit.json'} lies inside the --model folder {run}: choose an --out outside it"),
-        "under_file": (cohort["pheno"] / "z.tsv", f"--out {cohort['pheno'] / 'z.tsv'}: {cohort['pheno']} is a file, not a folder"),
+        "inside_model": (
+            run / "fit.json",
+            f"--out {run / 'fit.json'} lies inside the --model folder {run}: choose an --out outside it",
+        ),
+        "under_file": (
+            cohort["pheno"] / "z.tsv",
+            f"--out {cohort['pheno'] / 'z.tsv'}: {cohort['pheno']} is a file, not a folder",
+        ),
     }[case]
     loaded: list[str] = []
     monkeypatch.setattr(pipeline.PhenotypeModel, "load", lambda *a, **k: loaded.append("model") or None)
     before = snapshot(run.parent)
-    result = invoke("transform", "--model", str(run), "--pheno", str(cohort["pheno"]), "--out", str(out), "--device", "cpu")
+    result = invoke(
+        "transform", "--model", str(run), "--pheno", str(cohort["pheno"]), "--out", str(out), "--device", "cpu"
+    )
     assert result.returncode == 1
     assert message in _error(result)
     assert loaded == []
@@ -288,7 +348,9 @@ def test_transform_out_refused_before_loading(case: str, fitted: tuple[dict[str,
 def test_transform_writes_a_new_file(fitted: tuple[dict[str, Path], Path]) -> None:
     cohort, run = fitted
     out = run.parent / "z.tsv"
-    result = invoke("transform", "--model", str(run), "--pheno", str(cohort["pheno"]), "--out", str(out), "--device", "cpu")
+    result = invoke(
+        "transform", "--model", str(run), "--pheno", str(cohort["pheno"]), "--out", str(out), "--device", "cpu"
+    )
     assert result.returncode == 0, result.stderr
     expected = pd.read_csv(run / "gaussianized.tsv", sep="\t")
     pd.testing.assert_frame_equal(pd.read_csv(out, sep="\t"), expected)
@@ -317,7 +379,9 @@ def test_atomic_path_names_target_on_write_errors(tmp_path: Path) -> None:
         check_file_output(target / "x.tsv")
 
 
-@pytest.mark.parametrize("command", [["bench", "stocks", "--quick"], ["bench", "images", "--quick"], ["bench", "synthetic", "--quick"]])
+@pytest.mark.parametrize(
+    "command", [["bench", "stocks", "--quick"], ["bench", "images", "--quick"], ["bench", "synthetic", "--quick"]]
+)
 def test_bench_refuses_a_foreign_folder_before_running(command: list[str], tmp_path: Path) -> None:
     prices = tmp_path / "prices"
     prices.mkdir()
@@ -329,19 +393,28 @@ def test_bench_refuses_a_foreign_folder_before_running(command: list[str], tmp_p
     before = snapshot(tmp_path)
     result = invoke(*command, *extra, "--out", str(foreign))
     assert result.returncode == 1
-    assert f"--out {foreign} is a folder flowpheno did not write (it holds notes.txt); choose a new or empty folder" in _error(result)
+    assert (
+        f"--out {foreign} is a folder flowpheno did not write (it holds notes.txt); choose a new or empty folder"
+        in _error(result)
+    )
     assert snapshot(tmp_path) == before and sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     if command[1] == "stocks":
         inside = invoke(*command, *extra, "--out", str(prices / "results"))
         assert inside.returncode == 1
-        assert f"--out {prices / 'results'} lies inside the --prices folder {prices}: choose an --out outside it" in _error(inside)
+        assert (
+            f"--out {prices / 'results'} lies inside the --prices folder {prices}: choose an --out outside it"
+            in _error(inside)
+        )
         assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize(
     "command",
-    [["simulate", "--n", "20", "--snps", "100", "--traits", "2", "--causal", "2", "--chromosomes", "1"],
-     ["bench", "stocks-data"], ["bench", "images-data", "--individuals", "3", "--size", "8"]],
+    [
+        ["simulate", "--n", "20", "--snps", "100", "--traits", "2", "--causal", "2", "--chromosomes", "1"],
+        ["bench", "stocks-data"],
+        ["bench", "images-data", "--individuals", "3", "--size", "8"],
+    ],
     ids=["simulate", "stocks-data", "images-data"],
 )
 def test_data_writers_never_write_into_a_users_folder(command: list[str], tmp_path: Path) -> None:
@@ -366,7 +439,6 @@ def test_data_writers_never_write_into_a_users_folder(command: list[str], tmp_pa
     assert invoke(*command, "--out", fresh, "--overwrite").returncode == 0
     assert snapshot(fresh).keys() == written.keys()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left beside
-
 
 
 def test_overwrite_replaces_only_the_same_commands_output(tmp_path: Path) -> None:

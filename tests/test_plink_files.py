@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import invoke, snapshot
+
 from flowpheno.errors import FlowphenoError
 from flowpheno.io.kinship import read_kinship
 from flowpheno.io.plink import check_bed, read_fam, write_plink
@@ -25,10 +25,26 @@ def fileset(prefix: Path, n: int = 40, m: int = 30, seed: int = 0, fam: pd.DataF
     rng = np.random.default_rng(seed)
     dosage = rng.binomial(2, rng.uniform(0.2, 0.8, size=m), size=(n, m)).astype(float)
     if fam is None:
-        fam = pd.DataFrame({"FID": [f"f{i // 4}" for i in range(n)], "IID": [str(i % 4 + 1) for i in range(n)],
-                            "PAT": "0", "MAT": "0", "SEX": "1", "PHENO": "-9"})
-    bim = pd.DataFrame({"chrom": "1", "snp": [f"rs{j}" for j in range(m)], "cm": 0, "pos": np.arange(1, m + 1) * 1000,
-                        "a0": "A", "a1": "G"})
+        fam = pd.DataFrame(
+            {
+                "FID": [f"f{i // 4}" for i in range(n)],
+                "IID": [str(i % 4 + 1) for i in range(n)],
+                "PAT": "0",
+                "MAT": "0",
+                "SEX": "1",
+                "PHENO": "-9",
+            }
+        )
+    bim = pd.DataFrame(
+        {
+            "chrom": "1",
+            "snp": [f"rs{j}" for j in range(m)],
+            "cm": 0,
+            "pos": np.arange(1, m + 1) * 1000,
+            "a0": "A",
+            "a1": "G",
+        }
+    )
     write_plink(prefix, dosage, fam, bim)
     return prefix
 
@@ -106,8 +122,13 @@ def _first_fam_line_deleted(prefix: Path) -> str:
     return "the unused bits after individual 39 are set in"
 
 
-BROKEN = {"truncated-fam": _truncated_fam, "wrong-magic": _wrong_magic, "individual-major": _individual_major,
-          "truncated-bed": _truncated_bed, "first-fam-line-deleted": _first_fam_line_deleted}
+BROKEN = {
+    "truncated-fam": _truncated_fam,
+    "wrong-magic": _wrong_magic,
+    "individual-major": _individual_major,
+    "truncated-bed": _truncated_bed,
+    "first-fam-line-deleted": _first_fam_line_deleted,
+}
 
 
 @pytest.mark.parametrize("case", list(BROKEN))
@@ -121,7 +142,16 @@ def test_broken_bed_stops_before_reading(tmp_path: Path, case: str, reader: str)
     args = {
         "grm": ["grm", "--bfile", prefix, "--out", tmp_path / "out" / "k.npz"],
         "fit-grm": ["fit", "--pheno", tmp_path / "p.tsv", "--grm", prefix, "--out", tmp_path / "out", *tiny],
-        "fit-grm-factor": ["fit", "--pheno", tmp_path / "p.tsv", "--grm-factor", prefix, "--out", tmp_path / "out", *tiny],
+        "fit-grm-factor": [
+            "fit",
+            "--pheno",
+            tmp_path / "p.tsv",
+            "--grm-factor",
+            prefix,
+            "--out",
+            tmp_path / "out",
+            *tiny,
+        ],
     }[reader]
     result = invoke(*args)
     assert result.returncode == 1, result
@@ -140,9 +170,24 @@ def test_short_fam_line_named(tmp_path: Path) -> None:
 def test_object_dtype_npz_says_how_to_save(tmp_path: Path) -> None:
     ids = np.array(["a", "b", "c"], dtype=object)  # what fam.IID.values gives
     np.savez(tmp_path / "k.npz", K=np.eye(3), ids=ids)
-    pd.DataFrame({"FID": "f", "IID": list("abc"), "x": [1.0, 2.0, 3.0]}).to_csv(tmp_path / "p.tsv", sep="\t", index=False)
-    result = invoke("fit", "--pheno", tmp_path / "p.tsv", "--grm", tmp_path / "k.npz", "--out", tmp_path / "run",
-                    "--epochs", "1", "--stages", "1", "--device", "cpu")
+    pd.DataFrame({"FID": "f", "IID": list("abc"), "x": [1.0, 2.0, 3.0]}).to_csv(
+        tmp_path / "p.tsv", sep="\t", index=False
+    )
+    result = invoke(
+        "fit",
+        "--pheno",
+        tmp_path / "p.tsv",
+        "--grm",
+        tmp_path / "k.npz",
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        "1",
+        "--stages",
+        "1",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 1, result
     message = " ".join(result.stderr.split())
     assert "k.npz: array 'ids' holds Python objects" in message
@@ -158,7 +203,7 @@ def test_old_npz_with_iids_only_still_reads(tmp_path: Path) -> None:
 
 # --- tables as spreadsheet programs save them -------------------------------------------
 
-CLEAN = 'FID\tIID\theight\tsite\nf1\t000001\t1.5\tZürich\nf1\t000002\tNA\tMálaga\nf2\t1\t-2.25\tOslo\n'
+CLEAN = "FID\tIID\theight\tsite\nf1\t000001\t1.5\tZürich\nf1\t000002\tNA\tMálaga\nf2\t1\t-2.25\tOslo\n"
 
 
 def _rows(text: str) -> list[list[str]]:
@@ -173,7 +218,9 @@ VARIANTS = {
     "cr-only": lambda: CLEAN.replace("\n", "\r").encode("utf-8"),
     "trailing-empty-lines": lambda: (CLEAN + "\n\n").encode("utf-8"),
     "quoted-csv": lambda: "\n".join(",".join(f'"{field}"' for field in row) for row in _rows(CLEAN)).encode("utf-8"),
-    "semicolon-csv-bom-crlf": lambda: codecs.BOM_UTF8 + "\r\n".join(";".join(row) for row in _rows(CLEAN)).encode("utf-8"),
+    "semicolon-csv-bom-crlf": lambda: (
+        codecs.BOM_UTF8 + "\r\n".join(";".join(row) for row in _rows(CLEAN)).encode("utf-8")
+    ),
     "whitespace": lambda: "\n".join("  ".join(row) for row in _rows(CLEAN)).encode("utf-8"),
 }
 
@@ -213,21 +260,68 @@ def test_transform_fam_is_checked_and_its_fileset_protected(tmp_path: Path) -> N
     prefix = fileset(tmp_path / "s")
     fam = read_fam(f"{prefix}.fam")
     rng = np.random.default_rng(1)
-    table = pd.DataFrame({"FID": fam["FID"], "IID": fam["IID"], "a": rng.gamma(2.0, size=len(fam)), "b": rng.normal(size=len(fam))})
+    table = pd.DataFrame(
+        {"FID": fam["FID"], "IID": fam["IID"], "a": rng.gamma(2.0, size=len(fam)), "b": rng.normal(size=len(fam))}
+    )
     table = pd.concat([table] * 2, ignore_index=True).assign(FID=lambda t: [f"x{i}" for i in range(len(t))])
     table.iloc[: len(fam), 0] = fam["FID"].to_numpy()
     table.to_csv(tmp_path / "p.tsv", sep="\t", index=False)
     run = tmp_path / "run"
-    assert invoke("fit", "--pheno", tmp_path / "p.tsv", "--out", run, "--mode", "iid", "--epochs", "1", "--stages", "1",
-                  "--layers", "2", "--hidden", "16", "--device", "cpu").returncode == 0
+    assert (
+        invoke(
+            "fit",
+            "--pheno",
+            tmp_path / "p.tsv",
+            "--out",
+            run,
+            "--mode",
+            "iid",
+            "--epochs",
+            "1",
+            "--stages",
+            "1",
+            "--layers",
+            "2",
+            "--hidden",
+            "16",
+            "--device",
+            "cpu",
+        ).returncode
+        == 0
+    )
     for target in ("s.bed", "s.bim"):
-        result = invoke("transform", "--model", run, "--pheno", tmp_path / "p.tsv", "--format", "gemma", "--fam",
-                        f"{prefix}.fam", "--out", tmp_path / target, "--overwrite")
+        result = invoke(
+            "transform",
+            "--model",
+            run,
+            "--pheno",
+            tmp_path / "p.tsv",
+            "--format",
+            "gemma",
+            "--fam",
+            f"{prefix}.fam",
+            "--out",
+            tmp_path / target,
+            "--overwrite",
+        )
         assert result.returncode == 1 and "is the --fam input" in result.stderr, result
     lines = Path(f"{prefix}.fam").read_text().splitlines(keepends=True)
     Path(f"{prefix}.fam").write_text("".join(lines[1:]))
     before = snapshot(tmp_path)
-    result = invoke("transform", "--model", run, "--pheno", tmp_path / "p.tsv", "--format", "gemma", "--fam", f"{prefix}.fam",
-                    "--out", tmp_path / "z.txt")
-    assert result.returncode == 1 and "the unused bits after individual 39 are set in" in " ".join(result.stderr.split()), result
+    result = invoke(
+        "transform",
+        "--model",
+        run,
+        "--pheno",
+        tmp_path / "p.tsv",
+        "--format",
+        "gemma",
+        "--fam",
+        f"{prefix}.fam",
+        "--out",
+        tmp_path / "z.txt",
+    )
+    assert result.returncode == 1 and "the unused bits after individual 39 are set in" in " ".join(
+        result.stderr.split()
+    ), result
     assert snapshot(tmp_path) == before

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import family_kinship
+
 from flowpheno.dependence import EquicorrelatedBlocks, KinshipCovariance
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.train import TrainConfig, fit_alternating, fit_joint
@@ -50,7 +50,7 @@ def _block_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     sizes = rng.integers(5, 40, size=30)
     rho = rng.uniform(0.05, 0.9, size=30)
     rows = []
-    for size, r in zip(sizes, rho):
+    for size, r in zip(sizes, rho, strict=True):
         shared = rng.normal(size=(1, 2)) * np.sqrt(r)
         rows.append(shared + rng.normal(size=(size, 2)) * np.sqrt(1 - r))
     return np.repeat(np.arange(30), sizes), rho, torch.tensor(np.concatenate(rows), dtype=torch.float32)

@@ -21,8 +21,9 @@ def _config(**train: object) -> FitConfig:
 def test_fit_json_is_the_report_and_reads_back(tmp_path: Path, example_kinship: Path) -> None:
     """fit.json holds exactly ``report.to_json()`` (every key, in order, same values), and
     ``FitReport.from_json`` of the file gives the same report back, typed."""
-    _, _, report = fit_phenotypes(EXAMPLES / "pheno.tsv", example_kinship, EXAMPLES / "covar.tsv", _config(),
-                                  out=tmp_path / "run", progress=False)
+    _, _, report = fit_phenotypes(
+        EXAMPLES / "pheno.tsv", example_kinship, EXAMPLES / "covar.tsv", _config(), out=tmp_path / "run", progress=False
+    )
     written = json.loads((tmp_path / "run" / "fit.json").read_text())
     assert written == json.loads(json.dumps(report.to_json(), default=jsonable))
     assert list(written)[-1] == "final_state" and written["final_state"] == report.final_state

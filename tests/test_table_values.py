@@ -9,35 +9,53 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import invoke, snapshot, write_table
+
 from flowpheno.errors import FlowphenoError
 from flowpheno.pipeline import OUTLIER_STOP_Z, _check_traits
 from flowpheno.report import FitReport
 
 N = 120
-TINY = ["--mode", "iid", "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "16", "--device", "cpu", "--quiet"]
+TINY = [
+    "--mode",
+    "iid",
+    "--epochs",
+    "1",
+    "--stages",
+    "1",
+    "--layers",
+    "2",
+    "--hidden",
+    "16",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def _pheno() -> pd.DataFrame:
     rng = np.random.default_rng(7)
-    return pd.DataFrame({
-        "FID": [f"f{i}" for i in range(N)],
-        "IID": [f"i{i}" for i in range(N)],
-        "t1": np.round(rng.normal(size=N), 4),
-        "t2": np.round(np.exp(0.5 * rng.normal(size=N)), 4),
-        "t3": np.round(rng.gamma(2.0, size=N), 4),
-    })
+    return pd.DataFrame(
+        {
+            "FID": [f"f{i}" for i in range(N)],
+            "IID": [f"i{i}" for i in range(N)],
+            "t1": np.round(rng.normal(size=N), 4),
+            "t2": np.round(np.exp(0.5 * rng.normal(size=N)), 4),
+            "t3": np.round(rng.gamma(2.0, size=N), 4),
+        }
+    )
 
 
 def _covar() -> pd.DataFrame:
     rng = np.random.default_rng(8)
-    return pd.DataFrame({
-        "FID": [f"f{i}" for i in range(N)],
-        "IID": [f"i{i}" for i in range(N)],
-        "age": rng.integers(20, 70, N),
-        "batch": rng.choice(["b1", "b2", "b3"], N),
-    })
+    return pd.DataFrame(
+        {
+            "FID": [f"f{i}" for i in range(N)],
+            "IID": [f"i{i}" for i in range(N)],
+            "age": rng.integers(20, 70, N),
+            "batch": rng.choice(["b1", "b2", "b3"], N),
+        }
+    )
 
 
 def _lines(table: pd.DataFrame) -> list[str]:
@@ -85,48 +103,138 @@ def _column(table: pd.DataFrame, column: str, values: list) -> pd.DataFrame:
 
 # (id, pheno lines, covar lines or None, extra args, fragments of the one error line)
 BAD: list[tuple[str, Callable[[], list[str]], Callable[[], list[str]] | None, list[str], list[str]]] = [
-    ("trait-text-cell", lambda: _edit(_pheno(), 5, "t1", "oops"), None, [],
-     ["p.tsv: trait column 't1' is not numeric (line 5, IID i3: 'oops')", "--traits"]),
-    ("trait-decimal-commas", lambda: _comma_column(_pheno(), "t2"), None, [],
-     ["trait column 't2' is not numeric (line 2, IID i0: ", "decimal comma", "1.23, not 1,23"]),
-    ("trait-one-decimal-comma", lambda: _edit(_pheno(), 9, "t3", "1,25"), None, [],
-     ["trait column 't3' is not numeric (line 9, IID i7: '1,25')", "decimal comma"]),
-    ("trait-inf", lambda: _edit(_pheno(), 7, "t2", "inf"), None, [],
-     ["trait column 't2' holds an infinite value (line 7, IID i5: 'inf')"]),
-    ("trait-minus-inf", lambda: _edit(_pheno(), 3, "t1", "-Inf"), None, [],
-     ["trait column 't1' holds an infinite value (line 3, IID i1: '-Inf')"]),
-    ("covar-text-cell-in-age", lambda: _lines(_pheno()), lambda: _edit(_covar(), 4, "age", "unknown"), [],
-     ["c.tsv: covariate column 'age' is not numeric (line 4, IID i2: 'unknown')"]),
-    ("covar-decimal-comma", lambda: _lines(_pheno()), lambda: _edit(_covar(), 6, "age", "41,5"), [],
-     ["covariate column 'age' is not numeric (line 6, IID i4: '41,5')", "decimal comma"]),
-    ("covar-inf", lambda: _lines(_pheno()), lambda: _edit(_covar(), 8, "age", "-inf"), [],
-     ["covariate column 'age' holds an infinite value (line 8, IID i6: '-inf')"]),
-    ("covar-many-levels", lambda: _lines(_pheno()),
-     lambda: _lines(_column(_covar(), "site", [f"s{i}" for i in range(N)])), [],
-     ["covariate column 'site' is text with 120 distinct values among 120 individuals", "--categorical site"]),
-    ("covar-few-per-level", lambda: _lines(_pheno()),
-     lambda: _lines(_column(_covar(), "site", [f"s{i % 45}" for i in range(N)])), [],
-     ["covariate column 'site' is text with 45 distinct values among 120 individuals", "--categorical site"]),
-    ("categorical-absent-column", lambda: _lines(_pheno()), lambda: _lines(_covar()), ["--categorical", "site"],
-     ["c.tsv: --categorical names column(s) site that the file lacks"]),
-    ("binary-trait", lambda: _lines(_column(_pheno(), "t3", [i % 2 for i in range(N)])), None, [],
-     ["trait 't3' has 2 distinct values among 120 complete rows", "leave it out with --traits"]),
-    ("spike-trait", lambda: _lines(_column(_pheno(), "t2", [0.0] * 70 + list(np.linspace(1, 2, N - 70)))), None, [],
-     ["trait 't2' has 51 distinct values among 120 complete rows (0 holds 70)"]),
-    ("constant-trait", lambda: _lines(_column(_pheno(), "t1", [3.5] * N)), None, [],
-     ["trait 't1' has zero variance (every complete row is 3.5)"]),
-    ("all-missing-trait", lambda: _lines(_column(_pheno(), "t2", ["NA"] * N)), None, [],
-     ["trait 't2' is missing for every individual", "--traits"]),
-    ("one-value-dwarfs-constant", lambda: _lines(_column(_pheno(), "t1", [5.0] * 18 + [1e13] + [5.0] * (N - 19))), None, [],
-     ["trait 't1' has 2 distinct values among 120 complete rows (5 holds 119; the others: IID i18 = 1e+13)"]),
-    ("covar-all-missing", lambda: _lines(_pheno()), lambda: _lines(_column(_covar(), "age", ["NA"] * N)), [],
-     ["c.tsv: covariate column 'age' is missing for every individual"]),
-    ("gross-outlier", lambda: _edit(_pheno(), 12, "t2", "250000"), None, [],
-     ["FID f10 IID i10 (line 12) trait 't2' = 250000 (robust z ", "--keep-outliers"]),
+    (
+        "trait-text-cell",
+        lambda: _edit(_pheno(), 5, "t1", "oops"),
+        None,
+        [],
+        ["p.tsv: trait column 't1' is not numeric (line 5, IID i3: 'oops')", "--traits"],
+    ),
+    (
+        "trait-decimal-commas",
+        lambda: _comma_column(_pheno(), "t2"),
+        None,
+        [],
+        ["trait column 't2' is not numeric (line 2, IID i0: ", "decimal comma", "1.23, not 1,23"],
+    ),
+    (
+        "trait-one-decimal-comma",
+        lambda: _edit(_pheno(), 9, "t3", "1,25"),
+        None,
+        [],
+        ["trait column 't3' is not numeric (line 9, IID i7: '1,25')", "decimal comma"],
+    ),
+    (
+        "trait-inf",
+        lambda: _edit(_pheno(), 7, "t2", "inf"),
+        None,
+        [],
+        ["trait column 't2' holds an infinite value (line 7, IID i5: 'inf')"],
+    ),
+    (
+        "trait-minus-inf",
+        lambda: _edit(_pheno(), 3, "t1", "-Inf"),
+        None,
+        [],
+        ["trait column 't1' holds an infinite value (line 3, IID i1: '-Inf')"],
+    ),
+    (
+        "covar-text-cell-in-age",
+        lambda: _lines(_pheno()),
+        lambda: _edit(_covar(), 4, "age", "unknown"),
+        [],
+        ["c.tsv: covariate column 'age' is not numeric (line 4, IID i2: 'unknown')"],
+    ),
+    (
+        "covar-decimal-comma",
+        lambda: _lines(_pheno()),
+        lambda: _edit(_covar(), 6, "age", "41,5"),
+        [],
+        ["covariate column 'age' is not numeric (line 6, IID i4: '41,5')", "decimal comma"],
+    ),
+    (
+        "covar-inf",
+        lambda: _lines(_pheno()),
+        lambda: _edit(_covar(), 8, "age", "-inf"),
+        [],
+        ["covariate column 'age' holds an infinite value (line 8, IID i6: '-inf')"],
+    ),
+    (
+        "covar-many-levels",
+        lambda: _lines(_pheno()),
+        lambda: _lines(_column(_covar(), "site", [f"s{i}" for i in range(N)])),
+        [],
+        ["covariate column 'site' is text with 120 distinct values among 120 individuals", "--categorical site"],
+    ),
+    (
+        "covar-few-per-level",
+        lambda: _lines(_pheno()),
+        lambda: _lines(_column(_covar(), "site", [f"s{i % 45}" for i in range(N)])),
+        [],
+        ["covariate column 'site' is text with 45 distinct values among 120 individuals", "--categorical site"],
+    ),
+    (
+        "categorical-absent-column",
+        lambda: _lines(_pheno()),
+        lambda: _lines(_covar()),
+        ["--categorical", "site"],
+        ["c.tsv: --categorical names column(s) site that the file lacks"],
+    ),
+    (
+        "binary-trait",
+        lambda: _lines(_column(_pheno(), "t3", [i % 2 for i in range(N)])),
+        None,
+        [],
+        ["trait 't3' has 2 distinct values among 120 complete rows", "leave it out with --traits"],
+    ),
+    (
+        "spike-trait",
+        lambda: _lines(_column(_pheno(), "t2", [0.0] * 70 + list(np.linspace(1, 2, N - 70)))),
+        None,
+        [],
+        ["trait 't2' has 51 distinct values among 120 complete rows (0 holds 70)"],
+    ),
+    (
+        "constant-trait",
+        lambda: _lines(_column(_pheno(), "t1", [3.5] * N)),
+        None,
+        [],
+        ["trait 't1' has zero variance (every complete row is 3.5)"],
+    ),
+    (
+        "all-missing-trait",
+        lambda: _lines(_column(_pheno(), "t2", ["NA"] * N)),
+        None,
+        [],
+        ["trait 't2' is missing for every individual", "--traits"],
+    ),
+    (
+        "one-value-dwarfs-constant",
+        lambda: _lines(_column(_pheno(), "t1", [5.0] * 18 + [1e13] + [5.0] * (N - 19))),
+        None,
+        [],
+        ["trait 't1' has 2 distinct values among 120 complete rows (5 holds 119; the others: IID i18 = 1e+13)"],
+    ),
+    (
+        "covar-all-missing",
+        lambda: _lines(_pheno()),
+        lambda: _lines(_column(_covar(), "age", ["NA"] * N)),
+        [],
+        ["c.tsv: covariate column 'age' is missing for every individual"],
+    ),
+    (
+        "gross-outlier",
+        lambda: _edit(_pheno(), 12, "t2", "250000"),
+        None,
+        [],
+        ["FID f10 IID i10 (line 12) trait 't2' = 250000 (robust z ", "--keep-outliers"],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("pheno", "covar", "extra", "fragments"), [case[1:] for case in BAD], ids=[case[0] for case in BAD])
+@pytest.mark.parametrize(
+    ("pheno", "covar", "extra", "fragments"), [case[1:] for case in BAD], ids=[case[0] for case in BAD]
+)
 def test_bad_values_stop_with_one_line(tmp_path: Path, pheno, covar, extra: list[str], fragments: list[str]) -> None:
     pheno_path = _write(tmp_path / "p.tsv", pheno())
     covar_path = _write(tmp_path / "c.tsv", covar()) if covar is not None else None
@@ -240,7 +348,9 @@ def test_gross_outlier_kept_on_request(tmp_path: Path) -> None:
     result = _fit(tmp_path, write_table(tmp_path / "p.tsv", table), None, "--keep-outliers")
     assert result.returncode == 0, result
     report = json.loads((tmp_path / "run" / "fit.json").read_text())
-    assert report["outliers"] == [{"fid": "f10", "iid": "i10", "line": 12, "trait": "t2", "value": 250000.0, "robust_z": z}]
+    assert report["outliers"] == [
+        {"fid": "f10", "iid": "i10", "line": 12, "trait": "t2", "value": 250000.0, "robust_z": z}
+    ]
     assert z > OUTLIER_STOP_Z
 
 
@@ -248,17 +358,33 @@ def test_sparse_trait_named_when_too_few_complete(tmp_path: Path) -> None:
     table = _column(_pheno(), "t3", [1.5 + 0.1 * i if i < 20 else "NA" for i in range(N)])
     result = _fit(tmp_path, write_table(tmp_path / "p.tsv", table), None)
     assert result.returncode == 1
-    assert "only 20 individuals have every trait" in result.stderr and "trait 't3' has a value for only 20 of 120" in result.stderr
+    assert (
+        "only 20 individuals have every trait" in result.stderr
+        and "trait 't3' has a value for only 20 of 120" in result.stderr
+    )
 
 
 def test_missing_codes_whatever_the_reader() -> None:
     """Cells holding a missing code are NA even when a reader (parquet) kept them as text."""
     from flowpheno.io.tables import covariate_matrix, numeric_columns
 
-    table = pd.DataFrame({"FID": list("abcdef"), "IID": list("abcdef"), "x": ["1.5", ".", " NA ", "-9", None, "2"],
-                          "batch": ["b1", ".", "b2", "b1", "NA", "b2"]})
+    table = pd.DataFrame(
+        {
+            "FID": list("abcdef"),
+            "IID": list("abcdef"),
+            "x": ["1.5", ".", " NA ", "-9", None, "2"],
+            "batch": ["b1", ".", "b2", "b1", "NA", "b2"],
+        }
+    )
     assert numeric_columns(table, ["x"], "t.parquet", "trait")["x"].tolist()[::5] == [1.5, 2.0]
-    assert numeric_columns(table, ["x"], "t.parquet", "trait")["x"].isna().tolist() == [False, True, True, True, True, False]
+    assert numeric_columns(table, ["x"], "t.parquet", "trait")["x"].isna().tolist() == [
+        False,
+        True,
+        True,
+        True,
+        True,
+        False,
+    ]
     dummies = covariate_matrix(table[["FID", "IID", "batch"]], "c.parquet")
     assert list(dummies.columns) == ["batch_b2"]
     assert dummies["batch_b2"].isna().tolist() == [False, True, False, False, True, False]
@@ -278,7 +404,10 @@ def test_diagnostics_mark_outliers() -> None:
     for axis in panels:
         marks = axis.collections[1].get_offsets()
         assert marks.shape == (1, 2)
-    assert [c.get_offsets().shape[0] for c in diagnostics_figure(values, values, ["a", "b", "c"], FitReport(), iids).axes[0].collections] == [50]
+    assert [
+        c.get_offsets().shape[0]
+        for c in diagnostics_figure(values, values, ["a", "b", "c"], FitReport(), iids).axes[0].collections
+    ] == [50]
 
 
 def test_outlier_named_and_marked_by_family_when_iids_repeat(tmp_path: Path) -> None:
@@ -294,9 +423,18 @@ def test_outlier_named_and_marked_by_family_when_iids_repeat(tmp_path: Path) -> 
     report = json.loads((tmp_path / "run" / "fit.json").read_text())
     assert [(o["fid"], o["iid"], o["line"]) for o in report["outliers"]] == [("fam2", "3", 12)]
     ids = table[["FID", "IID"]].to_numpy(dtype=str)
-    figure = diagnostics_figure(table[["t1", "t2", "t3"]].to_numpy(), table[["t1", "t2", "t3"]].to_numpy(), ["t1", "t2", "t3"],
-                                FitReport.from_json(report), ids)
-    crosses = [axis.collections[1].get_offsets() for axis in figure.axes if len(axis.collections) > 1 and axis.get_gid() != "qq"]
+    figure = diagnostics_figure(
+        table[["t1", "t2", "t3"]].to_numpy(),
+        table[["t1", "t2", "t3"]].to_numpy(),
+        ["t1", "t2", "t3"],
+        FitReport.from_json(report),
+        ids,
+    )
+    crosses = [
+        axis.collections[1].get_offsets()
+        for axis in figure.axes
+        if len(axis.collections) > 1 and axis.get_gid() != "qq"
+    ]
     assert crosses and all(marks.shape == (1, 2) for marks in crosses)
 
 
@@ -311,12 +449,18 @@ def test_covariate_level_held_by_one_individual_stops(tmp_path: Path, declared: 
     before = snapshot(tmp_path)
     result = _fit(tmp_path, pheno, path, *(["--categorical", "rare"] if declared else []))
     assert result.returncode == 1, result
-    assert f"level 'B' of covariate 'rare' is held by 1 of the {N} individuals used (IID i{N - 1})" in " ".join(result.stderr.split())
+    assert f"level 'B' of covariate 'rare' is held by 1 of the {N} individuals used (IID i{N - 1})" in " ".join(
+        result.stderr.split()
+    )
     assert snapshot(tmp_path) == before and not (tmp_path / "run").exists()
     # the same level given to two individuals keeps their difference: accepted with a warning
     covar = _covar().assign(rare=["A"] * (N - 2) + ["B"] * 2)
-    two = _fit(tmp_path, pheno, write_table(tmp_path / "covar2.tsv", covar), *(["--categorical", "rare"] if declared else []))
-    assert two.returncode == 0 and "level 'B' of covariate 'rare' is held by 2 individuals" in " ".join(two.stderr.split()), two
+    two = _fit(
+        tmp_path, pheno, write_table(tmp_path / "covar2.tsv", covar), *(["--categorical", "rare"] if declared else [])
+    )
+    assert two.returncode == 0 and "level 'B' of covariate 'rare' is held by 2 individuals" in " ".join(
+        two.stderr.split()
+    ), two
 
 
 @pytest.mark.slow

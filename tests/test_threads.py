@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import family_kinship, invoke, write_table
 from threadpoolctl import threadpool_info
 
 import flowpheno
@@ -19,8 +20,6 @@ from flowpheno.io.kinship import spectral_decomposition, write_npz
 from flowpheno.pipeline import FitConfig, fit_phenotypes, transform_phenotypes
 from flowpheno.threads import available_cpus, cpu_limit, per_worker, thread_limits
 from flowpheno.train import TrainConfig
-
-from conftest import family_kinship, invoke, write_table
 
 PACKAGE = str(Path(flowpheno.__file__).parent)
 TINY = TrainConfig(epochs=2, stages=2, seed=1)
@@ -52,7 +51,9 @@ def test_threads_reach_torch_and_blas_inside_a_fit_and_are_restored(threads: int
     before = torch.get_num_threads()
     blas_before = [pool["num_threads"] for pool in threadpool_info()]
     seen, callback = _observed_threads()
-    model, _, report = fit_phenotypes(pheno, kinship, config=_config(threads=threads), out=tmp_path / "run", callback=callback)
+    model, _, report = fit_phenotypes(
+        pheno, kinship, config=_config(threads=threads), out=tmp_path / "run", callback=callback
+    )
     assert seen and set(seen) == {threads}
     assert report.threads["used"] == threads and report.threads["requested"] == threads
     assert json.loads((tmp_path / "run" / "fit.json").read_text())["threads"]["used"] == threads
@@ -159,8 +160,26 @@ def test_mvlmm_warning_says_what_to_do(n: int, d: int, largest: int, tmp_path: P
 def test_warning_is_one_whole_line_in_a_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "60")  # a narrow terminal or a log: rich would wrap at 60
     pheno, kinship = _cohort(tmp_path)
-    result = invoke("fit", "--pheno", pheno, "--grm", kinship, "--out", tmp_path / "run", "--threads", "1",
-                    "--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "8", "--quiet")
+    result = invoke(
+        "fit",
+        "--pheno",
+        pheno,
+        "--grm",
+        kinship,
+        "--out",
+        tmp_path / "run",
+        "--threads",
+        "1",
+        "--epochs",
+        "1",
+        "--stages",
+        "1",
+        "--layers",
+        "2",
+        "--hidden",
+        "8",
+        "--quiet",
+    )
     assert result.returncode == 0, result
     expected = json.loads((tmp_path / "run" / "fit.json").read_text())["warnings"]
     assert expected and all(f"warning: {message}" in result.stderr.splitlines() for message in expected)
@@ -190,14 +209,18 @@ def test_cache_without_the_clipped_count_is_recomputed_silently(tmp_path: Path) 
     matrix = _nearly_psd_kinship(80, 1)
     source = str(tmp_path / "kin.npz")
     caught = _recorded(lambda: spectral_decomposition(matrix, source, tmp_path))
-    assert [str(w.message) for w in caught] == [f"{source}: clipped 1 tiny negative eigenvalues (round-off, above -1e-06 x the largest) to 0"]
+    assert [str(w.message) for w in caught] == [
+        f"{source}: clipped 1 tiny negative eigenvalues (round-off, above -1e-06 x the largest) to 0"
+    ]
     (cache,) = tmp_path.glob(".kin.npz.eig-80-*.npz")
     with np.load(cache) as archive:
         values, vectors = archive["eigenvalues"], archive["eigenvectors"]
     np.savez(cache, eigenvalues=values, eigenvectors=vectors)  # the layout written before the count was stored
     outcome: list[bool] = []
     caught = _recorded(lambda: outcome.append(spectral_decomposition(matrix, source, tmp_path)[2]))
-    assert outcome == [False] and [str(w.message) for w in caught] == [f"{source}: clipped 1 tiny negative eigenvalues (round-off, above -1e-06 x the largest) to 0"]
+    assert outcome == [False] and [str(w.message) for w in caught] == [
+        f"{source}: clipped 1 tiny negative eigenvalues (round-off, above -1e-06 x the largest) to 0"
+    ]
     with np.load(cache) as archive:
         assert int(archive["clipped"]) == 1  # replaced: the next run reads it
     caught = _recorded(lambda: outcome.append(spectral_decomposition(matrix, source, tmp_path)[2]))

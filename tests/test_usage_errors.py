@@ -10,12 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import invoke, snapshot
 
 CASES = {
     "missing_out": (["fit", "--pheno", "{pheno}"], "Missing option '--out'"),
-    "epochs_not_a_number": (["fit", "--epochs", "two"], "Invalid value for '--epochs': Input should be a valid integer"),
+    "epochs_not_a_number": (
+        ["fit", "--epochs", "two"],
+        "Invalid value for '--epochs': Input should be a valid integer",
+    ),
     "epochs_zero": (["fit", "--epochs", "0"], "--epochs 0: must be an integer >= 1"),
     "extra_argument": (["fit", "extra"], "Got unexpected extra argument(s) (extra)"),
     "unknown_option": (["fit", "--learning-rate", "1"], "No such option: --learning-rate"),
@@ -33,9 +35,14 @@ CASES = {
     "batch_size": (["fit", "--batch-size", "1"], "--batch-size 1: must be an integer >= 2"),
     "patience": (["fit", "--patience", "-1"], "--patience -1: must be an integer >= 0 (or unset)"),
     "traits_twice": (["fit", "--traits", "a,a"], "--traits a,a: names 'a' twice; name each trait column once"),
-    "val_frac_grid": (["fit", "--mode", "grid", "--val-frac", "0"],
-                      "--val-frac 0: must be above 0 when --mode is 'grid' (the grid picks s2 by validation NLL)"),
-    "scale_step_grid": (["fit", "--mode", "grid", "--scale-step"], "--scale-step: a step of --mode 'alternating' only, not of 'grid'"),
+    "val_frac_grid": (
+        ["fit", "--mode", "grid", "--val-frac", "0"],
+        "--val-frac 0: must be above 0 when --mode is 'grid' (the grid picks s2 by validation NLL)",
+    ),
+    "scale_step_grid": (
+        ["fit", "--mode", "grid", "--scale-step"],
+        "--scale-step: a step of --mode 'alternating' only, not of 'grid'",
+    ),
 }
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT
+
 from flowpheno.io.plink import plink_unsorted, read_bim, read_genotypes
 
 HS1940 = Path("/usr/share/doc/gemma/example/mouse_hs1940")
@@ -26,9 +26,13 @@ METHODS = ("single", "flow_kinship")  # the other mvLMM arms run the same steps 
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not all(Path(f"{HS1940}{suffix}.gz").exists() for suffix in (".bed", ".bim", ".fam", ".pheno.txt")),
-                       reason="the HS1940 mice come with Debian's gemma-doc: apt-get install gemma-doc"),
-    pytest.mark.skipif(shutil.which("gemma") is None or shutil.which("plink1.9") is None, reason="apt-get install gemma plink1.9"),
+    pytest.mark.skipif(
+        not all(Path(f"{HS1940}{suffix}.gz").exists() for suffix in (".bed", ".bim", ".fam", ".pheno.txt")),
+        reason="the HS1940 mice come with Debian's gemma-doc: apt-get install gemma-doc",
+    ),
+    pytest.mark.skipif(
+        shutil.which("gemma") is None or shutil.which("plink1.9") is None, reason="apt-get install gemma plink1.9"
+    ),
     pytest.mark.skipif(SNAKEMAKE is None, reason="pip install snakemake"),
 ]
 
@@ -49,7 +53,9 @@ def test_gwas_all_on_hs1940(tmp_path: Path) -> None:
     pheno = pd.DataFrame({"FID": fam[0], "IID": fam[1], "CD8": values[0], "MCH": values[5]})
     pheno.to_csv(data / "pheno.tsv", sep="\t", index=False, na_rep="NA")
     raw_bim = read_bim(data / "mouse_hs1940.bim")
-    assert plink_unsorted(raw_bim) is not None and (raw_bim["pos"] < 0).sum() == 1926  # the cohort as the review found it
+    assert (
+        plink_unsorted(raw_bim) is not None and (raw_bim["pos"] < 0).sum() == 1926
+    )  # the cohort as the review found it
     config = {
         "outdir": str(tmp_path / "out"),
         "cohort": {"bfile": str(data / "mouse_hs1940"), "pheno": str(data / "pheno.tsv")},
@@ -60,8 +66,21 @@ def test_gwas_all_on_hs1940(tmp_path: Path) -> None:
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
     result = subprocess.run(
-        [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.json"),
-         "-c2", "gwas_all"], capture_output=True, text=True, timeout=5400, cwd=tmp_path,
+        [
+            SNAKEMAKE,
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "config.json"),
+            "-c2",
+            "gwas_all",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=5400,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     check_outputs(tmp_path / "out", raw_bim, pheno)
@@ -76,12 +95,16 @@ def check_outputs(out: Path, raw_bim: pd.DataFrame, pheno: pd.DataFrame) -> None
     excluded = pd.read_csv(out / "genotypes" / "cohort.excluded.tsv", sep="\t", dtype=str)
     assert set(excluded["SNP"]) == set(raw_bim.loc[raw_bim["pos"] < 0, "snp"])
     assert "1926 SNPs left out of the GRM, association, clumping and counts" in " ".join(
-        (out / "logs" / "prepare_genotypes.log").read_text().split())
+        (out / "logs" / "prepare_genotypes.log").read_text().split()
+    )
     chromosomes = [str(c) for c in range(1, 20)]
     assert list(dict.fromkeys(bim["chrom"])) == chromosomes
 
-    complete = {"CD8": int(pheno["CD8"].notna().sum()), "MCH": int(pheno["MCH"].notna().sum()),
-                "both": int(pheno[["CD8", "MCH"]].notna().all(axis=1).sum())}
+    complete = {
+        "CD8": int(pheno["CD8"].notna().sum()),
+        "MCH": int(pheno["MCH"].notna().sum()),
+        "both": int(pheno[["CD8", "MCH"]].notna().all(axis=1).sum()),
+    }
     assert complete == {"CD8": 1410, "MCH": 1580, "both": 1197}
     genotypes = np.asarray(read_genotypes(out / "genotypes" / "cohort").values, dtype=float)
     report = (out / "report.md").read_text()
@@ -110,11 +133,16 @@ def check_outputs(out: Path, raw_bim: pd.DataFrame, pheno: pd.DataFrame) -> None
             assert set(assoc.loc[assoc["P_1"].notna(), "SNP"]) == per_trait[0]
             assert set(assoc.loc[assoc["P_2"].notna(), "SNP"]) == per_trait[1]
             # GEMMA keeps different SNPs for the two traits' individuals: combined on the union
-            assert ((assoc["TRAITS_TESTED"] == 1).sum() == len(per_trait[0] ^ per_trait[1])) and per_trait[0] != per_trait[1]
+            assert ((assoc["TRAITS_TESTED"] == 1).sum() == len(per_trait[0] ^ per_trait[1])) and per_trait[
+                0
+            ] != per_trait[1]
         else:
             expected = gemma_testable(genotypes, bim, gemma_p.notna().all(axis=1).to_numpy())
         assert assoc["SNP"].tolist() == [snp for snp in bim["snp"] if snp in expected]  # once each, in .bim order
-        assert assoc["CHR"].tolist() == bim.set_index("snp").loc[assoc["SNP"], "chrom"].tolist() and assoc["P"].notna().all()
+        assert (
+            assoc["CHR"].tolist() == bim.set_index("snp").loc[assoc["SNP"], "chrom"].tolist()
+            and assoc["P"].notna().all()
+        )
         summary = json.loads((arm / "evaluation" / "summary.json").read_text())
         assert summary["snps_tested"] == len(expected) > 9000
         # LOCO leaves each chromosome's share of these highly heritable traits (CD8: PVE 0.6) out of its GRM, and HS
