@@ -43,8 +43,10 @@ PAPER_TABLE1 = {
 PROTOCOL_LINES = {
     "paper": "Protocol `paper`: the authors' setup (no ActNorm, spline tail bound per shape, batch 256, "
     "lr {1e-3, 3e-3, 1e-2, 3e-2} x weight decay {1e-3, 1e-2, 1e-1} chosen per run by validation NLL, "
-    "13-value s2/rho grids, 100 epochs at full size, StepLR 0.9 x 32, best-validation state; `flowpheno.bench.protocols`).",
-    "fast": "Protocol `fast`: ActNorm-standardised inputs, tail bound 5, batch 512, one lr, 3-value grids, early stopping.",
+    "13-value s2/rho grids, 100 epochs at full size, StepLR 0.9 x 32, best-validation state; "
+    "`flowpheno.bench.protocols`).",
+    "fast": "Protocol `fast`: ActNorm-standardised inputs, tail bound "
+    "5, batch 512, one lr, 3-value grids, early stopping.",
 }
 
 
@@ -112,7 +114,8 @@ def table1(
                     else float("nan")
                 )
                 lines.append(
-                    f"| {setting} | {shape} | {method} | {difference:+.3f} | {len(paired)} | {p:.3g} | {'yes' if method == best else ''} |"
+                    f"| {setting} | {shape} | {method} | {difference:+.3f} | {len(paired)} | {p:.3g} | "
+                    f"{'yes' if method == best else ''} |"
                 )
     rho = [r for r in results if "rho_mse" in r]
     if rho:
