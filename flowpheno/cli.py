@@ -136,7 +136,7 @@ def grm(
         with atomic_path(out) as tmp:
             np.savetxt(tmp, matrix, fmt="%.10g", delimiter="\t")
         with atomic_path(str(out) + ".ids") as tmp:  # FID IID per row, as GCTA's .grm.id
-            tmp.write_text("".join(f"{fid}\t{iid}\n" for fid, iid in zip(fids, ids)))
+            tmp.write_text("".join(f"{fid}\t{iid}\n" for fid, iid in zip(fids, ids, strict=True)))
     else:
         write_npz(out, matrix, ids, fids)
     console.print(f"wrote {out}: {len(ids)} individuals, {used} SNPs (MAF >= {maf}, missingness <= {max_missing})")

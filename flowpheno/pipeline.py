@@ -106,7 +106,7 @@ def _align_kinship(
 
 def _check_present(phenotypes: Phenotypes) -> None:
     """A trait with no value at all is named (not reported as "0 individuals have every trait")."""
-    for trait, count in zip(phenotypes.traits, np.isfinite(phenotypes.values).sum(axis=0)):
+    for trait, count in zip(phenotypes.traits, np.isfinite(phenotypes.values).sum(axis=0), strict=True):
         if count == 0:
             codes = ", ".join(repr(code) for code in MISSING_STRINGS)
             raise FlowphenoError(
@@ -153,7 +153,7 @@ def _check_residuals(
     residuals: np.ndarray, values: np.ndarray, traits: list[str], pheno: str, covar: str | Path | None
 ) -> None:
     """A trait that the covariates explain entirely (residual SD ~ 0 on the trait's own scale)."""
-    for trait, rest, raw in zip(traits, residuals.std(axis=0), values.std(axis=0)):
+    for trait, rest, raw in zip(traits, residuals.std(axis=0), values.std(axis=0), strict=True):
         if not rest > 1e-9 * raw:
             raise FlowphenoError(
                 f"{pheno}: trait {trait!r} is fully explained by the covariates of {covar}; drop it with --traits"
@@ -272,7 +272,7 @@ def _check_outliers(
     found = sorted(
         (
             {**who[r], "trait": traits[c], "value": float(values[r, c]), "robust_z": round(float(z[r, c]), 1)}
-            for r, c in zip(rows, cols)
+            for r, c in zip(rows, cols, strict=True)
         ),
         key=lambda entry: -abs(entry["robust_z"]),
     )
@@ -679,7 +679,7 @@ def _check_used_rows(
             "iid": str(iid),
             **({"line": int(phenotypes.lines[r])} if phenotypes.lines is not None else {}),
         }
-        for r, (fid, iid) in enumerate(zip(phenotypes.ids["FID"], phenotypes.ids["IID"]))
+        for r, (fid, iid) in enumerate(zip(phenotypes.ids["FID"], phenotypes.ids["IID"], strict=True))
         if keep[r]
     ]
     outliers = _check_outliers(phenotypes.values[keep], who, phenotypes.traits, pheno, keep_outliers)

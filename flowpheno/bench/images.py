@@ -243,7 +243,7 @@ def sample_figure(flows: dict[str, GlowFlow], splits: ImageSplits, path: Path, c
     panels.update({method: samples(flow, count, 7) for method, flow in flows.items()})
     side = int(np.ceil(np.sqrt(count)))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
-    for axis, (title, images) in zip(axes[0], panels.items()):
+    for axis, (title, images) in zip(axes[0], panels.items(), strict=True):
         canvas = np.zeros((side * h, side * w, c))
         for k, image in enumerate(images[: side * side]):
             row, col = divmod(k, side)

@@ -70,7 +70,7 @@ def table1(
         "|---|---|" + "---|" * len(shapes),
     ]
     order = [(s, m) for s in SETTINGS for m in METHODS[s]]
-    for setting, method in [key for key in order if key in set(zip(frame["setting"], frame["method"]))]:
+    for setting, method in [key for key in order if key in set(zip(frame["setting"], frame["method"], strict=True))]:
         group = frame[(frame["setting"] == setting) & (frame["method"] == method)]
         cells = []
         for shape in shapes:
@@ -171,7 +171,7 @@ def figure(setting: str, shape: str, results: list[dict[str, Any]], train_x: np.
     axes[1].set_xlim(xs.min(), xs.max())
     axes[1].set_ylim(ys.min(), ys.max())
     axes[1].set_title(f"dependent training sample ({setting})", fontsize=9)
-    for axis, (title, density) in zip(axes[2:], panels[1:]):
+    for axis, (title, density) in zip(axes[2:], panels[1:], strict=True):
         axis.imshow(
             density.reshape(xs.shape), origin="lower", extent=(xs.min(), xs.max(), ys.min(), ys.max()), aspect="auto"
         )

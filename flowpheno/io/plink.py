@@ -261,7 +261,7 @@ def plink_unsorted(bim: pd.DataFrame) -> str | None:
     block_codes = codes[starts]
     if len(set(block_codes)) != len(block_codes):
         seen: set[str] = set()
-        for start, code in zip(starts, block_codes):
+        for start, code in zip(starts, block_codes, strict=True):
             if code in seen:
                 return (
                     f"chromosome {code!r} is split: it appears again at line {bim.index[start] + 1} "
