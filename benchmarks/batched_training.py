@@ -154,7 +154,8 @@ def main() -> None:
         f"# Batched training of small spline flows ({device})",
         "",
         f"`{command}` ({device_name}, {args.threads} threads, torch {torch.__version__}; load average "
-        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after, on {os.cpu_count()} CPUs; {result['seconds']:.0f} s).",
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after, on {os.cpu_count()} CPUs; "
+        f"{result['seconds']:.0f} s).",
         "",
         "Model: " + result["model"] + ". Member-steps/s = K x optimiser steps per second; K sequential lone runs "
         "(zuko flow, torch Adamax, StepLR) make as many member-steps per second as one. Median of "

@@ -123,7 +123,8 @@ def main(
         "# Overhead of the kinship-aware objective",
         "",
         f"`python benchmarks/bench_overhead.py --n {n}`: n = {n}, d = {d}, batch {batch_size}, "
-        f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), median of {epochs} interleaved epochs per method after a warm-up.",
+        f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), "
+        f"median of {epochs} interleaved epochs per method after a warm-up.",
         "",
         "| what | seconds |",
         "|---|---|",

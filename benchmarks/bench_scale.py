@@ -155,8 +155,8 @@ def markdown(rows: list[dict[str, Any]], config: dict[str, Any], wall: float) ->
     lines = [
         "# Biobank scale: rank-40 kinship, d = 8",
         "",
-        f"`python benchmarks/bench_scale.py {config['argv']}` on {config['machine']} ({config['threads']} torch threads); "
-        f"total wall time {wall / 60:.1f} min (sum of fits, setup excluded when resumed).",
+        f"`python benchmarks/bench_scale.py {config['argv']}` on {config['machine']} ({config['threads']} torch "
+        f"threads); total wall time {wall / 60:.1f} min (sum of fits, setup excluded when resumed).",
         f"Flow: affine coupling, {config['layers']} layers x {config['hidden']} hidden; batch {config['batch_size']}; "
         f"{config['stages']} stages x {config['epochs']} epochs; 15% of individuals held out for validation; "
         f"true s2 = {TRUE_S2}.",
@@ -164,15 +164,17 @@ def markdown(rows: list[dict[str, Any]], config: dict[str, Any], wall: float) ->
         "s2 error is against the simulated 0.4; 'oracle s2' is the exact maximum-likelihood s2 of the true latent of",
         "the same draw (what a perfect flow would give; its own sampling error is about 0.03 with rank 40 and d = 8).",
         "",
-        "| n | path | method | rank | spectral step (s) | s / epoch | us / epoch / row | s / s2 stage | whole fit (min) | peak RSS (GB) | s2 | error vs 0.4 | oracle s2 |",
+        "| n | path | method | rank | spectral step (s) | s / epoch | us / epoch / row | s / s2 stage | whole fit "
+        "(min) | peak RSS (GB) | s2 | error vs 0.4 | oracle s2 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         s2_stage = f"{row['s2_stage_seconds_median']:.2f}" if row["s2_stage_seconds_median"] is not None else "-"
         lines.append(
             f"| {row['n']:,} | {row['path']} | {row['method']} | {row['rank']} | {row['spectral_seconds']:.1f} | "
-            f"{row['epoch_seconds_median']:.1f} | {1e6 * row['epoch_seconds_median'] / row['n_train']:.0f} | {s2_stage} | "
-            f"{row['total_seconds'] / 60:.1f} | {row['peak_rss_gb']:.2f} | {row['s2']:.3f} | {row['s2_error']:.3f} | {row['oracle_s2']:.3f} |"
+            f"{row['epoch_seconds_median']:.1f} | {1e6 * row['epoch_seconds_median'] / row['n_train']:.0f} | "
+            f"{s2_stage} | {row['total_seconds'] / 60:.1f} | {row['peak_rss_gb']:.2f} | {row['s2']:.3f} | "
+            f"{row['s2_error']:.3f} | {row['oracle_s2']:.3f} |"
         )
     lines += [
         "",

@@ -164,13 +164,13 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
         "",
         f"`python benchmarks/gwas_power.py {' '.join(sys.argv[1:])}`".replace("``", "`"),
         "",
-        f"n = {settings['n']}, {settings['snps']} SNPs, 4 traits, {settings['causal']} pleiotropic causal SNPs (latent variance "
-        f"share {settings['causal_variance']}), 3 populations; flows: {settings['stages']} stages x {settings['epochs']} epochs, "
-        f"16 coupling layers; GRM {'leave-one-chromosome-out' if not settings['no_loco'] else 'from every SNP'}; threshold "
-        "alpha 0.05 / SNPs tested; "
-        f"PLINK clumps r2 0.1, 250 kb; a locus is true within {TRUTH_WINDOW_KB:g} kb of a causal SNP (the windows' share of "
-        "the genome is in the per-cohort table). lambda GC on each test's own scale: chi-square with d = 4 df for the mvLMM "
-        "arms, the mean of the per-trait 1-df lambdas for `single`.",
+        f"n = {settings['n']}, {settings['snps']} SNPs, 4 traits, {settings['causal']} pleiotropic causal SNPs (latent "
+        f"variance share {settings['causal_variance']}), 3 populations; flows: {settings['stages']} stages x "
+        f"{settings['epochs']} epochs, 16 coupling layers; GRM "
+        f"{'leave-one-chromosome-out' if not settings['no_loco'] else 'from every SNP'}; threshold alpha 0.05 / SNPs "
+        f"tested; PLINK clumps r2 0.1, 250 kb; a locus is true within {TRUTH_WINDOW_KB:g} kb of a causal SNP (the "
+        "windows' share of the genome is in the per-cohort table). lambda GC on each test's own scale: chi-square with "
+        "d = 4 df for the mvLMM arms, the mean of the per-trait 1-df lambdas for `single`.",
         "",
         "Cohort types: "
         + "; ".join(
@@ -242,8 +242,8 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
                 )
                 share = "-" if pd.isna(row.truth_window_genome_share) else f"{row.truth_window_genome_share:.1%}"
                 lines.append(
-                    f"| {row.cohort} | {row.arm} | {_int(row.n)} | {row.loci} | {_int(row.true_loci)} | {_int(row.false_loci)} | "
-                    f"{row.power:.2f} | {row.fdp:.2f} | {lam} | {share} |"
+                    f"| {row.cohort} | {row.arm} | {_int(row.n)} | {row.loci} | {_int(row.true_loci)} | "
+                    f"{_int(row.false_loci)} | {row.power:.2f} | {row.fdp:.2f} | {lam} | {share} |"
                 )
         if not null.empty:
             lines += [

@@ -198,7 +198,8 @@ def main(
     ]
     for step, row in per_step.iterrows():
         lines.append(
-            f"| {step} | {int(row.jobs)} | {row.total_s:.1f} | {row.max_s:.1f} | {row.cpu_s:.1f} | {row.max_rss_mb:.0f} |"
+            f"| {step} | {int(row.jobs)} | {row.total_s:.1f} | "
+            f"{row.max_s:.1f} | {row.cpu_s:.1f} | {row.max_rss_mb:.0f} |"
         )
     lines += [
         "",

@@ -1,4 +1,5 @@
-"""Where the time of a `flowpheno fit` goes, on the real HS1940 mice (GEMMA's example cohort) or `make example`'s cohort.
+"""Where the time of a `flowpheno fit` goes, on the real HS1940 mice (GEMMA's example cohort) or
+`make example`'s cohort.
 
     python benchmarks/profile_fit.py                          # today's defaults (one profiled fit)
     python benchmarks/profile_fit.py --setting quick="--epochs 10 --stages 2 --layers 8 --hidden 64"
@@ -12,7 +13,8 @@ it): mini-batch epochs (forward, backward and optimiser steps), validation (held
 every epoch), the `s2` step between stages, diagnostics figure, and the rest (reading, alignment,
 writing, imports). Every setting uses the same split (same seed), so its held-out NLL (fit.json's
 `best_validation_nll`) is comparable across settings. GEMMA's own steps on the same mice are
-timed for comparison: the centred GRM (`-gk 1`) and the mvLMM (`-lmm 3`, the score test the workflow runs, with the two traits).
+timed for comparison: the centred GRM (`-gk 1`) and the mvLMM (`-lmm 3`, the score test the
+workflow runs, with the two traits).
 
 Writes benchmarks/results/profile_{hs1940,example}.{json,md}; benchmarks/results/profile.md puts them together
 with the choice of defaults they support.
@@ -177,8 +179,8 @@ def markdown(rows: list[dict], gemma: dict, threads: int, command: str) -> str:
     for row in rows:
         nll = row["best_validation_nll"]
         lines.append(
-            f"| {row['setting']} | `{row['options']}` | {row['cpu_s']:.0f} | {row['wall_s']:.0f} | {row['epochs_run']} | "
-            f"{row['best_epoch']} | {row['s2'] if row['s2'] is None else round(row['s2'], 3)} | "
+            f"| {row['setting']} | `{row['options']}` | {row['cpu_s']:.0f} | {row['wall_s']:.0f} | {row['epochs_run']} "
+            f"| {row['best_epoch']} | {row['s2'] if row['s2'] is None else round(row['s2'], 3)} | "
             f"{'-' if nll is None else f'{nll:.4f}'} |"
         )
     lines += [

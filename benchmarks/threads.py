@@ -162,7 +162,8 @@ def main(
     }
     result = {
         "command": command_line("python benchmarks/threads.py"),
-        "fit": f"examples/ cohort, --mode alternating, --stages 1 --epochs {epochs}, default flow (16 layers, 128 hidden), batch 256",
+        "fit": "examples/ cohort, --mode alternating, --stages 1 --epochs "
+        f"{epochs}, default flow (16 layers, 128 hidden), batch 256",
         "rounds": rounds,
         "competitors": competitors,
         "default_threads": default_used,
@@ -182,9 +183,9 @@ def main(
     lines = [
         "# Threads: epoch time by `--threads`, alone and next to busy processes",
         "",
-        f"`{result['command'].strip()}`: {result['fit']}; median seconds per epoch (epochs after the first) of each fit, "
-        f"median over {rounds} rounds. Each fit is its own `flowpheno fit` process; the pairs are measured side by side "
-        f"in one run, their order alternating between rounds. {cpus} CPUs available ({source}); the default is "
+        f"`{result['command'].strip()}`: {result['fit']}; median seconds per epoch (epochs after the first) of each "
+        f"fit, median over {rounds} rounds. Each fit is its own `flowpheno fit` process; the pairs are measured side "
+        f"by side in one run, their order alternating between rounds. {cpus} CPUs available ({source}); the default is "
         f"{default_used} threads.",
         "",
         "**The machine is shared and noisy**: other people's jobs ran during the measurement (1-minute load average "
@@ -203,7 +204,8 @@ def main(
         "the time of `--threads 1`. On a shared machine pass `--threads` with the cores you may really use (a "
         "workflow rule's `threads:`); SLURM jobs get `SLURM_CPUS_PER_TASK` by default.",
         "",
-        f"Every fit: `benchmarks/results/threads.json` (`runs`: epoch seconds, load before it, wall time). Total {wall / 60:.1f} min.",
+        "Every fit: `benchmarks/results/threads.json` (`runs`: epoch "
+        f"seconds, load before it, wall time). Total {wall / 60:.1f} min.",
         "",
     ]
     write_results(out, {"threads.json": result, "threads.md": "\n".join(lines)})

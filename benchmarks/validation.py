@@ -261,11 +261,12 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str
         "",
         "Protocol: " + meta["protocol_text"],
         "",
-        f"**Chosen s2 within {TOLERANCE} of the truth: old (iid) {summary[f'runs_within_{TOLERANCE}_iid']} of {len(rows)} runs "
-        f"({summary[f'share_within_{TOLERANCE}_iid']:.1%}), new (conditional) {summary[f'runs_within_{TOLERANCE}_conditional']} "
-        f"({summary[f'share_within_{TOLERANCE}_conditional']:.1%}).** "
-        f"New choice worse than the old on the independent test data in {summary['new_worse_than_old_runs']} runs "
-        f"(largest excess {summary['new_minus_old_test_nll_max']:+.4f} nats per individual; mean difference new - old "
+        f"**Chosen s2 within {TOLERANCE} of the truth: old (iid) {summary[f'runs_within_{TOLERANCE}_iid']} of "
+        f"{len(rows)} runs ({summary[f'share_within_{TOLERANCE}_iid']:.1%}), new (conditional) "
+        f"{summary[f'runs_within_{TOLERANCE}_conditional']} "
+        f"({summary[f'share_within_{TOLERANCE}_conditional']:.1%}).** New choice worse than the old on the independent "
+        f"test data in {summary['new_worse_than_old_runs']} runs (largest excess "
+        f"{summary['new_minus_old_test_nll_max']:+.4f} nats per individual; mean difference new - old "
         f"{summary['new_minus_old_test_nll_mean']:+.4f}).",
         "",
         "Test NLL: nats per individual (2 traits) of a fresh draw of the same individuals' phenotypes, exact dependent",

@@ -141,7 +141,7 @@ def grm(
         with atomic_path(out) as tmp:
             np.savetxt(tmp, matrix, fmt="%.10g", delimiter="\t")
         with atomic_path(str(out) + ".ids") as tmp:  # FID IID per row, as GCTA's .grm.id
-            tmp.write_text("".join(f"{fid}\t{iid}\n" for fid, iid in zip(fids, ids)))
+            tmp.write_text("".join(f"{fid}\t{iid}\n" for fid, iid in zip(fids, ids, strict=True)))
     else:
         write_npz(out, matrix, ids, fids)
     console.print(f"wrote {out}: {len(ids)} individuals, {used} SNPs (MAF >= {maf}, missingness <= {max_missing})")
@@ -365,7 +365,7 @@ def gwas_prepare(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the files of --out if they exist"),
     threads: int | None = _threads_option(),
 ) -> None:
-    """The fileset every GWAS step reads: SNPs at a negative position (-9) or on chromosome 0 left out, sorted by PLINK."""
+    """The fileset every GWAS step reads: sorted by PLINK, no SNP at a negative position (-9) or on chromosome 0."""
     _tool_threads(threads)
     from flowpheno.gwas.fileset import FILESET_SUFFIXES, describe_fileset, prepare_fileset
     from flowpheno.io.atomic import check_file_output
@@ -407,7 +407,8 @@ def gwas_rint(
     no_rank: bool = typer.Option(
         False,
         "--no-rank",
-        help="write the covariate residuals without the rank-inverse-normal step (traits already Gaussian, e.g. a simulated cohort's oracle.tsv)",
+        help="write the covariate residuals without the rank-inverse-normal step (traits already Gaussian, e.g. a "
+        "simulated cohort's oracle.tsv)",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out (and its sidecar files) if it exists"),
 ) -> None:
@@ -435,7 +436,8 @@ def gwas_assoc(
     covar: Path | None = typer.Option(
         None,
         "--covar",
-        help="covariates (FID, IID, columns; text columns one-hot) GEMMA adjusts every test for (-c, with an intercept); individuals with a missing covariate are left out",
+        help="covariates (FID, IID, columns; text columns one-hot) GEMMA adjusts every test for (-c, with an "
+        "intercept); individuals with a missing covariate are left out",
     ),
     chromosome: str | None = typer.Option(
         None, "--chr", help="test only the SNPs on this chromosome (LOCO: with its --loco GRM)"
@@ -505,18 +507,21 @@ def gwas_evaluate(
     window_kb: float = typer.Option(
         TRUTH_WINDOW_KB,
         "--truth-window-kb",
-        help="a locus within this of a causal SNP is true (summary.json records the share of the genome these windows cover)",
+        help="a locus within this of a causal SNP is true (summary.json "
+        "records the share of the genome these windows cover)",
     ),
     pheno: Path | None = typer.Option(
         None,
         "--pheno",
-        help="the GEMMA -p file that was tested (with --columns, --test): n analysed, lambda GC on the test's own scale",
+        help="the GEMMA -p file that was tested (with --columns, --test): "
+        "n analysed, lambda GC on the test's own scale",
     ),
     columns: str | None = typer.Option(None, "--columns", help="its tested 1-based columns, e.g. 1,2,3,4"),
     test: str | None = typer.Option(
         None,
         "--test",
-        help="mvlmm (one mvLMM over --columns: d-df lambda GC) or per-trait (gwas assoc --per-trait: per-trait 1-df lambdas)",
+        help="mvlmm (one mvLMM over --columns: d-df lambda GC) or "
+        "per-trait (gwas assoc --per-trait: per-trait 1-df lambdas)",
     ),
     covar: Path | None = typer.Option(
         None,
@@ -580,7 +585,8 @@ def bench_synthetic(
     methods: str | None = typer.Option(
         None,
         "--methods",
-        help="subset of baseline,grid,joint,joint_blockbatch,alternating,alternating_strat (blocks) / baseline,grid,alternating,alternating_scaled (kinship)",
+        help="subset of baseline,grid,joint,joint_blockbatch,alternating,alternating_strat (blocks) / "
+        "baseline,grid,alternating,alternating_scaled (kinship)",
     ),
     seeds: int = typer.Option(10, "--seeds", min=1, help="seeds 0..N-1"),
     quick: bool = typer.Option(False, "--quick", help="CI size: small n, few epochs, 1 seed, crescent and sinewave"),

@@ -128,7 +128,8 @@ def gaussianity_report(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
 
 
 def kept_state(report: FitReport) -> str:
-    """Which trained state the fit returned, in a few words (``report``: the fit's :class:`~flowpheno.report.FitReport`).
+    """Which trained state the fit returned, in a few words (``report``: the fit's
+    :class:`~flowpheno.report.FitReport`).
 
     Example:
         >>> from flowpheno.report import FitReport

@@ -285,7 +285,10 @@ def _load_weights(flow: TabularFlow, path: Path) -> None:
         )
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[key].shape) or tensor.dtype != expected[key].dtype:
-            what = f"tensor {key} is {tensor.dtype} {tuple(tensor.shape)}, the flow needs {expected[key].dtype} {tuple(expected[key].shape)}"
+            what = (
+                f"tensor {key} is {tensor.dtype} {tuple(tensor.shape)}, "
+                f"the flow needs {expected[key].dtype} {tuple(expected[key].shape)}"
+            )
             raise _damaged(path, what, "the files were edited or mixed up")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise _damaged(path, f"tensor {key} holds NaN or infinite weights")

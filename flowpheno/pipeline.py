@@ -106,12 +106,12 @@ def _align_kinship(
 
 def _check_present(phenotypes: Phenotypes) -> None:
     """A trait with no value at all is named (not reported as "0 individuals have every trait")."""
-    for trait, count in zip(phenotypes.traits, np.isfinite(phenotypes.values).sum(axis=0)):
+    for trait, count in zip(phenotypes.traits, np.isfinite(phenotypes.values).sum(axis=0), strict=True):
         if count == 0:
             codes = ", ".join(repr(code) for code in MISSING_STRINGS)
             raise FlowphenoError(
-                f"{phenotypes.source}: trait {trait!r} is missing for every individual (all cells are missing codes: {codes}); "
-                "fill it or leave it out with --traits"
+                f"{phenotypes.source}: trait {trait!r} is missing for every individual (all cells are missing codes: "
+                f"{codes}); fill it or leave it out with --traits"
             )
 
 
@@ -132,7 +132,8 @@ def _check_traits(values: np.ndarray, traits: list[str], pheno: str, iids: np.nd
         distinct, counts = np.unique(column, return_counts=True)
         if len(distinct) == 1:
             raise FlowphenoError(
-                f"{pheno}: trait {trait!r} has zero variance (every complete row is {distinct[0]:g}); drop it with --traits"
+                f"{pheno}: trait {trait!r} has zero variance (every "
+                f"complete row is {distinct[0]:g}); drop it with --traits"
             )
         top = int(np.argmax(counts))
         if len(distinct) < MIN_DISTINCT_VALUES or counts[top] * 2 > n:
@@ -142,9 +143,9 @@ def _check_traits(values: np.ndarray, traits: list[str], pheno: str, iids: np.nd
                 named = "; the others: " + ", ".join(f"IID {iids[r]} = {column[r]:g}" for r in others)
             raise FlowphenoError(
                 f"{pheno}: trait {trait!r} has {len(distinct)} distinct values among {n} complete rows "
-                f"({distinct[top]:g} holds {counts[top]}{named}): a flow needs a continuous trait (at least {MIN_DISTINCT_VALUES} "
-                "distinct values, none holding more than half the rows); leave it out with --traits, or model it another way "
-                "(e.g. as a covariate or with a GEMMA binary-trait analysis)"
+                f"({distinct[top]:g} holds {counts[top]}{named}): a flow needs a continuous trait (at least "
+                f"{MIN_DISTINCT_VALUES} distinct values, none holding more than half the rows); leave it out with "
+                "--traits, or model it another way (e.g. as a covariate or with a GEMMA binary-trait analysis)"
             )
 
 
@@ -152,7 +153,7 @@ def _check_residuals(
     residuals: np.ndarray, values: np.ndarray, traits: list[str], pheno: str, covar: str | Path | None
 ) -> None:
     """A trait that the covariates explain entirely (residual SD ~ 0 on the trait's own scale)."""
-    for trait, rest, raw in zip(traits, residuals.std(axis=0), values.std(axis=0)):
+    for trait, rest, raw in zip(traits, residuals.std(axis=0), values.std(axis=0), strict=True):
         if not rest > 1e-9 * raw:
             raise FlowphenoError(
                 f"{pheno}: trait {trait!r} is fully explained by the covariates of {covar}; drop it with --traits"
@@ -176,9 +177,9 @@ def _check_collinear_traits(values: np.ndarray, traits: list[str], pheno: str) -
     i, j = np.unravel_index(int(np.argmax(upper)), upper.shape)
     if upper[i, j] > MAX_TRAIT_CORRELATION:
         raise FlowphenoError(
-            f"{pheno}: traits {traits[i]!r} and {traits[j]!r} have correlation {correlation[i, j]:.4f} among the complete "
-            "rows: they are one trait twice (the flow's density degenerates and GEMMA's mvLMM cannot separate them); "
-            "leave one out with --traits"
+            f"{pheno}: traits {traits[i]!r} and {traits[j]!r} have correlation {correlation[i, j]:.4f} among the "
+            "complete rows: they are one trait twice (the flow's density degenerates and GEMMA's mvLMM cannot separate "
+            "them); leave one out with --traits"
         )
 
 
@@ -200,9 +201,9 @@ def _check_leverage(phenotypes: Phenotypes, keep: np.ndarray, covar: str | Path 
         column = phenotypes.covariate_names[int(np.argmax(z))]
         iid = phenotypes.ids["IID"].to_numpy()[keep][worst]
         raise FlowphenoError(
-            f"{covar}: the covariates of IID {iid} (most unusual: {column} = {row[int(np.argmax(z))]:g}) alone determine its "
-            f"fit (leverage {leverage[worst]:.3f}): its traits would be erased (residuals ~0); fix the value, set it to NA, "
-            "or pass --keep-outliers"
+            f"{covar}: the covariates of IID {iid} (most unusual: {column} = {row[int(np.argmax(z))]:g}) alone "
+            f"determine its fit (leverage {leverage[worst]:.3f}): its traits would be erased (residuals ~0); fix the "
+            "value, set it to NA, or pass --keep-outliers"
         )
 
 
@@ -231,9 +232,9 @@ def _check_levels(phenotypes: Phenotypes, keep: np.ndarray, covar: str | Path | 
             who = ", ".join(f"IID {iid}" for iid in iids[rows])
             if count == 1:
                 raise FlowphenoError(
-                    f"{covar}: level {level!r} of covariate {column!r} is held by 1 of the {len(used)} individuals used "
-                    f"({who}): its own mean would absorb that individual's traits (residuals 0); merge it into another "
-                    "level or set that cell to NA"
+                    f"{covar}: level {level!r} of covariate {column!r} is held by 1 of the {len(used)} individuals "
+                    f"used ({who}): its own mean would absorb that individual's traits (residuals 0); merge it into "
+                    "another level or set that cell to NA"
                 )
             if count == 2:
                 warn(
@@ -271,7 +272,7 @@ def _check_outliers(
     found = sorted(
         (
             {**who[r], "trait": traits[c], "value": float(values[r, c]), "robust_z": round(float(z[r, c]), 1)}
-            for r, c in zip(rows, cols)
+            for r, c in zip(rows, cols, strict=True)
         ),
         key=lambda entry: -abs(entry["robust_z"]),
     )
@@ -683,7 +684,7 @@ def _check_used_rows(
             "iid": str(iid),
             **({"line": int(phenotypes.lines[r])} if phenotypes.lines is not None else {}),
         }
-        for r, (fid, iid) in enumerate(zip(phenotypes.ids["FID"], phenotypes.ids["IID"]))
+        for r, (fid, iid) in enumerate(zip(phenotypes.ids["FID"], phenotypes.ids["IID"], strict=True))
         if keep[r]
     ]
     outliers = _check_outliers(phenotypes.values[keep], who, phenotypes.traits, pheno, keep_outliers)
@@ -730,8 +731,8 @@ def train_fit(data: PreparedData, config: FitConfig, callback: Callback | None =
         raise FlowphenoError(f"training diverged {outcome.diverged}: {advice}; nothing was written")
     if outcome.non_finite_batches:
         warn(
-            f"skipped the step of {outcome.non_finite_batches} training batches with a non-finite loss, latent or gradient; "
-            f"if the fit looks poor, {advice}",
+            f"skipped the step of {outcome.non_finite_batches} training batches with a non-finite loss, latent or "
+            f"gradient; if the fit looks poor, {advice}",
         )
     _check_settled_s2(outcome, config)
 
@@ -753,7 +754,8 @@ def train_fit(data: PreparedData, config: FitConfig, callback: Callback | None =
     if broken.any():
         raise FlowphenoError(
             f"training diverged: the fitted flow maps {int(broken.sum())} of {data.n_used} complete individuals "
-            f"(first: IID {phenotypes.ids['IID'].to_numpy()[broken][0]}) to non-finite values: {advice}; nothing was written"
+            f"(first: IID {phenotypes.ids['IID'].to_numpy()[broken][0]}) "
+            f"to non-finite values: {advice}; nothing was written"
         )
     gaussianized = pd.concat(
         [phenotypes.ids.reset_index(drop=True), pd.DataFrame(latent, columns=phenotypes.traits)], axis=1

@@ -347,7 +347,8 @@ def _caption(report: FitReport, covariates: list[str], input_label: str, d: int,
         lines.append(f"Final state: {final_state_note(report)}.")
         lines.append(
             "Training curve: NLL per individual under the dependence model over the training rows; validation curve: "
-            "held-out NLL per individual of other rows. Different quantities: their gap alone does not mean overfitting."
+            "held-out NLL per individual of other rows. Different "
+            "quantities: their gap alone does not mean overfitting."
         )
     lines.append("Mardia's tests assume independent rows: with related individuals their p-values are approximate.")
     hidden = []

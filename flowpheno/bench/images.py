@@ -179,17 +179,23 @@ def precision_recall(flow: GlowFlow, real: np.ndarray, seed: int, k: int = 3) ->
 def table(records: list[dict[str, Any]], splits: ImageSplits, command: str, wall: float, embedded: bool) -> str:
     frame = pd.DataFrame(records)
     c, h, w = splits.shape
+    data = (
+        "the embedded dataset (scikit-learn digits as individuals, see flowpheno/simulate/digits.py)"
+        if embedded
+        else "user images"
+    )
+    counts = splits.counts
     lines = [
         "# Images: test NLL and bits per dimension (lower is better)",
         "",
         f"`{command}` — wall time {wall / 60:.1f} min",
         "",
-        f"Data: {'the embedded dataset (scikit-learn digits as individuals, see flowpheno/simulate/digits.py)' if embedded else 'user images'}; "
-        f"{splits.counts['images']} images of {splits.counts['individuals']} individuals at {c}x{h}x{w}; split by image "
-        f"{splits.counts['train']}/{splits.counts['val']}/{splits.counts['test']}; one-per-individual test set "
-        f"{splits.counts['test_one_per_individual']} images; largest training block {splits.counts['largest_block_in_train']}.",
+        f"Data: {data}; {counts['images']} images of {counts['individuals']} individuals at {c}x{h}x{w}; split by "
+        f"image {counts['train']}/{counts['val']}/{counts['test']}; one-per-individual test set "
+        f"{counts['test_one_per_individual']} images; largest training block {counts['largest_block_in_train']}.",
         "",
-        "| method | NLL (nats/image) | bpd, test | bpd, one per individual | precision | recall | paper bpd LFW / ADNI | covariance (seed 0) |",
+        "| method | NLL (nats/image) | bpd, test | bpd, one per individual "
+        "| precision | recall | paper bpd LFW / ADNI | covariance (seed 0) |",
         "|---|---|---|---|---|---|---|---|",
     ]
 
@@ -203,8 +209,9 @@ def table(records: list[dict[str, Any]], splits: ImageSplits, command: str, wall
         first = group.iloc[0]
         lines.append(
             f"| {method} | {cell(group['test_nll'].to_numpy(), 1)} | {cell(group['test_bpd'].to_numpy(), 4)} | "
-            f"{cell(group['one_per_individual_bpd'].to_numpy(), 4)} | {group['precision'].mean():.3f} | {group['recall'].mean():.3f} | "
-            f"{PAPER_BPD['LFW'][method]:.3f} / {PAPER_BPD['ADNI'][method]:.3f} | {first['covariance']} |"
+            f"{cell(group['one_per_individual_bpd'].to_numpy(), 4)} | {group['precision'].mean():.3f} | "
+            f"{group['recall'].mean():.3f} | {PAPER_BPD['LFW'][method]:.3f} "
+            f"/ {PAPER_BPD['ADNI'][method]:.3f} | {first['covariance']} |"
         )
     wide = frame.pivot(index="seed", columns="method", values="test_bpd")
     wide_one = frame.pivot(index="seed", columns="method", values="one_per_individual_bpd")
@@ -236,7 +243,7 @@ def sample_figure(flows: dict[str, GlowFlow], splits: ImageSplits, path: Path, c
     panels.update({method: samples(flow, count, 7) for method, flow in flows.items()})
     side = int(np.ceil(np.sqrt(count)))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
-    for axis, (title, images) in zip(axes[0], panels.items()):
+    for axis, (title, images) in zip(axes[0], panels.items(), strict=True):
         canvas = np.zeros((side * h, side * w, c))
         for k, image in enumerate(images[: side * side]):
             row, col = divmod(k, side)

@@ -43,8 +43,10 @@ PAPER_TABLE1 = {
 PROTOCOL_LINES = {
     "paper": "Protocol `paper`: the authors' setup (no ActNorm, spline tail bound per shape, batch 256, "
     "lr {1e-3, 3e-3, 1e-2, 3e-2} x weight decay {1e-3, 1e-2, 1e-1} chosen per run by validation NLL, "
-    "13-value s2/rho grids, 100 epochs at full size, StepLR 0.9 x 32, best-validation state; `flowpheno.bench.protocols`).",
-    "fast": "Protocol `fast`: ActNorm-standardised inputs, tail bound 5, batch 512, one lr, 3-value grids, early stopping.",
+    "13-value s2/rho grids, 100 epochs at full size, StepLR 0.9 x 32, best-validation state; "
+    "`flowpheno.bench.protocols`).",
+    "fast": "Protocol `fast`: ActNorm-standardised inputs, tail bound "
+    "5, batch 512, one lr, 3-value grids, early stopping.",
 }
 
 
@@ -68,7 +70,7 @@ def table1(
         "|---|---|" + "---|" * len(shapes),
     ]
     order = [(s, m) for s in SETTINGS for m in METHODS[s]]
-    for setting, method in [key for key in order if key in set(zip(frame["setting"], frame["method"]))]:
+    for setting, method in [key for key in order if key in set(zip(frame["setting"], frame["method"], strict=True))]:
         group = frame[(frame["setting"] == setting) & (frame["method"] == method)]
         cells = []
         for shape in shapes:
@@ -112,7 +114,8 @@ def table1(
                     else float("nan")
                 )
                 lines.append(
-                    f"| {setting} | {shape} | {method} | {difference:+.3f} | {len(paired)} | {p:.3g} | {'yes' if method == best else ''} |"
+                    f"| {setting} | {shape} | {method} | {difference:+.3f} | {len(paired)} | {p:.3g} | "
+                    f"{'yes' if method == best else ''} |"
                 )
     rho = [r for r in results if "rho_mse" in r]
     if rho:
@@ -168,7 +171,7 @@ def figure(setting: str, shape: str, results: list[dict[str, Any]], train_x: np.
     axes[1].set_xlim(xs.min(), xs.max())
     axes[1].set_ylim(ys.min(), ys.max())
     axes[1].set_title(f"dependent training sample ({setting})", fontsize=9)
-    for axis, (title, density) in zip(axes[2:], panels[1:]):
+    for axis, (title, density) in zip(axes[2:], panels[1:], strict=True):
         axis.imshow(
             density.reshape(xs.shape), origin="lower", extent=(xs.min(), xs.max(), ys.min(), ys.max()), aspect="auto"
         )

@@ -195,7 +195,7 @@ def figure(flows: dict[str, LatentFlow], data: PairData, path: Path, level: floa
     grid = torch.as_tensor(np.column_stack([xs.ravel(), ys.ravel()]), dtype=torch.float32)
     fig, axes = plt.subplots(1, len(flows), figsize=(4 * len(flows), 4), sharex=True, sharey=True, squeeze=False)
     generator = torch.Generator().manual_seed(0)
-    for axis, (method, flow) in zip(axes[0], flows.items()):
+    for axis, (method, flow) in zip(axes[0], flows.items(), strict=True):
         z, ladj = flow(grid)
         log_density = (-0.5 * z.square().sum(dim=1) - np.log(2 * np.pi) + ladj).numpy().reshape(xs.shape)
         samples = flow.inverse(torch.randn(20_000, 2, generator=generator))

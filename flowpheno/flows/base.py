@@ -25,7 +25,10 @@ FLOW_KINDS = ("affine_coupling", "spline_coupling")
 """Flows that :func:`build_flow` rebuilds from a saved config."""
 
 ACTNORM_FORMULA = "y = exp(a / (1 + |a| / B)) x + b, B = -log(slope) (zuko MonotonicAffineTransform)"
-COUPLING_FORMULA = "x_b -> exp(bounded log-scale) x_b + shift from MLP(x_a), SiLU (zuko GeneralCouplingTransform, MonotonicAffineTransform)"
+COUPLING_FORMULA = (
+    "x_b -> exp(bounded log-scale) x_b + shift from MLP(x_a), SiLU "
+    "(zuko GeneralCouplingTransform, MonotonicAffineTransform)"
+)
 
 
 class ActNorm(LazyTransform):

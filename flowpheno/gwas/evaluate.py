@@ -107,7 +107,7 @@ def match_truth(loci: pd.DataFrame, truth: pd.DataFrame, window_kb: float) -> tu
     causal_pos = truth["pos"].to_numpy()
     locus_chr = same_chromosome_names(loci["CHR"]).to_numpy()
     locus_pos = loci["BP"].to_numpy()
-    for chrom, pos in zip(causal_chr, causal_pos):
+    for chrom, pos in zip(causal_chr, causal_pos, strict=True):
         near = (locus_chr == chrom) & (np.abs(locus_pos - pos) <= window)
         is_true |= near
         found += bool(near.any())

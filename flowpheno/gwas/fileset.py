@@ -153,9 +153,10 @@ def describe_fileset(summary: dict[str, Any], bfile: str | Path, out: str | Path
     """What :func:`prepare_fileset` did, in words (for its log and the command's output)."""
     left_out = summary["snps_in"] - summary["snps_out"]
     text = (
-        f"{out}: {summary['snps_out']} of the {summary['snps_in']} SNPs of {bfile}, {summary['individuals']} individuals; "
-        f"{left_out} SNPs left out of the GRM, association, clumping and counts ({summary['negative_position']} at a "
-        f"negative position such as -9, {summary['chromosome_0']} on chromosome 0; listed in {out}.excluded.tsv)"
+        f"{out}: {summary['snps_out']} of the {summary['snps_in']} SNPs of {bfile}, {summary['individuals']} "
+        f"individuals; {left_out} SNPs left out of the GRM, association, clumping and counts "
+        f"({summary['negative_position']} at a negative position such as -9, {summary['chromosome_0']} on chromosome "
+        f"0; listed in {out}.excluded.tsv)"
     )
     if summary["was_sorted"]:
         return text + "; already sorted"

@@ -64,8 +64,8 @@ def check_gemma_kinship(kinship: str | Path, n_fam: int) -> None:
                 if not finite:
                     bad = next(k for k, cell in enumerate(cells) if not _finite_number(cell))
                     raise FlowphenoError(
-                        f"{kinship}, line {number}, value {bad + 1}: {cells[bad]!r} is not a finite number; recompute the kinship "
-                        "(flowpheno gwas grm --bfile PREFIX)"
+                        f"{kinship}, line {number}, value {bad + 1}: {cells[bad]!r} is not a finite number; recompute "
+                        "the kinship (flowpheno gwas grm --bfile PREFIX)"
                     )
             if fields != n_fam:
                 raise FlowphenoError(
@@ -368,8 +368,9 @@ def min_p_over_traits(per_trait: list[pd.DataFrame], snp_order: list[str] | None
         duplicated = table["SNP"].duplicated()
         if duplicated.any():
             raise FlowphenoError(
-                f"SNP ID {str(table['SNP'][duplicated].iloc[0])!r} appears more than once in the association results: give every "
-                "SNP of the .bim a unique ID (e.g. plink1.9 --bfile PREFIX --set-missing-var-ids @:# --make-bed --out NEW)"
+                f"SNP ID {str(table['SNP'][duplicated].iloc[0])!r} appears more than once in the association results: "
+                "give every SNP of the .bim a unique ID (e.g. plink1.9 "
+                "--bfile PREFIX --set-missing-var-ids @:# --make-bed --out NEW)"
             )
         frames.append(table.set_index("SNP"))
     order = pd.Index(pd.concat([frame.index.to_series() for frame in frames]).drop_duplicates())

@@ -191,8 +191,8 @@ def read_assoc(path: str | Path) -> pd.DataFrame:
     missing = [column for column in ASSOC_COLUMNS if column not in table.columns]
     if missing:
         raise FlowphenoError(
-            f"{path}: no column {', '.join(missing)} (found: {', '.join(map(str, table.columns[:8]))}); give the table written "
-            "by flowpheno gwas assoc (SNP, CHR, BP, P), not GEMMA's own assoc.txt or a phenotype file"
+            f"{path}: no column {', '.join(missing)} (found: {', '.join(map(str, table.columns[:8]))}); give the table "
+            "written by flowpheno gwas assoc (SNP, CHR, BP, P), not GEMMA's own assoc.txt or a phenotype file"
         )
     short = (table[list(ASSOC_COLUMNS)] == "").any(axis=1).to_numpy()
     if short.any():
@@ -265,7 +265,8 @@ def analysed_individuals(
 def _check_test_matches(
     assoc: pd.DataFrame, assoc_path: str | Path, test: str | None, columns: list[int] | None
 ) -> None:
-    """A per-trait table (``P_1 .. P_d``) evaluated as one, with as many columns as tested; an mvLMM table without them."""
+    """A per-trait table (``P_1 .. P_d``) evaluated as one, with as many columns as tested; an mvLMM
+    table without them."""
     per_trait = [column for column in assoc.columns if column.startswith("P_")]
     if test == "mvlmm" and per_trait:
         raise FlowphenoError(
@@ -504,7 +505,8 @@ def write_report(
     report_path = out_dir / "report.md"
     if report_path.is_file() and REPORT_MARK not in report_path.read_text(errors="replace"):
         raise FlowphenoError(
-            f"--out-dir: {report_path} was not written by flowpheno gwas report; it is never replaced: choose another folder"
+            f"--out-dir: {report_path} was not written by flowpheno "
+            "gwas report; it is never replaced: choose another folder"
         )
     seen: set[Path] = set()
     for directory in map(Path, method_dirs):
@@ -572,14 +574,14 @@ def write_report(
     lines += [
         "",
         "n: individuals GEMMA analysed (the mvLMM keeps only individuals with every tested trait and covariate; "
-        "`single`: individuals in at least one per-trait test, the per-trait range in brackets); - where the evaluation "
-        "was not given the tested phenotype file (gwas evaluate --pheno --columns --test).",
+        "`single`: individuals in at least one per-trait test, the per-trait range in brackets); - where the "
+        "evaluation was not given the tested phenotype file (gwas evaluate --pheno --columns --test).",
         "",
         "[1] lambda GC: median of the chi-square quantiles of the p-values with the test's own degrees of freedom, "
         "over that distribution's median: for an mvLMM over d traits a chi-square with d df (written `d df`); for "
-        "`single` the mean of the per-trait univariate tests' 1-df lambdas (its min p x d combination has no chi-square "
-        "null of its own and is conservative by construction). `1 df?`: the test was not recorded and P was read as 1 df, "
-        "which exaggerates any deviation of a d-df test from 1.",
+        "`single` the mean of the per-trait univariate tests' 1-df lambdas (its min p x d combination has no "
+        "chi-square null of its own and is conservative by construction). `1 df?`: the test was not recorded and P was "
+        "read as 1 df, which exaggerates any deviation of a d-df test from 1.",
         "",
         "[2] fit: the flow's s2 (share of latent variance explained by kinship; `iid`: none) and the kept epoch "
         "(lowest validation NLL) of all epochs run, from `run/fit.json` beside the evaluation folder.",
@@ -588,15 +590,15 @@ def write_report(
         lines += [
             "",
             "[3] (true loci - true loci of `single`) / (true loci of `oracle` - true loci of `single`) in the same "
-            "trait group: the share of the way from per-trait RINT to the simulator's own inverse map (in brackets: the true loci "
-            "gained over `single` and the gap; a gap of a few loci makes the share coarse). True loci only: read it "
-            "beside the false loci and FDP.",
+            "trait group: the share of the way from per-trait RINT to the simulator's own inverse map (in brackets: "
+            "the true loci gained over `single` and the gap; a gap of a few loci makes the share coarse). True loci "
+            "only: read it beside the false loci and FDP.",
         ]
     if has_truth:
         lines += [
             "",
-            "True locus: index SNP within the truth window of a causal SNP. Power: share of causal SNPs with a locus nearby. "
-            "FDP: false loci / loci.",
+            "True locus: index SNP within the truth window of a causal SNP. Power: share of causal SNPs with a locus "
+            "nearby. FDP: false loci / loci.",
         ]
     lines += ["", REPORT_MARK]
     found = [frame for frame in loci if len(frame)]

@@ -25,7 +25,8 @@ def require(tool: str) -> str:
         if found:
             return found
     raise FlowphenoError(
-        f"{tool} not found on PATH: install the Debian package {PACKAGES.get(tool, tool)} (apt-get install {PACKAGES.get(tool, tool)})"
+        f"{tool} not found on PATH: install the Debian package {PACKAGES.get(tool, tool)} (apt-get install "
+        f"{PACKAGES.get(tool, tool)})"
     )
 
 

@@ -369,12 +369,13 @@ def _check_run_folder(
     if foreign is None:
         listing = sorted(p.name for p in out.iterdir())
         raise FlowphenoError(
-            f"{option} {out} is a folder flowpheno did not write (it holds {_describe(listing)}); choose a new or empty folder"
+            f"{option} {out} is a folder flowpheno did not write (it "
+            f"holds {_describe(listing)}); choose a new or empty folder"
         )
     if foreign:
         raise FlowphenoError(
-            f"{option} {out} holds an earlier flowpheno run and also {_describe(foreign)}, which flowpheno did not write; "
-            f"move those out or choose another {option}"
+            f"{option} {out} holds an earlier flowpheno run and also {_describe(foreign)}, which flowpheno did not "
+            f"write; move those out or choose another {option}"
         )
     if not overwrite:
         raise FlowphenoError(

@@ -105,8 +105,8 @@ def check_unique(keys: SampleKeys) -> None:
     fix = (
         "keep one row per individual"
         if keys.fid is not None
-        else "if these are different individuals of different families, add a FID column (PLINK identifies an individual "
-        "by FID and IID); if they are one individual, keep one row"
+        else "if these are different individuals of different families, add a FID column (PLINK identifies an "
+        "individual by FID and IID); if they are one individual, keep one row"
     )
     raise FlowphenoError(f"{keys.source}: {keys.describe(first)} appears more than once ({label} {places}); {fix}")
 
@@ -174,8 +174,8 @@ def align(data: SampleKeys, target: SampleKeys, hint: str = "") -> Alignment:
                 families = ", ".join(dict.fromkeys(str(f) for f in keys.fid[keys.iid == iid]))
                 other = target if keys is data else data
                 raise FlowphenoError(
-                    f"{keys.source}: IID {iid!r} is used in several families ({families}) but {other.source} has no FID "
-                    f"column to tell them apart; add FID to {other.source}"
+                    f"{keys.source}: IID {iid!r} is used in several families ({families}) but {other.source} has no "
+                    f"FID column to tell them apart; add FID to {other.source}"
                 )
     positions = _index(data, by_pair).get_indexer(_index(target, by_pair))
     alignment = Alignment(np.asarray(positions, dtype=np.int64), "FID and IID" if by_pair else "IID")

@@ -122,7 +122,8 @@ def read_pcs(path: str | Path) -> KinshipFactor:
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     if (norms == 0).any():
         raise FlowphenoError(
-            f"{path}: IID {table['IID'][(norms == 0)[:, 0]].iloc[0]} has identical PC values; its correlation is undefined"
+            f"{path}: IID {table['IID'][(norms == 0)[:, 0]].iloc[0]} "
+            "has identical PC values; its correlation is undefined"
         )
     keys = table_keys(table, path)
     return KinshipFactor(centred / norms, keys.iid, str(path), keys.fid)
@@ -160,7 +161,8 @@ def _ids_from_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if len(widths) > 1 or (widths and widths.pop() > 2):
         bad = next(i for i, fields in enumerate(rows) if len(fields) != len(rows[0]) or len(fields) > 2)
         raise FlowphenoError(
-            f"{path}: line {numbers[bad]} has {len(rows[bad])} fields; an ID file has FID IID or one IID per line, the same on every line"
+            f"{path}: line {numbers[bad]} has {len(rows[bad])} fields; an "
+            "ID file has FID IID or one IID per line, the same on every line"
         )
     iids = np.array([fields[-1] for fields in rows], dtype=str)
     fids = np.array([fields[0] for fields in rows], dtype=str) if rows and len(rows[0]) == 2 else None
@@ -329,7 +331,8 @@ def validated(kinship: Kinship) -> Kinship:
     if asymmetry > 1e-6 * max(1.0, np.abs(matrix).max()):
         i, j = np.unravel_index(np.argmax(np.abs(matrix - matrix.T)), matrix.shape)
         raise FlowphenoError(
-            f"{source}: kinship is not symmetric (K[{str(kinship.ids[i])},{str(kinship.ids[j])}] - K[{str(kinship.ids[j])},{str(kinship.ids[i])}] = "
+            f"{source}: kinship is not symmetric (K[{str(kinship.ids[i])},{str(kinship.ids[j])}] - "
+            f"K[{str(kinship.ids[j])},{str(kinship.ids[i])}] = "
             f"{matrix[i, j] - matrix[j, i]:.3g}); pass the full matrix, not one triangle"
         )
     if not matrix.any():
@@ -394,8 +397,9 @@ def spectral_decomposition(
     negative = eigenvalues < -NEGATIVE_EIGENVALUE_TOLERANCE * largest
     if negative.any():
         raise FlowphenoError(
-            f"{source}: kinship has {int(negative.sum())} eigenvalues below -{NEGATIVE_EIGENVALUE_TOLERANCE:g} x the largest "
-            f"(smallest {eigenvalues.min():.3g}); it is not positive semi-definite: recompute it (e.g. flowpheno grm) or bend it"
+            f"{source}: kinship has {int(negative.sum())} eigenvalues below -{NEGATIVE_EIGENVALUE_TOLERANCE:g} x the "
+            f"largest (smallest {eigenvalues.min():.3g}); it is not positive "
+            "semi-definite: recompute it (e.g. flowpheno grm) or bend it"
         )
     clipped = int((eigenvalues < 0).sum())
     _warn_clipped(source, clipped)
@@ -414,8 +418,8 @@ def spectral_decomposition(
 def _warn_clipped(source: str, clipped: int) -> None:
     if clipped:
         warn(
-            f"{source}: clipped {clipped} tiny negative eigenvalues (round-off, above -{NEGATIVE_EIGENVALUE_TOLERANCE:g} x "
-            "the largest) to 0"
+            f"{source}: clipped {clipped} tiny negative eigenvalues (round-off, above "
+            f"-{NEGATIVE_EIGENVALUE_TOLERANCE:g} x the largest) to 0"
         )
 
 
@@ -458,11 +462,12 @@ def _check_relatedness(matrix: np.ndarray, eigenvalues: np.ndarray, source: str)
     largest = float(eigenvalues.max())
     if largest <= 0:
         raise FlowphenoError(
-            f"{source}: the kinship of the {len(eigenvalues)} individuals used is all zeros; recompute it (e.g. flowpheno grm)"
+            f"{source}: the kinship of the {len(eigenvalues)} individuals "
+            "used is all zeros; recompute it (e.g. flowpheno grm)"
         )
     diagonal = np.count_nonzero(matrix) == np.count_nonzero(np.diagonal(matrix))  # counts without an n x n copy
     if diagonal or largest - float(eigenvalues.min()) <= NO_RELATEDNESS_TOLERANCE * largest:
         raise FlowphenoError(
-            f"{source}: the kinship of the {len(eigenvalues)} individuals used carries no relatedness (all off-diagonal "
-            "entries are 0), so s2 is not identifiable; use --mode iid, or check the kinship"
+            f"{source}: the kinship of the {len(eigenvalues)} individuals used carries no relatedness (all "
+            "off-diagonal entries are 0), so s2 is not identifiable; use --mode iid, or check the kinship"
         )

@@ -138,8 +138,9 @@ def _check_padding(bed: str, n: int, m: int) -> None:
     if set_bits.size:
         raise FlowphenoError(
             f"{bed}: the unused bits after individual {n} are set in {set_bits.size} of the first {checked} variants "
-            f"(first: variant {int(set_bits[0]) + 1}): the .bed holds more individuals than the {n} of its .fam (were lines "
-            "deleted?); subset filesets with plink --keep --make-bed, or rewrite an intact fileset with plink --make-bed"
+            f"(first: variant {int(set_bits[0]) + 1}): the .bed holds more individuals than the {n} of its .fam (were "
+            "lines deleted?); subset filesets with plink --keep "
+            "--make-bed, or rewrite an intact fileset with plink --make-bed"
         )
 
 
@@ -165,7 +166,8 @@ def read_fam(path: str | Path) -> pd.DataFrame:
             continue
         if len(fields) < 6:
             raise FlowphenoError(
-                f"{path}: line {number} has {len(fields)} fields; a .fam line has six (FID IID father mother sex phenotype)"
+                f"{path}: line {number} has {len(fields)} fields; a "
+                ".fam line has six (FID IID father mother sex phenotype)"
             )
         rows.append(fields[:6])
         numbers.append(number)
@@ -259,9 +261,12 @@ def plink_unsorted(bim: pd.DataFrame) -> str | None:
     block_codes = codes[starts]
     if len(set(block_codes)) != len(block_codes):
         seen: set[str] = set()
-        for start, code in zip(starts, block_codes):
+        for start, code in zip(starts, block_codes, strict=True):
             if code in seen:
-                return f"chromosome {code!r} is split: it appears again at line {bim.index[start] + 1} after other chromosomes"
+                return (
+                    f"chromosome {code!r} is split: it appears again at line {bim.index[start] + 1} "
+                    "after other chromosomes"
+                )
             seen.add(code)
     placed = bim[bim["pos"] >= 0]
     previous = placed.groupby("chrom", sort=False)["pos"].shift()
@@ -394,8 +399,8 @@ def standardised_genotype_factor(
         )
     if used >= len(ids):
         raise FlowphenoError(
-            f"{prefix}: {used} SNPs pass the filters for {len(ids)} individuals; a genotype factor is low rank only with "
-            "fewer SNPs than individuals: LD-prune the panel (plink --indep-pairwise) or pass the prefix as --grm"
+            f"{prefix}: {used} SNPs pass the filters for {len(ids)} individuals; a genotype factor is low rank only "
+            "with fewer SNPs than individuals: LD-prune the panel (plink --indep-pairwise) or pass the prefix as --grm"
         )
     return np.concatenate(chunks, axis=1) / np.float32(np.sqrt(used)), ids
 

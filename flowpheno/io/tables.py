@@ -136,7 +136,8 @@ def _parquet_table(path: Path) -> tuple[pd.DataFrame, None]:
         table = pd.read_parquet(path)
     except Exception as error:  # pyarrow raises many types for a damaged file
         raise FlowphenoError(
-            f"{path}: cannot read as parquet ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            f"{path}: cannot read as parquet ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
         ) from None
     table.columns = [str(column) for column in table.columns]
     for column in ("FID", "IID", "#FID", "#IID"):
@@ -422,8 +423,8 @@ def covariate_design(
         if len(unseen):
             raise FlowphenoError(
                 f"{path}: covariate column {column!r} has level {text.iloc[int(unseen[0])]!r} at line "
-                f"{_line(table, int(unseen[0]))} (IID {table['IID'].iloc[int(unseen[0])]}) that the model was not fitted on "
-                f"(known: {', '.join(known[:10])}); the model cannot score it: recode it or refit with it"
+                f"{_line(table, int(unseen[0]))} (IID {table['IID'].iloc[int(unseen[0])]}) that the model was not "
+                f"fitted on (known: {', '.join(known[:10])}); the model cannot score it: recode it or refit with it"
             )
         dummies = pd.DataFrame(
             {f"{column}_{level}": (text == level).astype(float).to_numpy() for level in known[1:]}, index=table.index

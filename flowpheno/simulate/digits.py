@@ -69,7 +69,7 @@ def make_digit_individuals(
     out.mkdir(parents=True, exist_ok=True)
     (out / "README.txt").write_text(NOTE)
     written = 0
-    for k, (index, count) in enumerate(zip(chosen, repeats)):
+    for k, (index, count) in enumerate(zip(chosen, repeats, strict=True)):
         name = f"digit{k:04d}"
         folder = out / name
         folder.mkdir(exist_ok=True)

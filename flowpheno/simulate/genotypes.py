@@ -70,7 +70,7 @@ def _family_pedigree(
     married_out = child_a[1:] + child_b[1:]
     spouses = [add(time=top - 1, population=population, is_sample=True) for _ in married_out]
     members = [(i, "parent") for i in child_a + child_b + spouses]
-    couples = [(child_a[0], child_b[0]), *zip(married_out, spouses)]
+    couples = [(child_a[0], child_b[0]), *zip(married_out, spouses, strict=True)]
     for time in range(top - 2, -1, -1):
         children = []
         for mother, father in couples:
@@ -81,7 +81,7 @@ def _family_pedigree(
         if time > 0:  # every child marries an unrelated spouse of its generation
             partners = [add(time=time, population=population, is_sample=True) for _ in children]
             members += [(i, "parent") for i in partners]
-            couples = list(zip(children, partners))
+            couples = list(zip(children, partners, strict=True))
     return members
 
 
@@ -162,7 +162,7 @@ def simulate_genotypes(
     common = np.flatnonzero((np.minimum(frequency, 1 - frequency) >= min_maf) & ~bim["pos"].duplicated().to_numpy())
     chosen = np.sort(rng.choice(common, size=min(snps, len(common)), replace=False))
     dosage, bim = dosage[:, chosen], bim.iloc[chosen].reset_index(drop=True)
-    bim = bim.assign(snp=[f"rs{c}_{p}" for c, p in zip(bim["chrom"], bim["pos"])], cm=0.0, a0="A", a1="G")
+    bim = bim.assign(snp=[f"rs{c}_{p}" for c, p in zip(bim["chrom"], bim["pos"], strict=True)], cm=0.0, a0="A", a1="G")
     family_ids = np.array([f"fam{m[3]:04d}" for m in members])
     fam = pd.DataFrame(
         {

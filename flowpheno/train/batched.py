@@ -79,7 +79,7 @@ class MemberAdamax:
         self.steps += active.to(torch.float64)
         # lr / (1 - beta1^t), computed in double as torch does with Python floats, then one rounding
         step_size = -(self.lr / (1 - torch.pow(beta1, self.steps.clamp_min(1))))
-        for param, exp_avg, exp_inf, decays in zip(self.params, self.exp_avg, self.exp_inf, self.decay):
+        for param, exp_avg, exp_inf, decays in zip(self.params, self.exp_avg, self.exp_inf, self.decay, strict=True):
             if param.grad is None:
                 continue
             mask = _view(active, param).bool()

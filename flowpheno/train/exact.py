@@ -33,7 +33,7 @@ def exact_backward(flow: LatentFlow, dependence: DependenceModel, x: Tensor, chu
     latent_grad = z.grad
     assert latent_grad is not None
     log_det_total = torch.zeros((), device=x.device)
-    for rows, chunk in zip(torch.arange(n, device=x.device).split(chunk_size), x.split(chunk_size)):
+    for rows, chunk in zip(torch.arange(n, device=x.device).split(chunk_size), x.split(chunk_size), strict=True):
         z_chunk, ladj = flow(chunk)
         surrogate = (z_chunk * latent_grad[rows]).sum() - ladj.sum() / n
         surrogate.backward()

@@ -315,7 +315,10 @@ class EpochTrainer:
             self.non_finite_batches += bad
             if bad > MAX_NON_FINITE_SHARE * batches:
                 self.stopped = True
-                self.diverged = f"at stage {stage} epoch {self.epoch_count} ({bad} of {batches} batches had a non-finite loss, latent or gradient)"
+                self.diverged = (
+                    f"at stage {stage} epoch {self.epoch_count} "
+                    f"({bad} of {batches} batches had a non-finite loss, latent or gradient)"
+                )
             elif val is not None and not math.isfinite(val):
                 self.stopped = True
                 self.diverged = f"at stage {stage} epoch {self.epoch_count} (validation NLL {val:g})"
