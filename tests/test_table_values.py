@@ -280,6 +280,7 @@ def test_diagnostics_mark_outliers() -> None:
     assert [c.get_offsets().shape[0] for c in diagnostics_figure(values, values, ["a", "b", "c"], {}, iids).axes[0].collections] == [50]
 
 
+@pytest.mark.slow
 def test_outlier_named_and_marked_by_family_when_iids_repeat(tmp_path: Path) -> None:
     """IIDs 1..k inside every family (as PLINK allows): the outlier is one individual, named by
     FID, IID and line, and only it is marked in the diagnostics."""
