@@ -134,6 +134,7 @@ def _tiny(**changes: object) -> BenchSizes:
     return dataclasses.replace(base, **changes)
 
 
+@pytest.mark.slow
 def test_stored_runs_are_reused_only_for_the_same_sizes(tmp_path: Path) -> None:
     from flowpheno.bench.synthetic import run_all, run_hash, run_identity
 

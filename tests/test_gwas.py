@@ -130,7 +130,7 @@ def test_workflow_end_to_end(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        timeout=3600,  # a hang guard only: about 4 min on an idle 2-core machine (370 s of CPU), 10 min under load
+        timeout=3600,  # a hang guard only: about 4 min idle (370 s of CPU on 2 cores), 10 min on a loaded machine
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["work dir"]  # no stray file beside it (e.g. "work")

@@ -190,6 +190,7 @@ def test_kinship_joined_on_fid_iid(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_dropped_individuals_reported_with_their_family(tmp_path: Path) -> None:
     """fit.json names a dropped individual by (FID, IID): IID '2' alone would not say who."""
     from conftest import family_kinship

@@ -259,6 +259,7 @@ def test_full_disk_at_write_time_is_one_line(tmp_path: Path, monkeypatch: pytest
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_leftovers_of_ended_runs_are_removed_and_reported(tmp_path: Path) -> None:
     cohort = _cohort(tmp_path / "data")
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

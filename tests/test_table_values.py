@@ -410,6 +410,7 @@ def test_diagnostics_mark_outliers() -> None:
     ] == [50]
 
 
+@pytest.mark.slow
 def test_outlier_named_and_marked_by_family_when_iids_repeat(tmp_path: Path) -> None:
     """IIDs 1..k inside every family (as PLINK allows): the outlier is one individual, named by
     FID, IID and line, and only it is marked in the diagnostics."""

@@ -65,6 +65,7 @@ def test_threads_reach_torch_and_blas_inside_a_fit_and_are_restored(threads: int
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.slow
 def test_threads_flag_reaches_fit_json_and_a_bad_value_is_one_line(tmp_path: Path) -> None:
     pheno, kinship = _cohort(tmp_path)
     tiny = ["--epochs", "2", "--stages", "2", "--layers", "2", "--hidden", "8", "--quiet"]
