@@ -153,9 +153,9 @@ def test_other_modes(mode: str, tmp_path: Path) -> None:
         "2",
         "--hidden",
         "8",
-        "--s2-grid",
-        "0,0.5",
     ]
+    if mode == "grid":
+        args += ["--s2-grid", "0,0.5"]
     if mode == "alternating_scaled":
         args.append("--scale-step")
     if mode != "iid":
