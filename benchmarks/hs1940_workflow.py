@@ -48,6 +48,8 @@ STEPS = [
     "report",
 ]
 """Rules in workflow order (the names of their benchmark files start with them)."""
+WORKDIR_NAMES = ("config.json", "data", "out", r"\.snakemake")
+"""What a run leaves in --workdir (config.json first: a folder of these is an earlier run's)."""
 
 
 def write_hs1940_inputs(folder: Path) -> tuple[Path, Path]:
@@ -122,7 +124,9 @@ def main(
     layers: int = typer.Option(4, "--layers"),
     hidden: int = typer.Option(32, "--hidden"),
     workdir: Path = typer.Option(
-        ROOT / "benchmarks" / "work" / "hs1940", "--workdir", help="the workflow's folder (replaced)"
+        ROOT / "benchmarks" / "work" / "hs1940",
+        "--workdir",
+        help="the workflow's folder: new, empty or an earlier run's (its files are replaced)",
     ),
     out: Path = typer.Option(RESULTS, "--out", help="folder for hs1940_workflow.json and .md"),
     reuse: bool = typer.Option(False, "--reuse", help="no new run: tabulate the last run in --workdir"),
@@ -143,8 +147,15 @@ def main(
         hours, minutes, seconds = re.search(r"Elapsed time: (\d+):(\d+):([\d.]+)", log).groups()
         wall = 3600 * int(hours) + 60 * int(minutes) + float(seconds)
     else:
-        if workdir.exists():
-            shutil.rmtree(workdir)
+        from flowpheno.io.atomic import results_folder
+
+        # a folder this script wrote (its manifest, or only the names it writes), never another one
+        results_folder(workdir, "benchmarks/hs1940_workflow.py", legacy=WORKDIR_NAMES, option="--workdir")
+        for name in ("data", "out", ".snakemake", "config.json"):  # the last run's files, not the manifest
+            if (workdir / name).is_dir():
+                shutil.rmtree(workdir / name)
+            elif (workdir / name).exists():
+                (workdir / name).unlink()
         bfile, pheno = write_hs1940_inputs(workdir / "data")
         config_path = workflow_config(workdir, bfile, pheno, fit)
         command = [

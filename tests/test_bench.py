@@ -257,3 +257,37 @@ def test_paper_protocol_sweeps_every_setting_as_batched_members(
     assert [g["value"] for g in runs["grid"]["grid"]] == list(PaperSetup().grid)
     stored = [json.loads(path.read_text()) for path in (out / "runs").glob("*.json")]
     assert len(stored) == 2 and {r["identity"]["protocol"] for r in stored} == {f"paper-{protocols.PAPER_VERSION}"}
+
+
+@pytest.mark.slow
+def test_hs1940_benchmark_never_empties_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    """`benchmarks/hs1940_workflow.py --workdir` replaces an earlier run's files only: a user's
+    folder is refused before anything is written or removed."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, snapshot
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me\n")
+    before = snapshot(folder)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "hs1940_workflow.py"),
+            "--workdir",
+            str(folder),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,  # a hang guard only: it stops in a few seconds
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: --workdir {folder} is a folder flowpheno did not write (it holds notes.txt); choose a new or empty folder"
+    ]
+    assert snapshot(folder) == before and not (tmp_path / "o").exists()
