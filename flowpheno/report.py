@@ -122,6 +122,29 @@ class FitReport:
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        """A short summary for a notebook (the full record: :meth:`to_json`).
+
+        Example:
+            >>> FitReport(traits=["CD8", "MCH"], n_used=1197, covariance={"s2": 0.623}, best_epoch=30)
+            FitReport(mode=None, traits=['CD8', 'MCH'], n_used=1197, s2=0.623, best_validation_nll=None, best_epoch=30,
+            epochs_run=0, stopped_early=None, warnings=0)
+        """
+        s2 = self.covariance.get("s2")
+        nll = self.best_validation_nll
+        parts = [
+            f"mode={self.mode!r}",
+            f"traits={self.traits!r}",
+            f"n_used={self.n_used}",
+            f"s2={s2:.4g}" if isinstance(s2, (int, float)) else "s2=None",
+            f"best_validation_nll={nll:.5g}" if isinstance(nll, (int, float)) else "best_validation_nll=None",
+            f"best_epoch={self.best_epoch}",
+            f"epochs_run={len(self.epochs)}",
+            f"stopped_early={self.stopped_early}",
+            f"warnings={len(self.warnings)}",
+        ]
+        return f"FitReport({', '.join(parts)})"
+
     @property
     def mode(self) -> str | None:
         """The fit's ``--mode`` (None when the report has no config)."""
