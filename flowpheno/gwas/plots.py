@@ -79,12 +79,12 @@ def manhattan(assoc: pd.DataFrame, threshold: float, title: str, truth: pd.DataF
     return figure
 
 
-def qq(assoc: pd.DataFrame, title: str) -> Figure:
+def qq(assoc: pd.DataFrame, title: str, calibration: dict | None = None) -> Figure:
     """Observed against expected -log10 p of ``assoc["P"]``, with lambda GC in the title.
 
-    The lambda shown reads P as a 1-df chi-square test (:func:`~flowpheno.gwas.evaluate.lambda_gc`
-    with ``df = 1``); the report's calibration uses each test's own scale
-    (:func:`~flowpheno.gwas.evaluate.calibration`).
+    ``calibration``: the evaluation's ``lambda_gc`` and ``lambda_gc_df`` (each test's own scale,
+    :func:`~flowpheno.gwas.evaluate.calibration`), shown as they are in ``summary.json``; without
+    it, P is read as a 1-df chi-square test (:func:`~flowpheno.gwas.evaluate.lambda_gc`).
     """
     p = np.sort(assoc["P"].dropna().clip(lower=1e-300).to_numpy())
     expected = -np.log10((np.arange(1, p.size + 1) - 0.5) / p.size)
@@ -94,6 +94,7 @@ def qq(assoc: pd.DataFrame, title: str) -> Figure:
     axis.plot([0, limit], [0, limit], color="#c44e52", lw=0.8)
     axis.set_xlabel("expected -log10 p")
     axis.set_ylabel("observed -log10 p")
-    axis.set_title(f"{title}\nlambda GC = {lambda_gc(p):.3f}", fontsize=9)
+    value, df = (calibration["lambda_gc"], calibration.get("lambda_gc_df", 1)) if calibration else (lambda_gc(p), 1)
+    axis.set_title(f"{title}\nlambda GC = {value:.3f} ({df} df)", fontsize=9)
     figure.tight_layout()
     return figure

@@ -375,7 +375,10 @@ def evaluate_method(
             loci = loci.assign(true_locus=is_true.to_numpy())
         with write_errors(out_dir, "--out-dir"):
             loci.assign(method=name).to_csv(tmp / "loci.tsv", sep="\t", index=False)
-            for figure, file in ((manhattan(assoc, p1, name, truth), "manhattan.png"), (qq(assoc, name), "qq.png")):
+            for figure, file in (
+                (manhattan(assoc, p1, name, truth), "manhattan.png"),
+                (qq(assoc, name, counts), "qq.png"),
+            ):
                 figure.savefig(tmp / file, dpi=110, format="png")
             (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
         staged.commit()
