@@ -72,12 +72,14 @@ def model_flow(d: int, x: torch.Tensor) -> torch.nn.Module:
 
 
 def main(
-    n: int = typer.Option(10_000, "--n", help="individuals"),
-    d: int = typer.Option(6, "--d", help="traits"),
-    batch_size: int = typer.Option(256, "--batch-size"),
-    epochs: int = typer.Option(8, "--epochs", help="timed epochs per method (after one warm-up epoch)"),
+    n: int = typer.Option(10_000, "--n", min=2, help="individuals"),
+    d: int = typer.Option(6, "--d", min=1, help="traits"),
+    batch_size: int = typer.Option(256, "--batch-size", min=2, help="rows per minibatch, at most --n"),
+    epochs: int = typer.Option(8, "--epochs", min=1, help="timed epochs per method (after one warm-up epoch)"),
     out: Path = typer.Option(RESULTS, "--out", help="folder for overhead.json and overhead.md"),
 ) -> None:
+    if batch_size > n:
+        raise typer.BadParameter(f"{batch_size} is more than --n {n}", param_hint="'--batch-size'")
 
     rng = np.random.default_rng(0)
     torch.manual_seed(0)

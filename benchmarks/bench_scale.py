@@ -35,6 +35,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TRUE_S2 = 0.4
 D = 8
 RANK = 40
+METHODS = ("alternating", "joint", "joint_exact")
 
 
 def simulate(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -185,19 +186,45 @@ def markdown(rows: list[dict[str, Any]], config: dict[str, Any], wall: float) ->
     return "\n".join(lines) + "\n"
 
 
+def _sizes(text: str) -> str:
+    """``--sizes``: comma-separated n, each at least 100 (85 training rows against rank 40)."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise typer.BadParameter("give at least one n")
+    for item in items:
+        if not item.isdigit() or int(item) < 100:
+            raise typer.BadParameter(f"{item!r}: each n is a whole number of at least 100")
+    return text
+
+
+def _methods(text: str) -> str:
+    """``--methods``, ``--dense-methods``: comma-separated, each one of :data:`METHODS`."""
+    for item in [item.strip() for item in text.split(",") if item.strip()]:
+        if item not in METHODS:
+            raise typer.BadParameter(f"{item!r}: choose from {', '.join(METHODS)}")
+    return text
+
+
 def main(
-    sizes: str = typer.Option("10000,50000,100000,500000", "--sizes", help="comma-separated n"),
-    methods: str = typer.Option("alternating,joint,joint_exact", "--methods"),
-    dense_max: int = typer.Option(10_000, "--dense-max", help="largest n for the dense path beside"),
-    dense_methods: str = typer.Option(
-        "alternating", "--dense-methods", help="methods run on the dense path (each redoes the eigendecomposition)"
+    sizes: str = typer.Option(
+        "10000,50000,100000,500000", "--sizes", callback=_sizes, help="comma-separated n (each >= 100)"
     ),
-    epochs: int = typer.Option(3, "--epochs", help="epochs per stage"),
-    stages: int = typer.Option(4, "--stages"),
-    batch_size: int = typer.Option(1024, "--batch-size"),
-    layers: int = typer.Option(8, "--layers"),
-    hidden: int = typer.Option(64, "--hidden"),
-    threads: int = typer.Option(os.cpu_count() or 1, "--threads"),
+    methods: str = typer.Option(
+        ",".join(METHODS), "--methods", callback=_methods, help=f"comma-separated, of {', '.join(METHODS)}"
+    ),
+    dense_max: int = typer.Option(10_000, "--dense-max", min=0, help="largest n for the dense path beside"),
+    dense_methods: str = typer.Option(
+        "alternating",
+        "--dense-methods",
+        callback=_methods,
+        help="methods run on the dense path (each redoes the eigendecomposition)",
+    ),
+    epochs: int = typer.Option(3, "--epochs", min=1, help="epochs per stage"),
+    stages: int = typer.Option(4, "--stages", min=1),
+    batch_size: int = typer.Option(1024, "--batch-size", min=2),
+    layers: int = typer.Option(8, "--layers", min=1),
+    hidden: int = typer.Option(64, "--hidden", min=1),
+    threads: int = typer.Option(os.cpu_count() or 1, "--threads", min=1),
     out: Path = typer.Option(RESULTS, "--out", help="folder for scale.json, scale.md and scale_rows.jsonl (resumed)"),
 ) -> None:
     config = {

@@ -364,11 +364,27 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+SECTIONS = ("example_fit", "overhead", "exact_objective", "images", "host_syncs")
+
+
+def _sections(text: str) -> str:
+    """``--only``: comma-separated, each one of :data:`SECTIONS`, at least one."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise typer.BadParameter(f"give at least one of {', '.join(SECTIONS)}")
+    for item in items:
+        if item not in SECTIONS:
+            raise typer.BadParameter(f"{item!r}: choose from {', '.join(SECTIONS)}")
+        if items.count(item) > 1:
+            raise typer.BadParameter(f"{item!r} is named twice")
+    return text
+
+
 def main(
     cpu_fallback: bool = typer.Option(False, "--cpu-fallback", help="no GPU: run every step on the CPU at small sizes"),
     out: Path = typer.Option(RESULTS, "--out", help="folder for gpu.json and gpu.md (gpu_cpu_fallback.*)"),
     only: str = typer.Option(
-        "example_fit,overhead,exact_objective,images,host_syncs", "--only", help="comma-separated sections"
+        ",".join(SECTIONS), "--only", callback=_sections, help=f"comma-separated, of {', '.join(SECTIONS)}"
     ),
 ) -> None:
     pick = 1 if cpu_fallback else 0

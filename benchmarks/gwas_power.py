@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -281,31 +282,58 @@ def _int(value: Any) -> str:
 
 
 def _listed(text: str, option: str, allowed: list[str] | None = None) -> list[str]:
-    """A comma-separated option value as a list, each item checked against ``allowed``."""
+    """A comma-separated option value as a list, each item checked against ``allowed``
+    (``option``: the name an error gives; empty in a callback, where click names it)."""
     items = [item.strip() for item in text.split(",") if item.strip()]
     for item in items:
         if allowed is not None and item not in allowed:
-            raise typer.BadParameter(f"{item!r}: choose from {', '.join(allowed)}", param_hint=option)
+            raise typer.BadParameter(f"{item!r}: choose from {', '.join(allowed)}", param_hint=option or None)
     return items
 
 
+def _checked(allowed: list[str] | None = None, seeds: bool = False, empty: bool = False) -> Callable[[str], str]:
+    """A Typer callback for a comma-separated option: each item one of ``allowed``, or a seed
+    (a whole number >= 0); at least one item unless ``empty``."""
+
+    def check(text: str) -> str:
+        items = _listed(text, "", allowed)
+        if not items and not empty:
+            raise typer.BadParameter("give at least one value")
+        for item in items if seeds else []:
+            if not item.isdigit():
+                raise typer.BadParameter(f"{item!r}: each seed is a whole number >= 0")
+        return text
+
+    return check
+
+
 def main(
-    seeds: str = typer.Option(",".join(map(str, range(1, 11))), "--seeds", help="comma-separated cohort seeds"),
+    seeds: str = typer.Option(
+        ",".join(map(str, range(1, 11))), "--seeds", callback=_checked(seeds=True), help="comma-separated cohort seeds"
+    ),
     null_seeds: str = typer.Option(
-        "101,102,103", "--null-seeds", help="comma-separated seeds of null cohorts ('' for none)"
+        "101,102,103",
+        "--null-seeds",
+        callback=_checked(seeds=True, empty=True),
+        help="comma-separated seeds of null cohorts ('' for none)",
     ),
     cohorts: str = typer.Option(
-        ",".join(COHORT_TYPES), "--cohorts", help=f"comma-separated, of {', '.join(COHORT_TYPES)}"
+        ",".join(COHORT_TYPES),
+        "--cohorts",
+        callback=_checked(list(COHORT_TYPES)),
+        help=f"comma-separated, of {', '.join(COHORT_TYPES)}",
     ),
-    arms: str = typer.Option(",".join(ARMS), "--arms", help=f"comma-separated, of {', '.join(ARMS)}"),
-    n: int = typer.Option(2000, "--n"),
-    snps: int = typer.Option(20000, "--snps"),
-    causal: int = typer.Option(30, "--causal"),
-    causal_variance: float = typer.Option(0.2, "--causal-variance"),
-    epochs: int = typer.Option(25, "--epochs"),
-    stages: int = typer.Option(4, "--stages"),
+    arms: str = typer.Option(
+        ",".join(ARMS), "--arms", callback=_checked(ARMS), help=f"comma-separated, of {', '.join(ARMS)}"
+    ),
+    n: int = typer.Option(2000, "--n", min=20, help="individuals (flowpheno simulate --n)"),
+    snps: int = typer.Option(20000, "--snps", min=100),
+    causal: int = typer.Option(30, "--causal", min=0),
+    causal_variance: float = typer.Option(0.2, "--causal-variance", min=0.0, max=1.0),
+    epochs: int = typer.Option(25, "--epochs", min=1),
+    stages: int = typer.Option(4, "--stages", min=1),
     no_loco: bool = typer.Option(False, "--no-loco", help="one GRM from every SNP (config gwas.loco: false)"),
-    cores: int = typer.Option(2, "--cores"),
+    cores: int = typer.Option(2, "--cores", min=1),
     workdir: Path = typer.Option(ROOT / "benchmarks" / "work" / "gwas_power", "--workdir"),
     out: Path = typer.Option(
         RESULTS, "--out", help="folder for gwas_power.{md,json} and gwas_power_rows.jsonl (resumed)"

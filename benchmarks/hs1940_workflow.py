@@ -118,11 +118,11 @@ def version(command: list[str]) -> str:
 
 
 def main(
-    cores: int = typer.Option(2, "--cores", help="snakemake -c"),
-    epochs: int = typer.Option(2, "--epochs"),
-    stages: int = typer.Option(2, "--stages"),
-    layers: int = typer.Option(4, "--layers"),
-    hidden: int = typer.Option(32, "--hidden"),
+    cores: int = typer.Option(2, "--cores", min=1, help="snakemake -c"),
+    epochs: int = typer.Option(2, "--epochs", min=1),
+    stages: int = typer.Option(2, "--stages", min=1),
+    layers: int = typer.Option(4, "--layers", min=1),
+    hidden: int = typer.Option(32, "--hidden", min=1),
     workdir: Path = typer.Option(
         ROOT / "benchmarks" / "work" / "hs1940",
         "--workdir",

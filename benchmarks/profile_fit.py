@@ -204,14 +204,37 @@ def markdown(rows: list[dict], gemma: dict, threads: int, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _settings(items: list[str]) -> list[str]:
+    """``--setting``: each ``NAME=options`` with a new, non-empty NAME (``default`` is taken)."""
+    names = {"default"}
+    for item in items:
+        name, equals, _ = item.partition("=")
+        if not equals or not name.strip():
+            raise typer.BadParameter(f'{item!r}: write NAME="fit options", e.g. small="--layers 4"')
+        if name in names:
+            raise typer.BadParameter(f"{item!r}: the name {name!r} is already taken")
+        names.add(name)
+    return items
+
+
+def _cohort(cohort: str) -> str:
+    if cohort not in ("hs1940", "example"):
+        raise typer.BadParameter(f"{cohort!r}: choose hs1940 or example")
+    return cohort
+
+
 def main(
     setting: list[str] = typer.Option(
-        [], "--setting", help='NAME="fit options" (repeatable); "default" (no options) always runs first'
+        [],
+        "--setting",
+        callback=_settings,
+        help='NAME="fit options" (repeatable); "default" (no options) always runs first',
     ),
-    threads: int = typer.Option(1, "--threads"),
+    threads: int = typer.Option(1, "--threads", min=1),
     cohort: str = typer.Option(
         "hs1940",
         "--cohort",
+        callback=_cohort,
         help="hs1940: gemma-doc's mice; example: the cohort `make example` fits (examples/, with covariates)",
     ),
     workdir: Path | None = typer.Option(
@@ -219,8 +242,6 @@ def main(
     ),
     out: Path = typer.Option(RESULTS, "--out", help="folder for profile_{cohort}.json and .md"),
 ) -> None:
-    if cohort not in ("hs1940", "example"):
-        raise typer.BadParameter(f"{cohort!r}: choose hs1940 or example", param_hint="--cohort")
     settings = {"default": ""}
     for item in setting:
         name, _, options = item.partition("=")

@@ -107,9 +107,9 @@ def fit_epochs(kinship: Path, out: Path, epochs: int, threads: int | None) -> di
 
 
 def main(
-    rounds: int = typer.Option(3, "--rounds"),
-    epochs: int = typer.Option(6, "--epochs", help="epochs per fit (the first is not counted)"),
-    competitors: int = typer.Option(2, "--competitors", help="busy processes for the loaded runs"),
+    rounds: int = typer.Option(3, "--rounds", min=1),
+    epochs: int = typer.Option(6, "--epochs", min=2, help="epochs per fit (the first is not counted)"),
+    competitors: int = typer.Option(2, "--competitors", min=1, help="busy processes for the loaded runs"),
     out: Path = typer.Option(RESULTS, "--out", help="folder for threads.json and threads.md"),
 ) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the busy processes (finally below)

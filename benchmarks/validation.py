@@ -340,7 +340,7 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str
 
 
 def main(
-    seeds: int = typer.Option(5, "--seeds", help="seeds 0..N-1 per cohort and true s2"),
+    seeds: int = typer.Option(5, "--seeds", min=1, help="seeds 0..N-1 per cohort and true s2"),
     out: Path = typer.Option(
         ROOT / "benchmarks" / "results", "--out", help="folder for validation.json (resumed) and validation.md"
     ),

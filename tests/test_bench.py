@@ -291,3 +291,46 @@ def test_hs1940_benchmark_never_empties_a_folder_it_did_not_write(tmp_path: Path
         f"error: --workdir {folder} is a folder flowpheno did not write (it holds notes.txt); choose a new or empty folder"
     ]
     assert snapshot(folder) == before and not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_benchmark_scripts_refuse_bad_options_before_any_work(tmp_path: Path) -> None:
+    """A bad option value of a `benchmarks/*.py` script ends it with click's usage error (exit 2,
+    one `Error:` line naming the option) before anything is run or written."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cases = [
+        ("batched_training.py", ["--steps", "-1"], "'--steps': Input should be greater than or equal to 1"),
+        ("batched_training.py", ["--device", "tpu"], "'--device': 'tpu': choose cpu, cuda or cuda:N"),
+        ("batched_training.py", ["--members", "4,abc"], "'--members': 'abc': each K is a whole number >= 1"),
+        ("bench_scale.py", ["--sizes", "1000,0"], "'--sizes': '0': each n is a whole number of at least 100"),
+        (
+            "bench_scale.py",
+            ["--methods", "joint,foo"],
+            "'--methods': 'foo': choose from alternating, joint, joint_exact",
+        ),
+        ("bench_overhead.py", ["--batch-size", "1"], "'--batch-size': Input should be greater than or equal to 2"),
+        ("bench_overhead.py", ["--n", "100"], "'--batch-size': 256 is more than --n 100"),
+        (
+            "gpu_check.py",
+            ["--only", "overhead,foo"],
+            "'--only': 'foo': choose from "
+            + ", ".join(["example_fit", "overhead", "exact_objective", "images", "host_syncs"]),
+        ),
+    ]
+    for script_name, arguments, message in cases:
+        out = tmp_path / "out"
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / script_name), *arguments, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,  # a hang guard only: each stops in seconds
+        )
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+        assert (script_name, result.returncode, errors) == (script_name, 2, [f"Error: Invalid value for {message}"])
+        assert "Traceback" not in result.stderr and result.stdout == ""
+        assert not out.exists(), f"{script_name} {arguments} wrote {out}"
