@@ -61,7 +61,8 @@ except Exception:  # Snakemake prints the whole schema; say which key is wrong, 
     if problem is None:
         raise
     where = ".".join(map(str, problem.absolute_path))
-    stop(f"{where + ': ' if where else ''}{problem.message} (the keys: workflow/schemas/config.schema.yaml)")
+    key = f"{where}: " if where else ""
+    stop(f"{key}{problem.message} (the keys: workflow/schemas/config.schema.yaml)")
 
 OUT = config["outdir"].rstrip("/")
 SIMULATE = config.get("simulate") or None
