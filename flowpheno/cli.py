@@ -224,7 +224,7 @@ def fit(
             profile_scale=scale_step,
         ),
     )
-    if mode != "grid" and grid != FitConfig().s2_grid:  # values checked above; a grid no mode reads
+    if mode != "grid" and grid != FLAGS["s2_grid"].default:  # values checked above; a grid no mode reads
         raise OptionError(
             f"--s2-grid {s2_grid}: the values of --mode grid, not of --mode {mode}; drop it or add --mode grid"
         )
