@@ -11,15 +11,21 @@ Runs the real workflow (`snakemake gwas_all`: flowpheno simulate, GEMMA GRM (LOC
 the same mvLMM as the flows), `flow_iid`, `flow_kinship`, `oracle` (the simulator's own
 inverse map, then the same mvLMM). Cohort types: `standard` (three-generation families,
 5 chromosomes) and `deep` (four generations, 3 children per couple on average, 10
-chromosomes: relatedness matters more).
+chromosomes: relatedness matters more). In both, the last chromosomes carry no causal and no
+polygenic SNP (`flowpheno simulate --null-chromosomes`): with a polygenic background every SNP
+linked to a polygenic SNP is truly associated (within families, over tens of Mb), so a
+genome-wide lambda GC mixes polygenic signal with miscalibration, above all with LOCO. lambda
+GC over the null chromosomes' SNPs measures calibration alone (as BOLT-LMM's paper did, Loh et
+al. 2015), and every locus found there is false whatever the truth window.
 
 Every finished cohort is appended to `{out}/gwas_power_rows.jsonl` (one line per cohort and
 arm, keyed by the cohort and the settings): a rerun skips the cohorts already there and
 the tables are rebuilt from all rows: benchmarks/results/gwas_power.{md,json} by default.
-Per arm: true loci, false loci, power, FDP, lambda GC (on the test's own df) under the null
-and the alternative, n analysed; the paired differences `flow_kinship - flow_iid`,
-`flow_iid - rint_mv` and `flow_iid - single` in true loci across seeds with standard errors
-and how many seeds agree in sign.
+Per arm: true loci, false loci, power, FDP, lambda GC (on the test's own df; genome-wide and
+over the null chromosomes) under the null and the alternative, loci on the null chromosomes,
+n analysed; the paired differences `flow_kinship - flow_iid`, `flow_iid - rint_mv` and
+`flow_iid - single` in true and false loci across seeds with standard errors and how many
+seeds agree in sign.
 """
 
 from __future__ import annotations
@@ -47,8 +53,8 @@ from flowpheno.gwas import TRUTH_WINDOW_KB  # noqa: E402  (the repository's own 
 RESULTS = ROOT / "benchmarks" / "results"
 ARMS = ["single", "rint_mv", "flow_iid", "flow_kinship", "oracle"]
 COHORT_TYPES = {
-    "standard": {"chromosomes": 5},
-    "deep": {"chromosomes": 10, "generations": 4, "family_size": 3},
+    "standard": {"chromosomes": 5, "null_chromosomes": 2},
+    "deep": {"chromosomes": 10, "null_chromosomes": 3, "generations": 4, "family_size": 3},
 }
 PAIRS = [("flow_kinship", "flow_iid"), ("flow_iid", "rint_mv"), ("flow_iid", "single"), ("flow_kinship", "single")]
 ROW_KEYS = (
@@ -65,6 +71,9 @@ ROW_KEYS = (
     "truth_window_genome_share",
     "causal_snps",
     "snps_tested",
+    "lambda_gc_null_snps",
+    "null_snps",
+    "loci_null_chromosomes",
 )
 
 
@@ -189,8 +198,9 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
                 "",
                 f"### Mean +- standard error over {seeds} seed(s)",
                 "",
-                "| arm | n | loci | true loci | false loci | false near [1] | power | FDP | lambda GC |",
-                "|---|---|---|---|---|---|---|---|---|",
+                "| arm | n | loci | true loci | false loci | false near [1] | loci on null chr. [2] | power | FDP | "
+                "lambda GC | lambda GC, null chr. [2] |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             summary["means"][cohort_type] = {}
             for arm in arms:
@@ -199,18 +209,38 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
                     continue
                 cells = [
                     mean_se(of_arm[key])
-                    for key in ("n", "loci", "true_loci", "false_loci", "false_loci_near", "power", "fdp", "lambda_gc")
+                    for key in (
+                        "n",
+                        "loci",
+                        "true_loci",
+                        "false_loci",
+                        "false_loci_near",
+                        "loci_null_chromosomes",
+                        "power",
+                        "fdp",
+                        "lambda_gc",
+                        "lambda_gc_null_snps",
+                    )
                 ]
                 lines.append(f"| {arm} | " + " | ".join(cells) + " |")
                 summary["means"][cohort_type][arm] = {
                     key: float(of_arm[key].astype(float).mean())
-                    for key in ("n", "true_loci", "false_loci", "power", "fdp", "lambda_gc")
-                    if of_arm[key].notna().any()
+                    for key in (
+                        "n",
+                        "true_loci",
+                        "false_loci",
+                        "loci_null_chromosomes",
+                        "power",
+                        "fdp",
+                        "lambda_gc",
+                        "lambda_gc_null_snps",
+                    )
+                    if key in of_arm and of_arm[key].notna().any()
                 }
             differences = [
                 d
                 for first, second in PAIRS
-                for metric in ("true_loci", "false_loci")
+                for metric in ("true_loci", "false_loci", "loci_null_chromosomes")
                 if (d := paired(alternative, first, second, metric)) is not None
             ]
             summary["paired"][cohort_type] = differences
@@ -232,8 +262,9 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
                 "",
                 "### Per seed",
                 "",
-                "| cohort | arm | n | loci | true | false | power | FDP | lambda GC (df) | window share |",
-                "|---|---|---|---|---|---|---|---|---|---|",
+                "| cohort | arm | n | loci | true | false | on null chr. | power | FDP | lambda GC (df) | "
+                "null chr. | window share |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for row in alternative.itertuples():
                 lam = (
@@ -244,15 +275,16 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
                 share = "-" if pd.isna(row.truth_window_genome_share) else f"{row.truth_window_genome_share:.1%}"
                 lines.append(
                     f"| {row.cohort} | {row.arm} | {_int(row.n)} | {row.loci} | {_int(row.true_loci)} | "
-                    f"{_int(row.false_loci)} | {row.power:.2f} | {row.fdp:.2f} | {lam} | {share} |"
+                    f"{_int(row.false_loci)} | {_int(row.loci_null_chromosomes)} | {row.power:.2f} | {row.fdp:.2f} | "
+                    f"{lam} | {_float(row.lambda_gc_null_snps)} | {share} |"
                 )
         if not null.empty:
             lines += [
                 "",
                 f"### Null cohorts ({null['seed'].nunique()} seed(s), no causal SNP: every locus is false)",
                 "",
-                "| arm | loci (all false) | lambda GC | lambda GC per seed |",
-                "|---|---|---|---|",
+                "| arm | loci (all false) | lambda GC | lambda GC per seed | lambda GC, null chr. [2] | per seed |",
+                "|---|---|---|---|---|---|",
             ]
             summary["null"][cohort_type] = {}
             for arm in arms:
@@ -260,16 +292,26 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
                 if of_arm.empty:
                     continue
                 per_seed = ", ".join(f"{value:.3f}" for value in of_arm["lambda_gc"].astype(float))
-                lines.append(f"| {arm} | {mean_se(of_arm['loci'])} | {mean_se(of_arm['lambda_gc'])} | {per_seed} |")
+                null_per_seed = ", ".join(_float(value) for value in of_arm["lambda_gc_null_snps"])
+                lines.append(
+                    f"| {arm} | {mean_se(of_arm['loci'])} | {mean_se(of_arm['lambda_gc'])} | {per_seed} | "
+                    f"{mean_se(of_arm['lambda_gc_null_snps'])} | {null_per_seed} |"
+                )
                 summary["null"][cohort_type][arm] = {
                     "loci": float(of_arm["loci"].mean()),
                     "lambda_gc": float(of_arm["lambda_gc"].mean()),
+                    "lambda_gc_null_snps": _mean(of_arm["lambda_gc_null_snps"]),
                 }
     timings = frame.drop_duplicates("cohort")[["cohort", "seconds"]]
     lines += [
         "",
         "[1] false loci within the clumping distance (250 kb) of a causal SNP: secondary clumps of a true signal, "
         "counted false by the truth window.",
+        "",
+        "[2] the chromosomes that carry no causal and no polygenic SNP: every locus there is false, and lambda GC over "
+        "their SNPs (same test, same df) measures calibration alone. The genome-wide lambda GC also grows with true "
+        "polygenic signal: with LOCO, a SNP's own chromosome's polygenic effects are left out of the GRM, and in "
+        "families every SNP is linked to them over long shared segments.",
         "",
         "Wall time per cohort (s): " + ", ".join(f"{row.cohort} {row.seconds:.0f}" for row in timings.itertuples()),
         "",
@@ -279,6 +321,15 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
 
 def _int(value: Any) -> str:
     return "-" if value is None or pd.isna(value) else str(int(value))
+
+
+def _float(value: Any) -> str:
+    return "-" if value is None or pd.isna(value) else f"{float(value):.3f}"
+
+
+def _mean(values: pd.Series) -> float | None:
+    values = values.dropna().astype(float)
+    return float(values.mean()) if not values.empty else None
 
 
 def _listed(text: str, option: str, allowed: list[str] | None = None) -> list[str]:
@@ -371,8 +422,9 @@ def main(
     gwas = {"loco": not no_loco, "truth_window_kb": TRUTH_WINDOW_KB}
     rows_path = out / "gwas_power_rows.jsonl"
     rows = read_rows(rows_path)
-    plan = [(cohort_type, seed, False) for cohort_type in settings["cohorts"] for seed in settings["seeds"]]
-    plan += [(cohort_type, seed, True) for cohort_type in settings["cohorts"] for seed in settings["null_seeds"]]
+    # null cohorts first: their calibration decides how every other number reads
+    plan = [(cohort_type, seed, True) for cohort_type in settings["cohorts"] for seed in settings["null_seeds"]]
+    plan += [(cohort_type, seed, False) for cohort_type in settings["cohorts"] for seed in settings["seeds"]]
     wanted = []
     for cohort_type, seed, null in plan:
         simulate = {"n": n, "snps": snps, "traits": 4, **COHORT_TYPES[cohort_type], "seed": seed}

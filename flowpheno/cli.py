@@ -298,6 +298,13 @@ def simulate(
     null: bool = typer.Option(False, "--null", help="no causal SNPs: a calibration cohort"),
     populations: int = typer.Option(3, "--populations", min=1, help="populations split from one ancestor"),
     chromosomes: int = typer.Option(5, "--chromosomes", min=1, help="chromosomes of 10 Mb"),
+    null_chromosomes: int = typer.Option(
+        0,
+        "--null-chromosomes",
+        min=0,
+        help="the last K chromosomes carry no causal and no polygenic SNP: null SNPs whose lambda GC "
+        "measures calibration (gwas evaluate --null-chromosomes)",
+    ),
     causal_variance: float = typer.Option(0.2, "--causal-variance", help="share of latent variance from causal SNPs"),
     generations: int = typer.Option(
         3,
@@ -316,6 +323,11 @@ def simulate(
     threads: int | None = _threads_option(),
 ) -> None:
     """Simulate a related, structured cohort with non-Gaussian pleiotropic traits and known truth."""
+    if null_chromosomes >= chromosomes:
+        raise OptionError(
+            f"--null-chromosomes {null_chromosomes}: give fewer than --chromosomes ({chromosomes}); "
+            "at least one chromosome must carry the effects"
+        )
     from flowpheno.io.atomic import StagedDirectory
     from flowpheno.simulate.cohort import SIMULATED_FILES, write_simulated_cohort
     from flowpheno.threads import thread_limits
@@ -334,6 +346,7 @@ def simulate(
                 seed=seed,
                 generations=generations,
                 family_size=family_size,
+                null_chromosomes=null_chromosomes,
             )
         staged.commit()
     console.print(
@@ -356,6 +369,16 @@ def _columns(text: str) -> list[int]:
     if repeated:
         raise FlowphenoError(f"--columns {text!r}: column {repeated[0]} is named twice; name each trait once")
     return columns
+
+
+def _null_chromosomes(text: str | None) -> list[str] | None:
+    """``--null-chromosomes 4,5`` as a list; None when not given."""
+    if text is None:
+        return None
+    names = [item.strip() for item in text.split(",") if item.strip()]
+    if not names:
+        raise OptionError(f"--null-chromosomes {text!r}: give comma-separated chromosome names, e.g. 4,5")
+    return names
 
 
 @gwas_app.command("prepare")
@@ -528,6 +551,12 @@ def gwas_evaluate(
         "--covar",
         help="the covariates given to gwas assoc --covar: individuals with a missing one are not counted in n",
     ),
+    null_chromosomes: str | None = typer.Option(
+        None,
+        "--null-chromosomes",
+        help="comma-separated chromosomes that carry no effect (simulate --null-chromosomes; structure.json "
+        "lists them): adds lambda GC over their SNPs alone, a calibration check free of polygenic signal",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out-dir if it holds an earlier evaluation"),
     threads: int | None = _threads_option(),
 ) -> None:
@@ -551,6 +580,7 @@ def gwas_evaluate(
         columns=_columns(columns) if columns is not None else None,
         test=test,
         covar=covar,
+        null_chromosomes=_null_chromosomes(null_chromosomes),
     )
     n = f", n {summary['n']}" if "n" in summary else ""
     console.print(
@@ -580,7 +610,12 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("synthetic")
 def bench_synthetic(
     out: Path = typer.Option(..., "--out", help="results directory (finished runs are kept: the command resumes)"),
-    shapes: str = typer.Option("abs,crescent,crescentcubed,sign,sinewave", "--shapes"),
+    shapes: str | None = typer.Option(
+        None,
+        "--shapes",
+        help="comma-separated, of abs,crescent,crescentcubed,sign,sinewave [default: all five; with --quick "
+        "crescent,sinewave]",
+    ),
     setting: str = typer.Option("blocks,kinship", "--setting", help="blocks, kinship or both"),
     methods: str | None = typer.Option(
         None,
@@ -589,7 +624,9 @@ def bench_synthetic(
         "baseline,grid,alternating,alternating_scaled (kinship)",
     ),
     seeds: int = typer.Option(10, "--seeds", min=1, help="seeds 0..N-1"),
-    quick: bool = typer.Option(False, "--quick", help="CI size: small n, few epochs, 1 seed, crescent and sinewave"),
+    quick: bool = typer.Option(
+        False, "--quick", help="CI size: small n, few epochs, 1 seed; crescent and sinewave unless --shapes"
+    ),
     jobs: int = typer.Option(
         1, "--jobs", min=1, help="parallel processes (each gets --threads / --jobs threads, at least 1)"
     ),
@@ -605,7 +642,11 @@ def bench_synthetic(
     from flowpheno.bench.run import run_synthetic
 
     chosen_settings = [s.strip() for s in setting.split(",") if s.strip()]
-    chosen_shapes = ["crescent", "sinewave"] if quick else [s.strip().lower() for s in shapes.split(",") if s.strip()]
+    if shapes is None:
+        shapes = "crescent,sinewave" if quick else "abs,crescent,crescentcubed,sign,sinewave"
+    chosen_shapes = [s.strip().lower() for s in shapes.split(",") if s.strip()]
+    if not chosen_shapes:
+        raise OptionError(f"--shapes {shapes!r}: name at least one of abs,crescent,crescentcubed,sign,sinewave")
     console.print(
         run_synthetic(
             out, chosen_settings, chosen_shapes, methods, seeds, quick, jobs, threads, _progress, protocol=protocol

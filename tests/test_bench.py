@@ -194,6 +194,11 @@ def test_bench_cli_full_sizes_do_not_reuse_quick_runs(tmp_path: Path, monkeypatc
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert {(r["method"], r["n_train"]) for r in runs} == {("baseline", 80)} and len(runs) == 2
     assert len(list((out / "runs").glob("*.json"))) == 14  # the quick runs were reused
+    # --quick keeps the shapes asked for (it used to replace them with crescent and sinewave silently)
+    sine = invoke(*common, "--quick", "--methods", "baseline", "--shapes", "sinewave")
+    assert sine.returncode == 0, sine
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [(r["shape"], r["method"], r["n_train"]) for r in runs] == [("sinewave", "baseline", 80)]
 
 
 def test_results_are_written_whole_with_command_and_versions(tmp_path: Path) -> None:
@@ -203,6 +208,10 @@ def test_results_are_written_whole_with_command_and_versions(tmp_path: Path) -> 
 
     command = command_line("flowpheno bench stocks", ["flowpheno", "bench", "stocks", "--quick", "--out", "x"], skip=3)
     assert command == "flowpheno bench stocks --quick --out x"
+    spaced = ["flowpheno", "bench", "stocks", "--out", "my runs", "--prices", "a;b.csv"]
+    assert command_line("flowpheno bench stocks", spaced, skip=3) == (
+        "flowpheno bench stocks --out 'my runs' --prices 'a;b.csv'"
+    )  # reruns as written in a shell
     written = write_results(
         tmp_path / "new",
         {"r.json": {"command": command, "versions": package_versions(), "x": np.float32(0.5)}, "r.md": "# table\n"},

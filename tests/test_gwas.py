@@ -143,8 +143,12 @@ def test_workflow_end_to_end(tmp_path: Path) -> None:
         summary = json.loads((out / "all" / method / "evaluation" / "summary.json").read_text())
         assert summary["snps_tested"] == 3000 and summary["causal_snps"] == 10
         # LOCO leaves the tested chromosome's polygenic background out of the GRM: in these families every SNP of a
-        # 10 Mb chromosome is linked to it, so lambda GC is above 1 (about 2.2-2.5 here; about 1.0 with the full GRM)
+        # 10 Mb chromosome is linked to it, so lambda GC is above 1 genome-wide; chromosome 2 carries no effect, and
+        # over its SNPs lambda GC (calibration alone) must be near 1 for every arm
         assert 0.8 < summary["lambda_gc"] < 3.5
+        assert summary["null_chromosomes"] == ["2"] and summary["null_snps"] == (bim[0] == "2").sum()
+        assert 0.85 < summary["lambda_gc_null_snps"] < 1.2, (method, summary["lambda_gc_null_snps"])
+        assert summary["loci_null_chromosomes"] == 0, method
         assert summary["true_loci"] + summary["false_loci"] == summary["loci"]
         for plot in ("manhattan.png", "qq.png"):
             assert (out / "all" / method / "evaluation" / plot).stat().st_size > 10_000

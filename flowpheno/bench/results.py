@@ -10,6 +10,7 @@ sees half a file). :func:`command_line` gives the command as it was typed, for b
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,9 +25,15 @@ __all__ = ["command_line", "package_versions", "script", "write_results"]
 def command_line(program: str, argv: list[str] | None = None, skip: int = 1) -> str:
     """``program`` followed by the arguments of ``argv`` (default ``sys.argv``) after the first
     ``skip`` (the program's own words): ``command_line("flowpheno bench stocks", skip=3)``,
-    ``command_line("python benchmarks/threads.py")``."""
+    ``command_line("python benchmarks/threads.py")``. Each argument is quoted for a POSIX shell
+    where it needs it, so the line reruns as written.
+
+    Example:
+        >>> command_line("flowpheno bench stocks", ["flowpheno", "bench", "stocks", "--out", "my runs"], skip=3)
+        "flowpheno bench stocks --out 'my runs'"
+    """
     arguments = (sys.argv if argv is None else argv)[skip:]
-    return " ".join([program, *arguments])
+    return " ".join([program, *map(shlex.quote, map(str, arguments))])
 
 
 def write_results(

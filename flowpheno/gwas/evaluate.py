@@ -204,6 +204,7 @@ def summarise(
     d: int | None = None,
     spans: pd.DataFrame | None = None,
     near_kb: float | None = None,
+    null_chromosomes: list[str] | None = None,
 ) -> tuple[dict[str, object], pd.Series | None]:
     """Loci found, true and false loci, power, false discovery proportion and lambda GC
     (:func:`calibration`); with the per-locus true/false flags when the truth is known.
@@ -212,8 +213,20 @@ def summarise(
     windows cover is recorded (``truth_window_genome_share``); with ``near_kb`` the false
     loci within that distance of a causal SNP (secondary clumps of a true signal) are
     counted as ``false_loci_near``.
+
+    With ``null_chromosomes`` (chromosomes known to carry no effect, e.g. ``flowpheno simulate
+    --null-chromosomes``): ``lambda_gc_null_snps``, lambda GC over their SNPs alone on the same
+    scale (calibration without polygenic signal), ``null_snps`` (how many P values it read) and
+    ``loci_null_chromosomes``, the loci found there (all false by construction).
     """
     summary: dict[str, object] = {"loci": int(len(loci)), **calibration(assoc, test, d)}
+    if null_chromosomes:
+        wanted = set(same_chromosome_names(pd.Series(null_chromosomes)))
+        on_null = same_chromosome_names(assoc["CHR"]).isin(wanted).to_numpy()
+        summary["null_chromosomes"] = sorted(wanted)
+        summary["null_snps"] = int(assoc.loc[on_null, "P"].notna().sum())
+        summary["lambda_gc_null_snps"] = calibration(assoc[on_null], test, d)["lambda_gc"] if on_null.any() else None
+        summary["loci_null_chromosomes"] = int(same_chromosome_names(loci["CHR"]).isin(wanted).sum())
     if truth is None:
         return summary, None
     is_true, found = match_truth(loci, truth, window_kb)

@@ -13,7 +13,14 @@ import pandas as pd
 from flowpheno.errors import FlowphenoError
 from flowpheno.gwas.baseline import rint_table
 from flowpheno.gwas.clump import clump
-from flowpheno.gwas.evaluate import TESTS, TRUTH_WINDOW_KB, genome_spans, genome_wide_threshold, summarise
+from flowpheno.gwas.evaluate import (
+    TESTS,
+    TRUTH_WINDOW_KB,
+    genome_spans,
+    genome_wide_threshold,
+    same_chromosome_names,
+    summarise,
+)
 from flowpheno.gwas.gemma import (
     MIN_PHENOTYPED,
     check_covariate_design,
@@ -295,6 +302,7 @@ def evaluate_method(
     columns: list[int] | None = None,
     test: str | None = None,
     covar: str | Path | None = None,
+    null_chromosomes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Clump, count (true/false) loci, lambda GC, Manhattan and QQ plots for one method.
 
@@ -305,7 +313,8 @@ def evaluate_method(
     recorded. ``summary.json`` says which (``lambda_gc_df``, ``lambda_gc_scale``). With a
     truth file, the share of the genome the truth windows cover (chromosome spans of the
     ``.bim``) is recorded beside the counts, and false loci within ``kb`` of a causal SNP
-    are counted as ``false_loci_near``.
+    are counted as ``false_loci_near``. ``null_chromosomes`` (chromosomes that carry no effect)
+    adds lambda GC over their SNPs alone and the loci found there (:func:`summarise`).
 
     ``out_dir`` is written as a whole (:class:`~flowpheno.io.atomic.StagedDirectory`): it
     must be new, empty or (with ``overwrite``) an earlier evaluation; the inputs are
@@ -339,6 +348,14 @@ def evaluate_method(
     with staged:
         assoc = read_assoc(assoc_path)
         truth = read_truth(truth_path) if truth_path else None
+        if null_chromosomes:
+            present = set(same_chromosome_names(assoc["CHR"]))
+            absent = [name for name in null_chromosomes if same_chromosome_names(pd.Series([name]))[0] not in present]
+            if absent:
+                raise FlowphenoError(
+                    f"{assoc_path}: no SNP on chromosome {absent[0]} of --null-chromosomes; name chromosomes "
+                    "of the association table (its CHR column)"
+                )
         counted: dict[str, Any] = {}
         if test is not None:
             _check_test_matches(assoc, assoc_path, test, columns)
@@ -362,7 +379,15 @@ def evaluate_method(
         p1 = genome_wide_threshold(threshold, int(assoc["P"].notna().sum()), alpha)
         loci = clump(bfile, assoc, p1, r2=r2, kb=kb, log=tmp / "clump.log")
         counts, is_true = summarise(
-            loci, assoc, truth, window_kb, test=test, d=len(columns) if columns else None, spans=spans, near_kb=kb
+            loci,
+            assoc,
+            truth,
+            window_kb,
+            test=test,
+            d=len(columns) if columns else None,
+            spans=spans,
+            near_kb=kb,
+            null_chromosomes=null_chromosomes,
         )
         summary: dict[str, Any] = {
             "method": name,
@@ -438,8 +463,13 @@ def _lambda_cell(summary: dict[str, Any]) -> str:
     per_trait = bool(summary.get("n_per_trait") or summary.get("lambda_gc_per_trait"))
     df = summary.get("lambda_gc_df")
     if df is None or (summary.get("test") is None and not per_trait):  # the test was not recorded: P read as 1 df
-        return f"{text} (1 df?)"
-    return f"{text} ({df} df{', per trait' if per_trait else ''})"
+        text = f"{text} (1 df?)"
+    else:
+        text = f"{text} ({df} df{', per trait' if per_trait else ''})"
+    null = summary.get("lambda_gc_null_snps")
+    if isinstance(null, (int, float)):
+        text += f"; null chromosomes {null:.3f}"
+    return text
 
 
 def _fit_cell(evaluation_dir: Path) -> str:
@@ -584,7 +614,9 @@ def write_report(
         "over that distribution's median: for an mvLMM over d traits a chi-square with d df (written `d df`); for "
         "`single` the mean of the per-trait univariate tests' 1-df lambdas (its min p x d combination has no "
         "chi-square null of its own and is conservative by construction). `1 df?`: the test was not recorded and P was "
-        "read as 1 df, which exaggerates any deviation of a d-df test from 1.",
+        "read as 1 df, which exaggerates any deviation of a d-df test from 1. `null chromosomes`: the same lambda "
+        "over the SNPs of chromosomes that carry no effect (gwas evaluate --null-chromosomes), where it measures "
+        "calibration alone; genome-wide it also grows with true polygenic signal, above all with LOCO.",
         "",
         "[2] fit: the flow's s2 (share of latent variance explained by kinship; `iid`: none) and the kept epoch "
         "(lowest validation NLL) of all epochs run, from `run/fit.json` beside the evaluation folder.",

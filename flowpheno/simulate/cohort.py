@@ -63,6 +63,7 @@ def write_simulated_cohort(
     seed: int = 1,
     generations: int = 3,
     family_size: int = 2,
+    null_chromosomes: int = 0,
 ) -> dict[str, Any]:
     """Simulate (see :mod:`flowpheno.simulate`) and write ``cohort.*``, ``pheno.tsv``,
     ``oracle.tsv`` (the traits of ``pheno.tsv`` mapped back by the simulator's own inverse:
@@ -72,7 +73,8 @@ def write_simulated_cohort(
     ``generations`` and ``family_size`` shape the pedigrees (:func:`~flowpheno.simulate.genotypes._family_pedigree`).
     ``n`` is approximate (whole families); ``snps`` SNPs on ``chromosomes`` chromosomes;
     ``causal_variance`` is the share of each latent trait's variance the ``causal`` SNPs
-    explain. Returns the content of ``structure.json``.
+    explain; the last ``null_chromosomes`` chromosomes carry no effect at all (null SNPs for
+    calibration; structure.json lists them). Returns the content of ``structure.json``.
 
     Raises:
         FlowphenoError, ValueError: as :func:`~flowpheno.simulate.genotypes.simulate_genotypes`
@@ -89,7 +91,12 @@ def write_simulated_cohort(
         family_size=family_size,
     )
     phenotypes = simulate_phenotypes(
-        genotypes, traits=traits, causal=causal, causal_variance=causal_variance if causal else 0.0, seed=seed + 1000
+        genotypes,
+        traits=traits,
+        causal=causal,
+        causal_variance=causal_variance if causal else 0.0,
+        seed=seed + 1000,
+        null_chromosomes=null_chromosomes,
     )
     out.mkdir(parents=True, exist_ok=True)
     write_plink(out / "cohort", genotypes.dosage, genotypes.fam, genotypes.bim)
@@ -108,6 +115,7 @@ def write_simulated_cohort(
         "individuals": int(len(genotypes.fam)),
         "snps": int(genotypes.dosage.shape[1]),
         "chromosomes": chromosomes,
+        "null_chromosomes": list(phenotypes.null_chromosomes),
         "populations": {f"pop{p}": int((genotypes.population == p).sum()) for p in sorted(set(genotypes.population))},
         "families": int(len(set(genotypes.family))),
         "family_design": family_design(generations, family_size),

@@ -35,6 +35,8 @@ class SimulatedPhenotypes:
     """FID, IID and the traits of ``pheno`` mapped back to the latent scale by the simulator's
     own inverse (:func:`oracle_latent`); NaN where the observed trait, or the trait its
     map is coupled to, is missing."""
+    null_chromosomes: tuple[str, ...] = ()
+    """The chromosomes (``.bim`` names) that carry no causal and no polygenic SNP."""
 
 
 def nonlinear_map(latent: np.ndarray) -> np.ndarray:
@@ -133,6 +135,7 @@ def simulate_phenotypes(
     population_variance: float = 0.05,
     missing_rate: float = 0.01,
     seed: int = 1,
+    null_chromosomes: int = 0,
 ) -> SimulatedPhenotypes:
     """Phenotypes for the individuals of ``genotypes`` (see module docstring).
 
@@ -140,21 +143,38 @@ def simulate_phenotypes(
     between populations) are shares of each latent trait's variance; each causal SNP
     acts on one trait, and on each other trait with probability ``pleiotropy``.
     ``polygenic_snps`` standardised SNPs carry the polygenic background; ``missing_rate``
-    is the share of trait values set missing at random.
+    is the share of trait values set missing at random. The last ``null_chromosomes``
+    chromosomes carry no causal and no polygenic SNP: their SNPs are null SNPs, associated
+    with no trait except through population structure and relatedness, so the lambda GC of
+    an association test over them measures calibration alone (with a polygenic background,
+    every SNP linked to a polygenic SNP is truly associated, and a genome-wide lambda GC
+    mixes calibration with polygenic signal; Loh et al. 2015, Nat Genet 47:284, BOLT-LMM,
+    scored calibration on such null chromosomes).
 
     Raises:
-        FlowphenoError: no more SNPs than ``causal``.
+        FlowphenoError: no more SNPs than ``causal`` outside the null chromosomes, or
+            ``null_chromosomes`` leaves no chromosome for the effects.
         ValueError: the variance shares sum to 1 or more (no room for noise).
     """
     rng = np.random.default_rng(seed)
     n, m = genotypes.dosage.shape
     standardised = _standardise(genotypes.dosage.astype(np.float64))
-    if m <= causal:
+    chromosomes = list(dict.fromkeys(genotypes.bim["chrom"]))  # in file order
+    if not 0 <= null_chromosomes < len(chromosomes):
         raise FlowphenoError(
-            f"{m} SNPs simulated for {causal} causal SNPs; ask for more SNPs (--snps) or fewer causal ones (--causal)"
+            f"null_chromosomes={null_chromosomes}: give 0 to {len(chromosomes) - 1} for {len(chromosomes)} "
+            "chromosomes (at least one must carry the effects)"
         )
-    polygenic_snps = min(polygenic_snps, m - causal)  # small test cohorts: the background uses every other SNP
-    chosen = rng.choice(m, size=causal + polygenic_snps, replace=False)
+    effect_free = chromosomes[len(chromosomes) - null_chromosomes :]
+    eligible = np.flatnonzero(~genotypes.bim["chrom"].isin(effect_free).to_numpy())
+    if len(eligible) <= causal:
+        raise FlowphenoError(
+            f"{len(eligible)} SNPs simulated outside the null chromosomes for {causal} causal SNPs; ask for more "
+            "SNPs (--snps), fewer causal ones (--causal) or fewer null chromosomes (--null-chromosomes)"
+        )
+    # small test cohorts: the background uses every other SNP
+    polygenic_snps = min(polygenic_snps, len(eligible) - causal)
+    chosen = eligible[rng.choice(len(eligible), size=causal + polygenic_snps, replace=False)]
     causal_snps, polygenic = chosen[:causal], chosen[causal:]
 
     genetic_correlation = np.full((traits, traits), 0.4) + 0.6 * np.eye(traits)
@@ -199,4 +219,4 @@ def simulate_phenotypes(
         [bim[["snp", "chrom", "pos"]], pd.DataFrame(effects, columns=[f"effect_{t}" for t in names])], axis=1
     )
     oracle_table = pd.concat([ids, pd.DataFrame(oracle, columns=names)], axis=1)
-    return SimulatedPhenotypes(pheno, covar, truth, latent, oracle_table)
+    return SimulatedPhenotypes(pheno, covar, truth, latent, oracle_table, tuple(effect_free))

@@ -147,6 +147,14 @@ COVAR_ARG = ["--covar", COHORT["covar"]] if COHORT["covar"] else []
 COVAR_INPUT = [COHORT["covar"]] if COHORT["covar"] else []
 TRUTH_INPUT = [COHORT["truth"]] if COHORT["truth"] else []
 TRUTH_ARG = ["--truth", COHORT["truth"]] if COHORT["truth"] else []
+# A simulated cohort's last simulate.null_chromosomes chromosomes (named 1..chromosomes) carry no effect: lambda GC
+# over their SNPs measures calibration alone (flowpheno gwas evaluate --null-chromosomes).
+NULL_CHROMOSOMES = (
+    [str(c) for c in range(SIMULATE.get("chromosomes", 5) - SIMULATE["null_chromosomes"] + 1,
+                           SIMULATE.get("chromosomes", 5) + 1)]
+    if SIMULATE and SIMULATE.get("null_chromosomes") else []
+)
+NULL_CHROMOSOMES_ARG = ["--null-chromosomes", ",".join(NULL_CHROMOSOMES)] if NULL_CHROMOSOMES else []
 GEMMA_COVAR_ARG = COVAR_ARG if GWAS["gemma_covariates"] else []
 
 

@@ -19,6 +19,7 @@ rule evaluate:
         out_dir=output_folder,
         name="{method}:{group}",
         truth=TRUTH_ARG,
+        null_chromosomes=NULL_CHROMOSOMES_ARG,
         tested=tested,
         options=EVALUATE_ARGS,
     log:
@@ -30,5 +31,6 @@ rule evaluate:
         "../envs/flowpheno.yaml"
     shell:
         "flowpheno gwas evaluate --bfile {params.bfile:q} --assoc {input.assoc:q} "
-        "--out-dir {params.out_dir:q} --name {params.name:q} {params.truth:q} {params.tested:q} "
+        "--out-dir {params.out_dir:q} --name {params.name:q} {params.truth:q} {params.null_chromosomes:q} "
+        "{params.tested:q} "
         "{params.options:q} --threads {threads} --overwrite > {log:q} 2>&1"
