@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from flowpheno.gwas.evaluate import lambda_gc  # noqa: E402
+from flowpheno.gwas.evaluate import lambda_gc, same_chromosome_names  # noqa: E402
 
 _NAMED_CHROMOSOMES = {"X": 23, "Y": 24, "XY": 25, "MT": 26, "M": 26}
 
@@ -84,17 +84,31 @@ def qq(assoc: pd.DataFrame, title: str, calibration: dict | None = None) -> Figu
 
     ``calibration``: the evaluation's ``lambda_gc`` and ``lambda_gc_df`` (each test's own scale,
     :func:`~flowpheno.gwas.evaluate.calibration`), shown as they are in ``summary.json``; without
-    it, P is read as a 1-df chi-square test (:func:`~flowpheno.gwas.evaluate.lambda_gc`).
+    it, P is read as a 1-df chi-square test (:func:`~flowpheno.gwas.evaluate.lambda_gc`). When it
+    holds ``null_chromosomes`` and ``lambda_gc_null_snps`` (:func:`~flowpheno.gwas.evaluate.summarise`),
+    the SNPs of those chromosomes (which carry no effect) are drawn as a second series with their
+    own lambda GC in the legend.
     """
-    p = np.sort(assoc["P"].dropna().clip(lower=1e-300).to_numpy())
-    expected = -np.log10((np.arange(1, p.size + 1) - 0.5) / p.size)
     figure, axis = plt.subplots(figsize=(3.6, 3.6))
-    axis.scatter(expected, -np.log10(p), s=3, rasterized=True)
-    limit = max(expected.max(), 1)
+    null = (calibration or {}).get("null_chromosomes")
+    series = [("all SNPs", assoc["P"])]
+    if null and isinstance((calibration or {}).get("lambda_gc_null_snps"), (int, float)):
+        on_null = same_chromosome_names(assoc["CHR"]).isin(set(null)).to_numpy()
+        label = f"null chromosomes (lambda GC {calibration['lambda_gc_null_snps']:.3f})"
+        series.append((label, assoc.loc[on_null, "P"]))
+    limit = 1.0
+    for label, values in series:
+        p = np.sort(values.dropna().clip(lower=1e-300).to_numpy())
+        expected = -np.log10((np.arange(1, p.size + 1) - 0.5) / p.size)
+        axis.scatter(expected, -np.log10(p), s=3, rasterized=True, label=label)
+        limit = max(limit, expected.max(initial=1.0))
     axis.plot([0, limit], [0, limit], color="#c44e52", lw=0.8)
+    if len(series) > 1:
+        axis.legend(fontsize=6, loc="upper left", markerscale=3)
     axis.set_xlabel("expected -log10 p")
     axis.set_ylabel("observed -log10 p")
-    value, df = (calibration["lambda_gc"], calibration.get("lambda_gc_df", 1)) if calibration else (lambda_gc(p), 1)
+    all_p = assoc["P"].dropna().clip(lower=1e-300).to_numpy()
+    value, df = (calibration["lambda_gc"], calibration.get("lambda_gc_df", 1)) if calibration else (lambda_gc(all_p), 1)
     axis.set_title(f"{title}\nlambda GC = {value:.3f} ({df} df)", fontsize=9)
     figure.tight_layout()
     return figure
