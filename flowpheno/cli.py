@@ -349,10 +349,11 @@ def simulate(
                 null_chromosomes=null_chromosomes,
             )
         staged.commit()
+    null = f"; chromosomes {','.join(structure['null_chromosomes'])} carry no effect" if null_chromosomes else ""
     console.print(
         f"wrote {out}: {structure['individuals']} individuals in {structure['families']} families, "
         f"{structure['snps']} SNPs, {structure['causal_snps']} causal, "
-        f"{structure['share_pairs_kinship_ge_0.1']:.1%} of pairs with kinship >= 0.1"
+        f"{structure['share_pairs_kinship_ge_0.1']:.1%} of pairs with kinship >= 0.1{null}"
     )
 
 
@@ -583,8 +584,14 @@ def gwas_evaluate(
         null_chromosomes=_null_chromosomes(null_chromosomes),
     )
     n = f", n {summary['n']}" if "n" in summary else ""
+    null = (
+        f"; over null chromosomes {','.join(summary['null_chromosomes'])}: {summary['lambda_gc_null_snps']:.3f} "
+        f"({summary['null_snps']} SNPs, {summary['loci_null_chromosomes']} loci)"
+        if "lambda_gc_null_snps" in summary
+        else ""
+    )
     console.print(
-        f"{name}: {summary['loci']} loci, lambda GC {summary['lambda_gc']:.3f} ({summary['lambda_gc_df']} df){n}"
+        f"{name}: {summary['loci']} loci, lambda GC {summary['lambda_gc']:.3f} ({summary['lambda_gc_df']} df){n}{null}"
     )
 
 

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 from conftest import invoke
 
+from flowpheno.errors import FlowphenoError
 from flowpheno.gwas.evaluate import lambda_gc, summarise
+from flowpheno.gwas.steps import check_null_chromosomes
 from flowpheno.simulate.genotypes import simulate_genotypes
 from flowpheno.simulate.phenotypes import simulate_phenotypes
 
@@ -71,7 +73,9 @@ def test_summarise_lambda_over_null_chromosomes_on_each_scale() -> None:
     mv, _ = summarise(loci, assoc.assign(P=p[:, 0]), None, test="mvlmm", d=4, null_chromosomes=["3"])
     assert mv["lambda_gc_null_snps"] == pytest.approx(lambda_gc(p[on_null, 0], 4), rel=1e-12)
     assert mv["lambda_gc"] > 1.3 and abs(mv["lambda_gc_null_snps"] - 1) < 0.1
-    assert mv["null_snps"] == 2000 and mv["loci_null_chromosomes"] == 2 and mv["null_chromosomes"] == ["3"]
+    assert (
+        mv["null_snps"] == 2000 and mv["loci_null_chromosomes"] == 2 and mv["null_chromosomes"] == ["chr3"]
+    )  # as the table names it
 
     per_trait = assoc.assign(P=p.min(axis=1), P_1=p[:, 0], P_2=p[:, 1], P_3=p[:, 2])
     single, _ = summarise(loci, per_trait, None, test="per-trait", null_chromosomes=["chr3"])
@@ -106,3 +110,26 @@ def test_evaluate_reports_null_chromosomes_and_refuses_an_absent_one(tmp_path: P
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused
     assert f"{assoc}: no SNP on chromosome 7 of --null-chromosomes" in refused.stderr
     assert not (tmp_path / "ev7").exists()
+
+
+def test_null_chromosomes_are_checked_against_the_table_and_the_truth() -> None:
+    """Named as the table names them; refused when absent, untested (every P NA), all of the
+    table, or holding a causal SNP of the truth; a warning when too few SNPs are tested there."""
+    chrom = np.repeat(["chr1", "chr2", "chr3"], 200)
+    assoc = pd.DataFrame({"CHR": chrom, "P": np.linspace(0.001, 1, len(chrom))})
+    assert check_null_chromosomes(["3", "chr3", "CHR3"], assoc, "a.tsv") == ["chr3"]
+    assert check_null_chromosomes(["chr2", "3"], assoc, "a.tsv") == ["chr2", "chr3"]  # the table's order
+    with pytest.raises(FlowphenoError, match=r"^a.tsv: no SNP on chromosome 7 of --null-chromosomes"):
+        check_null_chromosomes(["3", "7"], assoc, "a.tsv")
+    with pytest.raises(FlowphenoError, match=r"^--null-chromosomes names every chromosome"):
+        check_null_chromosomes(["1", "2", "3"], assoc, "a.tsv")
+    untested = assoc.assign(P=np.where(chrom == "chr3", np.nan, assoc["P"]))
+    with pytest.raises(FlowphenoError, match=r"^a.tsv: chromosome 3 of --null-chromosomes has no tested SNP"):
+        check_null_chromosomes(["3"], untested, "a.tsv")
+    truth = pd.DataFrame({"snp": ["rs1", "rs9"], "chrom": ["1", "3"], "pos": [10, 20]})
+    with pytest.raises(FlowphenoError, match=r"^truth.tsv: causal SNP rs9 is on chromosome 3, named by"):
+        check_null_chromosomes(["2", "3"], assoc, "a.tsv", truth, "truth.tsv")
+    assert check_null_chromosomes(["2"], assoc, "a.tsv", truth, "truth.tsv") == ["chr2"]
+    few = assoc[(chrom != "chr3") | (np.arange(len(chrom)) % 10 == 0)]
+    with pytest.warns(UserWarning, match=r"only 20 tested SNPs on those chromosomes"):
+        check_null_chromosomes(["3"], few, "a.tsv")

@@ -232,6 +232,10 @@ def test_default_configuration_is_the_example(tmp_path: Path) -> None:
             lambda config: config.update(fit={"device": "gpu"}),
             "error: config fit.device: must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'",
         ),
+        (
+            lambda config: config.update(simulate={"chromosomes": 3, "null_chromosomes": 3}),
+            "error: config simulate.null_chromosomes: must be 0 to 2 (fewer than simulate.chromosomes, 3), got 3",
+        ),
     ],
 )
 @pytest.mark.slow

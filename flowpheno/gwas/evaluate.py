@@ -221,9 +221,9 @@ def summarise(
     """
     summary: dict[str, object] = {"loci": int(len(loci)), **calibration(assoc, test, d)}
     if null_chromosomes:
-        wanted = set(same_chromosome_names(pd.Series(null_chromosomes)))
+        wanted = set(same_chromosome_names(pd.Series(null_chromosomes, dtype=str)))
         on_null = same_chromosome_names(assoc["CHR"]).isin(wanted).to_numpy()
-        summary["null_chromosomes"] = sorted(wanted)
+        summary["null_chromosomes"] = list(dict.fromkeys(assoc.loc[on_null, "CHR"].astype(str)))  # the table's names
         summary["null_snps"] = int(assoc.loc[on_null, "P"].notna().sum())
         summary["lambda_gc_null_snps"] = calibration(assoc[on_null], test, d)["lambda_gc"] if on_null.any() else None
         summary["loci_null_chromosomes"] = int(same_chromosome_names(loci["CHR"]).isin(wanted).sum())

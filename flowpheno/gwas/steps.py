@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flowpheno.errors import FlowphenoError
+from flowpheno.errors import FlowphenoError, warn
 from flowpheno.gwas.baseline import rint_table
 from flowpheno.gwas.clump import clump
 from flowpheno.gwas.evaluate import (
@@ -286,6 +286,65 @@ def _check_test_matches(
         )
 
 
+MIN_NULL_SNPS = 100
+"""Fewer tested SNPs than this on the null chromosomes give a lambda GC too noisy to read: a warning."""
+
+
+def check_null_chromosomes(
+    names: list[str],
+    assoc: pd.DataFrame,
+    assoc_path: str | Path,
+    truth: pd.DataFrame | None = None,
+    truth_path: str | Path | None = None,
+) -> list[str]:
+    """The chromosomes of ``--null-chromosomes`` as the association table names them (``chr3``
+    and ``3`` alike; each once, in the table's order), checked: each has a tested SNP (a P
+    value), at least one chromosome of the table is left out, and none holds a causal SNP of
+    ``truth``. Warns when they hold fewer than :data:`MIN_NULL_SNPS` tested SNPs.
+
+    Raises:
+        FlowphenoError: a chromosome absent from the table or without a P value, every chromosome
+            named, or a named chromosome holding a causal SNP.
+    """
+    wanted = dict.fromkeys(same_chromosome_names(pd.Series(names, dtype=str)))
+    table_names = assoc["CHR"].astype(str)
+    normalised = same_chromosome_names(table_names)
+    tested = normalised[assoc["P"].notna()]
+    for given in names:
+        name = same_chromosome_names(pd.Series([given], dtype=str)).iloc[0]
+        if name not in set(normalised):
+            raise FlowphenoError(
+                f"{assoc_path}: no SNP on chromosome {given} of --null-chromosomes; name chromosomes "
+                "of the association table (its CHR column)"
+            )
+        if name not in set(tested):
+            raise FlowphenoError(
+                f"{assoc_path}: chromosome {given} of --null-chromosomes has no tested SNP (every P is NA); "
+                "name chromosomes with association results"
+            )
+    if set(normalised) <= set(wanted):
+        raise FlowphenoError(
+            "--null-chromosomes names every chromosome of the association table; name only chromosomes known "
+            "to carry no effect, and leave the others out"
+        )
+    if truth is not None:
+        causal = truth[same_chromosome_names(truth["chrom"]).isin(set(wanted)).to_numpy()]
+        if len(causal):
+            first = causal.iloc[0]
+            raise FlowphenoError(
+                f"{truth_path}: causal SNP {first.get('snp', '?')} is on chromosome {first['chrom']}, named by "
+                f"--null-chromosomes ({len(causal)} causal SNP(s) there); null chromosomes must carry no effect: "
+                "leave that chromosome out"
+            )
+    count = int(tested.isin(set(wanted)).sum())
+    if count < MIN_NULL_SNPS:
+        warn(
+            f"--null-chromosomes: only {count} tested SNPs on those chromosomes; their lambda GC is too noisy "
+            "to judge calibration"
+        )
+    return list(dict.fromkeys(table_names[normalised.isin(set(wanted)).to_numpy()]))
+
+
 def evaluate_method(
     bfile: str | Path,
     assoc_path: str | Path,
@@ -349,13 +408,7 @@ def evaluate_method(
         assoc = read_assoc(assoc_path)
         truth = read_truth(truth_path) if truth_path else None
         if null_chromosomes:
-            present = set(same_chromosome_names(assoc["CHR"]))
-            absent = [name for name in null_chromosomes if same_chromosome_names(pd.Series([name]))[0] not in present]
-            if absent:
-                raise FlowphenoError(
-                    f"{assoc_path}: no SNP on chromosome {absent[0]} of --null-chromosomes; name chromosomes "
-                    "of the association table (its CHR column)"
-                )
+            null_chromosomes = check_null_chromosomes(null_chromosomes, assoc, assoc_path, truth, truth_path)
         counted: dict[str, Any] = {}
         if test is not None:
             _check_test_matches(assoc, assoc_path, test, columns)
@@ -468,7 +521,9 @@ def _lambda_cell(summary: dict[str, Any]) -> str:
         text = f"{text} ({df} df{', per trait' if per_trait else ''})"
     null = summary.get("lambda_gc_null_snps")
     if isinstance(null, (int, float)):
-        text += f"; null chromosomes {null:.3f}"
+        names = ",".join(map(str, summary.get("null_chromosomes") or []))
+        snps = summary.get("null_snps")
+        text += f"; null chromosomes {names}: {null:.3f}" + (f" ({snps} SNPs)" if isinstance(snps, int) else "")
     return text
 
 

@@ -149,6 +149,9 @@ TRUTH_INPUT = [COHORT["truth"]] if COHORT["truth"] else []
 TRUTH_ARG = ["--truth", COHORT["truth"]] if COHORT["truth"] else []
 # A simulated cohort's last simulate.null_chromosomes chromosomes (named 1..chromosomes) carry no effect: lambda GC
 # over their SNPs measures calibration alone (flowpheno gwas evaluate --null-chromosomes).
+if SIMULATE and not 0 <= SIMULATE.get("null_chromosomes", 0) < SIMULATE.get("chromosomes", 5):
+    stop(f"simulate.null_chromosomes: must be 0 to {SIMULATE.get('chromosomes', 5) - 1} (fewer than "
+         f"simulate.chromosomes, {SIMULATE.get('chromosomes', 5)}), got {SIMULATE['null_chromosomes']}")
 NULL_CHROMOSOMES = (
     [str(c) for c in range(SIMULATE.get("chromosomes", 5) - SIMULATE["null_chromosomes"] + 1,
                            SIMULATE.get("chromosomes", 5) + 1)]
