@@ -72,6 +72,7 @@ ROW_KEYS = (
     "causal_snps",
     "snps_tested",
     "lambda_gc_null_snps",
+    "lambda_gc_null_per_chromosome",
     "null_snps",
     "loci_null_chromosomes",
 )
@@ -281,10 +282,11 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
         if not null.empty:
             lines += [
                 "",
-                f"### Null cohorts ({null['seed'].nunique()} seed(s), no causal SNP: every locus is false)",
+                f"### Null cohorts ({null['seed'].nunique()} seed(s)): no causal SNP, the polygenic background stays",
                 "",
-                "| arm | loci (all false) | lambda GC | lambda GC per seed | lambda GC, null chr. [2] | per seed |",
-                "|---|---|---|---|---|---|",
+                "| arm | loci | loci on null chr. (false) | lambda GC | per seed | lambda GC, null chr. [2] | "
+                "per seed |",
+                "|---|---|---|---|---|---|---|",
             ]
             summary["null"][cohort_type] = {}
             for arm in arms:
@@ -294,11 +296,13 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
                 per_seed = ", ".join(f"{value:.3f}" for value in of_arm["lambda_gc"].astype(float))
                 null_per_seed = ", ".join(_float(value) for value in of_arm["lambda_gc_null_snps"])
                 lines.append(
-                    f"| {arm} | {mean_se(of_arm['loci'])} | {mean_se(of_arm['lambda_gc'])} | {per_seed} | "
-                    f"{mean_se(of_arm['lambda_gc_null_snps'])} | {null_per_seed} |"
+                    f"| {arm} | {mean_se(of_arm['loci'])} | {mean_se(of_arm['loci_null_chromosomes'])} | "
+                    f"{mean_se(of_arm['lambda_gc'])} | {per_seed} | {mean_se(of_arm['lambda_gc_null_snps'])} | "
+                    f"{null_per_seed} |"
                 )
                 summary["null"][cohort_type][arm] = {
                     "loci": float(of_arm["loci"].mean()),
+                    "loci_null_chromosomes": _mean(of_arm["loci_null_chromosomes"]),
                     "lambda_gc": float(of_arm["lambda_gc"].mean()),
                     "lambda_gc_null_snps": _mean(of_arm["lambda_gc_null_snps"]),
                 }

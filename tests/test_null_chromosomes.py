@@ -73,6 +73,7 @@ def test_summarise_lambda_over_null_chromosomes_on_each_scale() -> None:
     mv, _ = summarise(loci, assoc.assign(P=p[:, 0]), None, test="mvlmm", d=4, null_chromosomes=["3"])
     assert mv["lambda_gc_null_snps"] == pytest.approx(lambda_gc(p[on_null, 0], 4), rel=1e-12)
     assert mv["lambda_gc"] > 1.3 and abs(mv["lambda_gc_null_snps"] - 1) < 0.1
+    assert mv["lambda_gc_null_per_chromosome"] == {"chr3": pytest.approx(mv["lambda_gc_null_snps"], rel=1e-12)}
     assert (
         mv["null_snps"] == 2000 and mv["loci_null_chromosomes"] == 2 and mv["null_chromosomes"] == ["chr3"]
     )  # as the table names it

@@ -216,8 +216,10 @@ def summarise(
 
     With ``null_chromosomes`` (chromosomes known to carry no effect, e.g. ``flowpheno simulate
     --null-chromosomes``): ``lambda_gc_null_snps``, lambda GC over their SNPs alone on the same
-    scale (calibration without polygenic signal), ``null_snps`` (how many P values it read) and
-    ``loci_null_chromosomes``, the loci found there (all false by construction).
+    scale (calibration without polygenic signal), ``lambda_gc_null_per_chromosome`` (the same per
+    chromosome: their spread shows how noisy the pooled value is where LD is long, as in families),
+    ``null_snps`` (how many P values it read) and ``loci_null_chromosomes``, the loci found there
+    (all false by construction).
     """
     summary: dict[str, object] = {"loci": int(len(loci)), **calibration(assoc, test, d)}
     if null_chromosomes:
@@ -226,6 +228,12 @@ def summarise(
         summary["null_chromosomes"] = list(dict.fromkeys(assoc.loc[on_null, "CHR"].astype(str)))  # the table's names
         summary["null_snps"] = int(assoc.loc[on_null, "P"].notna().sum())
         summary["lambda_gc_null_snps"] = calibration(assoc[on_null], test, d)["lambda_gc"] if on_null.any() else None
+        # per chromosome: in related samples LD spans whole chromosomes, and the spread between these is the honest
+        # measure of how noisy the pooled value is
+        summary["lambda_gc_null_per_chromosome"] = {
+            str(name): calibration(part, test, d)["lambda_gc"]
+            for name, part in assoc[on_null].groupby(assoc.loc[on_null, "CHR"].astype(str), sort=False)
+        }
         summary["loci_null_chromosomes"] = int(same_chromosome_names(loci["CHR"]).isin(wanted).sum())
     if truth is None:
         return summary, None
