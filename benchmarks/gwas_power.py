@@ -137,13 +137,18 @@ def run_cohort(
     return rows, seconds
 
 
-def mean_se(values: pd.Series) -> str:
+DECIMALS = {"n": 0, "power": 2, "fdp": 2, "lambda_gc": 3, "lambda_gc_null_snps": 3}
+"""Decimals shown per column (counts of loci: 1)."""
+
+
+def mean_se(values: pd.Series, decimals: int = 1) -> str:
+    """Mean +- standard error over seeds, with ``decimals`` decimals (the mean alone for one seed)."""
     values = values.dropna().astype(float)
     if values.empty:
         return "-"
     if len(values) == 1:
-        return f"{values.iloc[0]:.3g}"
-    return f"{values.mean():.3g} +- {values.std(ddof=1) / np.sqrt(len(values)):.2g}"
+        return f"{values.iloc[0]:.{decimals}f}"
+    return f"{values.mean():.{decimals}f} +- {values.std(ddof=1) / np.sqrt(len(values)):.{max(decimals, 1)}f}"
 
 
 def paired(alternative: pd.DataFrame, first: str, second: str, metric: str) -> dict[str, Any] | None:
@@ -209,7 +214,7 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
                 if of_arm.empty:
                     continue
                 cells = [
-                    mean_se(of_arm[key])
+                    mean_se(of_arm[key], DECIMALS.get(key, 1))
                     for key in (
                         "n",
                         "loci",
@@ -297,7 +302,7 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
                 null_per_seed = ", ".join(_float(value) for value in of_arm["lambda_gc_null_snps"])
                 lines.append(
                     f"| {arm} | {mean_se(of_arm['loci'])} | {mean_se(of_arm['loci_null_chromosomes'])} | "
-                    f"{mean_se(of_arm['lambda_gc'])} | {per_seed} | {mean_se(of_arm['lambda_gc_null_snps'])} | "
+                    f"{mean_se(of_arm['lambda_gc'], 3)} | {per_seed} | {mean_se(of_arm['lambda_gc_null_snps'], 3)} | "
                     f"{null_per_seed} |"
                 )
                 summary["null"][cohort_type][arm] = {
