@@ -556,7 +556,8 @@ def gwas_evaluate(
         None,
         "--null-chromosomes",
         help="comma-separated chromosomes that carry no effect (simulate --null-chromosomes; structure.json "
-        "lists them): adds lambda GC over their SNPs alone, a calibration check free of polygenic signal",
+        "lists them): adds lambda GC over their SNPs alone, a calibration check free of polygenic signal; "
+        "with --truth, a named chromosome holding a causal SNP is refused",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out-dir if it holds an earlier evaluation"),
     threads: int | None = _threads_option(),

@@ -122,8 +122,11 @@ def test_null_chromosomes_are_checked_against_the_table_and_the_truth() -> None:
     assert check_null_chromosomes(["chr2", "3"], assoc, "a.tsv") == ["chr2", "chr3"]  # the table's order
     with pytest.raises(FlowphenoError, match=r"^a.tsv: no SNP on chromosome 7 of --null-chromosomes"):
         check_null_chromosomes(["3", "7"], assoc, "a.tsv")
-    with pytest.raises(FlowphenoError, match=r"^--null-chromosomes names every chromosome"):
+    with pytest.raises(FlowphenoError, match=r"^--null-chromosomes names every chromosome with association results"):
         check_null_chromosomes(["1", "2", "3"], assoc, "a.tsv")
+    first_untested = assoc.assign(P=np.where(chrom == "chr1", np.nan, assoc["P"]))  # the rest would be genome-wide
+    with pytest.raises(FlowphenoError, match=r"^--null-chromosomes names every chromosome with association results"):
+        check_null_chromosomes(["2", "3"], first_untested, "a.tsv")
     untested = assoc.assign(P=np.where(chrom == "chr3", np.nan, assoc["P"]))
     with pytest.raises(FlowphenoError, match=r"^a.tsv: chromosome 3 of --null-chromosomes has no tested SNP"):
         check_null_chromosomes(["3"], untested, "a.tsv")

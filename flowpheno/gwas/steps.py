@@ -299,7 +299,7 @@ def check_null_chromosomes(
 ) -> list[str]:
     """The chromosomes of ``--null-chromosomes`` as the association table names them (``chr3``
     and ``3`` alike; each once, in the table's order), checked: each has a tested SNP (a P
-    value), at least one chromosome of the table is left out, and none holds a causal SNP of
+    value), at least one chromosome with a P value is left out, and none holds a causal SNP of
     ``truth``. Warns when they hold fewer than :data:`MIN_NULL_SNPS` tested SNPs.
 
     Raises:
@@ -322,10 +322,10 @@ def check_null_chromosomes(
                 f"{assoc_path}: chromosome {given} of --null-chromosomes has no tested SNP (every P is NA); "
                 "name chromosomes with association results"
             )
-    if set(normalised) <= set(wanted):
+    if set(tested) <= set(wanted):
         raise FlowphenoError(
-            "--null-chromosomes names every chromosome of the association table; name only chromosomes known "
-            "to carry no effect, and leave the others out"
+            "--null-chromosomes names every chromosome with association results (a P value); name only "
+            "chromosomes known to carry no effect, and leave the others out"
         )
     if truth is not None:
         causal = truth[same_chromosome_names(truth["chrom"]).isin(set(wanted)).to_numpy()]
@@ -339,8 +339,8 @@ def check_null_chromosomes(
     count = int(tested.isin(set(wanted)).sum())
     if count < MIN_NULL_SNPS:
         warn(
-            f"--null-chromosomes: only {count} tested SNPs on those chromosomes; their lambda GC is too noisy "
-            "to judge calibration"
+            f"--null-chromosomes: only {count} tested SNP{'' if count == 1 else 's'} on those chromosomes; their "
+            "lambda GC is too noisy to judge calibration"
         )
     return list(dict.fromkeys(table_names[normalised.isin(set(wanted)).to_numpy()]))
 
