@@ -137,6 +137,19 @@ def run_cohort(
     return rows, seconds
 
 
+MEAN_COLUMNS = (
+    "n",
+    "loci",
+    "true_loci",
+    "false_loci",
+    "false_loci_near",
+    "loci_null_chromosomes",
+    "power",
+    "fdp",
+    "lambda_gc",
+    "lambda_gc_null_snps",
+)
+"""The columns of the mean +- SE table, in order (results.json's means: all but loci and false_loci_near)."""
 DECIMALS = {"n": 0, "power": 2, "fdp": 2, "lambda_gc": 3, "lambda_gc_null_snps": 3}
 """Decimals shown per column (counts of loci: 1)."""
 
@@ -213,35 +226,12 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
                 of_arm = alternative[alternative["arm"] == arm]
                 if of_arm.empty:
                     continue
-                cells = [
-                    mean_se(of_arm[key], DECIMALS.get(key, 1))
-                    for key in (
-                        "n",
-                        "loci",
-                        "true_loci",
-                        "false_loci",
-                        "false_loci_near",
-                        "loci_null_chromosomes",
-                        "power",
-                        "fdp",
-                        "lambda_gc",
-                        "lambda_gc_null_snps",
-                    )
-                ]
+                cells = [mean_se(of_arm[key], DECIMALS.get(key, 1)) for key in MEAN_COLUMNS]
                 lines.append(f"| {arm} | " + " | ".join(cells) + " |")
                 summary["means"][cohort_type][arm] = {
                     key: float(of_arm[key].astype(float).mean())
-                    for key in (
-                        "n",
-                        "true_loci",
-                        "false_loci",
-                        "loci_null_chromosomes",
-                        "power",
-                        "fdp",
-                        "lambda_gc",
-                        "lambda_gc_null_snps",
-                    )
-                    if key in of_arm and of_arm[key].notna().any()
+                    for key in MEAN_COLUMNS
+                    if key not in ("loci", "false_loci_near") and key in of_arm and of_arm[key].notna().any()
                 }
             differences = [
                 d

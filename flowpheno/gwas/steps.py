@@ -306,29 +306,29 @@ def check_null_chromosomes(
         FlowphenoError: a chromosome absent from the table or without a P value, every chromosome
             named, or a named chromosome holding a causal SNP.
     """
-    wanted = dict.fromkeys(same_chromosome_names(pd.Series(names, dtype=str)))
+    given_names = pd.Series(names, dtype=str)
+    wanted = set(same_chromosome_names(given_names))
     table_names = assoc["CHR"].astype(str)
     normalised = same_chromosome_names(table_names)
-    tested = normalised[assoc["P"].notna()]
-    for given in names:
-        name = same_chromosome_names(pd.Series([given], dtype=str)).iloc[0]
-        if name not in set(normalised):
+    present, tested = set(normalised), set(normalised[assoc["P"].notna()])
+    for given, name in zip(given_names, same_chromosome_names(given_names), strict=True):
+        if name not in present:
             raise FlowphenoError(
                 f"{assoc_path}: no SNP on chromosome {given} of --null-chromosomes; name chromosomes "
                 "of the association table (its CHR column)"
             )
-        if name not in set(tested):
+        if name not in tested:
             raise FlowphenoError(
                 f"{assoc_path}: chromosome {given} of --null-chromosomes has no tested SNP (every P is NA); "
                 "name chromosomes with association results"
             )
-    if set(tested) <= set(wanted):
+    if tested <= wanted:
         raise FlowphenoError(
             "--null-chromosomes names every chromosome with association results (a P value); name only "
             "chromosomes known to carry no effect, and leave the others out"
         )
     if truth is not None:
-        causal = truth[same_chromosome_names(truth["chrom"]).isin(set(wanted)).to_numpy()]
+        causal = truth[same_chromosome_names(truth["chrom"]).isin(wanted).to_numpy()]
         if len(causal):
             first = causal.iloc[0]
             raise FlowphenoError(
@@ -336,13 +336,13 @@ def check_null_chromosomes(
                 f"--null-chromosomes ({len(causal)} causal SNP(s) there); null chromosomes must carry no effect: "
                 "leave that chromosome out"
             )
-    count = int(tested.isin(set(wanted)).sum())
+    count = int((normalised.isin(wanted) & assoc["P"].notna()).sum())
     if count < MIN_NULL_SNPS:
         warn(
             f"--null-chromosomes: only {count} tested SNP{'' if count == 1 else 's'} on those chromosomes; their "
             "lambda GC is too noisy to judge calibration"
         )
-    return list(dict.fromkeys(table_names[normalised.isin(set(wanted)).to_numpy()]))
+    return list(dict.fromkeys(table_names[normalised.isin(wanted).to_numpy()]))
 
 
 def evaluate_method(
