@@ -7,25 +7,26 @@ null, and paired differences between arms across seeds.
 
 Runs the real workflow (`snakemake gwas_all`: flowpheno simulate, GEMMA GRM (LOCO unless
 --no-loco), fits, GEMMA -lmm 3, PLINK clumping) once per cohort. Arms (config `methods`):
-`single` (RINT per trait, univariate LMM per trait, min p x d), `rint_mv` (RINT per trait,
-the same mvLMM as the flows), `flow_iid`, `flow_kinship`, `oracle` (the simulator's own
-inverse map, then the same mvLMM). Cohort types: `standard` (three-generation families,
-5 chromosomes) and `deep` (four generations, 3 children per couple on average, 10
-chromosomes: relatedness matters more). In both, the last chromosomes carry no causal and no
-polygenic SNP (`flowpheno simulate --null-chromosomes`): with a polygenic background every SNP
-linked to a polygenic SNP is truly associated (within families, over tens of Mb), so a
-genome-wide lambda GC mixes polygenic signal with miscalibration, above all with LOCO. lambda
-GC over the null chromosomes' SNPs measures calibration alone (as BOLT-LMM's paper did, Loh et
-al. 2015), and every locus found there is false whatever the truth window.
+`single` (RINT per trait, univariate LMM per trait, min p x d), `rint_mv` (RINT per trait, the
+same mvLMM as the flows), `flow_iid`, `flow_kinship`, `flow_kinship_scale` (`flow_kinship` with
+`fit: {scale_step: true}`: a workflow run of its own on the same simulated cohort), `oracle`
+(the simulator's own inverse map, then the same mvLMM). Cohort types: `standard`
+(three-generation families, 5 chromosomes) and `deep` (four generations, 3 children per couple
+on average, 10 chromosomes: relatedness matters more). In both, the last chromosomes carry no
+causal and no polygenic SNP (`flowpheno simulate --null-chromosomes`): with a polygenic
+background every SNP linked to a polygenic SNP is truly associated (within families, over tens
+of Mb), so a genome-wide lambda GC mixes polygenic signal with miscalibration, above all with
+LOCO. lambda GC over the null chromosomes' SNPs measures calibration alone (as BOLT-LMM's paper
+did, Loh et al. 2015), and every locus found there is false whatever the truth window.
 
 Every finished cohort is appended to `{out}/gwas_power_rows.jsonl` (one line per cohort and
 arm, keyed by the cohort and the settings): a rerun skips the cohorts already there and
 the tables are rebuilt from all rows: benchmarks/results/gwas_power.{md,json} by default.
 Per arm: true loci, false loci, power, FDP, lambda GC (on the test's own df; genome-wide and
 over the null chromosomes) under the null and the alternative, loci on the null chromosomes,
-n analysed; the paired differences `flow_kinship - flow_iid`, `flow_iid - rint_mv` and
-`flow_iid - single` in true and false loci across seeds with standard errors and how many
-seeds agree in sign.
+n analysed; the paired differences `flow_kinship - flow_iid`, `flow_kinship_scale -
+flow_kinship`, `flow_iid - rint_mv` and `flow_iid - single` in true and false loci across seeds
+with standard errors and how many seeds agree in sign.
 """
 
 from __future__ import annotations
@@ -51,12 +52,21 @@ from flowpheno.bench.results import package_versions, script, write_results  # n
 from flowpheno.gwas import TRUTH_WINDOW_KB  # noqa: E402  (the repository's own default, whatever is installed)
 
 RESULTS = ROOT / "benchmarks" / "results"
-ARMS = ["single", "rint_mv", "flow_iid", "flow_kinship", "oracle"]
+ARMS = ["single", "rint_mv", "flow_iid", "flow_kinship", "flow_kinship_scale", "oracle"]
+VARIANTS = {"flow_kinship_scale": ("flow_kinship", {"scale_step": True})}
+"""Arms that are a workflow arm with other fit settings (config ``fit``): run as their own workflow
+on the same simulated cohort (same simulate settings and seed), reported under their own name."""
 COHORT_TYPES = {
     "standard": {"chromosomes": 5, "null_chromosomes": 2},
     "deep": {"chromosomes": 10, "null_chromosomes": 3, "generations": 4, "family_size": 3},
 }
-PAIRS = [("flow_kinship", "flow_iid"), ("flow_iid", "rint_mv"), ("flow_iid", "single"), ("flow_kinship", "single")]
+PAIRS = [
+    ("flow_kinship", "flow_iid"),
+    ("flow_kinship_scale", "flow_kinship"),
+    ("flow_iid", "rint_mv"),
+    ("flow_iid", "single"),
+    ("flow_kinship", "single"),
+]
 ROW_KEYS = (
     "n",
     "loci",
@@ -165,8 +175,8 @@ def mean_se(values: pd.Series, decimals: int = 1) -> str:
 
 
 def paired(alternative: pd.DataFrame, first: str, second: str, metric: str) -> dict[str, Any] | None:
-    """``first - second`` in ``metric`` per seed (same cohort): mean, standard error, signs."""
-    table = alternative.pivot_table(index="cohort", columns="arm", values=metric, aggfunc="first")
+    """``first - second`` in ``metric`` per seed (same simulated cohort): mean, standard error, signs."""
+    table = alternative.pivot_table(index="seed", columns="arm", values=metric, aggfunc="first")
     if first not in table or second not in table:
         return None
     difference = (table[first] - table[second]).dropna()
@@ -433,22 +443,27 @@ def main(
     for cohort_type, seed, null in plan:
         simulate = {"n": n, "snps": snps, "traits": 4, **COHORT_TYPES[cohort_type], "seed": seed}
         simulate |= {"null": True} if null else {"causal": causal, "causal_variance": causal_variance}
-        chosen_arms = list(settings["arms"])
-        key = settings_key({"simulate": simulate, "fit": fit, "gwas": gwas, "arms": chosen_arms})
-        name = f"{cohort_type}_{'null' if null else 'seed'}{seed}_{key}"
-        wanted.append(key)
-        if any(row.get("key") == key for row in rows):
-            print(f"{name}: done before, skipped", flush=True)
-            continue
-        cohort_rows, seconds = run_cohort(workdir, name, simulate, chosen_arms, fit, gwas, cores)
-        finished = [
-            {"cohort": name, "key": key, "type": cohort_type, "seed": seed, "null": null, "seconds": seconds, **row}
-            for row in cohort_rows
-        ]
-        with rows_path.open("a") as handle:  # appended as each cohort finishes: an interrupted run resumes here
-            handle.write("".join(json.dumps(row) + "\n" for row in finished))
-        rows += finished
-        print(f"{name}: {seconds:.0f} s", flush=True)
+        workflow_arms = [arm for arm in settings["arms"] if arm not in VARIANTS]
+        runs = [(workflow_arms, fit, None)] if workflow_arms else []
+        runs += [([VARIANTS[arm][0]], fit | VARIANTS[arm][1], arm) for arm in settings["arms"] if arm in VARIANTS]
+        for arms_run, fit_run, variant in runs:
+            key = settings_key({"simulate": simulate, "fit": fit_run, "gwas": gwas, "arms": arms_run})
+            name = f"{cohort_type}_{'null' if null else 'seed'}{seed}{f'_{variant}' if variant else ''}_{key}"
+            wanted.append(key)
+            if any(row.get("key") == key for row in rows):
+                print(f"{name}: done before, skipped", flush=True)
+                continue
+            cohort_rows, seconds = run_cohort(workdir, name, simulate, arms_run, fit_run, gwas, cores)
+            finished = [
+                {"cohort": name, "key": key, "type": cohort_type, "seed": seed, "null": null, "seconds": seconds}
+                | row
+                | ({"arm": variant} if variant else {})
+                for row in cohort_rows
+            ]
+            with rows_path.open("a") as handle:  # appended as each cohort finishes: an interrupted run resumes here
+                handle.write("".join(json.dumps(row) + "\n" for row in finished))
+            rows += finished
+            print(f"{name}: {seconds:.0f} s", flush=True)
 
     chosen = [row for row in rows if row.get("key") in wanted]
     markdown, summary = tables(chosen, settings)

@@ -1,4 +1,5 @@
-"""Grid selection of ``s2`` by the iid held-out NLL (old) and the conditional one (new).
+"""Grid selection of ``s2`` by the iid held-out NLL (old) and the conditional one (new), against
+``fit``'s default mode, ``alternating`` (with and without ``--scale-step``), on the same runs.
 
 Simulated families with an exact pedigree kinship (:func:`flowpheno.simulate.pedigree_kinship`:
 founders unrelated, each descendant marries a founder and has 3 children (families of 40)
@@ -11,7 +12,10 @@ training). For every ``s2`` of the default grid one flow is trained; each run re
 ``s2`` chosen by the old score (iid NLL of the held-out rows: best epoch and grid value by
 it) and by the new one (their conditional NLL given the training rows), and each chosen
 model's exact dependent NLL (all ``n`` individuals, kinship ``K``, the chosen ``s2``) on
-fresh independent test data: a new draw of the same families' phenotypes.
+fresh independent test data: a new draw of the same families' phenotypes. ``alternating``
+trains one flow on the same split for as many epochs (5 stages of 3), each stage ending with
+the exact maximum-likelihood ``s2`` on all training latents; its estimate and test NLL are
+recorded too.
 
 Both scores come from the same training trajectories: with no early stopping, training does
 not depend on the validation score, so one pass per grid value with two best-state
@@ -21,7 +25,8 @@ against ``fit_grid`` itself on the first run).
     OMP_NUM_THREADS=1 python benchmarks/validation.py [--seeds 5] [--out benchmarks/results]
 
 Rows are written as they finish (``validation.json``); rerunning the command resumes, keeping
-rows of the same protocol. Writes ``validation.md`` at the end.
+rows of the same grid protocol (and adding the ``alternating`` estimates to rows written
+without them). Writes ``validation.md`` at the end.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from flowpheno.flows import affine_coupling_flow  # noqa: E402
 from flowpheno.io.atomic import atomic_path  # noqa: E402
 from flowpheno.pipeline import FitConfig, _split  # noqa: E402
 from flowpheno.simulate.pedigree import pedigree_kinship  # noqa: E402
-from flowpheno.train import EpochTrainer, TrainConfig, fit_grid  # noqa: E402
+from flowpheno.train import EpochTrainer, TrainConfig, fit_alternating, fit_grid  # noqa: E402
 from flowpheno.train.schedules import _BestState  # noqa: E402
 
 COHORTS = {"30 families of 40": (30, 40, 3), "100 families of 10": (100, 10, 2)}
@@ -59,6 +64,12 @@ D = 2
 FLOW = {"layers": 4, "hidden": 16}
 TRAIN = {"epochs": 15, "stages": 1, "batch_size": 256, "lr": 1e-2}
 VAL_FRAC = 0.15
+ALTERNATING = {"epochs": 3, "stages": 5}
+"""``fit``'s default mode on the same data: as many flow epochs as each grid value, in 5 stages, each
+ending with the exact maximum-likelihood ``s2`` on all training latents; without and with the
+per-trait scale step (``--scale-step``)."""
+ESTIMATES = {"alternating": False, "alternating_scale": True}
+"""row key: ``TrainConfig.profile_scale``."""
 
 
 def monotone_map(z: np.ndarray) -> np.ndarray:
@@ -128,6 +139,38 @@ def grid_both(
             if best.value is not None and (chosen[score] is None or best.value < chosen[score]["value"]):
                 chosen[score] = {"s2": value, "value": best.value, "state": best.state[0]}
     return {"grid": grid, "chosen": chosen}
+
+
+def alternating(data: dict[str, Any], seed: int, profile_scale: bool) -> dict[str, Any]:
+    """``fit --mode alternating`` on one run's split: the estimated ``s2`` and the flow's test NLL."""
+    config = TrainConfig(**(TRAIN | ALTERNATING), seed=seed, profile_scale=profile_scale)
+    torch.manual_seed(seed)
+    flow = affine_coupling_flow(D, **FLOW, seed=seed)
+    started = time.perf_counter()
+    outcome = fit_alternating(
+        flow, data["base"].with_s2(0.5), data["x_train"], data["x_val"], config, None, data["held_out"]
+    )
+    seconds = time.perf_counter() - started
+    if outcome.diverged is not None:
+        raise RuntimeError(f"alternating fit diverged {outcome.diverged}")
+    s2 = float(outcome.dependence.describe()["s2"])
+    outcome.flow.eval()
+    test = dependent_nll(outcome.flow, data["block"], data["families"], s2, data["test"]) + data["units"]
+    return {"s2": s2, "test_nll": test, "seconds": seconds}
+
+
+def add_alternating(row: dict[str, Any]) -> None:
+    """Add :data:`ESTIMATES` to a run's row (rows written before they existed are completed on resume)."""
+    data = simulate(row["cohort"], row["s2_true"], row["seed"])
+    for name, profile_scale in ESTIMATES.items():
+        if f"s2_{name}" in row:
+            continue
+        result = alternating(data, row["seed"], profile_scale)
+        row[f"s2_{name}"], row[f"test_nll_{name}"], row[f"seconds_{name}"] = (
+            result["s2"],
+            result["test_nll"],
+            result["seconds"],
+        )
 
 
 def simulate(cohort: str, s2_true: float, seed: int) -> dict[str, Any]:
@@ -241,23 +284,33 @@ def within(row: dict[str, Any], score: str) -> bool:
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {"runs": len(rows)}
-    for score in ("iid", "conditional"):
+    for score in ("iid", "conditional", *ESTIMATES):
         summary[f"runs_within_{TOLERANCE}_{score}"] = int(sum(within(r, score) for r in rows))
         summary[f"share_within_{TOLERANCE}_{score}"] = float(np.mean([within(r, score) for r in rows]))
     gaps = np.array([r["test_nll_conditional"] - r["test_nll_iid"] for r in rows])
     summary["new_worse_than_old_runs"] = int((gaps > 1e-9).sum())
     summary["new_minus_old_test_nll_max"] = float(gaps.max())
     summary["new_minus_old_test_nll_mean"] = float(gaps.mean())
+    for name in ESTIMATES:
+        errors = np.array([r[f"s2_{name}"] - r["s2_true"] for r in rows])
+        summary[f"{name}_s2_error_mean"] = float(errors.mean())
+        summary[f"{name}_s2_error_rms"] = float(np.sqrt((errors**2).mean()))
+        for score in ("iid", "conditional"):
+            diff = np.array([r[f"test_nll_{name}"] - r[f"test_nll_{score}"] for r in rows])
+            summary[f"{name}_minus_grid_{score}_test_nll_mean"] = float(diff.mean())
+            summary[f"{name}_worse_than_grid_{score}_runs"] = int((diff > 1e-9).sum())
+            summary[f"{name}_minus_grid_{score}_test_nll_max"] = float(diff.max())
     return summary
 
 
 def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [
-        "# Held-out score for s2 grid selection: iid (old) vs conditional on training relatives (new)",
+        "# Choosing s2: grid by the iid held-out score (old), grid by the conditional one (new), and the default "
+        "`alternating` mode",
         "",
         f"Command: `{meta['command']}`: {sum(c['wall_seconds'] for c in meta['calls']):.0f} s wall, "
         f"{sum(c['cpu_seconds'] for c in meta['calls']):.0f} s CPU, in {len(meta['calls'])} call(s) "
-        f"({meta['machine']}, 2 cores shared with other jobs: load average 7-10 during the run, hence wall >> CPU).",
+        f"({meta['machine']}, 2 cores shared with other jobs, hence wall >> CPU).",
         "",
         "Protocol: " + meta["protocol_text"],
         "",
@@ -268,6 +321,22 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str
         f"test data in {summary['new_worse_than_old_runs']} runs (largest excess "
         f"{summary['new_minus_old_test_nll_max']:+.4f} nats per individual; mean difference new - old "
         f"{summary['new_minus_old_test_nll_mean']:+.4f}).",
+        "",
+        f"**`fit`'s default mode (`alternating`: {ALTERNATING['stages']} stages of {ALTERNATING['epochs']} flow "
+        "epochs, each ending with the exact maximum-likelihood s2 on all training latents), same data and epochs: "
+        f"within {TOLERANCE} of the truth in {summary[f'runs_within_{TOLERANCE}_alternating']} of {len(rows)} runs "
+        f"({summary[f'share_within_{TOLERANCE}_alternating']:.1%}); with the scale step (`--scale-step`) "
+        f"{summary[f'runs_within_{TOLERANCE}_alternating_scale']} "
+        f"({summary[f'share_within_{TOLERANCE}_alternating_scale']:.1%}).** s2 error (estimate - truth): mean "
+        f"{summary['alternating_s2_error_mean']:+.3f}, RMS {summary['alternating_s2_error_rms']:.3f} "
+        f"(scale step {summary['alternating_scale_s2_error_mean']:+.3f}, "
+        f"{summary['alternating_scale_s2_error_rms']:.3f}). Test NLL minus the conditional grid's: mean "
+        f"{summary['alternating_minus_grid_conditional_test_nll_mean']:+.4f}, worse in "
+        f"{summary['alternating_worse_than_grid_conditional_runs']} runs (largest "
+        f"{summary['alternating_minus_grid_conditional_test_nll_max']:+.4f}); minus the old iid grid's: mean "
+        f"{summary['alternating_minus_grid_iid_test_nll_mean']:+.4f}, worse in "
+        f"{summary['alternating_worse_than_grid_iid_runs']} runs (largest "
+        f"{summary['alternating_minus_grid_iid_test_nll_max']:+.4f}).",
         "",
         "Test NLL: nats per individual (2 traits) of a fresh draw of the same individuals' phenotypes, exact dependent",
         "likelihood under the chosen flow and s2 with the full kinship; `oracle` is the true density.",
@@ -293,6 +362,24 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str
     lines += [
         "",
         "Chosen s2 listed per seed (0-4); test NLL columns are means over seeds.",
+        "",
+        "`alternating` (the default mode) on the same runs, s2 estimates per seed; test NLL means over seeds:",
+        "",
+        "| cohort | true s2 | s2 alternating | s2 with scale step | test NLL alternating | with scale step | "
+        "test NLL grid new |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cohort in COHORTS:
+        for s2 in TRUE_S2:
+            group = [r for r in rows if r["cohort"] == cohort and r["s2_true"] == s2]
+            if not group:
+                continue
+            cells = [", ".join(f"{r[f's2_{name}']:.2f}" for r in group) for name in ESTIMATES]
+            means = [np.mean([r[f"test_nll_{name}"] for r in group]) for name in (*ESTIMATES, "conditional")]
+            lines.append(
+                f"| {cohort} | {s2:g} | {cells[0]} | {cells[1]} | " + " | ".join(f"{m:.4f}" for m in means) + " |"
+            )
+    lines += [
         "",
         "How much the iid score favours s2 = 0, per run: held-out iid NLL of the s2 = 0 fit minus the best iid NLL",
         "among s2 >= 0.5 fits (negative: s2 = 0 looks better), against the same difference in the conditional score:",
@@ -354,7 +441,6 @@ def main(
     same = previous.get("protocol") == key
     rows = previous.get("rows", []) if same else []
     calls = previous.get("meta", {}).get("calls", []) if same else []
-    done = {(r["cohort"], r["s2_true"], r["seed"]) for r in rows}
     started = time.perf_counter()
     meta = {
         "command": "OMP_NUM_THREADS=1 python benchmarks/validation.py" + (f" --seeds {seeds}" if seeds != 5 else ""),
@@ -364,7 +450,8 @@ def main(
             + "; ".join(f"{name}: {children} children per couple" for name, (_, _, children) in COHORTS.items())
             + "), "
             f"d = {D} traits, x1 = exp(z1/2), x2 = sinh(z2) + z1/2; fit's random split ({VAL_FRAC:.0%} held out); "
-            f"default grid {values}; affine coupling flow {FLOW}, {TRAIN}, no early stopping; seeds 0-{seeds - 1}."
+            f"default grid {values}; affine coupling flow {FLOW}, {TRAIN}, no early stopping; seeds 0-{seeds - 1}; "
+            f"`alternating`: {TRAIN | ALTERNATING}, s2 started at 0.5."
         ),
         "versions": package_versions(),
         "machine": f"{platform.machine()}, torch threads {torch.get_num_threads()}",
@@ -373,21 +460,27 @@ def main(
         check_against_fit_grid([0.0, 0.8])
         print("shared trajectories reproduce fit_grid with and without the held-out kinship", flush=True)
     meta["checked_against_fit_grid"] = "grid {0, 0.8}, first cohort, true s2 0.8, seed 0: identical scores and choices"
+    ran = 0
     for cohort in COHORTS:
         for s2 in TRUE_S2:
             for seed in range(seeds):
-                if (cohort, s2, seed) in done:
+                row = next((r for r in rows if (r["cohort"], r["s2_true"], r["seed"]) == (cohort, s2, seed)), None)
+                if row is not None and all(f"s2_{name}" in row for name in ESTIMATES):
                     continue
-                row = run_one(cohort, s2, seed, values)
-                rows.append(row)
+                if row is None:
+                    row = run_one(cohort, s2, seed, values)
+                    rows.append(row)
+                add_alternating(row)
+                ran += 1
                 print(
-                    f"{cohort} s2={s2} seed={seed}: old {row['s2_iid']:g} new {row['s2_conditional']:g} test old "
-                    f"{row['test_nll_iid']:.4f} new {row['test_nll_conditional']:.4f} ({row['seconds']:.0f} s)",
+                    f"{cohort} s2={s2} seed={seed}: grid old {row['s2_iid']:g} new {row['s2_conditional']:g}, "
+                    f"alternating {row['s2_alternating']:.3f} (scale step {row['s2_alternating_scale']:.3f}); test "
+                    f"old {row['test_nll_iid']:.4f} new {row['test_nll_conditional']:.4f} alternating "
+                    f"{row['test_nll_alternating']:.4f} ({row['seconds']:.0f} s)",
                     flush=True,
                 )
                 with atomic_path(json_path) as tmp:
                     tmp.write_text(json.dumps({"protocol": key, "meta": meta, "rows": rows}, indent=1))
-    ran = len(rows) - len(done)
     if ran:
         calls.append({"runs": ran, "wall_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time()})
     meta["calls"] = calls

@@ -324,6 +324,11 @@ def test_benchmark_scripts_refuse_bad_options_before_any_work(tmp_path: Path) ->
         ("bench_overhead.py", ["--batch-size", "1"], "'--batch-size': Input should be greater than or equal to 2"),
         ("bench_overhead.py", ["--n", "100"], "'--batch-size': 256 is more than --n 100"),
         (
+            "gwas_power.py",
+            ["--arms", "flow_kinship,foo"],
+            "'--arms': 'foo': choose from single, rint_mv, flow_iid, flow_kinship, flow_kinship_scale, oracle",
+        ),
+        (
             "gpu_check.py",
             ["--only", "overhead,foo"],
             "'--only': 'foo': choose from "
