@@ -201,7 +201,9 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
     lines = [
         "# GWAS power and calibration on simulated related cohorts",
         "",
-        f"`python benchmarks/gwas_power.py {' '.join(sys.argv[1:])}`".replace("``", "`"),
+        f"`python benchmarks/gwas_power.py {' '.join(arg for arg in sys.argv[1:] if arg != '--no-run')}`".replace(
+            "``", "`"
+        ),
         "",
         f"n = {settings['n']}, {settings['snps']} SNPs, 4 traits, {settings['causal']} pleiotropic causal SNPs (latent "
         f"variance share {settings['causal_variance']}), 3 populations; flows: {settings['stages']} stages x "
@@ -399,6 +401,9 @@ def main(
     stages: int = typer.Option(4, "--stages", min=1),
     no_loco: bool = typer.Option(False, "--no-loco", help="one GRM from every SNP (config gwas.loco: false)"),
     cores: int = typer.Option(2, "--cores", min=1),
+    no_run: bool = typer.Option(
+        False, "--no-run", help="run nothing: rebuild the tables from the rows on record, listing the cohorts missing"
+    ),
     workdir: Path = typer.Option(ROOT / "benchmarks" / "work" / "gwas_power", "--workdir"),
     out: Path = typer.Option(
         RESULTS, "--out", help="folder for gwas_power.{md,json} and gwas_power_rows.jsonl (resumed)"
@@ -421,7 +426,8 @@ def main(
         "out": str(out),
         "truth_window_kb": TRUTH_WINDOW_KB,
     }
-    workdir.mkdir(parents=True, exist_ok=True)
+    if not no_run:
+        workdir.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
     fit = {
@@ -453,6 +459,9 @@ def main(
             if any(row.get("key") == key for row in rows):
                 print(f"{name}: done before, skipped", flush=True)
                 continue
+            if no_run:
+                print(f"{name}: not run yet, left out of the tables (--no-run)", flush=True)
+                continue
             cohort_rows, seconds = run_cohort(workdir, name, simulate, arms_run, fit_run, gwas, cores)
             finished = [
                 {"cohort": name, "key": key, "type": cohort_type, "seed": seed, "null": null, "seconds": seconds}
@@ -466,6 +475,8 @@ def main(
             print(f"{name}: {seconds:.0f} s", flush=True)
 
     chosen = [row for row in rows if row.get("key") in wanted]
+    if not chosen:
+        raise SystemExit(f"error: {rows_path} holds no row of these cohorts; run them without --no-run first")
     markdown, summary = tables(chosen, settings)
     write_results(
         out,
