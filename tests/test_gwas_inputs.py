@@ -560,3 +560,41 @@ def test_report_checks_its_folders_and_never_replaces_a_foreign_report(
         result = invoke("gwas", "report", broken, "--out-dir", tmp_path / "rep2")
         assert result.returncode == 1 and fragment in result.stderr, result
         assert not (tmp_path / "rep2").exists() or not any((tmp_path / "rep2").iterdir())
+
+
+@needs_binaries
+def test_evaluate_refuses_a_repeated_snp_id_before_plink(filesets: tuple[Path, Path], tmp_path: Path) -> None:
+    """A `.bim` giving one SNP ID twice (PLINK 1.9 --clump stops on it, and loci are joined by
+    ID) is refused by `gwas evaluate` in one line naming the file, the ID, its lines and the fix;
+    exit 1, no output folder."""
+    clean, _ = filesets
+    twice = tmp_path / "twice"
+    for suffix in (".bed", ".fam"):
+        shutil.copyfile(f"{clean}{suffix}", f"{twice}{suffix}")
+    bim = pd.read_csv(f"{clean}.bim", sep="\t", header=None, dtype=str)
+    bim.loc[5, 1] = bim.loc[4, 1]
+    bim.to_csv(f"{twice}.bim", sep="\t", header=False, index=False)
+    assoc = _write_assoc(tmp_path / "assoc.tsv", _assoc(clean))
+    out = tmp_path / "ev"
+    result = invoke("gwas", "evaluate", "--bfile", twice, "--assoc", assoc, "--out-dir", out, "--name", "m")
+    assert result.returncode == 1 and result.stderr.splitlines() == [
+        f"error: {twice}.bim: SNP ID {bim.loc[4, 1]!r} is on lines 5, 6; give every SNP a unique ID "
+        "(plink1.9 --bfile PREFIX --set-missing-var-ids @:# --make-bed --out NEW)"
+    ], result.stderr
+    assert not out.exists()
+
+
+def test_a_failing_tool_names_its_log_only_when_it_is_kept(tmp_path: Path) -> None:
+    """`run_logged` shows the tool's last lines; it names the log unless the log lies in a folder
+    the failure removes (gwas evaluate's staging folder), so no error points at a vanished file."""
+    from flowpheno.gwas.tools import run_logged
+
+    failing = ["sh", "-c", "echo reading; echo 'ERROR: bad input'; exit 3"]
+    log = tmp_path / "tool.log"
+    with pytest.raises(FlowphenoError) as kept:
+        run_logged(failing, log)
+    shown = ["$ " + " ".join(failing), "reading", "ERROR: bad input"]  # the log: the command, then its output
+    assert str(kept.value).splitlines() == [f"sh failed (exit 3; log {log}):", *shown]
+    with pytest.raises(FlowphenoError) as removed:
+        run_logged(failing, log, log_kept=False)
+    assert str(removed.value).splitlines() == ["sh failed (exit 3; its log is not kept):", *shown]

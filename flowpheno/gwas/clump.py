@@ -10,7 +10,7 @@ import pandas as pd
 
 from flowpheno.errors import FlowphenoError
 from flowpheno.gwas.tools import require, run_logged
-from flowpheno.io.plink import plink_prefix, plink_unsorted, read_bim
+from flowpheno.io.plink import check_snp_ids, plink_prefix, plink_unsorted, read_bim
 
 LOCUS_COLUMNS = ["CHR", "SNP", "BP", "P", "TOTAL"]
 
@@ -46,13 +46,15 @@ def clump(
     kb: int = 250,
     p2: float = 0.01,
     log: str | Path | None = None,
+    log_kept: bool = True,
 ) -> pd.DataFrame:
     """Clump ``assoc`` (SNP, CHR, BP, P) on the LD of ``bfile``: one row per locus (index SNP).
 
     PLINK 1.9 ``--clump`` (manual, "LD-based result clumping"): ``p1`` is the index-SNP
     threshold, ``p2`` (raised to ``p1`` when smaller) the threshold of the SNPs it absorbs,
     ``r2`` the LD (r squared) above which they are absorbed, ``kb`` the window (kb) either
-    side. ``log``: where PLINK's output goes (default: a scratch file).
+    side. ``log``: where PLINK's output goes (default: a scratch file, removed); ``log_kept``:
+    False when ``log`` is in a folder a failure removes, so the error does not name it.
 
     ``--make-founders`` lets PLINK use every individual for LD even when the ``.fam``
     lists parents (otherwise it skips clumping: "no founders"). ``--allow-extra-chr``
@@ -64,12 +66,14 @@ def clump(
     PLINK 1.9 clumps only a sorted ``.bim`` (positions never decreasing within a
     chromosome, each chromosome in one block; variants at a negative position are
     skipped): an unsorted one is refused here, before PLINK runs, naming the first
-    offending line (``flowpheno gwas prepare`` writes a sorted copy).
-    Raises :class:`~flowpheno.errors.FlowphenoError` for that, or when PLINK fails (log tail shown).
+    offending line (``flowpheno gwas prepare`` writes a sorted copy); so is a SNP ID given twice.
+    Raises :class:`~flowpheno.errors.FlowphenoError` for those, or when PLINK fails (log tail shown).
     """
     plink = require("plink1.9")
     prefix = plink_prefix(bfile).resolve()
-    unsorted = plink_unsorted(read_bim(f"{prefix}.bim"))
+    bim = read_bim(f"{prefix}.bim")
+    check_snp_ids(bim, f"{prefix}.bim")  # PLINK stops on a repeated ID; the tables join loci by ID
+    unsorted = plink_unsorted(bim)
     if unsorted:
         raise FlowphenoError(
             f"{prefix}.bim is not sorted ({unsorted}); PLINK 1.9 clumps only a sorted .bim: write a "
@@ -108,7 +112,12 @@ def clump(
             "--out",
             "clumped",
         ]
-        run_logged(command, Path(log) if log else scratch_path / "plink.log", cwd=scratch_path)
+        run_logged(
+            command,
+            Path(log) if log else scratch_path / "plink.log",
+            cwd=scratch_path,
+            log_kept=log_kept and log is not None,
+        )
         result = scratch_path / "clumped.clumped"
         if not result.exists() or not result.read_text().strip():
             return pd.DataFrame(columns=LOCUS_COLUMNS)

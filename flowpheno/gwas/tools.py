@@ -30,8 +30,13 @@ def require(tool: str) -> str:
     )
 
 
-def run_logged(command: list[str], log: Path, cwd: Path | None = None, tail_lines: int = 15) -> None:
+def run_logged(
+    command: list[str], log: Path, cwd: Path | None = None, tail_lines: int = 15, log_kept: bool = True
+) -> None:
     """Run ``command`` with stdout and stderr in ``log``; on failure show the log's tail.
+
+    ``log_kept``: False when ``log`` lies in a folder that the failure removes (a scratch or
+    staging folder): the error then shows the tail without naming a file that will not exist.
 
     The tool gets the CPUs this process may use (:func:`flowpheno.threads.available_cpus`:
     its affinity, or ``SLURM_CPUS_PER_TASK`` / ``OMP_NUM_THREADS`` when smaller, which the
@@ -55,4 +60,5 @@ def run_logged(command: list[str], log: Path, cwd: Path | None = None, tail_line
     failed = result.returncode != 0 or any(mark in text for mark in ("ERROR:", "error!", "FAILED:"))
     if failed:
         tail = "\n".join(line for line in text.splitlines()[-tail_lines:] if line.strip() and "%" not in line)
-        raise FlowphenoError(f"{Path(command[0]).name} failed (exit {result.returncode}; log {log}):\n{tail}")
+        where = f"log {log}" if log_kept else "its log is not kept"
+        raise FlowphenoError(f"{Path(command[0]).name} failed (exit {result.returncode}; {where}):\n{tail}")
