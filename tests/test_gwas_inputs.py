@@ -414,6 +414,13 @@ def test_evaluate_and_report_never_replace_a_users_files(filesets: tuple[Path, P
     assert snapshot(mine) == before
     twice = invoke("gwas", "report", tmp_path / "ev", tmp_path / "ev", "--out-dir", tmp_path / "rep")
     assert twice.returncode == 1 and "is given twice" in twice.stderr
+    shutil.copytree(tmp_path / "ev", tmp_path / "ev2")  # another evaluation under the same --name
+    same_name = invoke("gwas", "report", tmp_path / "ev", tmp_path / "ev2", "--out-dir", tmp_path / "rep")
+    assert same_name.returncode == 1 and same_name.stderr.splitlines() == [
+        f"error: {tmp_path / 'ev2'}/summary.json: method 'm' is also the method of {tmp_path / 'ev'}; evaluate "
+        "each with its own name (flowpheno gwas evaluate --name)"
+    ]
+    assert not (tmp_path / "rep").exists()
     not_evaluated = invoke("gwas", "report", mine, "--out-dir", tmp_path / "rep")
     assert not_evaluated.returncode == 1 and f"{mine}: no summary.json" in not_evaluated.stderr
     ok = invoke("gwas", "report", tmp_path / "ev", "--out-dir", tmp_path / "rep")

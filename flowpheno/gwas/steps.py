@@ -586,7 +586,8 @@ def write_report(
     gap in true loci between them that each arm closes).
 
     An existing ``report.md`` or ``loci.tsv`` in ``out_dir`` is replaced only with
-    ``overwrite``; every method folder must hold what ``gwas evaluate`` writes.
+    ``overwrite``; every method folder must hold what ``gwas evaluate`` writes, each under its
+    own method name (the rows and ``loci.tsv``'s ``method`` column tell them apart by it).
     Raises :class:`~flowpheno.errors.FlowphenoError`.
     """
     out_dir = Path(out_dir)
@@ -619,6 +620,12 @@ def write_report(
         if missing:
             raise FlowphenoError(
                 f"{directory}/summary.json: no {', '.join(missing)}; rerun flowpheno gwas evaluate for that folder"
+            )
+        same = next((earlier["dir"] for earlier in summaries if earlier["method"] == summary["method"]), None)
+        if same is not None:  # rows and the combined loci.tsv are told apart by the method alone
+            raise FlowphenoError(
+                f"{directory}/summary.json: method {summary['method']!r} is also the method of {same}; evaluate "
+                "each with its own name (flowpheno gwas evaluate --name)"
             )
         summaries.append(summary | {"dir": directory})
         loci.append(_read_loci(directory / "loci.tsv", int(summary["loci"])))
