@@ -291,6 +291,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     summary["new_worse_than_old_runs"] = int((gaps > 1e-9).sum())
     summary["new_minus_old_test_nll_max"] = float(gaps.max())
     summary["new_minus_old_test_nll_mean"] = float(gaps.mean())
+    step = np.array([r["test_nll_alternating_scale"] - r["test_nll_alternating"] for r in rows])
+    summary["scale_step_minus_alternating_test_nll_mean"] = float(step.mean())
+    summary["scale_step_minus_alternating_test_nll_se"] = float(step.std(ddof=1) / np.sqrt(len(step)))
+    summary["scale_step_better_runs"] = int((step < 0).sum())
     for name in ESTIMATES:
         errors = np.array([r[f"s2_{name}"] - r["s2_true"] for r in rows])
         summary[f"{name}_s2_error_mean"] = float(errors.mean())
@@ -336,7 +340,10 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str
         f"{summary['alternating_minus_grid_conditional_test_nll_max']:+.4f}); minus the old iid grid's: mean "
         f"{summary['alternating_minus_grid_iid_test_nll_mean']:+.4f}, worse in "
         f"{summary['alternating_worse_than_grid_iid_runs']} runs (largest "
-        f"{summary['alternating_minus_grid_iid_test_nll_max']:+.4f}).",
+        f"{summary['alternating_minus_grid_iid_test_nll_max']:+.4f}). The scale step changed the test NLL by "
+        f"{summary['scale_step_minus_alternating_test_nll_mean']:+.4f} +- "
+        f"{summary['scale_step_minus_alternating_test_nll_se']:.4f} (SE; lower in "
+        f"{summary['scale_step_better_runs']} of {len(rows)} runs).",
         "",
         "Test NLL: nats per individual (2 traits) of a fresh draw of the same individuals' phenotypes, exact dependent",
         "likelihood under the chosen flow and s2 with the full kinship; `oracle` is the true density.",
