@@ -123,7 +123,7 @@ def run_cohort(
     local = Path(sys.executable).parent / "snakemake"
     snakemake = str(local) if local.exists() else shutil.which("snakemake")
     started = time.perf_counter()
-    subprocess.run(
+    finished = subprocess.run(
         [
             snakemake,
             "-s",
@@ -137,8 +137,13 @@ def run_cohort(
             "--quiet",
             "rules",
         ],
-        check=True,
+        check=False,
     )
+    if finished.returncode != 0:
+        raise SystemExit(
+            f"error: the workflow of cohort {name} failed (snakemake exit {finished.returncode}; its messages are "
+            f"above): each job's log is in {workdir / name / 'logs'}; rows of the cohorts finished before are kept"
+        )
     seconds = time.perf_counter() - started
     rows = []
     for arm in arms:
@@ -325,7 +330,7 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
         "families every SNP is linked to them over long shared segments.",
         "",
         "[3] false loci: index SNPs farther than the truth window from every one of the listed causal SNPs. The "
-        "polygenic background (1,000 SNPs of small effect, all on the effect chromosomes) is truly associated too, "
+        "polygenic background (many SNPs of small effect, all on the effect chromosomes) is truly associated too, "
         "and with LOCO its linked signal reaches significance in families; so `false loci` and FDP count polygenic "
         "signal as false, and the false positives proper are the loci on the null chromosomes, where nothing acts.",
         "",
@@ -409,6 +414,7 @@ def main(
         RESULTS, "--out", help="folder for gwas_power.{md,json} and gwas_power_rows.jsonl (resumed)"
     ),
 ) -> None:
+    workdir, out = workdir.resolve(), out.resolve()  # snakemake runs in --directory: relative paths would nest
     settings: dict[str, Any] = {
         "seeds": [int(seed) for seed in _listed(seeds, "--seeds")],
         "null_seeds": [int(seed) for seed in _listed(null_seeds, "--null-seeds")],
@@ -428,7 +434,7 @@ def main(
     }
     if not no_run:
         workdir.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
 
     fit = {
         "epochs": epochs,
@@ -445,7 +451,7 @@ def main(
     # null cohorts first: their calibration decides how every other number reads
     plan = [(cohort_type, seed, True) for cohort_type in settings["cohorts"] for seed in settings["null_seeds"]]
     plan += [(cohort_type, seed, False) for cohort_type in settings["cohorts"] for seed in settings["seeds"]]
-    wanted = []
+    wanted, missing = [], []
     for cohort_type, seed, null in plan:
         simulate = {"n": n, "snps": snps, "traits": 4, **COHORT_TYPES[cohort_type], "seed": seed}
         simulate |= {"null": True} if null else {"causal": causal, "causal_variance": causal_variance}
@@ -457,10 +463,11 @@ def main(
             name = f"{cohort_type}_{'null' if null else 'seed'}{seed}{f'_{variant}' if variant else ''}_{key}"
             wanted.append(key)
             if any(row.get("key") == key for row in rows):
-                print(f"{name}: done before, skipped", flush=True)
+                print(f"{name}: {'on record' if no_run else 'done before, skipped'}", flush=True)
                 continue
             if no_run:
                 print(f"{name}: not run yet, left out of the tables (--no-run)", flush=True)
+                missing.append(name)
                 continue
             cohort_rows, seconds = run_cohort(workdir, name, simulate, arms_run, fit_run, gwas, cores)
             finished = [
@@ -478,6 +485,8 @@ def main(
     if not chosen:
         raise SystemExit(f"error: {rows_path} holds no row of these cohorts; run them without --no-run first")
     markdown, summary = tables(chosen, settings)
+    if missing:
+        markdown += f"\nNot run yet, so left out of these tables ({len(missing)}): {', '.join(missing)}.\n"
     write_results(
         out,
         {
@@ -487,6 +496,7 @@ def main(
                 "settings": settings,
                 "versions": package_versions(),
                 **summary,
+                "not_run": missing,
                 "rows": chosen,
             },
         },

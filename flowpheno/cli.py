@@ -372,6 +372,33 @@ def _columns(text: str) -> list[int]:
     return columns
 
 
+def _check_evaluate_options(
+    threshold: str, alpha: float, r2: float, kb: int, window_kb: float, test: str | None
+) -> None:
+    """``gwas evaluate``'s numbers, checked before any work: PLINK 1.9 ``--clump-r2`` takes
+    [0, 1) and ``--clump-kb`` at least 1; a p-value threshold is in (0, 1]. Raises
+    :class:`OptionError` (exit 2) naming the option."""
+    from flowpheno.gwas.evaluate import TESTS
+
+    if threshold.lower() != "bonferroni":
+        try:
+            value = float(threshold)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value <= 1:  # also NaN
+            raise OptionError(f"--threshold {threshold!r}: give a p-value in (0, 1], e.g. 5e-8, or bonferroni")
+    if not 0 < alpha < 1:
+        raise OptionError(f"--alpha {alpha:g}: give a family-wise error rate in (0, 1), e.g. 0.05")
+    if not 0 <= r2 < 1:
+        raise OptionError(f"--r2 {r2:g}: give an LD r2 in [0, 1) (PLINK 1.9 --clump-r2), e.g. 0.1")
+    if kb < 1:
+        raise OptionError(f"--kb {kb}: give a clumping window of at least 1 kb (PLINK 1.9 --clump-kb), e.g. 250")
+    if not window_kb >= 0:
+        raise OptionError(f"--truth-window-kb {window_kb:g}: give a distance of 0 kb or more, e.g. 40")
+    if test is not None and test not in TESTS:
+        raise OptionError(f"--test {test!r}: choose {' or '.join(TESTS)}")
+
+
 def _null_chromosomes(text: str | None) -> list[str] | None:
     """``--null-chromosomes 4,5`` as a list; None when not given."""
     if text is None:
@@ -563,6 +590,7 @@ def gwas_evaluate(
     threads: int | None = _threads_option(),
 ) -> None:
     """PLINK clumping, loci counts (true/false with a truth file), lambda GC, Manhattan and QQ plots."""
+    _check_evaluate_options(threshold, alpha, r2, kb, window_kb, test)
     _tool_threads(threads)
     from flowpheno.gwas.steps import evaluate_method
 

@@ -440,6 +440,10 @@ def test_evaluate_and_report_never_replace_a_users_files(filesets: tuple[Path, P
         ("p_above_one", "line 4: P '1.5' is not a p-value"),
         ("all_na", "no SNP has a p-value"),
         ("cut_in_last_p", "the last line is cut (no newline at the end"),
+        ("other_fileset", "line 2: SNP 'x_"),
+        ("moved", "SNP"),
+        ("twice", "is on lines 2, 42; give one row per SNP"),
+        ("plink_covariate_tests", "keep the ADD rows (plink --hide-covar)"),
     ],
 )
 def test_evaluate_checks_the_association_table(
@@ -461,6 +465,19 @@ def test_evaluate_checks_the_association_table(
     elif case == "cut_in_last_p":  # "... 0.953677" cut to "... 0." would read as P = 0, a top locus
         text = _write_assoc(path, table).read_text()
         path.write_text(text[: text.rindex("\t") + 3])
+    elif case == "other_fileset":  # IDs the .bim does not hold: PLINK would clump nothing, 0 loci
+        _write_assoc(path, table.assign(SNP="x_" + table["SNP"]))
+    elif case == "moved":  # positions of another build: loci would be reported where they are not
+        moved = table.assign(BP=table["BP"] + 1000)
+        snp, chrom, bp = moved.iloc[0][["SNP", "CHR", "BP"]]
+        fragment = (
+            f"line 2: SNP {snp!r} is at CHR {chrom} BP {bp}, but at {chrom} {bp - 1000} in {clean}.bim (40 SNPs differ)"
+        )
+        _write_assoc(path, moved)
+    elif case == "twice":
+        _write_assoc(path, pd.concat([table, table.iloc[:1]]))
+    elif case == "plink_covariate_tests":
+        _write_assoc(path, pd.concat([table.assign(TEST="ADD"), table.assign(TEST="COV1")]))
     before = snapshot(tmp_path)
     result = invoke("gwas", "evaluate", "--bfile", clean, "--assoc", path, "--out-dir", tmp_path / "ev", "--name", "m")
     assert result.returncode == 1 and fragment in result.stderr, result
@@ -585,8 +602,9 @@ def test_evaluate_refuses_a_repeated_snp_id_before_plink(filesets: tuple[Path, P
     out = tmp_path / "ev"
     result = invoke("gwas", "evaluate", "--bfile", twice, "--assoc", assoc, "--out-dir", out, "--name", "m")
     assert result.returncode == 1 and result.stderr.splitlines() == [
-        f"error: {twice}.bim: SNP ID {bim.loc[4, 1]!r} is on lines 5, 6; give every SNP a unique ID "
-        "(plink1.9 --bfile PREFIX --set-missing-var-ids @:# --make-bed --out NEW)"
+        f"error: {twice}.bim: SNP ID {bim.loc[4, 1]!r} is on lines 5, 6; every SNP needs a unique ID: rename the "
+        "repeats in column 2 of the .bim (e.g. to CHR:BP:A1:A2; the .bed and .fam do not change); PLINK's "
+        "--set-missing-var-ids renames only IDs given as '.'"
     ], result.stderr
     assert not out.exists()
 
@@ -605,3 +623,59 @@ def test_a_failing_tool_names_its_log_only_when_it_is_kept(tmp_path: Path) -> No
     with pytest.raises(FlowphenoError) as removed:
         run_logged(failing, log, log_kept=False)
     assert str(removed.value).splitlines() == ["sh failed (exit 3; its log is not kept):", *shown]
+
+
+@needs_binaries
+def test_evaluate_reads_plink_tables_and_names_chromosomes_either_way(
+    filesets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """PLINK 1.9's own whitespace-aligned association table (as `--linear` writes it) gives the
+    loci of the same table written tab-separated; `chr1` in the table and `1` in the `.bim` (or
+    the reverse) are one chromosome, not a mismatch."""
+    clean, named = filesets
+    table = _assoc(clean)
+    tab = _write_assoc(tmp_path / "tab.tsv", table)
+    plink_style = tmp_path / "cohort.assoc.linear"
+    columns = table.assign(A1="A", TEST="ADD", NMISS=N)[["CHR", "SNP", "BP", "A1", "TEST", "NMISS", "P"]]
+    plink_style.write_text(
+        "\n".join(
+            " " + " ".join(f"{value:>12}" for value in row) for row in [columns.columns, *columns.astype(str).values]
+        )
+        + "\n"
+    )
+    unprefixed = _write_assoc(  # the named .bim's chromosomes without its chr prefix: chr1 -> 1, 27 stays
+        tmp_path / "unprefixed.tsv", table.assign(CHR=table["CHR"].map(NAMES).str.replace("chr", ""))
+    )
+    loci = {}
+    for name, path, bfile in (("tab", tab, clean), ("plink", plink_style, clean), ("prefixed", unprefixed, named)):
+        result = invoke(
+            "gwas", "evaluate", "--bfile", bfile, "--assoc", path, "--out-dir", tmp_path / name, "--name", "m",
+            "--threshold", "1e-6",
+        )  # fmt: skip
+        assert result.returncode == 0, result
+        loci[name] = pd.read_csv(tmp_path / name / "loci.tsv", sep="\t", dtype={"CHR": str})
+    assert len(loci["tab"]) > 3 and loci["plink"].equals(loci["tab"])
+    assert loci["prefixed"]["SNP"].tolist() == loci["tab"]["SNP"].tolist()  # the .bim says chr1, the table 1
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--threshold", "abc"], "--threshold 'abc': give a p-value in (0, 1], e.g. 5e-8, or bonferroni"),
+        (["--threshold", "nan"], "--threshold 'nan': give a p-value in (0, 1], e.g. 5e-8, or bonferroni"),
+        (["--alpha", "5"], "--alpha 5: give a family-wise error rate in (0, 1), e.g. 0.05"),
+        (["--r2", "1"], "--r2 1: give an LD r2 in [0, 1) (PLINK 1.9 --clump-r2), e.g. 0.1"),
+        (["--kb", "0"], "--kb 0: give a clumping window of at least 1 kb (PLINK 1.9 --clump-kb), e.g. 250"),
+        (["--truth-window-kb", "-1"], "--truth-window-kb -1: give a distance of 0 kb or more, e.g. 40"),
+        (["--test", "foo"], "--test 'foo': choose mvlmm or per-trait"),
+    ],
+)
+def test_evaluate_refuses_bad_numbers_before_any_work(tmp_path: Path, option: list[str], message: str) -> None:
+    """Values PLINK would refuse late, or that would give a meaningless count (a NaN threshold:
+    0 loci and NaN in summary.json), stop at once: one usage line, exit 2, nothing written."""
+    result = invoke(
+        "gwas", "evaluate", "--bfile", tmp_path / "absent", "--assoc", tmp_path / "absent.tsv", "--out-dir",
+        tmp_path / "ev", "--name", "m", *option,
+    )  # fmt: skip
+    assert (result.returncode, result.stderr.splitlines()) == (2, [f"error: {message}"])
+    assert list(tmp_path.iterdir()) == []

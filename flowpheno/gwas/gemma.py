@@ -17,7 +17,7 @@ import pandas as pd
 from flowpheno.errors import FlowphenoError
 from flowpheno.gwas.tools import require, run_logged
 from flowpheno.io.atomic import atomic_path
-from flowpheno.io.plink import bim_chromosomes, check_snp_ids, plink_prefix, read_bim, read_fam
+from flowpheno.io.plink import bim_chromosomes, check_snp_ids, plink_prefix, read_bim, read_fam, unique_id_fix
 
 MIN_PHENOTYPED = 10
 """Fewest individuals with a trait (with every trait, for the mvLMM) GEMMA is asked to test."""
@@ -367,10 +367,10 @@ def min_p_over_traits(per_trait: list[pd.DataFrame], snp_order: list[str] | None
     for table in per_trait:
         duplicated = table["SNP"].duplicated()
         if duplicated.any():
+            snp = str(table["SNP"][duplicated].iloc[0])
             raise FlowphenoError(
-                f"SNP ID {str(table['SNP'][duplicated].iloc[0])!r} appears more than once in the association results: "
-                "give every SNP of the .bim a unique ID (e.g. plink1.9 "
-                "--bfile PREFIX --set-missing-var-ids @:# --make-bed --out NEW)"
+                f"SNP ID {snp!r} appears more than once in the association results: every SNP of the .bim needs a "
+                f"unique ID: {unique_id_fix(snp)}"
             )
         frames.append(table.set_index("SNP"))
     order = pd.Index(pd.concat([frame.index.to_series() for frame in frames]).drop_duplicates())

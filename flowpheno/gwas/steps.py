@@ -36,7 +36,7 @@ from flowpheno.io.atomic import StagedDirectory, atomic_path, check_no_clobber, 
 from flowpheno.io.ids import FID_GIVEN
 from flowpheno.io.outputs import write_phenotypes
 from flowpheno.io.phenotypes import Phenotypes, read_phenotypes
-from flowpheno.io.plink import plink_prefix, read_bim, read_fam
+from flowpheno.io.plink import check_snp_ids, plink_prefix, read_bim, read_fam
 
 
 def write_rint_phenotypes(
@@ -174,9 +174,12 @@ ASSOC_COLUMNS = ("SNP", "CHR", "BP", "P")
 def read_assoc(path: str | Path) -> pd.DataFrame:
     """An association table (SNP, CHR, BP, P, as ``flowpheno gwas assoc`` writes it), checked.
 
+    Tab-separated, or whitespace-separated when the header holds no tab (PLINK 1.9's own
+    ``.assoc.linear`` / ``.qassoc`` tables, whose columns include SNP, CHR, BP and P).
+
     Raises :class:`~flowpheno.errors.FlowphenoError` naming the file and the line when a
     column is missing, a line is cut short (a truncated file), P is not a number in [0, 1]
-    or NA, or no SNP has a p-value.
+    or NA, a SNP is listed twice, or no SNP has a p-value.
     """
     path = Path(path)
     if not path.is_file():
@@ -189,11 +192,13 @@ def read_assoc(path: str | Path) -> pd.DataFrame:
             raise FlowphenoError(
                 f"{path}: the last line is cut (no newline at the end: a truncated file?); rerun flowpheno gwas assoc"
             )
+    with path.open("rb") as handle:
+        tabs = b"\t" in handle.readline()
     try:
-        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        table = pd.read_csv(path, sep="\t" if tabs else r"\s+", dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
         raise FlowphenoError(
-            f"{path}: not a tab-separated association table ({' '.join(str(error).split())})"
+            f"{path}: not a tab- or whitespace-separated association table ({' '.join(str(error).split())})"
         ) from None
     missing = [column for column in ASSOC_COLUMNS if column not in table.columns]
     if missing:
@@ -220,6 +225,16 @@ def read_assoc(path: str | Path) -> pd.DataFrame:
         raise FlowphenoError(f"{path}, line {row + 2}: BP {table['BP'].iloc[row]!r} is not a position")
     if p_values.notna().sum() == 0:
         raise FlowphenoError(f"{path}: no SNP has a p-value (every P is NA); check the GEMMA log of that run")
+    repeated = table["SNP"].duplicated(keep=False).to_numpy()
+    if repeated.any():
+        snp = table["SNP"].iloc[int(np.flatnonzero(repeated)[0])]
+        lines = ", ".join(str(i + 2) for i in np.flatnonzero((table["SNP"] == snp).to_numpy())[:3])
+        hint = (
+            "a PLINK --linear/--logistic table lists one test per covariate: keep the ADD rows (plink --hide-covar)"
+            if "TEST" in table.columns
+            else "give one row per SNP"
+        )
+        raise FlowphenoError(f"{path}: SNP {snp!r} is on lines {lines}; {hint}")
     out = table.copy()
     out["BP"] = bp.astype(np.int64)
     out["P"] = p_values.astype(float)
@@ -227,6 +242,43 @@ def read_assoc(path: str | Path) -> pd.DataFrame:
         if column.startswith("P_") or column == "TRAITS_TESTED":
             out[column] = pd.to_numeric(out[column].replace({"NA": np.nan, "": np.nan}), errors="coerce")
     return out
+
+
+def _chromosome_name(codes: pd.Series) -> pd.Series:
+    """:func:`same_chromosome_names`, with leading zeros dropped and PLINK's numeric codes of the
+    human X, Y, XY and MT (23-26, which PLINK writes in its own tables) read as those names."""
+    names = same_chromosome_names(codes).str.replace(r"^0+(?=\d)", "", regex=True)
+    return names.replace({"23": "X", "24": "Y", "25": "XY", "26": "MT", "M": "MT"})
+
+
+def check_assoc_matches_bim(assoc: pd.DataFrame, assoc_path: str | Path, bfile: str | Path) -> None:
+    """Every SNP of the association table is in the fileset's ``.bim``, on the same chromosome
+    (``chr1`` = ``1``, ``X`` = ``23``) at the same position: clumping reads LD by SNP ID and the
+    loci are reported at the table's positions, so a table of another fileset or build would
+    give wrong loci without any error. Raises :class:`~flowpheno.errors.FlowphenoError` naming
+    the first SNP that differs, its line and how many differ."""
+    bim_path = f"{plink_prefix(bfile)}.bim"
+    bim = read_bim(bim_path)
+    check_snp_ids(bim, bim_path)
+    bim = bim.set_index("snp")
+    absent = ~assoc["SNP"].isin(bim.index).to_numpy()
+    if absent.any():
+        row = int(np.flatnonzero(absent)[0])
+        raise FlowphenoError(
+            f"{assoc_path}, line {row + 2}: SNP {assoc['SNP'].iloc[row]!r} is not in {bim_path} ({int(absent.sum())} "
+            f"of {len(assoc)} SNPs are not); give the association table of this fileset (--bfile)"
+        )
+    chrom = _chromosome_name(assoc["CHR"]).to_numpy() != _chromosome_name(bim.loc[assoc["SNP"], "chrom"]).to_numpy()
+    bp = assoc["BP"].to_numpy() != bim.loc[assoc["SNP"], "pos"].to_numpy()
+    moved = chrom | bp
+    if moved.any():
+        row = int(np.flatnonzero(moved)[0])
+        snp = assoc["SNP"].iloc[row]
+        raise FlowphenoError(
+            f"{assoc_path}, line {row + 2}: SNP {snp!r} is at CHR {assoc['CHR'].iloc[row]} BP {assoc['BP'].iloc[row]}, "
+            f"but at {bim.loc[snp, 'chrom']} {bim.loc[snp, 'pos']} in {bim_path} ({int(moved.sum())} SNPs differ); "
+            "give the association table of this fileset and genome build (--bfile)"
+        )
 
 
 def read_truth(path: str | Path) -> pd.DataFrame:
@@ -406,6 +458,7 @@ def evaluate_method(
     )
     with staged:
         assoc = read_assoc(assoc_path)
+        check_assoc_matches_bim(assoc, assoc_path, bfile)
         truth = read_truth(truth_path) if truth_path else None
         if null_chromosomes:
             null_chromosomes = check_null_chromosomes(null_chromosomes, assoc, assoc_path, truth, truth_path)

@@ -226,6 +226,17 @@ def bim_chromosomes(bim: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(bim["chrom"]))
 
 
+def unique_id_fix(snp: str) -> str:
+    """How to give a repeated SNP ID's variants unique IDs: PLINK 1.9 ``--set-missing-var-ids``
+    renames only missing IDs (``.``); any other repeated ID is renamed in the ``.bim`` itself."""
+    if snp == ".":
+        return "name the unnamed SNPs (plink1.9 --bfile PREFIX --set-missing-var-ids @:# --make-bed --out NEW)"
+    return (
+        "rename the repeats in column 2 of the .bim (e.g. to CHR:BP:A1:A2; the .bed and .fam do not change); "
+        "PLINK's --set-missing-var-ids renames only IDs given as '.'"
+    )
+
+
 def check_snp_ids(bim: pd.DataFrame, source: str | Path) -> None:
     """Every SNP ID of a ``.bim`` is unique: GEMMA ``-snps`` lists, PLINK ``--exclude`` and the
     association tables name SNPs by ID. Raises :class:`FlowphenoError` naming the ID and its lines."""
@@ -234,8 +245,8 @@ def check_snp_ids(bim: pd.DataFrame, source: str | Path) -> None:
         snp = bim["snp"][duplicated].iloc[0]
         lines = [str(i + 1) for i in bim.index[bim["snp"] == snp][:3]]
         raise FlowphenoError(
-            f"{source}: SNP ID {snp!r} is on lines {', '.join(lines)}; give every SNP a unique ID "
-            "(plink1.9 --bfile PREFIX --set-missing-var-ids @:# --make-bed --out NEW)"
+            f"{source}: SNP ID {snp!r} is on lines {', '.join(lines)}; every SNP needs a unique ID: "
+            + unique_id_fix(snp)
         )
 
 
