@@ -3,6 +3,7 @@ missing for (nearly) everyone or constant, a per-trait run that fails half-way."
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -419,6 +420,18 @@ def test_evaluate_and_report_never_replace_a_users_files(filesets: tuple[Path, P
     assert same_name.returncode == 1 and same_name.stderr.splitlines() == [
         f"error: {tmp_path / 'ev2'}/summary.json: method 'm' is also the method of {tmp_path / 'ev'}; evaluate "
         "each with its own name (flowpheno gwas evaluate --name)"
+    ]
+    assert not (tmp_path / "rep").exists()
+    summary = json.loads((tmp_path / "ev2" / "summary.json").read_text())
+    (tmp_path / "ev2" / "summary.json").write_text(json.dumps(summary | {"method": "m2"}))  # loci.tsv still says m
+    relabelled = invoke("gwas", "report", tmp_path / "ev", tmp_path / "ev2", "--out-dir", tmp_path / "rep")
+    assert relabelled.returncode == 1 and relabelled.stderr.splitlines() == [
+        f"error: {tmp_path / 'ev2' / 'loci.tsv'}: loci of method 'm', but its summary.json is of 'm2' (an edited or "
+        "copied file?); rerun flowpheno gwas evaluate for that folder"
+    ]
+    absent = invoke("gwas", "report", tmp_path / "nothere", "--out-dir", tmp_path / "rep")
+    assert absent.returncode == 1 and absent.stderr.splitlines() == [
+        f"error: {tmp_path / 'nothere'}: no such folder; give folders written by flowpheno gwas evaluate --out-dir"
     ]
     assert not (tmp_path / "rep").exists()
     not_evaluated = invoke("gwas", "report", mine, "--out-dir", tmp_path / "rep")

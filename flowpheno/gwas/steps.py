@@ -610,8 +610,9 @@ REPORT_MARK = "<!-- written by flowpheno gwas report -->"
 """Last line of every ``report.md``: an existing report without it is not replaced."""
 
 
-def _read_loci(path: Path, expected: int) -> pd.DataFrame:
-    """A ``loci.tsv`` of ``gwas evaluate``: whole lines, the columns it writes, ``expected`` rows."""
+def _read_loci(path: Path, expected: int, method: str) -> pd.DataFrame:
+    """A ``loci.tsv`` of ``gwas evaluate``: whole lines, the columns it writes, ``expected`` rows,
+    each of ``method`` (its summary.json's)."""
     if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
         raise FlowphenoError(
             f"{path}: the last line is cut (a truncated file?); rerun flowpheno gwas evaluate for that folder"
@@ -622,6 +623,13 @@ def _read_loci(path: Path, expected: int) -> pd.DataFrame:
         raise FlowphenoError(
             f"{path}: not the loci table its summary.json describes ({expected} loci; found {len(table)} rows"
             f"{', no column ' + ', '.join(missing) if missing else ''}); rerun flowpheno gwas evaluate for that folder"
+        )
+    named = pd.read_csv(path, sep="\t", usecols=["method"], dtype=str, keep_default_na=False)["method"]
+    other = named[named != method]  # read as text: a method named NA is a name
+    if len(other):
+        raise FlowphenoError(
+            f"{path}: loci of method {str(other.iloc[0])!r}, but its summary.json is of {method!r} (an edited or "
+            "copied file?); rerun flowpheno gwas evaluate for that folder"
         )
     return table
 
@@ -656,6 +664,10 @@ def write_report(
         if directory.resolve() in seen:
             raise FlowphenoError(f"{directory} is given twice; name each method's evaluation folder once")
         seen.add(directory.resolve())
+        if not directory.is_dir():
+            raise FlowphenoError(
+                f"{directory}: no such folder; give folders written by flowpheno gwas evaluate --out-dir"
+            )
         for name in ("summary.json", "loci.tsv"):
             if not (directory / name).is_file():
                 raise FlowphenoError(
@@ -681,7 +693,7 @@ def write_report(
                 "each with its own name (flowpheno gwas evaluate --name)"
             )
         summaries.append(summary | {"dir": directory})
-        loci.append(_read_loci(directory / "loci.tsv", int(summary["loci"])))
+        loci.append(_read_loci(directory / "loci.tsv", int(summary["loci"]), str(summary["method"])))
     table = pd.DataFrame(summaries)
     has_truth = "true_loci" in table.columns
     gaps = _gap_shares(summaries) if has_truth else {}
