@@ -393,7 +393,7 @@ def _check_evaluate_options(
         raise OptionError(f"--r2 {r2:g}: give an LD r2 in [0, 1) (PLINK 1.9 --clump-r2), e.g. 0.1")
     if kb < 1:
         raise OptionError(f"--kb {kb}: give a clumping window of at least 1 kb (PLINK 1.9 --clump-kb), e.g. 250")
-    if not window_kb >= 0:
+    if not 0 <= window_kb < float("inf"):
         raise OptionError(f"--truth-window-kb {window_kb:g}: give a distance of 0 kb or more, e.g. 40")
     if test is not None and test not in TESTS:
         raise OptionError(f"--test {test!r}: choose {' or '.join(TESTS)}")

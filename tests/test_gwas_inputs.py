@@ -438,6 +438,20 @@ def test_evaluate_and_report_never_replace_a_users_files(filesets: tuple[Path, P
     assert not_evaluated.returncode == 1 and f"{mine}: no summary.json" in not_evaluated.stderr
     ok = invoke("gwas", "report", tmp_path / "ev", "--out-dir", tmp_path / "rep")
     assert ok.returncode == 0, ok
+    # a flow fit beside two evaluations (not the workflow's one run/ per method) is nobody's: left out
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "fit.json").write_text(json.dumps({"covariance": {"s2": 0.5}, "epochs": []}))
+    shutil.rmtree(tmp_path / "ev2")
+    shutil.copytree(tmp_path / "ev", tmp_path / "ev2")
+    summary = json.loads((tmp_path / "ev2" / "summary.json").read_text())
+    (tmp_path / "ev2" / "summary.json").write_text(json.dumps(summary | {"method": "a|b"}))
+    loci = pd.read_csv(tmp_path / "ev2" / "loci.tsv", sep="\t")
+    loci.assign(method="a|b").to_csv(tmp_path / "ev2" / "loci.tsv", sep="\t", index=False)
+    shared = invoke("gwas", "report", tmp_path / "ev", tmp_path / "ev2", "--out-dir", tmp_path / "rep2")
+    assert shared.returncode == 0, shared
+    rows = [line for line in (tmp_path / "rep2" / "report.md").read_text().splitlines() if line.startswith("| m ")]
+    rows += [line for line in (tmp_path / "rep2" / "report.md").read_text().splitlines() if line.startswith("| a\\|b ")]
+    assert len(rows) == 2 and all(" - (run/ shared) |" in row and "s2 0.500" not in row for row in rows), rows
     assert (
         "](../ev/manhattan.png)" in (tmp_path / "rep" / "report.md").read_text()
     )  # links work from the report's folder
@@ -457,6 +471,9 @@ def test_evaluate_and_report_never_replace_a_users_files(filesets: tuple[Path, P
         ("moved", "SNP"),
         ("twice", "is on lines 2, 42; give one row per SNP"),
         ("plink_covariate_tests", "keep the ADD rows (plink --hide-covar)"),
+        ("recoded", "at the same positions): the chromosomes are coded differently; give the table the .bim's"),
+        ("csv", "comma- or semicolon-separated; give a tab- or whitespace-separated table"),
+        ("header_only", "a header and no SNP"),
     ],
 )
 def test_evaluate_checks_the_association_table(
@@ -489,6 +506,12 @@ def test_evaluate_checks_the_association_table(
         _write_assoc(path, moved)
     elif case == "twice":
         _write_assoc(path, pd.concat([table, table.iloc[:1]]))
+    elif case == "recoded":  # mouse X written as 20 by plink --mouse, X in the table
+        _write_assoc(path, table.assign(CHR=table["CHR"].replace({"1": "20"})))
+    elif case == "csv":
+        table.to_csv(path, index=False)
+    elif case == "header_only":
+        path.write_text("SNP\tCHR\tBP\tP\n")
     elif case == "plink_covariate_tests":
         _write_assoc(path, pd.concat([table.assign(TEST="ADD"), table.assign(TEST="COV1")]))
     before = snapshot(tmp_path)
@@ -692,3 +715,37 @@ def test_evaluate_refuses_bad_numbers_before_any_work(tmp_path: Path, option: li
     )  # fmt: skip
     assert (result.returncode, result.stderr.splitlines()) == (2, [f"error: {message}"])
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_binaries
+def test_clumping_does_not_depend_on_what_the_chromosomes_are_called(
+    filesets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Chromosomes numbered 23 and 24 (autosomes of cattle, dogs, chickens) or called X are
+    clumped as autosomes: the loci, and the SNPs each absorbs (TOTAL), are those of the same
+    genotypes numbered 1-3. PLINK's human mode would treat them as sex chromosomes (male
+    heterozygous calls set missing) and change the LD."""
+    clean, _ = filesets
+    renamed = tmp_path / "renamed"
+    codes = {"1": "23", "2": "24", "3": "X"}
+    bim = pd.read_csv(f"{clean}.bim", sep="\t", header=None, dtype=str)
+    bim[0] = bim[0].replace(codes)
+    bim.to_csv(f"{renamed}.bim", sep="\t", header=False, index=False)
+    for suffix in (".bed", ".fam"):
+        shutil.copyfile(f"{clean}{suffix}", f"{renamed}{suffix}")
+    table = _assoc(clean)
+    loci = {}
+    for name, bfile, assoc in (
+        ("clean", clean, table),
+        ("renamed", renamed, table.assign(CHR=table["CHR"].replace(codes))),
+    ):
+        path = _write_assoc(tmp_path / f"{name}.tsv", assoc)
+        result = invoke(
+            "gwas", "evaluate", "--bfile", bfile, "--assoc", path, "--out-dir", tmp_path / name, "--name", "m",
+            "--threshold", "1e-3", "--r2", "0.05",
+        )  # fmt: skip
+        assert result.returncode == 0, result
+        loci[name] = pd.read_csv(tmp_path / name / "loci.tsv", sep="\t", dtype={"CHR": str})
+    assert len(loci["clean"]) > 5 and set(loci["clean"]["CHR"]) >= {"1", "2", "3"}
+    assert loci["renamed"][["SNP", "BP", "P", "TOTAL"]].equals(loci["clean"][["SNP", "BP", "P", "TOTAL"]])
+    assert loci["renamed"]["CHR"].tolist() == loci["clean"]["CHR"].replace(codes).tolist()

@@ -17,6 +17,29 @@ LOCUS_COLUMNS = ["CHR", "SNP", "BP", "P", "TOTAL"]
 _HUMAN_CODE = re.compile(r"^(?:chr)?(?:[0-9]|1[0-9]|2[0-6]|x|y|xy|mt?)$", re.IGNORECASE)
 
 
+_SEX_OR_MITO_CODE = re.compile(r"^(?:chr)?(?:2[3-6]|x|y|xy|mt?)$", re.IGNORECASE)
+
+
+def clump_chromosome_codes(codes: pd.Series) -> tuple[pd.Series, bool]:
+    """:func:`plink_chromosome_codes`, with PLINK's human sex and mitochondrial codes (``X``,
+    ``Y``, ``XY``, ``MT``, ``23``-``26``) also given the prefix ``contig_``, for clumping.
+
+    PLINK 1.9 treats those codes as haploid in males (heterozygous calls set missing) and
+    warns about "het. haploid genotypes" otherwise. flowpheno does not know the species: in a
+    cattle, dog or chicken fileset ``23``-``26`` are autosomes, and treating them as human sex
+    chromosomes changes their LD and so the loci. As extra contigs every chromosome is clumped
+    as an autosome, and the loci are the same whatever the chromosomes are called.
+
+    Example:
+        >>> codes, changed = clump_chromosome_codes(pd.Series(["1", "X", "chr23", "26", "27"]))
+        >>> codes.tolist(), changed
+        (['1', 'contig_X', 'contig_chr23', 'contig_26', 'contig_27'], True)
+    """
+    codes, changed = plink_chromosome_codes(codes)
+    sex = codes.str.match(_SEX_OR_MITO_CODE)
+    return codes.where(~sex, "contig_" + codes), changed or bool(sex.any())
+
+
 def plink_chromosome_codes(codes: pd.Series) -> tuple[pd.Series, bool]:
     """Chromosome codes PLINK 1.9 accepts with ``--allow-extra-chr``, and whether any changed.
 
@@ -59,7 +82,8 @@ def clump(
     ``--make-founders`` lets PLINK use every individual for LD even when the ``.fam``
     lists parents (otherwise it skips clumping: "no founders"). ``--allow-extra-chr``
     accepts the chromosome names of non-human or unplaced sequence (``scaffold_12``);
-    see :func:`plink_chromosome_codes` for those PLINK rejects even then. PLINK writes
+    see :func:`plink_chromosome_codes` for those PLINK rejects even then, and
+    :func:`clump_chromosome_codes` for sex chromosomes (clumped as autosomes). PLINK writes
     its own codes (``chrX`` becomes ``23``), so a locus keeps the CHR and BP of its
     index SNP in ``assoc`` (the ``.bim`` names). Returns columns :data:`LOCUS_COLUMNS`.
 
@@ -84,9 +108,9 @@ def clump(
         assoc[["SNP", "P"]].dropna().to_csv(scratch_path / "assoc.tsv", sep="\t", index=False)
         fileset = ["--bfile", str(prefix)]
         codes = pd.read_csv(f"{prefix}.bim", sep=r"\s+", header=None, usecols=[0], dtype=str)[0]
-        if plink_chromosome_codes(codes)[1]:  # the same genotypes with codes PLINK accepts
+        if clump_chromosome_codes(codes)[1]:  # the same genotypes with codes PLINK accepts, all autosomal
             bim = pd.read_csv(f"{prefix}.bim", sep=r"\s+", header=None, dtype=str)
-            bim[0] = plink_chromosome_codes(bim[0])[0]
+            bim[0] = clump_chromosome_codes(bim[0])[0]
             bim.to_csv(scratch_path / "codes.bim", sep="\t", header=False, index=False)
             fileset = ["--bed", f"{prefix}.bed", "--bim", str(scratch_path / "codes.bim"), "--fam", f"{prefix}.fam"]
         command = [

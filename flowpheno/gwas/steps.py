@@ -190,7 +190,8 @@ def read_assoc(path: str | Path) -> pd.DataFrame:
         handle.seek(max(size - 1, 0))
         if size and handle.read(1) != b"\n":
             raise FlowphenoError(
-                f"{path}: the last line is cut (no newline at the end: a truncated file?); rerun flowpheno gwas assoc"
+                f"{path}: the last line is cut (no newline at the end: a truncated file?); rerun the association, "
+                "or end the file with a newline if it is complete"
             )
     with path.open("rb") as handle:
         tabs = b"\t" in handle.readline()
@@ -201,6 +202,11 @@ def read_assoc(path: str | Path) -> pd.DataFrame:
             f"{path}: not a tab- or whitespace-separated association table ({' '.join(str(error).split())})"
         ) from None
     missing = [column for column in ASSOC_COLUMNS if column not in table.columns]
+    if missing and len(table.columns) == 1 and any(mark in str(table.columns[0]) for mark in ",;"):
+        raise FlowphenoError(
+            f"{path}: comma- or semicolon-separated; give a tab- or whitespace-separated table with columns SNP, CHR, "
+            "BP, P"
+        )
     if missing:
         raise FlowphenoError(
             f"{path}: no column {', '.join(missing)} (found: {', '.join(map(str, table.columns[:8]))}); give the table "
@@ -223,6 +229,8 @@ def read_assoc(path: str | Path) -> pd.DataFrame:
     if bp.isna().any():
         row = int(np.flatnonzero(bp.isna().to_numpy())[0])
         raise FlowphenoError(f"{path}, line {row + 2}: BP {table['BP'].iloc[row]!r} is not a position")
+    if table.empty:
+        raise FlowphenoError(f"{path}: a header and no SNP; give the table of a finished association run")
     if p_values.notna().sum() == 0:
         raise FlowphenoError(f"{path}: no SNP has a p-value (every P is NA); check the GEMMA log of that run")
     repeated = table["SNP"].duplicated(keep=False).to_numpy()
@@ -256,7 +264,8 @@ def check_assoc_matches_bim(assoc: pd.DataFrame, assoc_path: str | Path, bfile: 
     (``chr1`` = ``1``, ``X`` = ``23``) at the same position: clumping reads LD by SNP ID and the
     loci are reported at the table's positions, so a table of another fileset or build would
     give wrong loci without any error. Raises :class:`~flowpheno.errors.FlowphenoError` naming
-    the first SNP that differs, its line and how many differ."""
+    the first SNP that differs, its line and how many differ. Sets ``assoc["CHR"]`` to the
+    ``.bim``'s spelling of each chromosome, which every output then uses."""
     bim_path = f"{plink_prefix(bfile)}.bim"
     bim = read_bim(bim_path)
     check_snp_ids(bim, bim_path)
@@ -270,6 +279,14 @@ def check_assoc_matches_bim(assoc: pd.DataFrame, assoc_path: str | Path, bfile: 
         )
     chrom = _chromosome_name(assoc["CHR"]).to_numpy() != _chromosome_name(bim.loc[assoc["SNP"], "chrom"]).to_numpy()
     bp = assoc["BP"].to_numpy() != bim.loc[assoc["SNP"], "pos"].to_numpy()
+    if chrom.any() and not bp[chrom].any():  # same positions, other chromosome names: a coding, not a build
+        row = int(np.flatnonzero(chrom)[0])
+        snp = assoc["SNP"].iloc[row]
+        raise FlowphenoError(
+            f"{assoc_path}, line {row + 2}: SNP {snp!r} is on chromosome {assoc['CHR'].iloc[row]}, but on "
+            f"{bim.loc[snp, 'chrom']} in {bim_path} ({int(chrom.sum())} SNPs differ, at the same positions): the "
+            "chromosomes are coded differently; give the table the .bim's chromosome codes"
+        )
     moved = chrom | bp
     if moved.any():
         row = int(np.flatnonzero(moved)[0])
@@ -279,6 +296,7 @@ def check_assoc_matches_bim(assoc: pd.DataFrame, assoc_path: str | Path, bfile: 
             f"but at {bim.loc[snp, 'chrom']} {bim.loc[snp, 'pos']} in {bim_path} ({int(moved.sum())} SNPs differ); "
             "give the association table of this fileset and genome build (--bfile)"
         )
+    assoc["CHR"] = bim.loc[assoc["SNP"], "chrom"].to_numpy()  # the .bim's spelling (chr1 or 1) in every output
 
 
 def read_truth(path: str | Path) -> pd.DataFrame:
@@ -581,9 +599,17 @@ def _lambda_cell(summary: dict[str, Any]) -> str:
     return text
 
 
-def _fit_cell(evaluation_dir: Path) -> str:
-    """s2 and the kept epoch of the flow fitted for this method (``../run/fit.json``), or -."""
-    path = evaluation_dir / ".." / "run" / "fit.json"
+def _fit_path(evaluation_dir: Path) -> Path:
+    """The flow fit beside an evaluation folder (the workflow's ``{method}/run`` beside ``{method}/evaluation``)."""
+    return (evaluation_dir / ".." / "run" / "fit.json").resolve()
+
+
+def _fit_cell(evaluation_dir: Path, shared: set[Path]) -> str:
+    """s2 and the kept epoch of the flow fitted for this method (``../run/fit.json``), or -;
+    ``shared`` when that file is beside several of the evaluations: it cannot be told whose."""
+    path = _fit_path(evaluation_dir)
+    if path in shared:
+        return "- (run/ shared)"
     if not path.is_file():
         return "-"
     try:
@@ -695,6 +721,8 @@ def write_report(
         summaries.append(summary | {"dir": directory})
         loci.append(_read_loci(directory / "loci.tsv", int(summary["loci"]), str(summary["method"])))
     table = pd.DataFrame(summaries)
+    fits = [_fit_path(Path(summary["dir"])) for summary in summaries]
+    shared_fits = {path for path in fits if fits.count(path) > 1 and path.is_file()}
     has_truth = "true_loci" in table.columns
     gaps = _gap_shares(summaries) if has_truth else {}
     header = (
@@ -710,7 +738,7 @@ def write_report(
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for position, summary in enumerate(summaries):
         row = table.iloc[position]
-        cells = [str(summary["method"]), _n_cell(summary), str(summary["loci"])]
+        cells = [str(summary["method"]).replace("|", "\\|"), _n_cell(summary), str(summary["loci"])]
         if has_truth:
             power = summary.get("power")
             cells += [
@@ -719,7 +747,7 @@ def write_report(
                 f"{power:.2f}" if isinstance(power, (int, float)) else "-",
                 f"{summary['fdp']:.2f}" if isinstance(summary.get("fdp"), (int, float)) else "-",
             ]
-        cells += [_lambda_cell(summary), _fit_cell(Path(row["dir"]))]
+        cells += [_lambda_cell(summary), _fit_cell(Path(row["dir"]), shared_fits)]
         if gaps:
             share = gaps.get(position)
             cells.append("-" if share is None else f"{share[0] / share[1]:.0%} ({share[0]:+d} of {share[1]} loci)")
@@ -747,7 +775,8 @@ def write_report(
         "calibration alone; genome-wide it also grows with true polygenic signal, above all with LOCO.",
         "",
         "[2] fit: the flow's s2 (share of latent variance explained by kinship; `iid`: none) and the kept epoch "
-        "(lowest validation NLL) of all epochs run, from `run/fit.json` beside the evaluation folder.",
+        "(lowest validation NLL) of all epochs run, from `run/fit.json` beside the evaluation folder (left out when "
+        "several of the evaluations have the same folder beside them: `run/ shared`).",
     ]
     if gaps:
         lines += [
