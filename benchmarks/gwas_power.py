@@ -244,7 +244,9 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[str, d
                 if of_arm.empty:
                     continue
                 cells = [mean_se(of_arm[key], DECIMALS.get(key, 1)) for key in MEAN_COLUMNS]
-                lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+                counted = of_arm["seed"].nunique()
+                label = arm if counted == seeds else f"{arm} ({counted} of the seeds)"
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
                 summary["means"][cohort_type][arm] = {
                     key: float(of_arm[key].astype(float).mean())
                     for key in MEAN_COLUMNS
