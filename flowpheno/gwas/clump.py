@@ -107,7 +107,7 @@ def clump(
         scratch_path = Path(scratch)
         assoc[["SNP", "P"]].dropna().to_csv(scratch_path / "assoc.tsv", sep="\t", index=False)
         fileset = ["--bfile", str(prefix)]
-        codes = pd.read_csv(f"{prefix}.bim", sep=r"\s+", header=None, usecols=[0], dtype=str)[0]
+        codes = bim["chrom"]  # as read above: text, exactly as in the .bim
         if clump_chromosome_codes(codes)[1]:  # the same genotypes with codes PLINK accepts, all autosomal
             bim = pd.read_csv(f"{prefix}.bim", sep=r"\s+", header=None, dtype=str)
             bim[0] = clump_chromosome_codes(bim[0])[0]
