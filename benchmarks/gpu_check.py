@@ -1,7 +1,7 @@
 """One GPU check: CUDA against the CPU on the same fits, the dependence overhead on the GPU,
 the exact objective at biobank scale, the images experiment, and host-device syncs.
 
-    python benchmarks/gpu_check.py                  # a CUDA GPU: about 5 min on an H200-class GPU
+    python benchmarks/gpu_check.py                  # a CUDA GPU: about 6 min on an H200-class GPU
     python benchmarks/gpu_check.py --cpu-fallback   # no GPU: the same steps on the CPU at small sizes
 
 Needs flowpheno installed with a CUDA build of torch (README, "GPU") and the repository's
@@ -20,6 +20,12 @@ keeps what it measured. Sections:
 5. Host-device synchronisations per epoch (``torch.cuda.set_sync_debug_mode``), with the
    flowpheno line that caused each. (On the CPU, tests/test_device_placement.py runs the
    same pass on PyTorch's meta device, where any host read raises.)
+6. Where a mini-batch step's time goes (``torch.profiler``): kernel launches per batch, device
+   busy time, the operators with the most CPU and device time.
+7. The kinship step's milliseconds per batch at batch sizes 1,024 to 16,384, GPU against CPU.
+
+``--only A,B`` runs those sections and keeps the others' numbers from the ``gpu.json``
+already in ``--out`` (the report names the earlier commands).
 """
 
 from __future__ import annotations
@@ -59,7 +65,9 @@ RANK = 40
 SIZES = {  # (GPU run, CPU fallback)
     "dense_n": (10_000, 1_500),
     "low_rank_n": (500_000, 20_000),
+    "cpu_low_rank_n": (20_000, 20_000),  # CPU side of the low-rank comparison (a step costs the same at any n)
     "timed_epochs": (3, 1),
+    "batch_sizes": ((1024, 4096, 16384), (256, 1024)),
     "example_fit": ([], ["--epochs", "4", "--stages", "2"]),
 }
 
@@ -154,6 +162,24 @@ def kinship_models(n: int, path: str, device: str) -> tuple[Any, Any]:
     return IIDCovariance(n).to(device), model.float().to(device)
 
 
+def make_trainers(
+    models: dict[str, Any], n: int, device: str, objective: str = "minibatch", batch_size: int = 1024
+) -> dict[str, Any]:
+    """One trainer per dependence model: the same flow start (16 x 128 affine coupling), the same
+    ``n`` rows of standard-normal data on ``device``."""
+    from flowpheno.flows import affine_coupling_flow
+    from flowpheno.train import EpochTrainer, TrainConfig
+
+    x = torch.randn(n, D, generator=torch.Generator().manual_seed(0)).to(device)
+    config = TrainConfig(batch_size=batch_size, seed=0, objective=objective, patience=None)
+    trainers = {}
+    for name, dependence in models.items():
+        flow = affine_coupling_flow(D, layers=16, hidden=128, seed=0)
+        flow.initialize(x.cpu())  # data-dependent initialisation on the CPU, as flowpheno's fit does
+        trainers[name] = EpochTrainer(flow.to(device), dependence, x, None, config, None)
+    return trainers
+
+
 def epoch_seconds(
     models: dict[str, Any],
     n: int,
@@ -164,16 +190,7 @@ def epoch_seconds(
     batch_size: int = 1024,
 ) -> dict[str, list[float]]:
     """Interleaved epochs of each model (one flow copy each, same start); warm-up epochs untimed."""
-    from flowpheno.flows import affine_coupling_flow
-    from flowpheno.train import EpochTrainer, TrainConfig
-
-    x = torch.randn(n, D, generator=torch.Generator().manual_seed(0)).to(device)
-    config = TrainConfig(batch_size=batch_size, seed=0, objective=objective, patience=None)
-    trainers = {}
-    for name, dependence in models.items():
-        flow = affine_coupling_flow(D, layers=16, hidden=128, seed=0)
-        flow.initialize(x)
-        trainers[name] = EpochTrainer(flow.to(device), dependence, x, None, config, None)
+    trainers = make_trainers(models, n, device, objective, batch_size)
     for _ in range(warmup):
         for trainer in trainers.values():
             trainer.run(1, stage=0)
@@ -184,40 +201,56 @@ def epoch_seconds(
 
 
 def overhead(devices: list[str], sizes: dict[str, Any]) -> dict[str, Any]:
+    """Interleaved iid/kinship epochs per (path, device). The dense models are built once on the
+    first device and copied to the others (one eigendecomposition); the CPU side of the low-rank
+    path runs at ``cpu_low_rank_n`` rows, since an epoch of 500,000 rows takes minutes there and
+    a mini-batch step's cost does not depend on n. Speed ratios are therefore per batch."""
     rows = []
-    for path, n in (("dense", sizes["dense_n"]), ("low_rank", sizes["low_rank_n"])):
+    for path in ("dense", "low_rank"):
+        built: tuple[Any, Any] | None = None
         for device in devices:
-            iid, kinship = kinship_models(n, path, device)
-            big_on_cpu = device == "cpu" and n > 100_000  # one untimed-free epoch each: minutes on a CPU
-            timings = epoch_seconds(
-                {"iid": iid, "kinship": kinship},
-                n,
-                device,
-                epochs=1 if big_on_cpu else sizes["timed_epochs"],
-                warmup=0 if big_on_cpu else 1,
-            )
+            n = sizes["dense_n"] if path == "dense" else sizes["low_rank_n"]
+            if path == "low_rank" and device == "cpu":
+                n = min(n, sizes["cpu_low_rank_n"])
+            if path == "dense" and built is not None:
+                iid, kinship = (model.to(device) for model in built)
+            else:
+                iid, kinship = kinship_models(n, path, device)
+                built = (iid, kinship) if path == "dense" else None
+            timings = epoch_seconds({"iid": iid, "kinship": kinship}, n, device, epochs=sizes["timed_epochs"], warmup=1)
             medians = {name: statistics.median(values) for name, values in timings.items()}
+            batches = -(-n // 1024)
             rows.append(
                 {
                     "path": path,
                     "n": n,
                     "device": device,
+                    "batches_per_epoch": batches,
                     "epoch_seconds": timings,
                     "iid_median": medians["iid"],
                     "kinship_median": medians["kinship"],
+                    "iid_ms_per_batch": 1000 * medians["iid"] / batches,
+                    "kinship_ms_per_batch": 1000 * medians["kinship"] / batches,
                     "overhead_ratio": medians["kinship"] / medians["iid"],
                 }
             )
             del iid, kinship
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
+        del built
+        if any(device.startswith("cuda") for device in devices):
+            torch.cuda.empty_cache()
     for row in rows:
         cpu = [r for r in rows if r["path"] == row["path"] and r["device"] == "cpu"]
         if row["device"] != "cpu" and cpu:
-            row["speedup_over_cpu"] = {
-                name: cpu[0][f"{name}_median"] / row[f"{name}_median"] for name in ("iid", "kinship")
+            row["speedup_over_cpu_per_batch"] = {
+                name: cpu[0][f"{name}_ms_per_batch"] / row[f"{name}_ms_per_batch"] for name in ("iid", "kinship")
             }
-    return {"rows": rows, "batch_size": 1024, "flow": "affine coupling, 16 layers, 128-128 SiLU", "d": D}
+    return {
+        "rows": rows,
+        "batch_size": 1024,
+        "flow": "affine coupling, 16 layers, 128-128 SiLU",
+        "d": D,
+        "cpu_threads": torch.get_num_threads(),
+    }
 
 
 def exact_objective(device: str, n: int) -> dict[str, Any]:
@@ -251,37 +284,116 @@ def images(device: str, work: Path) -> dict[str, Any]:
 
 
 # 5 ------------------------------------------------------------------------------------------
+OUTSIDE = "outside flowpheno's code (torch itself, or this script)"
+
+
+def _site(site: str) -> str:
+    """A sync site for the report (runs before the OUTSIDE label named the script wrapper)."""
+    return OUTSIDE if site.startswith("results.py:") else site
+
+
+def _op(name: str) -> str:
+    """An operator or kernel name, cut to fit a table cell."""
+    return name if len(name) <= 70 else name[:67] + "..."
+
+
 def host_syncs(device: str, n: int) -> dict[str, Any]:
-    """Synchronising CUDA calls during one kinship epoch and one iid epoch, by flowpheno line."""
+    """Synchronising CUDA calls during one kinship epoch and one iid epoch (after a warm-up
+    epoch; building the trainer is not counted), by the innermost flowpheno line."""
     if not device.startswith("cuda"):
         return {"skipped": "CPU: see tests/test_device_placement.py (the same pass on the meta device)"}
     iid, kinship = kinship_models(n, "dense", device)
     sites: collections.Counter[str] = collections.Counter()
-    original = warnings.showwarning
 
     def record(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-        ours = [f for f in traceback.extract_stack() if "/flowpheno/" in f.filename and "gpu_check" not in f.filename]
-        sites[f"{Path(ours[-1].filename).name}:{ours[-1].lineno} {ours[-1].line}" if ours else str(message)[:80]] += 1
+        ours = [f for f in traceback.extract_stack() if "/flowpheno/" in f.filename and "/bench/" not in f.filename]
+        sites[f"{Path(ours[-1].filename).name}:{ours[-1].lineno} {ours[-1].line}" if ours else OUTSIDE] += 1
 
     counts = {}
     for name, model in (("iid", iid), ("kinship", kinship)):
-        epoch_seconds({name: model}, n, device, epochs=0, warmup=1)  # compile kernels, build caches
+        trainer = make_trainers({name: model}, n, device)[name]
+        trainer.run(1, stage=0)  # compile kernels, build caches
+        torch.cuda.synchronize()
         sites.clear()
-        warnings.showwarning = record
-        torch.cuda.set_sync_debug_mode("warn")
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            warnings.showwarning = record
-            epoch_seconds({name: model}, n, device, epochs=1, warmup=0)
-        torch.cuda.set_sync_debug_mode("default")
-        warnings.showwarning = original
+            warnings.showwarning = record  # restored by catch_warnings
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                trainer.run(1, stage=1)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
         counts[name] = {"syncs": sum(sites.values()), "batches": -(-n // 1024), "sites": dict(sites.most_common())}
     return {
         "n": n,
         "path": "dense",
         "per_epoch": counts,
-        "note": "one epoch includes building the trainer (optimizer, flow copy), the batches and the epoch-end read",
+        "note": "one epoch after a warm-up epoch: its batches, the epoch-end reads and the epoch record",
     }
+
+
+def batch_profile(device: str, n: int) -> dict[str, Any]:
+    """Where a mini-batch step's time goes on ``device`` (torch.profiler over one kinship epoch,
+    dense path): kernel launches per batch and the operators with the most CPU and device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, kinship = kinship_models(n, "dense", device)
+    trainer = make_trainers({"kinship": kinship}, n, device)["kinship"]
+    trainer.run(1, stage=0)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        trainer.run(1, stage=1)
+    batches = -(-n // 1024)
+    events = prof.key_averages()
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    device_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events)
+
+    def top(attribute: str) -> list[dict[str, Any]]:
+        ranked = sorted(events, key=lambda e: getattr(e, attribute, 0) or 0, reverse=True)[:12]
+        return [
+            {"op": e.key, "calls": e.count, "ms_per_batch": (getattr(e, attribute, 0) or 0) / 1000 / batches}
+            for e in ranked
+        ]
+
+    return {
+        "n": n,
+        "batches": batches,
+        "epoch_seconds": trainer.epochs[-1]["seconds"],
+        "ms_per_batch": 1000 * trainer.epochs[-1]["seconds"] / batches,
+        "kernel_launches_per_batch": launches / batches,
+        "device_busy_ms_per_batch": device_us / 1000 / batches,
+        "top_self_cpu": top("self_cpu_time_total"),
+        "top_self_device": top("self_device_time_total") if device.startswith("cuda") else [],
+    }
+
+
+def batch_sizes(devices: list[str], sizes: dict[str, Any]) -> dict[str, Any]:
+    """Milliseconds per batch and rows per second of the kinship (low-rank) model's mini-batch
+    step at several batch sizes, each device: 8 batches per epoch, one warm-up epoch, then
+    ``timed_epochs``. A GPU step is launch-bound at the default batch (section 6), so its cost
+    barely grows with the batch while the CPU's grows with it."""
+    rows = []
+    for batch_size in sizes["batch_sizes"]:
+        for device in devices:
+            n = 8 * batch_size
+            _, kinship = kinship_models(n, "low_rank", device)
+            timings = epoch_seconds({"kinship": kinship}, n, device, sizes["timed_epochs"], 1, batch_size=batch_size)
+            median = statistics.median(timings["kinship"])
+            rows.append(
+                {
+                    "batch_size": batch_size,
+                    "device": device,
+                    "n": n,
+                    "epoch_seconds": timings["kinship"],
+                    "ms_per_batch": 1000 * median / 8,
+                    "rows_per_second": n / median,
+                }
+            )
+    for row in rows:
+        cpu = [r for r in rows if r["batch_size"] == row["batch_size"] and r["device"] == "cpu"]
+        if row["device"] != "cpu" and cpu:
+            row["speedup_over_cpu"] = cpu[0]["ms_per_batch"] / row["ms_per_batch"]
+    return {"rows": rows, "cpu_threads": torch.get_num_threads(), "path": "low_rank", "rank": RANK}
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,9 +402,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"# GPU check ({result['device_name']})",
         "",
         f"`{result['command']}`; {result['machine']}; torch {result['versions'].get('torch')}; "
-        f"wall time {result.get('wall_seconds', 0) / 60:.1f} min.",
+        f"wall time {result.get('wall_seconds', 0) / 60:.1f} min"
+        + (" (this run)." if result.get("earlier_commands") else "."),
         "",
     ]
+    if result.get("earlier_commands"):
+        lines += [
+            "Sections not named in `--only` come from earlier runs on the same kind of machine: "
+            + "; ".join(f"`{command}`" for command in result["earlier_commands"]),
+            "",
+        ]
     fit = result.get("example_fit")
     if isinstance(fit, dict) and "error" not in fit:
         a, b = fit["devices"]
@@ -317,18 +436,25 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "## 2. Seconds per flow epoch: iid vs kinship (batch 1024, d = 6, 16 x 128 affine coupling)",
             "",
-            "| kinship | n | device | iid | kinship | kinship / iid "
-            "(target <= 1.10) | CPU / this device (iid, kinship) |",
-            "|---|---|---|---|---|---|---|",
+            "| kinship | n | device | iid s/epoch | kinship s/epoch | ms per batch (iid, kinship) | kinship / iid "
+            "(target <= 1.10) | CPU / this device, per batch (iid, kinship) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for row in over["rows"]:
-            speed = row.get("speedup_over_cpu")
+            speed = row.get("speedup_over_cpu_per_batch")
             speed_text = f"{speed['iid']:.1f}x, {speed['kinship']:.1f}x" if speed else "-"
             lines.append(
                 f"| {row['path']} | {row['n']:,} | {row['device']} | {row['iid_median']:.3f} | "
-                f"{row['kinship_median']:.3f} | {row['overhead_ratio']:.3f} | {speed_text} |"
+                f"{row['kinship_median']:.3f} | {row['iid_ms_per_batch']:.1f}, {row['kinship_ms_per_batch']:.1f} | "
+                f"{row['overhead_ratio']:.3f} | {speed_text} |"
             )
-        lines.append("")
+        lines += [
+            "",
+            f"CPU rows use {over['cpu_threads']} torch threads. A low-rank CPU row has fewer rows than the GPU row "
+            "(an epoch of 500,000 rows takes minutes on a CPU; a step's cost does not grow with n), so the "
+            "speed ratio compares milliseconds per batch.",
+            "",
+        ]
     exact = result.get("exact_objective")
     if isinstance(exact, dict) and "error" not in exact:
         peak = f"{exact['peak_gpu_memory_gb']:.2f} GB" if exact["peak_gpu_memory_gb"] is not None else "n/a (CPU)"
@@ -356,15 +482,52 @@ def markdown(result: dict[str, Any]) -> str:
         else:
             for name, count in syncs["per_epoch"].items():
                 lines.append(f"- {name}: {count['syncs']} in an epoch of {count['batches']} batches")
-                lines += [f"  - {times} x `{site}`" for site, times in count["sites"].items()]
+                lines += [f"  - {times} x `{_site(site)}`" for site, times in count["sites"].items()]
             lines += ["", syncs["note"], ""]
+    prof = result.get("batch_profile")
+    if isinstance(prof, dict) and "error" not in prof:
+        lines += [
+            "## 6. Where a mini-batch step's time goes (kinship, dense path, torch.profiler)",
+            "",
+            f"n = {prof['n']:,} ({prof['batches']} batches): {prof['ms_per_batch']:.1f} ms per batch under the "
+            f"profiler, {prof['kernel_launches_per_batch']:.0f} kernel launches per batch, device busy "
+            f"{prof['device_busy_ms_per_batch']:.1f} ms per batch.",
+            "",
+            "| operator (self CPU time) | calls per epoch | ms per batch |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| `{_op(row['op'])}` | {row['calls']} | {row['ms_per_batch']:.2f} |" for row in prof["top_self_cpu"]
+        ]
+        if prof["top_self_device"]:
+            lines += ["", "| operator (self device time) | calls per epoch | ms per batch |", "|---|---|---|"]
+            lines += [
+                f"| `{_op(row['op'])}` | {row['calls']} | {row['ms_per_batch']:.3f} |"
+                for row in prof["top_self_device"]
+            ]
+        lines.append("")
+    sweep = result.get("batch_sizes")
+    if isinstance(sweep, dict) and "error" not in sweep:
+        lines += [
+            "## 7. Batch size: the kinship (rank-40) step per device",
+            "",
+            "| batch size | device | ms per batch | rows per second | CPU / this device |",
+            "|---|---|---|---|---|",
+        ]
+        for row in sweep["rows"]:
+            speed = f"{row['speedup_over_cpu']:.1f}x" if "speedup_over_cpu" in row else "-"
+            lines.append(
+                f"| {row['batch_size']:,} | {row['device']} | {row['ms_per_batch']:.1f} | "
+                f"{row['rows_per_second']:,.0f} | {speed} |"
+            )
+        lines += ["", f"8 batches per epoch; CPU rows use {sweep['cpu_threads']} torch threads.", ""]
     failed = [key for key, value in result.items() if isinstance(value, dict) and "error" in value]
     for key in failed:
         lines += [f"**{key} failed**: `{result[key]['error'][:300]}`", ""]
     return "\n".join(lines)
 
 
-SECTIONS = ("example_fit", "overhead", "exact_objective", "images", "host_syncs")
+SECTIONS = ("example_fit", "overhead", "exact_objective", "images", "host_syncs", "batch_profile", "batch_sizes")
 
 
 def _sections(text: str) -> str:
@@ -404,6 +567,15 @@ def main(
         "sizes": sizes,
     }
 
+    previous = out / f"{name}.json"
+    if only != ",".join(SECTIONS) and previous.exists():  # a partial rerun keeps the other sections' numbers
+        kept = json.loads(previous.read_text())
+        for key in SECTIONS:
+            if key in kept and key not in only.split(","):
+                result[key] = kept[key]
+                result.setdefault("section_seconds", {})[key] = kept.get("section_seconds", {}).get(key)
+        result["earlier_commands"] = kept.get("earlier_commands", []) + [kept.get("command")]
+
     def save() -> None:
         write_results(out, {f"{name}.json": result, f"{name}.md": markdown(result)}, default=str)
 
@@ -413,6 +585,8 @@ def main(
         "exact_objective": lambda work: exact_objective(device, sizes["low_rank_n"]),
         "images": lambda work: images(device, work),
         "host_syncs": lambda work: host_syncs(device, sizes["dense_n"]),
+        "batch_profile": lambda work: batch_profile(device, sizes["dense_n"]),
+        "batch_sizes": lambda work: batch_sizes([device, "cpu"] if device != "cpu" else ["cpu"], sizes),
     }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:

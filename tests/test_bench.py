@@ -332,7 +332,9 @@ def test_benchmark_scripts_refuse_bad_options_before_any_work(tmp_path: Path) ->
             "gpu_check.py",
             ["--only", "overhead,foo"],
             "'--only': 'foo': choose from "
-            + ", ".join(["example_fit", "overhead", "exact_objective", "images", "host_syncs"]),
+            + ", ".join(
+                ["example_fit", "overhead", "exact_objective", "images", "host_syncs", "batch_profile", "batch_sizes"]
+            ),
         ),
     ]
     for script_name, arguments, message in cases:
