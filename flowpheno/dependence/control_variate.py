@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowpheno.dependence.base import DependenceModel, trace_estimate
+from flowpheno.dependence.base import DependenceModel
 
 
 class LatentControlVariate:
@@ -42,7 +42,7 @@ class LatentControlVariate:
         delta = z_batch - self.latent[idx]
         known = (self.latent * self.precision_latent).sum()
         linear = 2.0 * (n / b) * (delta * self.precision_latent[idx]).sum()
-        return known + linear + trace_estimate(delta, self.dependence.precision_block(idx), n)
+        return known + linear + self.dependence.minibatch_quad_form(delta, idx)
 
     @torch.no_grad()
     def update(self, z_batch: Tensor, idx: Tensor) -> None:

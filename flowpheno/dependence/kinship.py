@@ -225,6 +225,28 @@ class KinshipCovariance(DependenceModel):
             self._cached_for = current
         return self._cached_precision.index_select(0, idx).index_select(1, idx)  # faster than P[idx[:, None], idx]
 
+    def minibatch_quad_form(self, z_batch: Tensor, idx: Tensor) -> Tensor:
+        """Unbiased estimate of ``tr(Z^T Sigma^-1 Z)`` from the batch rows ``idx`` (``(b,)``,
+        uniform; ``z_batch``: ``(b, d)``): the same estimate as :func:`trace_estimate` on
+        :meth:`precision_block`, without the ``(b, b)`` block where no cached dense precision
+        is used: the batch's whole sum is ``sum_k w_k |U[idx]_k^T Z_B|^2 + c |Z_B|^2`` and its
+        diagonal ``sum_i P_ii |z_i|^2``, ``O(b r d)`` time and ``O(b r)`` memory instead of
+        ``O(b^2 r)`` and ``O(b^2)`` (``w = 1/D - c``, ``c = 1/(1 - s2)`` if ``n > r`` else 0)."""
+        if self._dense_cache_used():
+            return super().minibatch_quad_form(z_batch, idx)
+        rows = self.eigenvectors[idx]
+        z = z_batch.to(rows.dtype)
+        inside = 1 / (1 - self.s2) if self.complement else torch.zeros((), dtype=rows.dtype, device=rows.device)
+        weights = 1 / self.spectrum() - inside
+        squared_norms = z.square().sum(dim=1)
+        whole = ((rows.T @ z).square().sum(dim=1) * weights).sum() + inside * squared_norms.sum()
+        diagonal = ((rows.square() @ weights + inside) * squared_norms).sum()
+        n, b = self.n, z.shape[0]
+        estimate = (n / b) * diagonal
+        if b > 1:
+            estimate = estimate + (n * (n - 1) / (b * (b - 1))) * (whole - diagonal)
+        return estimate
+
     def _dense_cache_used(self) -> bool:
         """Whether batch entries come from a cached dense precision: ``s2`` fixed, a dense enough
         kinship of moderate ``n``, on the CPU (where reading the key costs nothing)."""
