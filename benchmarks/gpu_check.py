@@ -399,7 +399,7 @@ def batch_sizes(devices: list[str], sizes: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"# GPU check ({result['device_name']})",
+        f"# GPU check: {result['device_name']}",
         "",
         f"`{result['command']}`; {result['machine']}; torch {result['versions'].get('torch')}; "
         f"wall time {result.get('wall_seconds', 0) / 60:.1f} min"
@@ -415,8 +415,9 @@ def markdown(result: dict[str, Any]) -> str:
     fit = result.get("example_fit")
     if isinstance(fit, dict) and "error" not in fit:
         a, b = fit["devices"]
-        lines += ["## 1. `make example`'s fit, same seed", "", f"| | {a} | {b} |", "|---|---|---|"]
-        keys = list(fit["seconds"])
+        keys = list(fit["seconds"])  # "0_cuda", "1_cpu": run order and device
+        head = " | ".join(f"{key.split('_', 1)[1]} (run {int(key.split('_', 1)[0]) + 1})" for key in keys)
+        lines += ["## 1. `make example`'s fit, same seed", "", f"| | {head} |", "|---|---|---|"]
         lines.append(f"| wall time (s) | {fit['seconds'][keys[0]]:.1f} | {fit['seconds'][keys[1]]:.1f} |")
         lines.append(
             "| s2 per stage | " + " | ".join(", ".join(f"{v:.4f}" for v in fit["s2_per_stage"][k]) for k in keys) + " |"
@@ -448,13 +449,13 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{row['kinship_median']:.3f} | {row['iid_ms_per_batch']:.1f}, {row['kinship_ms_per_batch']:.1f} | "
                 f"{row['overhead_ratio']:.3f} | {speed_text} |"
             )
-        lines += [
-            "",
-            f"CPU rows use {over['cpu_threads']} torch threads. A low-rank CPU row has fewer rows than the GPU row "
-            "(an epoch of 500,000 rows takes minutes on a CPU; a step's cost does not grow with n), so the "
-            "speed ratio compares milliseconds per batch.",
-            "",
-        ]
+        lines += ["", f"CPU rows use {over['cpu_threads']} torch threads."]
+        if any(row["device"] != "cpu" for row in over["rows"]):
+            lines[-1] += (
+                " A low-rank CPU row has fewer rows than the GPU row (an epoch of 500,000 rows takes minutes on "
+                "a CPU; a step's cost does not grow with n), so the speed ratio compares milliseconds per batch."
+            )
+        lines.append("")
     exact = result.get("exact_objective")
     if isinstance(exact, dict) and "error" not in exact:
         peak = f"{exact['peak_gpu_memory_gb']:.2f} GB" if exact["peak_gpu_memory_gb"] is not None else "n/a (CPU)"
@@ -489,9 +490,14 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "## 6. Where a mini-batch step's time goes (kinship, dense path, torch.profiler)",
             "",
-            f"n = {prof['n']:,} ({prof['batches']} batches): {prof['ms_per_batch']:.1f} ms per batch under the "
-            f"profiler, {prof['kernel_launches_per_batch']:.0f} kernel launches per batch, device busy "
-            f"{prof['device_busy_ms_per_batch']:.1f} ms per batch.",
+            f"n = {prof['n']:,} ({prof['batches']} batches of at most 1,024 rows): "
+            f"{prof['ms_per_batch']:.1f} ms per batch under the profiler (which slows the host side), "
+            + (
+                f"{prof['kernel_launches_per_batch']:.0f} kernel launches per batch, device busy "
+                f"{prof['device_busy_ms_per_batch']:.1f} ms per batch."
+                if prof["top_self_device"]
+                else "kernel launches and device time n/a (CPU)."
+            ),
             "",
             "| operator (self CPU time) | calls per epoch | ms per batch |",
             "|---|---|---|",
@@ -554,6 +560,12 @@ def main(
     sizes = {key: value[pick] for key, value in SIZES.items()}
     if not cpu_fallback and not torch.cuda.is_available():
         raise FlowphenoError("this torch sees no CUDA GPU; use --cpu-fallback to check the script on the CPU")
+    if out.exists() and not out.is_dir():
+        raise FlowphenoError(f"--out {out} is a file; give a folder (it is made if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FlowphenoError(f"--out {out}: cannot make this folder ({error.strerror})") from None
     device = "cpu" if cpu_fallback else "cuda"
 
     name = "gpu_cpu_fallback" if cpu_fallback else "gpu"
@@ -569,7 +581,21 @@ def main(
 
     previous = out / f"{name}.json"
     if only != ",".join(SECTIONS) and previous.exists():  # a partial rerun keeps the other sections' numbers
-        kept = json.loads(previous.read_text())
+        try:
+            kept = json.loads(previous.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise FlowphenoError(
+                f"{previous}: cannot keep its sections ({error}); move it away, or choose another --out"
+            ) from None
+        if not isinstance(kept, dict) or "command" not in kept:
+            raise FlowphenoError(f"{previous}: not a gpu_check result; move it away, or choose another --out")
+        here = (result["device_name"], result["machine"], result["versions"].get("torch"))
+        there = (kept.get("device_name"), kept.get("machine"), kept.get("versions", {}).get("torch"))
+        if here != there:
+            raise FlowphenoError(
+                f"{previous} was measured on {' / '.join(map(str, there))}, this run is on "
+                f"{' / '.join(map(str, here))}: --only would mix the two; choose another --out"
+            )
         for key in SECTIONS:
             if key in kept and key not in only.split(","):
                 result[key] = kept[key]

@@ -134,3 +134,36 @@ def test_kinship_batch_estimate_equals_the_block_formula(path: str, learn_s2: bo
     torch.testing.assert_close(fast, block, rtol=1e-10, atol=1e-10)
     for got, expected in zip(fast_grads, block_grads, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "sizes"),
+    [
+        (513, 256, [256, 257]),
+        (512, 256, [256, 256]),
+        (257, 256, [257]),
+        (3, 2, [3]),
+        (1, 256, [1]),
+        (300, 256, [256, 44]),
+    ],
+)
+def test_uniform_batches_never_leave_a_single_row(n: int, batch: int, sizes: list[int]) -> None:
+    """A batch of one row would estimate only the diagonal of the trace (biased), so a trailing
+    single row joins the batch before it; every row is in exactly one batch."""
+    from flowpheno.train.objective import uniform_batches
+
+    batches = uniform_batches(n, batch, torch.Generator().manual_seed(0))
+    assert [len(b) for b in batches] == sizes
+    assert sorted(torch.cat(batches).tolist()) == list(range(n))
+
+
+def test_a_single_row_batch_is_biased_so_training_avoids_it() -> None:
+    """Why: the exact mean of the one-row estimate over all rows is the diagonal part only."""
+    rng = np.random.default_rng(4)
+    n = 30
+    model = KinshipCovariance.from_matrix(torch.tensor(family_kinship(n, rng, relatedness=0.6)), s2=0.7)
+    z = torch.tensor(rng.normal(size=(n, 2)))
+    single = np.mean([float(model.minibatch_quad_form(z[[i]], torch.tensor([i]))) for i in range(n)])
+    diagonal = float((torch.diagonal(model.precision()) * z.square().sum(dim=1)).sum())
+    assert single == pytest.approx(diagonal, rel=1e-10)
+    assert abs(single - float(model.quad_form(z))) > 1e-3 * abs(float(model.quad_form(z)))

@@ -23,10 +23,13 @@ def trace_estimate(z_batch: Tensor, precision_batch: Tensor, n: int) -> Tensor:
     Args:
         z_batch: ``(b, d)`` latents of the batch rows.
         precision_batch: ``(b, b)``, ``P[idx][:, idx]`` for those rows.
-        n: number of rows the batch was drawn from (uniformly, without replacement).
+        n: number of rows the batch was drawn from (uniformly, without replacement: the
+            rows must be distinct, and a repeated row makes the estimate wrong).
 
     Returns:
-        A 0-d tensor, unbiased for ``tr(Z^T P Z)`` over all ``n`` rows.
+        A 0-d tensor, unbiased for ``tr(Z^T P Z)`` over all ``n`` rows when ``b >= 2``; a
+        single row (``b = 1``) has no pair and estimates only the diagonal part
+        (training never makes such a batch: ``flowpheno.train.objective.uniform_batches``).
     """
     b = z_batch.shape[0]
     gram = z_batch @ z_batch.T

@@ -227,7 +227,7 @@ class KinshipCovariance(DependenceModel):
 
     def minibatch_quad_form(self, z_batch: Tensor, idx: Tensor) -> Tensor:
         """Unbiased estimate of ``tr(Z^T Sigma^-1 Z)`` from the batch rows ``idx`` (``(b,)``,
-        uniform; ``z_batch``: ``(b, d)``): the same estimate as :func:`trace_estimate` on
+        distinct, uniform, ``b >= 2``; ``z_batch``: ``(b, d)``): the same estimate as :func:`trace_estimate` on
         :meth:`precision_block`, without the ``(b, b)`` block where no cached dense precision
         is used: the batch's whole sum is ``sum_k w_k |U[idx]_k^T Z_B|^2 + c |Z_B|^2`` and its
         diagonal ``sum_i P_ii |z_i|^2``, ``O(b r d)`` time and ``O(b r)`` memory instead of

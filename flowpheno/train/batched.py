@@ -27,6 +27,7 @@ from torch import Tensor
 
 from flowpheno.errors import FlowphenoError
 from flowpheno.flows.batched import BatchedSplineFlow
+from flowpheno.train.objective import uniform_batches
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -401,7 +402,7 @@ class MemberTrainer:
             started = time.perf_counter()
             loss_sum = torch.zeros(members, dtype=torch.float64)
             rows = torch.zeros(members, dtype=torch.float64)
-            for idx in torch.randperm(n, generator=self.generator).split(self.batch_size):
+            for idx in uniform_batches(n, self.batch_size, self.generator):
                 loss, step = self._step(idx)
                 loss_sum += torch.where(step, loss.to(torch.float64) * len(idx), 0.0)
                 rows += step.to(torch.float64) * len(idx)

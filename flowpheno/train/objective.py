@@ -17,6 +17,22 @@ from flowpheno.dependence.kinship import gaussian_nll_from_terms
 from flowpheno.flows import LatentFlow
 
 
+def uniform_batches(
+    n: int, batch_size: int, generator: torch.Generator, device: torch.device | str | None = None
+) -> list[Tensor]:
+    """One epoch's uniform batches: a random permutation of ``range(n)`` (drawn on the CPU by
+    ``generator``, moved to ``device`` in one copy) cut into batches of ``batch_size`` rows, a
+    trailing single row joined to the batch before it.
+
+    A batch of one row has no pair, so its trace estimate (Proposition 2.2) sees only the
+    diagonal of ``Sigma^-1`` and is biased; any batch of two or more distinct uniform rows is
+    unbiased. Returns int64 row indices (``(b,)`` each)."""
+    batches = list(torch.randperm(n, generator=generator).to(device).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
 def minibatch_nll(
     flow: LatentFlow,
     dependence: DependenceModel,

@@ -40,7 +40,7 @@ from flowpheno.dependence import DependenceModel, HeldOutKinship, IIDCovariance,
 from flowpheno.errors import FlowphenoError
 from flowpheno.flows import LatentFlow
 from flowpheno.train.exact import exact_backward
-from flowpheno.train.objective import held_out_nll, layout_batch_nll, minibatch_nll, push_forward
+from flowpheno.train.objective import held_out_nll, layout_batch_nll, minibatch_nll, push_forward, uniform_batches
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -202,8 +202,7 @@ class EpochTrainer:
     def _batches(self, n: int, device: torch.device) -> list[Tensor]:
         if self.config.batching != "uniform":
             return self.dependence.batches(self.config.batching, self.config.batch_size, self.generator)
-        order = torch.randperm(n, generator=self.generator).to(device)
-        return list(order.split(self.config.batch_size))
+        return uniform_batches(n, self.config.batch_size, self.generator, device)
 
     def _gradient_norm(self) -> Tensor:
         """Clip the gradient (``max_grad_norm``) and return its total norm before clipping (on the device)."""
