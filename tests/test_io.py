@@ -225,3 +225,20 @@ def test_genotype_factor_is_the_standardised_grm(tmp_path: Path) -> None:
     write_plink(tmp_path / "wide", dosage, fam, bim)
     with pytest.raises(FlowphenoError, match=r"\d+ SNPs pass the filters for 20 individuals.*LD-prune"):
         read_genotype_factor(tmp_path / "wide")
+
+
+def test_duplicate_fam_line_gets_the_plink_fix(tmp_path: Path) -> None:
+    """A .fam line is a column of the .bed: the hint must not be "delete a row" but a renamed copy."""
+    from flowpheno.io.plink import fam_keys, read_fam
+
+    fam = tmp_path / "d.fam"
+    fam.write_text("f a 0 0 1 -9\nf b 0 0 2 -9\nf a 0 0 1 -9\n")
+    with pytest.raises(FlowphenoError) as caught:
+        fam_keys(read_fam(fam), fam)
+    prefix = str(tmp_path / "d")
+    assert str(caught.value) == (
+        f"{fam}: FID 'f' IID 'a' appears more than once (lines 1, 3); each .fam line is a column of the .bed, "
+        "so do not delete a line: write a copy of the .fam that gives the repeats distinct IIDs, make a new "
+        f"fileset from it (plink1.9 --bed {prefix}.bed --bim {prefix}.bim --fam COPY.fam --make-bed --out NEW), "
+        "then drop a true duplicate with plink1.9 --remove"
+    )

@@ -102,12 +102,20 @@ def check_unique(keys: SampleKeys) -> None:
     same = np.flatnonzero(same)
     places = ", ".join(str(int(keys.lines[i])) if keys.lines is not None else str(i + 1) for i in same)
     label = "lines" if keys.lines is not None else "rows"
-    fix = (
-        "keep one row per individual"
-        if keys.fid is not None
-        else "if these are different individuals of different families, add a FID column (PLINK identifies an "
-        "individual by FID and IID); if they are one individual, keep one row"
-    )
+    if keys.source.endswith(".fam"):  # each line is a column of the .bed: deleting one misaligns every genotype
+        fix = (
+            "each .fam line is a column of the .bed, so do not delete a line: write a copy of the .fam that gives "
+            f"the repeats distinct IIDs, make a new fileset from it (plink1.9 --bed {keys.source[:-4]}.bed --bim "
+            f"{keys.source[:-4]}.bim --fam COPY.fam --make-bed --out NEW), then drop a true duplicate with "
+            "plink1.9 --remove"
+        )
+    elif keys.fid is not None:
+        fix = "keep one row per individual"
+    else:
+        fix = (
+            "if these are different individuals of different families, add a FID column (PLINK identifies an "
+            "individual by FID and IID); if they are one individual, keep one row"
+        )
     raise FlowphenoError(f"{keys.source}: {keys.describe(first)} appears more than once ({label} {places}); {fix}")
 
 
