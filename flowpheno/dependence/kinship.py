@@ -236,7 +236,7 @@ class KinshipCovariance(DependenceModel):
             return super().minibatch_quad_form(z_batch, idx)
         rows = self.eigenvectors[idx]
         z = z_batch.to(rows.dtype)
-        inside = 1 / (1 - self.s2) if self.complement else torch.zeros((), dtype=rows.dtype, device=rows.device)
+        inside = 1 / (1 - self.s2) if self.complement else 0.0
         weights = 1 / self.spectrum() - inside
         squared_norms = z.square().sum(dim=1)
         whole = ((rows.T @ z).square().sum(dim=1) * weights).sum() + inside * squared_norms.sum()

@@ -107,11 +107,9 @@ def clump(
         scratch_path = Path(scratch)
         assoc[["SNP", "P"]].dropna().to_csv(scratch_path / "assoc.tsv", sep="\t", index=False)
         fileset = ["--bfile", str(prefix)]
-        codes = bim["chrom"]  # as read above: text, exactly as in the .bim
-        if clump_chromosome_codes(codes)[1]:  # the same genotypes with codes PLINK accepts, all autosomal
-            bim = pd.read_csv(f"{prefix}.bim", sep=r"\s+", header=None, dtype=str)
-            bim[0] = clump_chromosome_codes(bim[0])[0]
-            bim.to_csv(scratch_path / "codes.bim", sep="\t", header=False, index=False)
+        codes, changed = clump_chromosome_codes(bim["chrom"])  # the .bim's codes as read above, as text
+        if changed:  # the same genotypes with codes PLINK accepts, all autosomal
+            bim.assign(chrom=codes).to_csv(scratch_path / "codes.bim", sep="\t", header=False, index=False)
             fileset = ["--bed", f"{prefix}.bed", "--bim", str(scratch_path / "codes.bim"), "--fam", f"{prefix}.fam"]
         command = [
             plink,

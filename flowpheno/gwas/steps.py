@@ -277,8 +277,9 @@ def check_assoc_matches_bim(assoc: pd.DataFrame, assoc_path: str | Path, bfile: 
             f"{assoc_path}, line {row + 2}: SNP {assoc['SNP'].iloc[row]!r} is not in {bim_path} ({int(absent.sum())} "
             f"of {len(assoc)} SNPs are not); give the association table of this fileset (--bfile)"
         )
-    chrom = _chromosome_name(assoc["CHR"]).to_numpy() != _chromosome_name(bim.loc[assoc["SNP"], "chrom"]).to_numpy()
-    bp = assoc["BP"].to_numpy() != bim.loc[assoc["SNP"], "pos"].to_numpy()
+    at = bim.loc[assoc["SNP"]]  # each table row's .bim entry, in table order
+    chrom = _chromosome_name(assoc["CHR"]).to_numpy() != _chromosome_name(at["chrom"]).to_numpy()
+    bp = assoc["BP"].to_numpy() != at["pos"].to_numpy()
     if chrom.any() and not bp[chrom].any():  # same positions, other chromosome names: a coding, not a build
         row = int(np.flatnonzero(chrom)[0])
         snp = assoc["SNP"].iloc[row]
@@ -296,7 +297,7 @@ def check_assoc_matches_bim(assoc: pd.DataFrame, assoc_path: str | Path, bfile: 
             f"but at {bim.loc[snp, 'chrom']} {bim.loc[snp, 'pos']} in {bim_path} ({int(moved.sum())} SNPs differ); "
             "give the association table of this fileset and genome build (--bfile)"
         )
-    assoc["CHR"] = bim.loc[assoc["SNP"], "chrom"].to_numpy()  # the .bim's spelling (chr1 or 1) in every output
+    assoc["CHR"] = at["chrom"].to_numpy()  # the .bim's spelling (chr1 or 1) in every output
 
 
 def read_truth(path: str | Path) -> pd.DataFrame:
