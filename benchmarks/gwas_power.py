@@ -8,8 +8,9 @@ null, and paired differences between arms across seeds.
 Runs the real workflow (`snakemake gwas_all`: flowpheno simulate, GEMMA GRM (LOCO unless
 --no-loco), fits, GEMMA -lmm 3, PLINK clumping) once per cohort. Arms (config `methods`):
 `single` (RINT per trait, univariate LMM per trait, min p x d), `rint_mv` (RINT per trait, the
-same mvLMM as the flows), `flow_iid`, `flow_kinship`, `flow_kinship_scale` (`flow_kinship` with
-`fit: {scale_step: true}`: a workflow run of its own on the same simulated cohort), `oracle`
+same mvLMM as the flows), `flow_iid`, `flow_kinship` (run with `fit: {scale_step: false}`),
+`flow_kinship_scale` (`flow_kinship` with `fit: {scale_step: true}`, the workflow's default in
+mode alternating: a workflow run of its own on the same simulated cohort), `oracle`
 (the simulator's own inverse map, then the same mvLMM). Cohort types: `standard`
 (three-generation families, 5 chromosomes) and `deep` (four generations, 3 children per couple
 on average, 10 chromosomes: relatedness matters more). In both, the last chromosomes carry no
@@ -56,6 +57,18 @@ ARMS = ["single", "rint_mv", "flow_iid", "flow_kinship", "flow_kinship_scale", "
 VARIANTS = {"flow_kinship_scale": ("flow_kinship", {"scale_step": True})}
 """Arms that are a workflow arm with other fit settings (config ``fit``): run as their own workflow
 on the same simulated cohort (same simulate settings and seed), reported under their own name."""
+PINNED_FIT = {"scale_step": False}
+"""Fit settings of the workflow arms that are pinned to the value the rows on record ran with,
+whatever flowpheno fit's default: `flow_kinship` is without the scale step (automatic, so on,
+in `--mode alternating` since; that is the arm `flow_kinship_scale`)."""
+
+
+def key_settings(fit: dict[str, Any]) -> dict[str, Any]:
+    """The fit settings a cohort's key hashes: a pinned value is left out, as in the rows made
+    when it was flowpheno fit's default (so they keep their keys)."""
+    return {key: value for key, value in fit.items() if not (key in PINNED_FIT and value == PINNED_FIT[key])}
+
+
 COHORT_TYPES = {
     "standard": {"chromosomes": 5, "null_chromosomes": 2},
     "deep": {"chromosomes": 10, "null_chromosomes": 3, "generations": 4, "family_size": 3},
@@ -446,6 +459,7 @@ def main(
         "batch_size": 256,
         "seed": 1,
         "device": "cpu",
+        **PINNED_FIT,
     }
     gwas = {"loco": not no_loco, "truth_window_kb": TRUTH_WINDOW_KB}
     rows_path = out / "gwas_power_rows.jsonl"
@@ -461,7 +475,7 @@ def main(
         runs = [(workflow_arms, fit, None)] if workflow_arms else []
         runs += [([VARIANTS[arm][0]], fit | VARIANTS[arm][1], arm) for arm in settings["arms"] if arm in VARIANTS]
         for arms_run, fit_run, variant in runs:
-            key = settings_key({"simulate": simulate, "fit": fit_run, "gwas": gwas, "arms": arms_run})
+            key = settings_key({"simulate": simulate, "fit": key_settings(fit_run), "gwas": gwas, "arms": arms_run})
             name = f"{cohort_type}_{'null' if null else 'seed'}{seed}{f'_{variant}' if variant else ''}_{key}"
             wanted.append(key)
             if any(row.get("key") == key for row in rows):

@@ -83,7 +83,7 @@ def _fit_option(field: str) -> Any:
     """The ``flowpheno fit`` option that sets ``field`` of FitConfig/TrainConfig: flag, default and
     help from :data:`flowpheno.config.FLAGS` (the default is the dataclass's, never restated here)."""
     flag = FLAGS[field]
-    return typer.Option(flag.command_line_default, flag.flag, help=flag.full_help)
+    return typer.Option(flag.command_line_default, flag.declaration, help=flag.full_help)
 
 
 THREADS_HELP = (
@@ -185,7 +185,7 @@ def fit(
     seed: int = _fit_option("seed"),
     patience: int | None = _fit_option("patience"),
     objective: str = _fit_option("objective"),
-    scale_step: bool = _fit_option("profile_scale"),
+    scale_step: bool | None = _fit_option("profile_scale"),
     quiet: bool = typer.Option(
         False,
         "--quiet",

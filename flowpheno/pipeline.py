@@ -707,6 +707,7 @@ def train_fit(data: PreparedData, config: FitConfig, callback: Callback | None =
             a complete row to a non-finite value). Warns when training steps were skipped on a
             non-finite loss and when ``s2`` had not settled in the last stage.
     """
+    config = config.resolved()  # the settings fit.json records are the ones trained with
     device = config.device
     d = len(data.phenotypes.traits)
     x_train = torch.as_tensor(data.standardised[data.train_rows], dtype=torch.float32, device=device)
@@ -774,13 +775,14 @@ def fit_report(
 ) -> FitReport:
     """The typed ``fit.json`` of a fit (:class:`~flowpheno.report.FitReport`): ``command`` (default
     ``sys.argv``), ``warned`` the warnings raised so far; versions and thread counts are
-    those of this process. The config is copied: changing ``config`` later leaves the report as it was."""
+    those of this process. The config is copied, with its automatic settings decided
+    (:meth:`FitConfig.resolved`): changing ``config`` later leaves the report as it was."""
     phenotypes, outcome, dependence = data.phenotypes, trained.outcome, data.dependence
     ids = phenotypes.ids
     return FitReport(
         command=list(command or sys.argv),
         inputs=FitInputs(pheno=phenotypes.source, grm=data.kinship_source, covar=data.covar),
-        config=copy.deepcopy(config),
+        config=copy.deepcopy(config.resolved()),
         seed=config.train.seed,
         versions=package_versions(),
         device=config.device,

@@ -175,6 +175,28 @@ def test_other_modes(mode: str, tmp_path: Path) -> None:
         assert 0.0 <= report["covariance"]["s2"] < 1.0
 
 
+def test_scale_step_is_on_by_default_in_alternating(tmp_path: Path) -> None:
+    """No flag: the scale step runs (the same numbers as --scale-step) and fit.json says so;
+    --no-scale-step turns it off and changes s2."""
+    pheno, kinship = _small_cohort(tmp_path)
+    small = ["--epochs", "1", "--stages", "2", "--layers", "2", "--hidden", "8"]
+    reports, tables = {}, {}
+    for name, flags in (("default", []), ("on", ["--scale-step"]), ("off", ["--no-scale-step"])):
+        out = tmp_path / name
+        result = invoke("fit", "--pheno", str(pheno), "--grm", str(kinship), "--out", str(out), *small, *flags)
+        assert result.returncode == 0, result.stderr
+        reports[name] = json.loads((out / "fit.json").read_text())
+        tables[name] = (out / "gaussianized.tsv").read_text()
+    assert [reports[name]["config"]["train"]["profile_scale"] for name in ("default", "on", "off")] == [
+        True,
+        True,
+        False,
+    ]
+    assert tables["default"] == tables["on"]
+    assert reports["default"]["covariance"]["s2"] == reports["on"]["covariance"]["s2"]
+    assert abs(reports["default"]["covariance"]["s2"] - reports["off"]["covariance"]["s2"]) > 1e-4
+
+
 def test_scale_step_needs_alternating(tmp_path: Path) -> None:
     pheno, kinship = _small_cohort(tmp_path)
     result = invoke(

@@ -99,7 +99,12 @@ REFUSED = [
         None,
         None,
     ),
-    (lambda: TrainConfig(profile_scale=1), "TrainConfig.profile_scale: must be True or False, got 1", None, None),
+    (
+        lambda: TrainConfig(profile_scale=1),
+        "TrainConfig.profile_scale: must be True or False (or None: automatic), got 1",
+        None,
+        None,
+    ),
     (
         lambda: FitConfig(mode="bogus"),
         "FitConfig.mode: choose one of iid, grid, alternating, joint, got 'bogus'",
@@ -305,7 +310,8 @@ def test_workflow_keys_become_fit_arguments_and_configs() -> None:
         "--objective",
         "exact",
     ]
-    assert fit_arguments({"scale_step": False}) == []
+    assert fit_arguments({"scale_step": False}) == ["--no-scale-step"]  # off, not the automatic default
+    assert fit_arguments({"scale_step": None}) == []
     assert fit_arguments({"lr": 1.23456789e-4, "weight_decay": 1e-6}) == [
         "--lr",
         "0.000123456789",
@@ -342,6 +348,8 @@ def test_readme_fit_table_defaults_are_the_dataclass_defaults() -> None:
             default = FLAGS[field].default
             if isinstance(default, bool):
                 assert text == "off" and default is False, flag
+            elif FLAGS[field].switch and default is None:  # decided per fit (FitConfig.resolved)
+                assert text == "auto", flag
             elif default is None:
                 assert text == "none", flag
             elif isinstance(default, list):

@@ -183,7 +183,7 @@ def test_fit_report_records_the_kept_state_and_gaussianity(
     assert final["stage"] == "final" and final["s2_before_refit"] == pytest.approx(best["s2"])
     assert report.covariance["s2"] == final["s2"]
     assert f"stage {best['stage']}, epoch {best['epoch']}" in report.final_state
-    assert f"s2 = {final['s2']:.3f} refitted exactly" in report.final_state
+    assert f"s2 = {final['s2']:.3f} refitted exactly with each trait's latent scale" in report.final_state
 
     before, after = report.gaussianity["before"], report.gaussianity["after"]
     assert before["n"] == after["n"] == report.n_used and before["d"] == 4

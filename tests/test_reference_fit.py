@@ -54,7 +54,7 @@ def short_fit(directory: Path) -> dict[str, Any]:
         hidden=16,
         val_frac=0.2,
         threads=1,
-        train=TrainConfig(epochs=2, stages=1, batch_size=32, seed=7),
+        train=TrainConfig(epochs=2, stages=1, batch_size=32, seed=7, profile_scale=False),  # as when recorded
     )
     _, gaussianized, report = fit_phenotypes(pheno, grm=directory / "kinship.npz", config=config, progress=False)
     return {

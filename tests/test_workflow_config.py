@@ -131,6 +131,27 @@ def test_typed_fit_keys_reach_the_fit_commands(tmp_path: Path) -> None:
     assert "--traits trait1,trait2 --mode iid " + shared in fits["flow_iid"]
 
 
+@pytest.mark.parametrize(("value", "flag"), [(False, "--no-scale-step"), (True, "--scale-step"), (None, None)])
+def test_scale_step_key_reaches_the_kinship_fit_only(tmp_path: Path, value: bool | None, flag: str | None) -> None:
+    """`fit.scale_step: false` turns off the automatic scale step (`--no-scale-step`), true asks for it,
+    and a key left out (or null) passes nothing; `flow_iid` never gets it."""
+    config = ci_config("config")
+    config["fit"] = {**(config.get("fit") or {}), "scale_step": value}
+    result = dry_run(tmp_path, config)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    fits = {
+        command.split("/run ", 1)[0].rsplit("/", 1)[1]: command
+        for command in shell_commands(result.stdout)
+        if command.startswith("(flowpheno fit")
+    }
+    assert set(fits) >= {"flow_iid", "flow_kinship"}
+    assert "scale-step" not in fits["flow_iid"]
+    if flag is None:
+        assert "scale-step" not in fits["flow_kinship"]
+    else:
+        assert f" {flag} " in fits["flow_kinship"] and fits["flow_kinship"].count("scale-step") == 1
+
+
 def test_typed_fit_keys_are_the_flag_table(tmp_path: Path) -> None:
     """The schema's `fit:` keys are the flag table's workflow keys, choices from the Literal types, and
     restate no default (a key left out is flowpheno fit's default)."""
@@ -149,6 +170,7 @@ EXTRA = "error: config fit.extra: free text is no longer pasted into flowpheno f
     ("fit", "message"),
     [
         ({"extra": "--lr 0.01 --scale-step --s2-grid 0,0.5"}, EXTRA + "lr: 0.01; scale_step: true; s2_grid: [0,0.5]"),
+        ({"extra": "--no-scale-step --epochs 3"}, EXTRA + "scale_step: false; epochs: 3"),
         ({"extra": ""}, EXTRA + "mode, epochs, lr, patience, ... (workflow/schemas/config.schema.yaml)"),
         (
             {"extra": "--grm-pcs pcs.tsv --patience=4"},

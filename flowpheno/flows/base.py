@@ -77,6 +77,11 @@ class LatentFlow(nn.Module, ABC):
     def initialize(self, x: Tensor) -> None:
         """Data-dependent initialisation (ActNorm layers) from rows ``x``: ``(b, D)``."""
 
+    @property
+    def can_rescale_latent(self) -> bool:
+        """Whether :meth:`rescale_latent` works (``profile_scale``'s automatic default asks)."""
+        return False
+
     def rescale_latent(self, factor: Tensor) -> None:
         """Multiply latent feature ``j`` by ``factor[j]`` (``(D,)``, > 0) exactly, adding
         ``sum log factor`` to every row's log-det (``profile_scale`` of alternating training).
@@ -126,6 +131,10 @@ class TabularFlow(LatentFlow):
             if isinstance(layer, ActNorm):
                 layer.initialize(x)
             x = layer()(x)
+
+    @property
+    def can_rescale_latent(self) -> bool:
+        return isinstance(self.transform.transforms[-1], ActNorm)
 
     @torch.no_grad()
     def rescale_latent(self, factor: Tensor) -> None:

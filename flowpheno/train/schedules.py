@@ -492,8 +492,9 @@ def fit_alternating(
     :meth:`DependenceModel.refit`).
 
     Kinship: ``s2`` by a bounded Brent search after one rotation (with
-    ``config.profile_scale``, jointly with each trait's latent scale, which is then folded
-    into the flow: :meth:`KinshipCovariance.fit_s2_and_scale`). Blocks: every
+    ``config.profile_scale``, or where it is None and the flow ends with an ActNorm, jointly
+    with each trait's latent scale, which is then folded into the flow:
+    :meth:`KinshipCovariance.fit_s2_and_scale`). Blocks: every
     ``rho_k`` (or the shared ``rho``) by an exact 1-D search per block
     (:meth:`EquicorrelatedBlocks.fit_rho`). The covariance starts from its exact optimum
     for the initial (ActNorm-standardised) latents; a kinship precision is rebuilt from
@@ -504,9 +505,14 @@ def fit_alternating(
         raise FlowphenoError(
             "profile_scale is implemented for the kinship model only, not " + type(dependence).__name__
         )
+    profile_scale = (
+        dependence.profiles_scale and flow.can_rescale_latent
+        if config.profile_scale is None  # automatic: wherever it applies
+        else config.profile_scale
+    )
 
     def refit(z: Tensor, move_flow: bool = True) -> None:
-        scale = dependence.refit(z, profile_scale=config.profile_scale)
+        scale = dependence.refit(z, profile_scale=profile_scale)
         if scale is not None and move_flow:
             flow.rescale_latent(1.0 / scale)
 

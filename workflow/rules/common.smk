@@ -26,16 +26,20 @@ def typed_fit_keys(extra):
     """The typed `fit:` keys that replace the options of a former `fit.extra` string."""
     words, keys = shlex.split(extra or ""), []
     flags = {flag.flag: key for key, flag in WORKFLOW_KEYS.items()}
+    negatives = {flag.negative: key for key, flag in WORKFLOW_KEYS.items() if flag.negative}
     while words:
         word = words.pop(0)
         if not word.startswith("--"):
+            continue
+        if word in negatives:
+            keys.append(f"{negatives[word]}: false")
             continue
         key = flags.get(word.split("=", 1)[0])
         if key is None:
             keys.append(f"{word.split('=', 1)[0]} has no key (the workflow sets it, or it is not a workflow setting)")
             while words and not words[0].startswith("--"):
                 words.pop(0)
-        elif isinstance(WORKFLOW_KEYS[key].default, bool):
+        elif WORKFLOW_KEYS[key].switch:
             keys.append(f"{key}: true")
         else:
             value = word.split("=", 1)[1] if "=" in word else (words.pop(0) if words else "")
