@@ -545,7 +545,9 @@ def gwas_gather(
 @gwas_app.command("evaluate")
 def gwas_evaluate(
     bfile: Path = typer.Option(..., "--bfile"),
-    assoc: Path = typer.Option(..., "--assoc", help="association table (SNP, CHR, BP, P)"),
+    assoc: Path = typer.Option(
+        ..., "--assoc", help="association table: SNP, CHR, BP, P; or GEMMA's assoc.txt, PLINK's .assoc.linear"
+    ),
     out_dir: Path = typer.Option(..., "--out-dir"),
     name: str = typer.Option(..., "--name", help="method name for tables and plots"),
     truth: Path | None = typer.Option(None, "--truth", help="truth.tsv of a simulated cohort"),
@@ -832,13 +834,28 @@ def _usage_line(error: BaseException) -> str:
     return f"{message} (see '{command} --help')"
 
 
+def _contradicting_switches(args: list[str]) -> str | None:
+    """The usage error for a switch given both ways (``--scale-step --no-scale-step``), which
+    click would settle silently by keeping the last; None when there is none."""
+    given = args[: args.index("--")] if "--" in args else args
+    command = next((arg for arg in given if not arg.startswith("-")), "")
+    for flag in FLAGS.values():
+        if flag.negative is not None and flag.flag in given and flag.negative in given:
+            return f"{flag.flag} and {flag.negative} both given; give one (see 'flowpheno {command} --help')"
+    return None
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 1, usage errors
-    (unknown option, bad value, missing argument) one line and exit code 2."""
+    (unknown option, bad value, missing argument, a switch given both ways) one line and exit code 2."""
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     warnings.showwarning = lambda message, *_, **__: console.print(
         Text("warning: ", "yellow") + Text(str(message)), soft_wrap=True
     )
+    contradiction = _contradicting_switches(sys.argv[1:])
+    if contradiction is not None:
+        console.print(Text("error: ", "bold red") + Text(contradiction), soft_wrap=True)
+        sys.exit(2)
     try:
         code = app(
             prog_name="flowpheno", standalone_mode=False

@@ -21,6 +21,7 @@ the workflow's configuration checks stay cheap.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import typing
@@ -196,7 +197,12 @@ class FitConfig:
             raise refuse("train", type(self.train).__name__, "must be a TrainConfig")
         self.train.validate()
         if self.train.profile_scale and self.mode != "alternating":
-            raise refuse("profile_scale", True, f"a step of {{mode}} 'alternating' only, not of {self.mode!r}")
+            raise refuse(
+                "profile_scale",
+                True,
+                f"a step of {{mode}} 'alternating' only, not of {self.mode!r}: "
+                "leave it out, or use {mode} 'alternating'",
+            )
 
     def resolved(self) -> FitConfig:
         """A copy with every automatic setting decided: ``train.profile_scale`` None becomes
@@ -419,12 +425,15 @@ def _show_cli(value: Any) -> str:
     return str(value)
 
 
-def worded(error: OptionError, names: Callable[[str], str] = api_name, command_line: bool = False) -> str:
+def worded(
+    error: OptionError, names: Callable[[str], str] = api_name, command_line: bool = False, yaml: bool = False
+) -> str:
     """The message of ``error`` with each setting named by ``names``.
 
     ``command_line``: as a command line writes it (``--lr -1: must be a positive finite number``;
     a switch without its value: ``--scale-step: ...``); else as code writes it
-    (``TrainConfig.lr: must be a positive finite number, got -1``).
+    (``TrainConfig.lr: must be a positive finite number, got -1``), with ``yaml`` the value as
+    a YAML configuration writes it (``got true``, ``got null``).
     """
     if error.setting is None:
         return str(error)
@@ -433,7 +442,9 @@ def worded(error: OptionError, names: Callable[[str], str] = api_name, command_l
         value = error.value
         shown = "" if isinstance(value, bool) else " " + (repr(value) if isinstance(value, str) else _show_cli(value))
         return f"{names(error.setting)}{shown}: {rule}"
-    return f"{names(error.setting)}: {rule}, got {error.value!r}"
+    value = error.value
+    shown = json.dumps(value) if yaml and (value is None or isinstance(value, bool)) else repr(value)
+    return f"{names(error.setting)}: {rule}, got {shown}"
 
 
 def _named_in(rule: str) -> list[str]:

@@ -149,8 +149,8 @@ def final_state_note(report: FitReport) -> str:
     summary line and ``diagnostics.png``; the schedules are in :mod:`flowpheno.train.schedules`.
 
     ``alternating``: the best held-out state (flow and the ``s2`` it was trained with) is
-    restored, then ``s2`` (with the scale step, jointly with each trait's latent scale) is
-    refitted exactly on that flow's training latents.
+    restored, then ``s2`` (with the scale step, jointly with each trait's latent scale, which
+    is then folded into the returned flow) is refitted exactly on that flow's training latents.
     ``joint``: ``s2`` is the value learned with the flow at the kept epoch. ``grid``: the grid
     value whose run had the lowest validation NLL. ``iid``: no ``s2``.
     """
@@ -173,7 +173,7 @@ def final_state_note(report: FitReport) -> str:
         trained = final.get("s2_before_refit")
         during = f" (it was trained at s2 = {trained:.3f})" if trained is not None else ""
         scaled = report.config is not None and report.config.train.profile_scale is True
-        how = " with each trait's latent scale (--scale-step)" if scaled else ""
+        how = " with each trait's latent scale, folded into the flow (--scale-step)," if scaled else ""
         return f"{kept}; s2 = {s2:.3f} refitted exactly{how} on that flow's latents{during}"
     if mode == "joint":
         return f"{kept}; s2 = {s2:.3f}, learned jointly with the flow, as at that epoch"

@@ -804,7 +804,7 @@ def fit_report(
         kinship=None
         if dependence is None
         else KinshipSummary(
-            dependence.scale, dependence.rank, dependence.complement > 0, data.eigendecomposition_cached
+            dependence.scale, dependence.numerical_rank, dependence.complement > 0, data.eigendecomposition_cached
         ),
         covariance=trained.model.covariance,
         stages=outcome.stages,

@@ -40,9 +40,11 @@ class KinshipSummary:
     """The kinship model of the training rows (``fit.json`` ``kinship``).
 
     ``scale_to_unit_mean_diagonal``: the factor ``n / trace K`` the kinship was multiplied
-        by so that ``s2`` is a share of variance (DESIGN.md section 1a); ``rank``: eigenvalues
-    kept; ``low_rank``: True when ``rank`` is below the number of training individuals (a
-    PC table or a genotype factor: the rest of the spectrum is 0); ``eigendecomposition_cached``:
+        by so that ``s2`` is a share of variance (DESIGN.md section 1a); ``rank``: the training
+    rows' kinship rank, eigenvalues above round-off (:attr:`KinshipCovariance.numerical_rank`;
+    a GRM of centred genotypes has at most ``n - 1`` and at most the number of SNPs);
+    ``low_rank``: True when only part of the spectrum is stored (a PC table or a genotype
+    factor: the rest is 0); ``eigendecomposition_cached``:
     whether the dense eigendecomposition came from the cache beside the kinship file (None
     for a low-rank factor, which is decomposed by a thin SVD every time).
     """

@@ -416,12 +416,23 @@ def test_grm_factor_agrees_with_dense_and_trains_exactly(tmp_path: Path) -> None
         "--hidden",
         "8",
     ]
+    np.savetxt(tmp_path / "gemma.cXX.txt", kinship, fmt="%.10g", delimiter="\t")  # GEMMA -gk's 10 digits
     low = invoke(*common, "--grm-factor", str(tmp_path / "panel"), "--out", str(tmp_path / "low"))
     dense = invoke(*common, "--grm", str(tmp_path / "dense.npz"), "--out", str(tmp_path / "dense"))
-    assert low.returncode == 0 and dense.returncode == 0, low.stderr + dense.stderr
+    text = invoke(
+        *common, "--grm", str(tmp_path / "gemma.cXX.txt"), "--fam", str(tmp_path / "panel.fam"), "--out",
+        str(tmp_path / "text"),
+    )  # fmt: skip
+    assert low.returncode == 0 and dense.returncode == 0 and text.returncode == 0, (
+        low.stderr + dense.stderr + text.stderr
+    )
     low_report = json.loads((tmp_path / "low" / "fit.json").read_text())
     dense_report = json.loads((tmp_path / "dense" / "fit.json").read_text())
+    text_report = json.loads((tmp_path / "text" / "fit.json").read_text())
     assert low_report["kinship"]["low_rank"] and low_report["kinship"]["rank"] <= m
+    assert not dense_report["kinship"]["low_rank"]  # every eigenvalue stored, the round-off ones not counted:
+    ranks = [report["kinship"]["rank"] for report in (low_report, dense_report, text_report)]
+    assert ranks == [np.linalg.matrix_rank(factor)] * 3
     assert low_report["stages"][0]["s2"] == pytest.approx(dense_report["stages"][0]["s2"], abs=1e-4)
     assert low_report["stages"][0]["s2"] > 0.2
     exact = invoke(

@@ -24,7 +24,7 @@ from flowpheno.io.kinship import write_npz
 from flowpheno.pipeline import FitConfig, fit_phenotypes
 from flowpheno.simulate.pedigree import families_kinship, pedigree_kinship
 from flowpheno.train import TrainConfig, fit_alternating, fit_grid, fit_joint, iid_nll
-from flowpheno.train.objective import held_out_nll
+from flowpheno.train.objective import held_out_nll, push_forward
 
 
 def dense_conditional_nll(
@@ -205,6 +205,36 @@ def test_every_kinship_schedule_keeps_the_state_with_the_best_conditional_score(
     assert outcome.best_val_nll == scores[best]
     assert outcome.best_val_scores["val_nll_iid"] == outcome.epochs[best]["val_nll_iid"]
     assert any(epoch["val_nll_iid"] != epoch["val_nll_conditional"] for epoch in outcome.epochs)
+
+
+@pytest.mark.parametrize("profile_scale", [True, False])
+def test_alternating_returns_the_flow_its_final_s2_was_fitted_with(profile_scale: bool) -> None:
+    """With the scale step the final refit's per-trait scales are folded into the returned flow:
+    its training latents have ``z_t' Sigma^-1 z_t / n = 1`` per trait at the returned ``s2``
+    (dense ``Sigma``), and the final stage records those scales and the returned state's
+    held-out scores. Without it the flow is the kept state as it was."""
+    x, kinship = _families_data(0.6, seed=3, families=6, size=10)
+    model, held_out, train, val = _kinship_parts(kinship, seed=3)
+    flow = affine_coupling_flow(2, layers=2, hidden=8, seed=0)
+    config = TrainConfig(epochs=3, stages=2, batch_size=16, lr=1e-2, seed=0, profile_scale=profile_scale)
+    outcome = fit_alternating(flow, model, x[train], x[val], config, held_out=held_out)
+    assert outcome.diverged is None
+    final = outcome.stages[-1]
+    assert final["stage"] == "final" and final["s2"] == pytest.approx(float(outcome.dependence.s2))
+    latent = push_forward(outcome.flow, x[train]).double().numpy()
+    s2, scale = final["s2"], final["kinship_scale"]
+    sigma = s2 * scale * kinship[np.ix_(train, train)] + (1 - s2) * np.eye(len(train))
+    per_trait = np.einsum("it,it->t", latent, np.linalg.solve(sigma, latent)) / len(train)
+    if profile_scale:
+        assert per_trait == pytest.approx(np.ones(2), abs=1e-4)
+        assert len(final["latent_scale"]) == 2 and all(value > 0 for value in final["latent_scale"])
+        assert np.abs(np.log(final["latent_scale"])).max() > 1e-4  # a scale that moved the flow
+    else:
+        assert "latent_scale" not in final
+        assert np.abs(per_trait - 1).max() > 1e-3  # unit scale is the scale step's doing, not a given
+    iid, conditional = held_out_nll(outcome.flow, x[val], x[train], outcome.dependence, held_out)
+    assert final["val_nll_iid"] == pytest.approx(iid, rel=1e-6)
+    assert final["val_nll_conditional"] == pytest.approx(conditional, rel=1e-6)
 
 
 def test_patience_counts_epochs_without_a_better_conditional_score() -> None:

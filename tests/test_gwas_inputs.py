@@ -694,6 +694,75 @@ def test_evaluate_reads_plink_tables_and_names_chromosomes_either_way(
     assert loci["prefixed"]["SNP"].tolist() == loci["tab"]["SNP"].tolist()  # the .bim says chr1, the table 1
 
 
+@needs_binaries
+def test_evaluate_reads_gemmas_own_assoc_txt(filesets: tuple[Path, Path], tmp_path: Path) -> None:
+    """GEMMA's own assoc.txt (rs, chr, ps, p_wald: `-lmm 1`, run here) gives the loci of the same
+    results renamed to SNP, CHR, BP, P by hand; `-lmm 4`'s three tests are refused, nothing
+    written, and the command the message gives makes a table that is read."""
+    import subprocess
+
+    clean, _ = filesets
+    dosage = np.asarray(read_genotypes(clean).values, dtype=float)
+    rng = np.random.default_rng(3)
+    causal = [10, 200, 350]
+    trait = np.nan_to_num(dosage[:, causal]).sum(axis=1) + rng.normal(size=N)
+    second = trait + rng.normal(size=N)
+    (tmp_path / "pheno.txt").write_text("".join(f"{a:.6f}\t{b:.6f}\n" for a, b in zip(trait, second, strict=True)))
+    gemma = ["gemma", "-bfile", str(clean), "-p", "pheno.txt", "-outdir", "out"]
+    subprocess.run([*gemma, "-gk", "1", "-o", "kin"], cwd=tmp_path, check=True, capture_output=True)
+    kinship = ["-k", "out/kin.cXX.txt"]
+    for lmm, name, traits in (("1", "wald", "1"), ("4", "all", "1"), ("1", "mv", "1 2")):
+        command = [*gemma, *kinship, "-lmm", lmm, "-n", *traits.split(), "-o", name]
+        subprocess.run(command, cwd=tmp_path, check=True, capture_output=True)
+    raw = tmp_path / "out" / "wald.assoc.txt"
+    by_hand = pd.read_csv(raw, sep="\t", dtype=str)[["rs", "chr", "ps", "p_wald"]]
+    renamed = _write_assoc(tmp_path / "renamed.tsv", by_hand.set_axis(["SNP", "CHR", "BP", "P"], axis=1))
+    loci = {}
+    for name, path in (("raw", raw), ("renamed", renamed)):
+        result = invoke(
+            "gwas", "evaluate", "--bfile", clean, "--assoc", path, "--out-dir", tmp_path / name, "--name", "m"
+        )
+        assert result.returncode == 0, result
+        loci[name] = pd.read_csv(tmp_path / name / "loci.tsv", sep="\t", dtype={"CHR": str})
+    assert len(loci["raw"]) >= 2 and loci["raw"].equals(loci["renamed"])
+    assert "mvLMM" not in result.stderr  # a univariate table: no warning
+
+    mv = tmp_path / "out" / "mv.assoc.txt"  # GEMMA's 2-trait mvLMM: read, with the 1-df reading said
+    result = invoke("gwas", "evaluate", "--bfile", clean, "--assoc", mv, "--out-dir", tmp_path / "mv", "--name", "m")
+    assert result.returncode == 0, result
+    assert "GEMMA's mvLMM table of 2 traits (beta_1 .. beta_2), evaluated without --test" in result.stderr
+    wrong = invoke(
+        "gwas", "evaluate", "--bfile", clean, "--assoc", mv, "--out-dir", tmp_path / "mv1", "--name", "m",
+        "--pheno", tmp_path / "pheno.txt", "--columns", "1", "--test", "mvlmm",
+    )  # fmt: skip
+    assert (
+        wrong.returncode == 1 and "GEMMA's mvLMM table of 2 traits (beta_1 .. beta_2) for 1 --columns" in wrong.stderr
+    )
+
+    four = tmp_path / "user's files" / "lmm 4.assoc.txt"  # a path the pasted command must quote
+    four.parent.mkdir()
+    shutil.copy(tmp_path / "out" / "all.assoc.txt", four)
+    before = snapshot(tmp_path)
+    refused = invoke(
+        "gwas", "evaluate", "--bfile", clean, "--assoc", four, "--out-dir", tmp_path / "ev4", "--name", "m"
+    )
+    message = refused.stderr.strip()
+    assert refused.returncode == 1 and len(message.splitlines()) == 1, refused
+    assert "GEMMA's assoc.txt with 3 tests (p_wald, p_lrt, p_score; -lmm 4): keep one p-value column" in message
+    assert snapshot(tmp_path) == before
+    command = message[message.index("(set -o noclobber") :]
+    subprocess.run(["bash", "-c", command], cwd=tmp_path, check=True)
+    kept_path = four.with_name("lmm 4.p_score.tsv")
+    kept = pd.read_csv(kept_path, sep="\t", dtype=str)
+    assert kept.columns.tolist() == ["CHR", "SNP", "BP", "P"]
+    assert kept["P"].tolist() == pd.read_csv(four, sep="\t", dtype=str)["p_score"].tolist()
+    again = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True)
+    assert again.returncode != 0 and pd.read_csv(kept_path, sep="\t", dtype=str).equals(kept)  # never overwritten
+    result = invoke("gwas", "evaluate", "--bfile", clean, "--assoc", kept_path, "--out-dir", tmp_path / "ev4",
+                    "--name", "m")  # fmt: skip
+    assert result.returncode == 0, result
+
+
 @pytest.mark.parametrize(
     "option, message",
     [

@@ -39,9 +39,13 @@ CASES = {
         ["fit", "--mode", "grid", "--val-frac", "0"],
         "--val-frac 0: must be above 0 when --mode is 'grid' (the grid picks s2 by validation NLL)",
     ),
+    "scale_step_both_ways": (
+        ["fit", "--scale-step", "--no-scale-step"],
+        "--scale-step and --no-scale-step both given; give one (see 'flowpheno fit --help')",
+    ),
     "scale_step_grid": (
         ["fit", "--mode", "grid", "--scale-step"],
-        "--scale-step: a step of --mode 'alternating' only, not of 'grid'",
+        "--scale-step: a step of --mode 'alternating' only, not of 'grid': leave it out, or use --mode 'alternating'",
     ),
 }
 

@@ -44,6 +44,11 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+RANK_TOLERANCE = 1e-8
+"""Eigenvalues below this share of the largest count as round-off in
+:attr:`KinshipCovariance.numerical_rank` (a kinship's own small eigenvalues are far larger)."""
+
+
 class KinshipCovariance(DependenceModel):
     """``Sigma = s2 c K + (1 - s2) I`` from the (possibly truncated) eigendecomposition of ``K``
     (DESIGN.md). Up to scale this is the row covariance ``lambda c K + I`` of GEMMA's linear
@@ -142,6 +147,17 @@ class KinshipCovariance(DependenceModel):
     def s2(self) -> Tensor:
         """``sigmoid(logit_s2)``: 0-d, unitless, in ``[0, 1)``."""
         return torch.sigmoid(self.logit_s2)
+
+    @property
+    def numerical_rank(self) -> int:
+        """The rank of ``K``: stored eigenvalues above :data:`RANK_TOLERANCE` times the largest
+        (or above numpy's ``matrix_rank`` bound ``n * eps * max`` where that is larger), so the
+        round-off eigenvalues of a rank-deficient GRM (centred genotypes: at most ``n - 1``, and
+        at most the number of SNPs) are not counted, also when it was read from GEMMA's text
+        ``.cXX.txt`` (10 significant digits: round-off of about 1e-10 of the largest)."""
+        largest = float(self.eigenvalues.max()) if self.rank else 0.0
+        tolerance = max(RANK_TOLERANCE, self.n * float(torch.finfo(torch.float64).eps)) * largest
+        return int((self.eigenvalues.double() > tolerance).sum())
 
     @property
     def complement(self) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +173,48 @@ EVALUATION_FILES = ("summary.json", "loci.tsv", "manhattan.png", "qq.png", "clum
 ASSOC_COLUMNS = ("SNP", "CHR", "BP", "P")
 
 
+GEMMA_ASSOC = {"rs": "SNP", "chr": "CHR", "ps": "BP"}
+"""GEMMA's ``assoc.txt`` columns and their names here (GEMMA manual, section 4.4 "Output Files")."""
+GEMMA_P_COLUMNS = ("p_wald", "p_lrt", "p_score")
+"""GEMMA's p-value columns: ``-lmm 1``, ``2``, ``3`` write one of them, ``-lmm 4`` all three."""
+
+
+def _from_gemma_columns(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``table`` with GEMMA's own ``assoc.txt`` columns renamed (rs -> SNP, chr -> CHR, ps -> BP,
+    its one p-value column -> P); any other table as it is.
+
+    Raises:
+        FlowphenoError: GEMMA's table holds several p-value columns (``-lmm 4``), so which
+            test to count is the user's choice, or it already has a column SNP, CHR, BP or P.
+    """
+    if not set(GEMMA_ASSOC) <= set(table.columns) or set(ASSOC_COLUMNS) & set(table.columns):
+        return table
+    tests = [column for column in GEMMA_P_COLUMNS if column in table.columns]
+    if len(tests) > 1:
+        names = {**GEMMA_ASSOC, tests[-1]: "P"}
+        kept = sorted(names, key=table.columns.get_loc)  # cut keeps the file's column order
+        header = "\\t".join(names[name] for name in kept)
+        columns = ",".join(str(table.columns.get_loc(name) + 1) for name in kept)
+        stem = path.name.removesuffix(".txt").removesuffix(".assoc")
+        target = path.with_name(f"{stem}.{tests[-1]}.tsv")  # never the input's name; noclobber: no other file's
+        raise FlowphenoError(
+            f"{path}: GEMMA's assoc.txt with {len(tests)} tests ({', '.join(tests)}; -lmm 4): keep one p-value column "
+            f"(rs -> SNP, chr -> CHR, ps -> BP, the test's p -> P), e.g. {tests[-1]}: "
+            f"(set -o noclobber; cut -f {columns} {shlex.quote(str(path))} | sed '1s/.*/{header}/' "
+            f"> {shlex.quote(str(target))})"
+        )
+    if not tests:
+        return table
+    return table.rename(columns={**GEMMA_ASSOC, tests[0]: "P"})
+
+
 def read_assoc(path: str | Path) -> pd.DataFrame:
     """An association table (SNP, CHR, BP, P, as ``flowpheno gwas assoc`` writes it), checked.
 
     Tab-separated, or whitespace-separated when the header holds no tab (PLINK 1.9's own
-    ``.assoc.linear`` / ``.qassoc`` tables, whose columns include SNP, CHR, BP and P).
+    ``.assoc.linear`` / ``.qassoc`` tables, whose columns include SNP, CHR, BP and P). GEMMA's
+    own ``assoc.txt`` is read as such (rs, chr, ps and its one p-value column: p_wald, p_lrt
+    or p_score); one of ``-lmm 4``, with all three, is refused with the command that keeps one.
 
     Raises :class:`~flowpheno.errors.FlowphenoError` naming the file and the line when a
     column is missing, a line is cut short (a truncated file), P is not a number in [0, 1]
@@ -201,6 +240,7 @@ def read_assoc(path: str | Path) -> pd.DataFrame:
         raise FlowphenoError(
             f"{path}: not a tab- or whitespace-separated association table ({' '.join(str(error).split())})"
         ) from None
+    table = _from_gemma_columns(table, path)
     missing = [column for column in ASSOC_COLUMNS if column not in table.columns]
     if missing and len(table.columns) == 1 and any(mark in str(table.columns[0]) for mark in ",;"):
         raise FlowphenoError(
@@ -210,7 +250,8 @@ def read_assoc(path: str | Path) -> pd.DataFrame:
     if missing:
         raise FlowphenoError(
             f"{path}: no column {', '.join(missing)} (found: {', '.join(map(str, table.columns[:8]))}); give the table "
-            "written by flowpheno gwas assoc (SNP, CHR, BP, P), not GEMMA's own assoc.txt or a phenotype file"
+            "written by flowpheno gwas assoc (SNP, CHR, BP, P), GEMMA's assoc.txt or PLINK's .assoc.linear, not a "
+            "phenotype file"
         )
     short = (table[list(ASSOC_COLUMNS)] == "").any(axis=1).to_numpy()
     if short.any():
@@ -344,7 +385,20 @@ def _check_test_matches(
     assoc: pd.DataFrame, assoc_path: str | Path, test: str | None, columns: list[int] | None
 ) -> None:
     """A per-trait table (``P_1 .. P_d``) evaluated as one, with as many columns as tested; an mvLMM
-    table without them."""
+    table without them; GEMMA's own mvLMM ``assoc.txt`` (``beta_1 .. beta_d``) with ``d``
+    columns, and a warning when it is read without ``--test`` (1 df)."""
+    traits = [column for column in assoc.columns if re.fullmatch(r"beta_\d+", str(column))]
+    if len(traits) > 1 and test is None:
+        warn(
+            f"{assoc_path}: GEMMA's mvLMM table of {len(traits)} traits ({traits[0]} .. {traits[-1]}), evaluated "
+            f"without --test: lambda GC is read as 1 df; give --pheno, --columns and --test mvlmm for its "
+            f"{len(traits)}-df scale"
+        )
+    if len(traits) > 1 and test == "mvlmm" and len(columns or []) != len(traits):
+        raise FlowphenoError(
+            f"{assoc_path}: GEMMA's mvLMM table of {len(traits)} traits ({traits[0]} .. {traits[-1]}) for "
+            f"{len(columns or [])} --columns; give the columns GEMMA's -n tested"
+        )
     per_trait = [column for column in assoc.columns if column.startswith("P_")]
     if test == "mvlmm" and per_trait:
         raise FlowphenoError(
@@ -482,8 +536,8 @@ def evaluate_method(
         if null_chromosomes:
             null_chromosomes = check_null_chromosomes(null_chromosomes, assoc, assoc_path, truth, truth_path)
         counted: dict[str, Any] = {}
+        _check_test_matches(assoc, assoc_path, test, columns)
         if test is not None:
-            _check_test_matches(assoc, assoc_path, test, columns)
             counted = {
                 "test": test,
                 "columns": list(columns or []),

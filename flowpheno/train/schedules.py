@@ -499,7 +499,13 @@ def fit_alternating(
     (:meth:`EquicorrelatedBlocks.fit_rho`). The covariance starts from its exact optimum
     for the initial (ActNorm-standardised) latents; a kinship precision is rebuilt from
     the new ``s2`` at every stage. After the best flow state is restored, the covariance
-    is refitted once so it matches the returned flow.
+    is refitted once so it matches the returned flow; with the scale step, the per-trait
+    latent scales of that refit are folded into the returned flow as at every stage, so its
+    training latents have ``z_t' Sigma^-1 z_t / n = 1`` per trait at the returned ``s2``.
+    The ``"final"`` stage record holds the values before that refit (``s2_before_refit``),
+    the folded scales (``latent_scale``, ``(d,)``) and the held-out scores of the returned
+    state (``val_nll_iid``, ``val_nll_conditional``); the outcome's ``best_val_nll`` is the
+    score that chose the state, before the refit.
     """
     if config.profile_scale and not dependence.profiles_scale:
         raise FlowphenoError(
@@ -511,10 +517,12 @@ def fit_alternating(
         else config.profile_scale
     )
 
-    def refit(z: Tensor, move_flow: bool = True) -> None:
+    def refit(z: Tensor) -> dict[str, list[float]]:
         scale = dependence.refit(z, profile_scale=profile_scale)
-        if scale is not None and move_flow:
-            flow.rescale_latent(1.0 / scale)
+        if scale is None:
+            return {}
+        flow.rescale_latent(1.0 / scale)
+        return {"latent_scale": scale.tolist()}
 
     key = dependence.refit_name
     flow.initialize(x_train)
@@ -559,12 +567,14 @@ def fit_alternating(
     if not bool(torch.isfinite(latent).all()):
         outcome.diverged = "(the kept flow state gives non-finite latents for training rows)"
         return outcome
-    refit(latent, move_flow=False)  # the returned flow is the validated one
+    folded = refit(latent)
     stages.append(
         {
             "stage": "final",
             **{f"{name}_before_refit": value for name, value in of_best_stage.items() if name != "block_sizes"},
             **dependence.describe(),
+            **folded,
+            **trainer.validation_scores(),
         }
     )
     return outcome

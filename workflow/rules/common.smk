@@ -132,7 +132,7 @@ for method in ("flow_iid", "flow_kinship"):
     try:  # the values flowpheno fit would refuse, refused now
         fit_config(FIT_SETTINGS[method], mode=FLOW_MODES[method])
     except OptionError as error:
-        stop(worded(error, workflow_name))
+        stop(worded(error, workflow_name, yaml=True))
 FIT_ARGS = {method: fit_arguments(settings) for method, settings in FIT_SETTINGS.items()}
 """`flowpheno fit` options of each flow arm from the `fit:` keys (flowpheno.config.FLAGS maps each key to its flag)."""
 RINT_METHODS = [method for method in ("single", "rint_mv") if method in METHODS]
