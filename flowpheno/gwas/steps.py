@@ -181,11 +181,12 @@ GEMMA_P_COLUMNS = ("p_wald", "p_lrt", "p_score")
 
 def _from_gemma_columns(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     """``table`` with GEMMA's own ``assoc.txt`` columns renamed (rs -> SNP, chr -> CHR, ps -> BP,
-    its one p-value column -> P); any other table as it is.
+    its one p-value column -> P); any other table (one with a column SNP, CHR, BP or P among
+    them) as it is.
 
     Raises:
         FlowphenoError: GEMMA's table holds several p-value columns (``-lmm 4``), so which
-            test to count is the user's choice, or it already has a column SNP, CHR, BP or P.
+            test to count is the user's choice; the message gives the command that keeps one.
     """
     if not set(GEMMA_ASSOC) <= set(table.columns) or set(ASSOC_COLUMNS) & set(table.columns):
         return table
