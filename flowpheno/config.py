@@ -438,11 +438,10 @@ def worded(
     if error.setting is None:
         return str(error)
     rule = error.rule.format_map({name: names(name) for name in _named_in(error.rule)})
+    value = error.value
     if command_line:
-        value = error.value
         shown = "" if isinstance(value, bool) else " " + (repr(value) if isinstance(value, str) else _show_cli(value))
         return f"{names(error.setting)}{shown}: {rule}"
-    value = error.value
     shown = json.dumps(value) if yaml and (value is None or isinstance(value, bool)) else repr(value)
     return f"{names(error.setting)}: {rule}, got {shown}"
 
