@@ -62,9 +62,9 @@ class TrainConfig:
     seed: int = 0
     patience: int | None = 15
     """Stop after this many epochs (counted over stages) without a better validation NLL, the
-    selection score; 0 or None: never stop early. 15 keeps the same state as no early stopping
-    on the example cohort and on the HS1940 mice, after 85 and 45 of 100 epochs
-    (``benchmarks/results/profile.md``); 10 stopped the example 0.06 nats short."""
+    selection score; 0 or None: never stop early. Over 5 seeds 15 kept a state 0.0017 nats worse
+    than no early stopping on the HS1940 mice (after 24 of 100 epochs on average) and 0.011 on
+    the example cohort (after 80); 10 lost 0.07 there (``benchmarks/results/patience.md``)."""
     max_grad_norm: float | None = 10.0
     """Clip the gradient norm: one outlying batch must not poison Adamax's running maximum."""
     estimator: Estimator = "plain"
@@ -76,14 +76,17 @@ class TrainConfig:
     chunk_size: int = 16_384
     """Rows per chunk of the exact objective's passes (autograd memory)."""
     profile_scale: bool | None = None
-    """Kinship ``alternating`` only: the exact ``s2`` step also fits each trait's latent scale
-    (profiled likelihood) and folds it into the flow's final ActNorm. None (the default): on
-    wherever it applies (kinship ``alternating`` with a flow that ends with an ActNorm), off
-    elsewhere; :meth:`FitConfig.resolved` and ``fit.json`` give the value used. Measured
+    """Kinship ``alternating`` and ``joint`` only: the exact ``s2`` step also fits each trait's
+    latent scale (profiled likelihood) and folds it into the flow's final ActNorm (``joint``:
+    one exact step at the kept state). None (the default): on wherever it applies (kinship
+    ``alternating`` or ``joint`` with a flow that ends with an ActNorm), off elsewhere;
+    :meth:`FitConfig.resolved` and ``fit.json`` give the value used. Measured
     (``benchmarks/results/scale.md``, ``validation.md``): with a rank-40 kinship at n = 10k-500k,
-    ``s2`` within 0.043 of what a perfect flow reaches (0.056 low at 500k without it) and the
-    best held-out NLL; on simulated families the same ``s2`` accuracy and a held-out NLL lower
-    by 0.007 nats (28 of 40 runs); in the GWAS benchmark the same true loci in 3 of 3 seeds."""
+    ``s2`` within 0.043 of what a perfect flow reaches in both modes (without it 0.056 low at
+    500k in ``alternating``, 0.054-0.079 high at 50k-100k in ``joint``) and, in ``alternating``,
+    the best held-out NLL; on simulated families the same ``s2`` accuracy and a held-out NLL lower
+    by 0.007 nats (28 of 40 runs); in the GWAS benchmark (``gwas_power.md``, 10 seeds) 0.20 +- 0.13
+    more true loci and 0.50 +- 0.43 more false ones."""
     batching: Batching = "uniform"
     """``uniform`` random rows; ``blocks``: whole equicorrelated blocks per batch, exact Gaussian term;
     ``stratified``: large blocks dealt evenly over the batches and small blocks whole, so
@@ -196,21 +199,21 @@ class FitConfig:
         if not isinstance(self.train, TrainConfig):
             raise refuse("train", type(self.train).__name__, "must be a TrainConfig")
         self.train.validate()
-        if self.train.profile_scale and self.mode != "alternating":
+        if self.train.profile_scale and self.mode not in ("alternating", "joint"):
             raise refuse(
                 "profile_scale",
                 True,
-                f"a step of {{mode}} 'alternating' only, not of {self.mode!r}: "
+                f"a step of {{mode}} 'alternating' or 'joint' only, not of {self.mode!r}: "
                 "leave it out, or use {mode} 'alternating'",
             )
 
     def resolved(self) -> FitConfig:
         """A copy with every automatic setting decided: ``train.profile_scale`` None becomes
-        True for ``mode`` ``alternating`` (whose flow ends with an ActNorm) and False otherwise.
-        ``fit.json`` records the resolved config."""
+        True for ``mode`` ``alternating`` and ``joint`` (the kinship model; the flow ends with an
+        ActNorm) and False otherwise. ``fit.json`` records the resolved config."""
         train = self.train
         if train.profile_scale is None:
-            train = replace(train, profile_scale=self.mode == "alternating")
+            train = replace(train, profile_scale=self.mode in ("alternating", "joint"))
         return replace(self, train=train)
 
 
@@ -332,9 +335,9 @@ FLAGS: dict[str, Flag] = {
             TrainConfig,
             "profile_scale",
             "--scale-step",
-            "alternating: fit each trait's latent scale with s2 "
-            "(corrects the downward s2 bias of strongly related samples); "
-            "default: on with --mode alternating, --no-scale-step turns it off",
+            "alternating, joint: fit each trait's latent scale with s2 exactly "
+            "(corrects the s2 bias a flow's trait scale causes); "
+            "default: on with --mode alternating and joint, --no-scale-step turns it off",
             negative="--no-scale-step",
         ),
         Flag(FitConfig, "threads", "--threads", "CPU threads for torch and BLAS/OpenMP", workflow=False),

@@ -151,7 +151,8 @@ def final_state_note(report: FitReport) -> str:
     ``alternating``: the best held-out state (flow and the ``s2`` it was trained with) is
     restored, then ``s2`` (with the scale step, jointly with each trait's latent scale, which
     is then folded into the returned flow) is refitted exactly on that flow's training latents.
-    ``joint``: ``s2`` is the value learned with the flow at the kept epoch. ``grid``: the grid
+    ``joint``: ``s2`` is the value learned with the flow at the kept epoch, or with the scale
+    step refitted as for ``alternating`` (the ``"final"`` stage record). ``grid``: the grid
     value whose run had the lowest validation NLL. ``iid``: no ``s2``.
     """
     mode = report.mode
@@ -176,7 +177,13 @@ def final_state_note(report: FitReport) -> str:
         how = " with each trait's latent scale, folded into the flow (--scale-step)," if scaled else ""
         return f"{kept}; s2 = {s2:.3f} refitted exactly{how} on that flow's latents{during}"
     if mode == "joint":
-        return f"{kept}; s2 = {s2:.3f}, learned jointly with the flow, as at that epoch"
+        final = next((s for s in report.stages if s.get("stage") == "final"), None)
+        if final is None:
+            return f"{kept}; s2 = {s2:.3f}, learned jointly with the flow, as at that epoch"
+        return (
+            f"{kept}; s2 = {s2:.3f} refitted exactly with each trait's latent scale, folded into the flow "
+            f"(--scale-step), on that flow's latents (learned jointly with it: {final['s2_before_refit']:.3f})"
+        )
     if mode == "grid":
         return f"{kept}; s2 = {s2:.3f}, the grid value with the lowest validation NLL"
     return f"{kept}; s2 = {s2:.3f}"

@@ -62,8 +62,8 @@ from flowpheno.versions import package_versions
 
 MIN_COMPLETE_ROWS = 50
 RUN_FILES = ("fit.json", "model.json", "model.safetensors", "gaussianized.tsv", "diagnostics.png")
-"""What ``fit --out`` writes; a folder of exactly these (fit.json first) is an earlier run
-written before run folders carried a manifest."""
+"""What ``fit --out`` wrote before run folders carried a manifest (and ``split.tsv``): a folder
+of exactly these (fit.json first) is such an earlier run."""
 PLINK_SUFFIXES = (".bed", ".bim", ".fam")
 GCTA_SUFFIXES = (".grm.bin", ".grm.id", ".grm.N.bin")
 MIN_DISTINCT_VALUES = 10
@@ -412,8 +412,8 @@ def fit_phenotypes(
     Returns ``(model, gaussianized, report)``: the :class:`PhenotypeModel`, a table of FID,
     IID and the ``d`` Gaussianized traits for every row of ``pheno`` in file order (NaN
     where incomplete), and the :class:`~flowpheno.report.FitReport` (``report.to_json()``
-    is ``fit.json``). With ``out`` also writes the model, ``fit.json``, ``gaussianized.tsv``
-    and ``diagnostics.png`` atomically.
+    is ``fit.json``). With ``out`` also writes the model, ``fit.json``, ``gaussianized.tsv``,
+    ``split.tsv`` and ``diagnostics.png`` atomically.
     ``out`` is checked before any input is read: it must be new, empty, or (with
     ``overwrite``) a run folder flowpheno wrote, and must not be, hold or lie inside an
     input; otherwise FlowphenoError (see :mod:`flowpheno.io.atomic`).
@@ -574,6 +574,15 @@ class PreparedData:
         """``(n_used, c)`` covariates of the used rows, or None without covariates."""
         covariates = self.phenotypes.covariates
         return None if covariates is None else covariates[self.keep]
+
+    def split_table(self) -> pd.DataFrame:
+        """The used individuals and the set each was in: FID, IID and ``set`` (``train`` or
+        ``validation``), in the phenotype file's row order (``n_used`` rows). What ``split.tsv``
+        holds: with it the held-out scores of ``fit.json`` can be recomputed from the model."""
+        used = self.phenotypes.ids[["FID", "IID"]].iloc[np.flatnonzero(self.keep)].reset_index(drop=True)
+        role = np.full(self.n_used, "train", dtype=object)
+        role[self.val_rows] = "validation"
+        return used.assign(set=role)
 
 
 @dataclass
@@ -875,7 +884,8 @@ def write_fit_outputs(
 ) -> None:
     """Write the run directory as a whole: nothing appears unless everything was written.
 
-    Writes the model (:meth:`PhenotypeModel.save`), ``gaussianized.tsv``, ``diagnostics.png``
+    Writes the model (:meth:`PhenotypeModel.save`), ``gaussianized.tsv``, ``split.tsv``
+    (:meth:`PreparedData.split_table`), ``diagnostics.png``
     (:func:`flowpheno.plots.diagnostics_figure`) and ``fit.json`` (``report.to_json()``, with
     ``report.seconds["write"]`` set first). ``out`` is a :class:`StagedDirectory` made before
     the fit (the usual way), or a path, checked here (an earlier run is replaced only with
@@ -895,6 +905,8 @@ def write_fit_outputs(
         tmp = staged.path
         trained.model.save(tmp)
         write_phenotypes(trained.gaussianized, tmp / "gaussianized.tsv")
+        with atomic_path(tmp / "split.tsv") as path:
+            data.split_table().to_csv(path, sep="\t", index=False)
         before = trained.model.standardise(data.phenotypes.values[data.keep], data.used_covariates)  # the flow's input
         figure = diagnostics_figure(
             before,

@@ -44,8 +44,11 @@ def _covariance(kind: str, values: list[float], dtype: torch.dtype = torch.float
 
 @pytest.mark.parametrize("kind", ["iid", "kinship", "blocks", "joint"])
 def test_three_members_batched_train_exactly_as_one_alone(kind: str) -> None:
-    """Member 1 of a 3-member batch and the same member trained alone end bit-identical
-    (``joint``, per-block rho learned: equal to 1e-6, see below)."""
+    """Member 1 of a 3-member batch and the same member trained alone end equal to 1e-6, the
+    same epoch kept. Not to the bit on every CPU: where a member's slice meets the SIMD lanes
+    decides the last bit of vectorised kernels, and that differs between CPUs (on AVX-512
+    machines the kinship case differs in the last bit; on AVX2 ones all but ``joint`` were
+    bit-identical)."""
     x, x_val = _rows(0, N), _rows(1, 200)
     lrs, decays, values = [1e-3, 3e-2, 1e-2], [1e-3, 1e-1, 1e-2], [0.1, 0.5, 0.9]
     settings = {"epochs": 3, "batch_size": 64, "seed": 5, "schedule": LRSchedule(0.9, "step", 4)}
@@ -55,18 +58,11 @@ def test_three_members_batched_train_exactly_as_one_alone(kind: str) -> None:
     alone = BatchedSplineFlow([_member(1)])
     covariance_alone = _covariance(kind, values[1:2])
     outcome_alone = fit_members(alone, covariance_alone, x, x_val, lrs[1:2], decays[1:2], **settings)
+    for (name, batched), single in zip(together.named_parameters(), alone.parameters(), strict=True):
+        assert torch.allclose(batched[1], single[0], atol=1e-6, rtol=0), name
     if kind == "joint":
-        # Not to the bit: the (K, blocks) table of learned rho goes through vectorised elementwise
-        # kernels whose last bit depends on where a member's slice meets the SIMD lanes (log1p and
-        # lerp did; they are avoided) and with 70 blocks a difference of about 1e-8 remains.
-        for (name, batched), single in zip(together.named_parameters(), alone.parameters(), strict=True):
-            assert torch.allclose(batched[1], single[0], atol=1e-6, rtol=0), name
         assert torch.allclose(covariance.logit_rho[1], covariance_alone.logit_rho[0], atol=1e-6, rtol=0)
-        assert outcome.best_val_nll[1] == pytest.approx(outcome_alone.best_val_nll[0], abs=1e-6)
-    else:
-        for (name, batched), single in zip(together.named_parameters(), alone.parameters(), strict=True):
-            assert torch.equal(batched[1], single[0]), name
-        assert outcome.best_val_nll[1] == outcome_alone.best_val_nll[0]
+    assert outcome.best_val_nll[1] == pytest.approx(outcome_alone.best_val_nll[0], abs=1e-6)
     assert outcome.best_epoch[1] == outcome_alone.best_epoch[0]
     # the members did train apart: other settings, other weights
     assert not torch.equal(together.layer0_weight2[0], together.layer0_weight2[1])
@@ -84,7 +80,7 @@ def test_batched_flow_equals_its_members_and_hands_them_back() -> None:
     for k, flow in enumerate(flows):
         z_k, ladj_k = flow(x)
         assert torch.allclose(z[k], z_k, atol=1e-6) and torch.allclose(ladj[k], ladj_k, atol=1e-5)
-        assert torch.equal(batched.member(k)(x)[0], z[k])
+        assert torch.equal(batched.member(k)(x)[0], z_k)  # handed back: the member's own weights, exactly
     assert float(members_iid_nll(batched, x)[1]) == pytest.approx(iid_nll(flows[1], x), abs=1e-5)
 
 

@@ -36,7 +36,7 @@ def example_run(tmp_path_factory: pytest.TempPathFactory, example_kinship: Path)
 
 @pytest.mark.slow
 def test_fit_writes_everything(example_run: Path) -> None:
-    for name in ("model.safetensors", "model.json", "fit.json", "gaussianized.tsv", "diagnostics.png"):
+    for name in ("model.safetensors", "model.json", "fit.json", "gaussianized.tsv", "split.tsv", "diagnostics.png"):
         assert (example_run / name).stat().st_size > 0, name
     report = json.loads((example_run / "fit.json").read_text())
     pheno = pd.read_csv(EXAMPLES / "pheno.tsv", sep="\t")
@@ -170,9 +170,14 @@ def test_other_modes(mode: str, tmp_path: Path) -> None:
         )
     if mode == "iid":
         assert report["covariance"] == {} and report["kinship"] is None
-    assert report["config"]["train"]["profile_scale"] is (mode == "alternating_scaled")
-    if mode == "alternating_scaled":
+    assert report["config"]["train"]["profile_scale"] is (mode in ("alternating_scaled", "joint"))
+    if mode in ("alternating_scaled", "joint"):  # the scale step: on by default in joint
         assert 0.0 <= report["covariance"]["s2"] < 1.0
+        final = report["stages"][-1]
+        assert final["stage"] == "final" and final["s2"] == report["covariance"]["s2"]
+        assert len(final["latent_scale"]) == report["d"]
+    if mode == "joint":
+        assert "learned jointly with it" in result.stderr and "(--scale-step)" in result.stderr
 
 
 def test_scale_step_is_on_by_default_in_alternating(tmp_path: Path) -> None:
@@ -212,7 +217,8 @@ def test_scale_step_needs_alternating(tmp_path: Path) -> None:
         "--scale-step",
     )
     assert (
-        result.returncode != 0 and "--scale-step: a step of --mode 'alternating' only, not of 'grid'" in result.stderr
+        result.returncode != 0
+        and "--scale-step: a step of --mode 'alternating' or 'joint' only, not of 'grid'" in result.stderr
     )
     assert not (tmp_path / "run").exists()
 

@@ -21,6 +21,7 @@ from scipy.stats import multivariate_normal
 from flowpheno.dependence import HeldOutKinship, KinshipCovariance
 from flowpheno.flows import affine_coupling_flow
 from flowpheno.io.kinship import write_npz
+from flowpheno.model import PhenotypeModel
 from flowpheno.pipeline import FitConfig, fit_phenotypes
 from flowpheno.simulate.pedigree import families_kinship, pedigree_kinship
 from flowpheno.train import TrainConfig, fit_alternating, fit_grid, fit_joint, iid_nll
@@ -208,19 +209,27 @@ def test_every_kinship_schedule_keeps_the_state_with_the_best_conditional_score(
 
 
 @pytest.mark.parametrize("profile_scale", [True, False])
-def test_alternating_returns_the_flow_its_final_s2_was_fitted_with(profile_scale: bool) -> None:
+@pytest.mark.parametrize("schedule", ["alternating", "joint"])
+def test_the_returned_flow_is_the_one_its_final_s2_was_fitted_with(schedule: str, profile_scale: bool) -> None:
     """With the scale step the final refit's per-trait scales are folded into the returned flow:
     its training latents have ``z_t' Sigma^-1 z_t / n = 1`` per trait at the returned ``s2``
     (dense ``Sigma``), and the final stage records those scales and the returned state's
-    held-out scores. Without it the flow is the kept state as it was."""
+    held-out scores. Without it the flow is the kept state as it was (``joint``: and its
+    ``s2`` the learned one, no final stage)."""
     x, kinship = _families_data(0.6, seed=3, families=6, size=10)
     model, held_out, train, val = _kinship_parts(kinship, seed=3)
     flow = affine_coupling_flow(2, layers=2, hidden=8, seed=0)
     config = TrainConfig(epochs=3, stages=2, batch_size=16, lr=1e-2, seed=0, profile_scale=profile_scale)
-    outcome = fit_alternating(flow, model, x[train], x[val], config, held_out=held_out)
+    fit = fit_alternating if schedule == "alternating" else fit_joint
+    outcome = fit(flow, model, x[train], x[val], config, held_out=held_out)
     assert outcome.diverged is None
     final = outcome.stages[-1]
-    assert final["stage"] == "final" and final["s2"] == pytest.approx(float(outcome.dependence.s2))
+    if schedule == "joint" and not profile_scale:
+        assert final["stage"] == 2 and not any(stage["stage"] == "final" for stage in outcome.stages)
+        final = {**final, "s2": float(outcome.dependence.s2.detach())}  # the kept epoch's learned s2
+    else:
+        assert final["stage"] == "final" and final["s2"] == pytest.approx(float(outcome.dependence.s2))
+        assert final["s2_before_refit"] != pytest.approx(final["s2"], abs=1e-4)  # the refit moved it
     latent = push_forward(outcome.flow, x[train]).double().numpy()
     s2, scale = final["s2"], final["kinship_scale"]
     sigma = s2 * scale * kinship[np.ix_(train, train)] + (1 - s2) * np.eye(len(train))
@@ -232,6 +241,8 @@ def test_alternating_returns_the_flow_its_final_s2_was_fitted_with(profile_scale
     else:
         assert "latent_scale" not in final
         assert np.abs(per_trait - 1).max() > 1e-3  # unit scale is the scale step's doing, not a given
+    if "val_nll_iid" not in final:  # joint without the scale step: the kept epoch's scores
+        final = {**final, **outcome.best_val_scores}
     iid, conditional = held_out_nll(outcome.flow, x[val], x[train], outcome.dependence, held_out)
     assert final["val_nll_iid"] == pytest.approx(iid, rel=1e-6)
     assert final["val_nll_conditional"] == pytest.approx(conditional, rel=1e-6)
@@ -322,6 +333,56 @@ def test_a_fit_stopped_by_patience_says_so(tmp_path: Path) -> None:
     )
     assert again.returncode == 0, again
     assert json.loads((tmp_path / "run0" / "fit.json").read_text())["stopped_early"] is None
+
+
+def test_split_tsv_names_the_rows_that_scored_the_returned_flow(tmp_path: Path) -> None:
+    """``split.tsv`` lists the used individuals in file order with the set each was in; with it
+    and the kinship file a user recomputes fit.json's held-out scores of the returned flow
+    (iid and conditional on the training relatives, at the final ``s2``). The phenotype rows are
+    shuffled against the kinship and one row is incomplete, so file, used and kinship orders
+    all differ."""
+    x, kinship = _families_data(0.6, seed=3, families=8, size=10)
+    ids = np.array([f"i{k}" for k in range(len(kinship))])
+    fids = np.array([f"f{k // 10}" for k in range(len(kinship))])
+    write_npz(tmp_path / "kin.npz", kinship, ids, fids)
+    table = pd.DataFrame({"FID": fids, "IID": ids, "a": x[:, 0].numpy(), "b": x[:, 1].numpy()})
+    table = table.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    table.loc[4, "b"] = np.nan
+    pheno = write_table(tmp_path / "pheno.tsv", table)
+    settings = ["--epochs", "3", "--stages", "2", "--layers", "2", "--hidden", "8", "--threads", "1", "--quiet"]
+    result = invoke("fit", "--pheno", pheno, "--grm", tmp_path / "kin.npz", "--out", tmp_path / "run", *settings)
+    assert result.returncode == 0, result
+    report = json.loads((tmp_path / "run" / "fit.json").read_text())
+    split = pd.read_csv(tmp_path / "run" / "split.tsv", sep="\t", dtype=str)
+    complete = table.drop(index=4).reset_index(drop=True)
+    assert list(split.columns) == ["FID", "IID", "set"] and list(split["IID"]) == list(complete["IID"])
+    assert (split["set"] == "validation").sum() == report["n_validation"] > 0
+    assert (split["set"] == "train").sum() == report["n_train"]
+
+    model = PhenotypeModel.load(tmp_path / "run")
+    position = {iid: k for k, iid in enumerate(ids)}
+
+    def recomputed(validation: np.ndarray) -> tuple[float, float | None]:
+        train, val = complete[~validation], complete[validation]
+        rows_t, rows_v = [position[i] for i in train["IID"]], [position[i] for i in val["IID"]]
+        x_t, x_v = (
+            torch.as_tensor(model.standardise(part[["a", "b"]].to_numpy(), None), dtype=torch.float32)
+            for part in (train, val)
+        )
+        dense = KinshipCovariance.from_matrix(torch.tensor(kinship[np.ix_(rows_t, rows_t)]))
+        held_out = dense.held_out(
+            torch.tensor(kinship[np.ix_(rows_v, rows_t)]), torch.tensor(kinship[np.ix_(rows_v, rows_v)])
+        )
+        assert dense.scale == pytest.approx(final["kinship_scale"], rel=1e-6)
+        return held_out_nll(model.flow, x_v, x_t, dense.float().with_s2(final["s2"]), held_out)
+
+    final = report["stages"][-1]
+    iid, conditional = recomputed((split["set"] == "validation").to_numpy())
+    assert final["val_nll_iid"] == pytest.approx(iid, rel=1e-5)
+    assert final["val_nll_conditional"] == pytest.approx(conditional, rel=1e-5)
+    other = np.zeros(len(complete), dtype=bool)
+    other[np.random.default_rng(0).choice(len(complete), report["n_validation"], replace=False)] = True
+    assert final["val_nll_conditional"] != pytest.approx(recomputed(other)[1], rel=1e-3)  # another split: not it
 
 
 @pytest.mark.slow

@@ -149,9 +149,9 @@ REFUSED = [
     ),
     (
         lambda: FitConfig(mode="iid", train=TrainConfig(profile_scale=True)),
-        "TrainConfig.profile_scale: a step of FitConfig.mode 'alternating' only, not of 'iid': leave it out, or use FitConfig.mode 'alternating', got True",
+        "TrainConfig.profile_scale: a step of FitConfig.mode 'alternating' or 'joint' only, not of 'iid': leave it out, or use FitConfig.mode 'alternating', got True",
         ["--mode", "iid", "--scale-step"],
-        "--scale-step: a step of --mode 'alternating' only, not of 'iid': leave it out, or use --mode 'alternating'",
+        "--scale-step: a step of --mode 'alternating' or 'joint' only, not of 'iid': leave it out, or use --mode 'alternating'",
     ),
     (lambda: FitConfig(train={"epochs": 3}), "FitConfig.train: must be a TrainConfig, got 'dict'", None, None),
     (

@@ -163,6 +163,7 @@ def test_earlier_run_needs_overwrite_and_is_then_replaced(tmp_path: Path, no_tra
         "gaussianized.tsv",
         "model.json",
         "model.safetensors",
+        "split.tsv",
     ]
     no_training.clear()
     before = snapshot(tmp_path)
@@ -204,7 +205,8 @@ def test_run_written_before_manifests_is_recognised(tmp_path: Path) -> None:
     cohort = _cohort(tmp_path / "data")
     out = tmp_path / "run"
     assert _fit(cohort, out).returncode == 0
-    (out / MANIFEST).unlink()  # as written by earlier versions: fit.json and the run's files only
+    for name in (MANIFEST, "split.tsv"):  # as written by earlier versions: fit.json and the run's files only
+        (out / name).unlink()
     assert "holds an earlier flowpheno run; pass --overwrite" in _error(_fit(cohort, out))
     assert _fit(cohort, out, "--overwrite").returncode == 0
 

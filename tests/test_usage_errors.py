@@ -45,7 +45,7 @@ CASES = {
     ),
     "scale_step_grid": (
         ["fit", "--mode", "grid", "--scale-step"],
-        "--scale-step: a step of --mode 'alternating' only, not of 'grid': leave it out, or use --mode 'alternating'",
+        "--scale-step: a step of --mode 'alternating' or 'joint' only, not of 'grid': leave it out, or use --mode 'alternating'",
     ),
 }
 

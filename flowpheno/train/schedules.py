@@ -400,17 +400,7 @@ def fit_schedule(
     With ``held_out`` (a kinship model only) the held-out rows are scored conditionally.
     """
     trainer = EpochTrainer(flow, dependence, x_train, x_val, config, callback, held_out)
-    stages: list[dict[str, Any]] = []
-    for stage in range(1, config.stages + 1):
-        started = time.perf_counter()
-        trainer.run(config.epochs, stage)
-        stages.append({"stage": stage, "flow_seconds": time.perf_counter() - started, **dependence.describe()})
-        _emit(callback, {"event": "stage", **stages[-1]})
-        if trainer.stopped:
-            break
-    trainer.best.restore(flow, dependence)
-    dependence.release_caches()
-    return trainer.outcome(stages)
+    return trainer.outcome(_run_stages(trainer, flow, dependence, config, callback))
 
 
 def fit_iid(
@@ -507,23 +497,7 @@ def fit_alternating(
     state (``val_nll_iid``, ``val_nll_conditional``); the outcome's ``best_val_nll`` is the
     score that chose the state, before the refit.
     """
-    if config.profile_scale and not dependence.profiles_scale:
-        raise FlowphenoError(
-            "profile_scale is implemented for the kinship model only, not " + type(dependence).__name__
-        )
-    profile_scale = (
-        dependence.profiles_scale and flow.can_rescale_latent
-        if config.profile_scale is None  # automatic: wherever it applies
-        else config.profile_scale
-    )
-
-    def refit(z: Tensor) -> dict[str, list[float]]:
-        scale = dependence.refit(z, profile_scale=profile_scale)
-        if scale is None:
-            return {}
-        flow.rescale_latent(1.0 / scale)
-        return {"latent_scale": scale.tolist()}
-
+    refit = _scale_refit(flow, dependence, _profile_scale(config, dependence, flow))
     key = dependence.refit_name
     flow.initialize(x_train)
     for parameter in dependence.parameters():
@@ -560,23 +534,8 @@ def fit_alternating(
             break
     trainer.best.restore(flow, dependence)
     outcome = trainer.outcome(stages)
-    if outcome.diverged is not None:
-        return outcome
-    of_best_stage = dependence.describe()
-    latent = push_forward(flow, x_train)
-    if not bool(torch.isfinite(latent).all()):
-        outcome.diverged = "(the kept flow state gives non-finite latents for training rows)"
-        return outcome
-    folded = refit(latent)
-    stages.append(
-        {
-            "stage": "final",
-            **{f"{name}_before_refit": value for name, value in of_best_stage.items() if name != "block_sizes"},
-            **dependence.describe(),
-            **folded,
-            **trainer.validation_scores(),
-        }
-    )
+    if outcome.diverged is None:
+        _refit_kept_state(trainer, outcome, flow, dependence, x_train, refit)
     return outcome
 
 
@@ -594,7 +553,106 @@ def fit_joint(
     The covariance parameters become trainable through :meth:`DependenceModel.start_joint`:
     for kinship, ``s2`` starts at the exact optimum for the initial latents and the batch
     precision is rebuilt from ``U[idx]`` each step so gradients reach ``s2``.
+
+    With the scale step (``config.profile_scale``; where it is None, wherever it applies: a
+    kinship model and a flow that ends with an ActNorm, as in :func:`fit_alternating`), the
+    kept state's ``s2`` is then refitted exactly jointly with each trait's latent scale, which
+    is folded into the returned flow, and a ``"final"`` stage is recorded as in
+    :func:`fit_alternating`. Without it, the learned ``s2`` is biased by the traits' latent
+    scale, which the flow learns slowly: at n = 50k-100k (rank-40 kinship) it came out
+    0.05-0.08 above what a perfect flow reaches, while the exact step on the same flow's
+    latents was within 0.035 (``benchmarks/results/scale.md``).
     """
+    profile_scale = _profile_scale(config, dependence, flow)
     flow.initialize(x_train)
     dependence.start_joint(push_forward(flow, x_train))
-    return fit_schedule(flow, dependence, x_train, x_val, config, callback, held_out)
+    if not profile_scale:
+        return fit_schedule(flow, dependence, x_train, x_val, config, callback, held_out)
+    trainer = EpochTrainer(flow, dependence, x_train, x_val, config, callback, held_out)
+    stages = _run_stages(trainer, flow, dependence, config, callback)
+    outcome = trainer.outcome(stages)
+    if outcome.diverged is None:
+        for parameter in dependence.parameters():
+            parameter.requires_grad_(False)
+        _refit_kept_state(trainer, outcome, flow, dependence, x_train, _scale_refit(flow, dependence, True))
+    return outcome
+
+
+def _profile_scale(config: TrainConfig, dependence: DependenceModel, flow: LatentFlow) -> bool:
+    """``config.profile_scale`` decided: None means wherever it applies (a dependence model that
+    profiles the scale and a flow that can rescale its latent). Raises FlowphenoError when
+    it is asked for where the model cannot profile the scale."""
+    if config.profile_scale and not dependence.profiles_scale:
+        raise FlowphenoError(
+            "profile_scale is implemented for the kinship model only, not " + type(dependence).__name__
+        )
+    if config.profile_scale is None:
+        return dependence.profiles_scale and flow.can_rescale_latent
+    return config.profile_scale
+
+
+def _scale_refit(
+    flow: LatentFlow, dependence: DependenceModel, profile_scale: bool
+) -> Callable[[Tensor], dict[str, list[float]]]:
+    """The exact covariance step on latents ``z`` (``(n, d)``); with ``profile_scale`` the fitted
+    per-trait latent scales are folded into ``flow`` and returned as ``{"latent_scale": [...]}``."""
+
+    def refit(z: Tensor) -> dict[str, list[float]]:
+        scale = dependence.refit(z, profile_scale=profile_scale)
+        if scale is None:
+            return {}
+        flow.rescale_latent(1.0 / scale)
+        return {"latent_scale": scale.tolist()}
+
+    return refit
+
+
+def _run_stages(
+    trainer: EpochTrainer,
+    flow: LatentFlow,
+    dependence: DependenceModel,
+    config: TrainConfig,
+    callback: Callback | None,
+) -> list[dict[str, Any]]:
+    """``config.stages`` stages of ``config.epochs`` epochs with ``dependence`` as it is (until
+    training stops), then the best state restored; returns the stage records."""
+    stages: list[dict[str, Any]] = []
+    for stage in range(1, config.stages + 1):
+        started = time.perf_counter()
+        trainer.run(config.epochs, stage)
+        stages.append({"stage": stage, "flow_seconds": time.perf_counter() - started, **dependence.describe()})
+        _emit(callback, {"event": "stage", **stages[-1]})
+        if trainer.stopped:
+            break
+    trainer.best.restore(flow, dependence)
+    dependence.release_caches()
+    return stages
+
+
+def _refit_kept_state(
+    trainer: EpochTrainer,
+    outcome: FitOutcome,
+    flow: LatentFlow,
+    dependence: DependenceModel,
+    x_train: Tensor,
+    refit: Callable[[Tensor], dict[str, list[float]]],
+) -> None:
+    """Refit the covariance once on the kept (restored) flow's training latents so it matches
+    the returned flow, and append the ``"final"`` stage record: the values before
+    (``*_before_refit``), after, the folded scales (``latent_scale``) and the held-out scores
+    of the returned state. Sets ``outcome.diverged`` instead when those latents are not finite."""
+    of_best_stage = dependence.describe()
+    latent = push_forward(flow, x_train)
+    if not bool(torch.isfinite(latent).all()):
+        outcome.diverged = "(the kept flow state gives non-finite latents for training rows)"
+        return
+    folded = refit(latent)
+    outcome.stages.append(
+        {
+            "stage": "final",
+            **{f"{name}_before_refit": value for name, value in of_best_stage.items() if name != "block_sizes"},
+            **dependence.describe(),
+            **folded,
+            **trainer.validation_scores(),
+        }
+    )
