@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from hs1940_workflow import write_hs1940_inputs  # noqa: E402
 
 from flowpheno.bench.results import script, write_results  # noqa: E402
+from flowpheno.errors import FlowphenoError  # noqa: E402
 from flowpheno.io.atomic import results_folder  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -117,7 +118,8 @@ def markdown(results: dict, command: str) -> str:
         "",
         "Each seed's fit ran all 100 epochs (4 stages x 25, `--patience 0`, `--threads 1`); a patience's stop,",
         "kept epoch and kept held-out NLL are read off that curve (training up to the stop is the same).",
-        "Excess: the kept held-out NLL minus that of no early stopping (nats per individual, >= 0).",
+        "Excess: the kept held-out NLL minus that of no early stopping (nats per individual, >= 0): fit.json's",
+        "selection score (`val_nll`) of the kept epoch, before the final `s2` refit.",
         "",
     ]
     for cohort, result in results["cohorts"].items():
@@ -147,21 +149,28 @@ def markdown(results: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _items(text: str) -> list[str]:
+    """Comma-separated items, each given once; an empty item is refused."""
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise typer.BadParameter(f"{text!r}: an empty item (write e.g. 1,2,3)")
+    repeated = sorted({item for item in items if items.count(item) > 1})
+    if repeated:
+        raise typer.BadParameter(f"{repeated[0]!r} is given twice")
+    return items
+
+
 def _numbers(text: str) -> str:
-    """``--seeds``, ``--patience``: comma-separated whole numbers, each at least 1."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise typer.BadParameter("give at least one number")
-    for item in items:
+    """``--seeds``, ``--patience``: comma-separated whole numbers, each at least 1, each once."""
+    for item in _items(text):
         if not item.isdigit() or int(item) < 1:
             raise typer.BadParameter(f"{item!r}: each is a whole number of at least 1")
     return text
 
 
 def _cohorts(text: str) -> str:
-    """``--cohorts``: comma-separated, each one of :data:`COHORTS`."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    for item in items or [""]:
+    """``--cohorts``: comma-separated, each one of :data:`COHORTS`, each once."""
+    for item in _items(text):
         if item not in COHORTS:
             raise typer.BadParameter(f"{item!r}: choose from {', '.join(COHORTS)}")
     return text
@@ -178,12 +187,38 @@ def main(
     workdir: Path | None = typer.Option(None, "--workdir", help="keep the runs here (default: a temporary folder)"),
     out: Path = typer.Option(RESULTS, "--out", help="folder for patience.json and patience.md"),
 ) -> None:
-    seed_list = [int(item) for item in seeds.split(",") if item.strip()]
-    patience_list = [int(item) for item in patience.split(",") if item.strip()]
-    chosen = [item.strip() for item in cohorts.split(",") if item.strip()]
-    folder = workdir or Path(tempfile.mkdtemp(prefix="flowpheno_patience_"))
+    seed_list, patience_list, chosen = (
+        [int(i) for i in _items(seeds)],
+        [int(i) for i in _items(patience)],
+        _items(cohorts),
+    )
+    out = out.absolute()  # the fits run in the checkout: relative paths would land there
+    if out.exists() and not out.is_dir():
+        raise FlowphenoError(f"--out {out} is a file; give a folder for patience.json and patience.md")
+    try:
+        out.mkdir(parents=True, exist_ok=True)  # before minutes of fitting, not after
+    except OSError as error:
+        raise FlowphenoError(f"--out {out} cannot be created ({error.strerror}); choose a writable folder") from error
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="flowpheno_patience_") as temporary:
+            run(Path(temporary), seed_list, patience_list, chosen, out, seeds, patience)
+        return
+    folder = workdir.absolute()
     # a folder this script wrote (its manifest), or a new or empty one: never another one
     results_folder(folder, "benchmarks/patience.py", option="--workdir")
+    run(folder, seed_list, patience_list, chosen, out, seeds, patience)
+
+
+def run(
+    folder: Path,
+    seed_list: list[int],
+    patience_list: list[int],
+    chosen: list[str],
+    out: Path,
+    seeds: str,
+    patience: str,
+) -> None:
+    """The fits under ``folder`` and the tables in ``out``."""
     started = time.perf_counter()
     results: dict = {"machine": f"{os.uname().machine}, {os.cpu_count()} CPUs", "cohorts": {}}
     for cohort in chosen:

@@ -247,7 +247,9 @@ def fit(
         f"fitted {report.d} traits on {report.n_used} individuals ({report.dropped_count} dropped, see fit.json); "
         f"{report.final_state}"
     )
-    console.print(f"{summary}\nwrote {out}/gaussianized.tsv, model, fit.json, diagnostics.png", soft_wrap=True)
+    console.print(
+        f"{summary}\nwrote {out}/gaussianized.tsv, model, fit.json, split.tsv, diagnostics.png", soft_wrap=True
+    )
 
 
 @app.command()

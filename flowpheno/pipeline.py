@@ -648,6 +648,11 @@ def prepare_fit(
     seconds["read_and_align"] = time.perf_counter() - started
 
     train_rows, val_rows = _split(int(keep.sum()), config.val_frac, config.train.seed)
+    if config.val_frac > 0 and not len(val_rows):
+        warn(
+            f"--val-frac {config.val_frac:g} of {int(keep.sum())} individuals rounds to none held out: no validation "
+            "score, so no early stopping and the last state is kept; raise --val-frac or set it to 0"
+        )
     data = PreparedData(
         phenotypes,
         None if covar is None else str(covar),

@@ -322,6 +322,7 @@ def test_benchmark_scripts_refuse_bad_options_before_any_work(tmp_path: Path) ->
             "'--methods': 'foo': choose from alternating, alternating_scale, joint, joint_scale, joint_exact",
         ),
         ("patience.py", ["--seeds", "1,x"], "'--seeds': 'x': each is a whole number of at least 1"),
+        ("patience.py", ["--patience", "15,15"], "'--patience': '15' is given twice"),
         ("patience.py", ["--cohorts", "hs1940,ukb"], "'--cohorts': 'ukb': choose from hs1940, example"),
         ("bench_overhead.py", ["--batch-size", "1"], "'--batch-size': Input should be greater than or equal to 2"),
         ("bench_overhead.py", ["--n", "100"], "'--batch-size': 256 is more than --n 100"),

@@ -223,6 +223,20 @@ def test_scale_step_needs_alternating(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+def test_a_validation_fraction_that_rounds_to_nobody_is_said(tmp_path: Path) -> None:
+    """``--val-frac 0.001`` of 80 individuals holds out none: the fit runs (as with 0) but says
+    that early stopping and the held-out score are off, instead of turning them off silently."""
+    pheno, kinship = _small_cohort(tmp_path)
+    settings = ["--epochs", "1", "--stages", "1", "--layers", "2", "--hidden", "8", "--threads", "1"]
+    result = invoke(
+        "fit", "--pheno", pheno, "--grm", kinship, "--out", tmp_path / "run", "--val-frac", "0.001", *settings
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--val-frac 0.001 of 80 individuals rounds to none held out" in result.stderr
+    report = json.loads((tmp_path / "run" / "fit.json").read_text())
+    assert report["n_validation"] == 0 and any("rounds to none held out" in w for w in report["warnings"])
+
+
 def _small_cohort(tmp_path: Path, n: int = 80) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     ids = [f"i{k}" for k in range(n)]

@@ -180,7 +180,7 @@ EXTRA = "error: config fit.extra: free text is no longer pasted into flowpheno f
         ({"val_frac": 0.95}, "error: config fit.val_frac: must be in [0, 0.9), got 0.95"),
         (
             {"mode": "grid", "scale_step": True},
-            "error: config fit.scale_step: a step of fit.mode 'alternating' only, not of 'grid': leave it out, or use fit.mode 'alternating', got true",
+            "error: config fit.scale_step: a step of fit.mode 'alternating' or 'joint' only, not of 'grid': leave it out, or use fit.mode 'alternating', got true",
         ),
     ],
 )
