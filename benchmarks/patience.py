@@ -31,7 +31,7 @@ import typer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from hs1940_workflow import write_hs1940_inputs  # noqa: E402
+from profile_fit import cohort_inputs  # noqa: E402
 
 from flowpheno.bench.results import script, write_results  # noqa: E402
 from flowpheno.errors import FlowphenoError  # noqa: E402
@@ -39,24 +39,6 @@ from flowpheno.io.atomic import results_folder  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 COHORTS = ("hs1940", "example")
-
-
-def inputs(cohort: str, folder: Path) -> list[str]:
-    """The fit's input options for ``cohort``, writing the GRM (and HS1940's files) under ``folder``."""
-    if cohort == "hs1940":
-        bfile, pheno = write_hs1940_inputs(folder / "inputs")
-        options = ["--pheno", str(pheno)]
-    else:
-        bfile, pheno = ROOT / "examples" / "cohort", ROOT / "examples" / "pheno.tsv"
-        options = ["--pheno", str(pheno), "--covar", str(ROOT / "examples" / "covar.tsv")]
-    grm = folder / "kinship.npz"
-    subprocess.run(
-        [sys.executable, "-m", "flowpheno.cli", "grm", "--bfile", str(bfile), "--out", str(grm), "--overwrite"],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-    )
-    return [*options, "--grm", str(grm)]
 
 
 def full_curve(options: list[str], seed: int, out: Path) -> dict:
@@ -222,7 +204,7 @@ def run(
     started = time.perf_counter()
     results: dict = {"machine": f"{os.uname().machine}, {os.cpu_count()} CPUs", "cohorts": {}}
     for cohort in chosen:
-        options = inputs(cohort, folder / cohort)
+        _, _, options = cohort_inputs(cohort, folder / cohort)
         curves = []
         for seed in seed_list:
             curves.append(full_curve(options, seed, folder / cohort / f"run_{seed}"))

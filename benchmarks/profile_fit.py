@@ -116,6 +116,26 @@ def profile_setting(name: str, options: str, inputs: list[str], folder: Path, th
     }
 
 
+def cohort_inputs(cohort: str, folder: Path) -> tuple[Path, Path, list[str]]:
+    """``(PLINK prefix, phenotype file, fit input options)`` of ``cohort`` (``hs1940``: gemma-doc's
+    files, decompressed under ``folder``; ``example``: examples/, with its covariates), with the
+    GRM of the cohort's SNPs written to ``folder/kinship.npz`` by ``flowpheno grm``."""
+    if cohort == "hs1940":
+        bfile, pheno = write_hs1940_inputs(folder / "inputs")
+        options = ["--pheno", str(pheno)]
+    else:
+        bfile, pheno = ROOT / "examples" / "cohort", ROOT / "examples" / "pheno.tsv"
+        options = ["--pheno", str(pheno), "--covar", str(ROOT / "examples" / "covar.tsv")]
+    grm = folder / "kinship.npz"
+    subprocess.run(
+        [sys.executable, "-m", "flowpheno.cli", "grm", "--bfile", str(bfile), "--out", str(grm), "--overwrite"],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
+    return bfile, pheno, [*options, "--grm", str(grm)]
+
+
 def gemma_times(bfile: Path, pheno: Path, folder: Path, fam_order: bool) -> dict:
     """CPU seconds of GEMMA's GRM and mvLMM on the same individuals (complete rows of the traits)."""
     import pandas as pd
@@ -247,19 +267,7 @@ def main(
         name, _, options = item.partition("=")
         settings[name] = options.strip('"')
     folder = workdir or Path(tempfile.mkdtemp(prefix="flowpheno_profile_"))
-    if cohort == "hs1940":
-        bfile, pheno = write_hs1940_inputs(folder / "inputs")
-        inputs = ["--pheno", str(pheno)]
-    else:
-        bfile, pheno = ROOT / "examples" / "cohort", ROOT / "examples" / "pheno.tsv"
-        inputs = ["--pheno", str(pheno), "--covar", str(ROOT / "examples" / "covar.tsv")]
-    grm = folder / "kinship.npz"
-    subprocess.run(
-        [sys.executable, "-m", "flowpheno.cli", "grm", "--bfile", str(bfile), "--out", str(grm), "--overwrite"],
-        check=True,
-        cwd=ROOT,
-    )
-    inputs += ["--grm", str(grm)]
+    bfile, pheno, inputs = cohort_inputs(cohort, folder)
     rows = []
     for name, options in settings.items():
         rows.append(profile_setting(name, options, inputs, folder, threads))
