@@ -82,13 +82,14 @@ def batched_steps_per_second(x: torch.Tensor, members: int, steps: int, batch: i
     trainer.active = trainer.active.to(device)
     generator = torch.Generator().manual_seed(0)
     batches = [idx.to(device) for idx in torch.randperm(x.shape[0], generator=generator).split(batch)]
+    per_epoch = len(batches)
     while len(batches) < steps + 3:
         batches += batches
     for k, idx in enumerate(batches[: steps + 3]):
         if k == 3:
             _sync(device)
             started = time.perf_counter()
-        trainer._step(idx)
+        trainer._step(idx, per_epoch)
     _sync(device)
     return members * steps / (time.perf_counter() - started)
 

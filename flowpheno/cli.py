@@ -661,7 +661,8 @@ def bench_synthetic(
         None,
         "--methods",
         help="subset of baseline,grid,joint,joint_blockbatch,alternating,alternating_strat (blocks) / "
-        "baseline,grid,alternating,alternating_scaled (kinship)",
+        "baseline,grid,alternating,alternating_scaled (kinship; alternating_scaled with --protocol fast only) "
+        "[default: all of the protocol's]",
     ),
     seeds: int = typer.Option(10, "--seeds", min=1, help="seeds 0..N-1"),
     quick: bool = typer.Option(

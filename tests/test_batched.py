@@ -32,8 +32,16 @@ def _kinship(dtype: torch.dtype = torch.float32) -> KinshipCovariance:
     return KinshipCovariance.from_matrix(factor @ factor.T)
 
 
+def _layout_blocks() -> torch.Tensor:
+    """One block of 60 rows (dealt over the batches by the stratified layout), then 60 of 6."""
+    return torch.cat([torch.zeros(60, dtype=torch.long), 1 + torch.arange(N - 60) // 6])
+
+
 def _covariance(kind: str, values: list[float], dtype: torch.dtype = torch.float32) -> object:
     block_ids = torch.arange(N) // 6  # 70 blocks: the per-block table is not a multiple of any SIMD width
+    if kind in ("blocks_layout", "stratified"):
+        rho = torch.tensor(values)[:, None] * torch.linspace(0.5, 1.0, 61)[None, :]  # (K, B): one per block
+        return MemberBlocks(_layout_blocks(), rho, batching="blocks" if kind == "blocks_layout" else "stratified")
     if kind == "iid":
         return MemberIID(N)
     if kind == "kinship":
@@ -42,7 +50,7 @@ def _covariance(kind: str, values: list[float], dtype: torch.dtype = torch.float
     return MemberBlocks(block_ids, torch.tensor(values), learn=kind == "joint")
 
 
-@pytest.mark.parametrize("kind", ["iid", "kinship", "blocks", "joint"])
+@pytest.mark.parametrize("kind", ["iid", "kinship", "blocks", "joint", "blocks_layout", "stratified"])
 def test_three_members_batched_train_exactly_as_one_alone(kind: str) -> None:
     """Member 1 of a 3-member batch and the same member trained alone end equal to 1e-6, the
     same epoch kept. Not to the bit on every CPU: where a member's slice meets the SIMD lanes
@@ -148,6 +156,55 @@ def test_member_gaussian_terms_equal_the_dependence_models(kind: str) -> None:
     assert torch.allclose(
         batched.detach().double(), torch.stack(expected).detach().double(), atol=tolerance, rtol=tolerance
     )
+
+
+@pytest.mark.parametrize("batching", ["blocks", "stratified"])
+def test_member_layout_losses_equal_a_lone_runs(batching: str) -> None:
+    """Each member's batch loss on whole-block and stratified batches is the one a lone run
+    of that layout takes (``layout_batch_nll``: the dependence model's exact or stratified
+    Gaussian term minus the scaled log-det), for every batch of an epoch."""
+    block_ids = _layout_blocks()
+    rho = torch.rand(3, 61, generator=torch.Generator().manual_seed(2)) * 0.9
+    covariance = MemberBlocks(block_ids, rho, batching=batching)
+    batches = covariance.batches(64, torch.Generator().manual_seed(0))
+    lone = EquicorrelatedBlocks(block_ids)
+    assert sorted(torch.cat(batches).tolist()) == list(range(N))  # an epoch covers every row once
+    assert [b.tolist() for b in batches] == [
+        b.tolist() for b in lone.batches(batching, 64, torch.Generator().manual_seed(0))
+    ]
+    if batching == "stratified":  # the 60-row block is dealt: a share of it in every batch
+        assert all(int((block_ids[idx] == 0).sum()) in (8, 9) for idx in batches)
+    for idx in batches:
+        z = torch.randn(3, len(idx), 2, dtype=torch.float32, generator=torch.Generator().manual_seed(len(idx)))
+        ladj = torch.randn(3, len(idx), generator=torch.Generator().manual_seed(1))
+        expected = []
+        for k in range(3):
+            model = EquicorrelatedBlocks(block_ids, rho=rho[k])
+            gaussian = model.batch_gaussian_nll(z[k], idx, batching, len(batches))
+            expected.append(gaussian - ladj[k].sum() * len(batches) / N)
+        got = covariance.batch_loss(z, ladj, idx, len(batches))
+        assert torch.allclose(got.double(), torch.stack(expected).double(), atol=1e-4, rtol=1e-5)
+
+
+def test_member_exact_rho_step_is_each_members_own() -> None:
+    """``MemberBlocks.fit_rho`` sets every member's per-block rho to the exact maximiser for
+    its own latents; a block of one row and a member with non-finite latents keep theirs."""
+    block_ids = torch.cat([torch.arange(N - 1) // 7, torch.tensor([10_000])])  # the last row: a block alone
+    blocks = int(torch.unique(block_ids).numel())
+    start = torch.full((3, blocks), 0.3)
+    covariance = MemberBlocks(block_ids, start)
+    z = torch.randn(3, N, 2, generator=torch.Generator().manual_seed(4))
+    _, inverse = torch.unique(block_ids, return_inverse=True)
+    shared = torch.randn(blocks, 2, generator=torch.Generator().manual_seed(5))
+    z[1] = z[1] + shared[inverse]  # member 1: latents that share a block offset, so rho well above 0
+    z[2, 0, 0] = float("nan")
+    covariance.fit_rho(z)
+    for k in range(2):
+        expected = EquicorrelatedBlocks(block_ids, rho=0.3).fit_rho(z[k])
+        assert torch.allclose(covariance.rho[k, :-1], expected[:-1], atol=1e-6)
+    assert not torch.allclose(covariance.rho[0], covariance.rho[1])
+    assert torch.allclose(covariance.rho[:, -1], torch.tensor(0.3))  # the one-row block
+    assert torch.allclose(covariance.rho[2], torch.tensor(0.3))  # not finite: unchanged
 
 
 def test_each_member_stops_and_keeps_its_own_best_state() -> None:

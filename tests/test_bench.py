@@ -83,6 +83,13 @@ def test_bench_synthetic_rejects_a_method_the_setting_lacks(tmp_path: Path) -> N
     assert result.returncode != 0
     assert "--methods 'joint': choose from baseline, grid, alternating" in result.stderr
     assert not (tmp_path / "b" / "runs").exists()
+    fast_only = invoke(
+        "bench", "synthetic", "--setting", "kinship", "--methods", "alternating_scaled", "--out", str(tmp_path / "c")
+    )
+    assert fast_only.returncode == 2 and fast_only.stderr.strip().splitlines() == [
+        "error: --methods 'alternating_scaled' runs with --protocol fast only; drop it or add --protocol fast"
+    ]
+    assert not (tmp_path / "c").exists()
 
 
 def test_table_pairs_each_method_with_the_baseline_on_its_own_seeds() -> None:
@@ -264,8 +271,68 @@ def test_paper_protocol_sweeps_every_setting_as_batched_members(
     assert runs["grid"]["val_nll"] == min(m["val_nll"] for m in runs["grid"]["sweep"])
     assert runs["grid"]["val_nll"] <= runs["baseline"]["val_nll"] + 1e-6
     assert [g["value"] for g in runs["grid"]["grid"]] == list(PaperSetup().grid)
+    chosen = runs["grid"]["covariance"]["rho"]
+    assert (
+        f"| blocks | grid | crescent | 1 | rho {chosen:.3f} (range {chosen:g}-{chosen:g}) |"
+        in (out / "table1.md").read_text()
+    )
     stored = [json.loads(path.read_text()) for path in (out / "runs").glob("*.json")]
     assert len(stored) == 2 and {r["identity"]["protocol"] for r in stored} == {f"paper-{protocols.PAPER_VERSION}"}
+
+
+def test_paper_protocol_runs_our_blocks_methods_as_separate_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ours under the paper's flow, sweep and schedule: ``alternating`` (exact per-block rho
+    before each stage), ``alternating_strat`` (the same on stratified batches) and
+    ``joint_blockbatch`` (joint on whole blocks); their own rows of the table."""
+    import flowpheno.bench.protocols as protocols
+    from flowpheno.bench.protocols import PaperSetup
+    from flowpheno.bench.synthetic import make_data
+
+    tiny = _tiny(
+        optimisers=[(lr, wd) for lr in PaperSetup().lrs for wd in PaperSetup().weight_decays],
+        patience=None,
+        epochs=4,
+        stages=2,
+    )
+    monkeypatch.setattr(protocols, "paper_sizes", lambda quick=False: tiny)
+    out = tmp_path / "paper"
+    methods = "baseline,alternating,alternating_strat,joint_blockbatch"
+    result = invoke(
+        "bench",
+        "synthetic",
+        "--setting",
+        "blocks",
+        "--shapes",
+        "crescent",
+        "--methods",
+        methods,
+        "--seeds",
+        "1",
+        "--out",
+        out,
+    )
+    assert result.returncode == 0, result
+    runs = {r["method"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert {m: runs[m]["members"] for m in runs} == {
+        "baseline": 12,
+        "alternating": 12,
+        "alternating_strat": 12,
+        "joint_blockbatch": 48,
+    }
+    data = make_data("blocks", "crescent", 0, tiny, out / "cache")
+    repeated = np.bincount(data["block_ids"]) > 1
+    for method in ("alternating", "alternating_strat"):
+        rho = np.array(runs[method]["covariance"]["rho"])
+        assert len(runs[method]["rho_mae_stages"]) == 2  # one exact step before each of the 2 stages
+        assert np.all(rho[~repeated] == pytest.approx(0.5)) and not np.allclose(rho[repeated], 0.5)
+        assert runs[method]["steps"] == 2 * 1 * 2  # 2 stages of epochs // 4 = 1 epoch, 2 batches of 40
+    assert runs["joint_blockbatch"]["rho_start"] in PaperSetup().joint_rho_starts
+    table = (out / "table1.md").read_text()
+    assert all(f"| blocks | {method} |" in table for method in runs)
+    stages = " -> ".join(f"{v:.3f}" for v in runs["alternating"]["rho_mae_stages"])
+    assert f"| blocks | alternating | crescent | 1 | rho MAE {stages} |" in table  # what validation chose
 
 
 @pytest.mark.slow

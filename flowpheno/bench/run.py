@@ -95,7 +95,7 @@ def run_synthetic(
         OptionError: an unknown setting, shape, method or protocol. FlowphenoError: ``out`` refused.
     """
     from flowpheno.bench import synthetic
-    from flowpheno.bench.protocols import PAPER_METHODS, PAPER_VERSION, PROTOCOLS, paper_sizes
+    from flowpheno.bench.protocols import PAPER_VERSION, PROTOCOL_METHODS, PROTOCOLS, paper_sizes
     from flowpheno.bench.report import figure, table1
     from flowpheno.bench.shapes import SHAPES
 
@@ -107,10 +107,13 @@ def run_synthetic(
             raise OptionError(f"--shapes {name!r}: choose from {', '.join(sorted(SHAPES))}")
     if protocol not in PROTOCOLS:
         raise OptionError(f"--protocol {protocol!r}: choose paper or fast")
-    available = PAPER_METHODS if protocol == "paper" else synthetic.METHODS
+    available = PROTOCOL_METHODS if protocol == "paper" else synthetic.METHODS
     wanted = {s: list(available[s]) for s in settings}
     if methods:
         allowed = tuple(dict.fromkeys(m for s in settings for m in available[s]))
+        for name in [m.strip() for m in methods.split(",")]:
+            if protocol == "paper" and name not in allowed and any(name in synthetic.METHODS[s] for s in settings):
+                raise OptionError(f"--methods {name!r} runs with --protocol fast only; drop it or add --protocol fast")
         names = chosen_methods(methods, allowed)
         wanted = {s: [m for m in available[s] if m in names] for s in settings}
     sizes = (

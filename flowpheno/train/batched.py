@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flowpheno.dependence import EquicorrelatedBlocks
 from flowpheno.errors import FlowphenoError
 from flowpheno.flows.batched import BatchedSplineFlow
 from flowpheno.train.objective import uniform_batches
@@ -80,21 +81,35 @@ class MemberAdamax:
         self.steps += active.to(torch.float64)
         # lr / (1 - beta1^t), computed in double as torch does with Python floats, then one rounding
         step_size = -(self.lr / (1 - torch.pow(beta1, self.steps.clamp_min(1))))
+        every = bool(active.all())  # the usual case: no masking, the new values written in place
+        views: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}  # per (rank, dtype), once a step
         for param, exp_avg, exp_inf, decays in zip(self.params, self.exp_avg, self.exp_inf, self.decay, strict=True):
             if param.grad is None:
                 continue
-            mask = _view(active, param).bool()
+            key = (param.dim(), param.dtype)
+            if key not in views:
+                views[key] = (
+                    _view(active, param).bool(),
+                    _view(self.weight_decay, param),
+                    _view(step_size, param),
+                )
+            mask, decay, size = views[key]
             grad = param.grad
             if decays:
-                grad = grad.add(param * _view(self.weight_decay, param))
+                grad = grad.add(param * decay)
             new_avg = exp_avg * beta1 + grad * (
                 1 - beta1
             )  # lerp, spelt out: no fused kernel whose tail rounds differently
             new_inf = torch.maximum(exp_inf * beta2, grad.abs().add_(self.eps))
-            new_param = param + _view(step_size, param) * new_avg / new_inf
-            exp_avg.copy_(torch.where(mask, new_avg, exp_avg))
-            exp_inf.copy_(torch.where(mask, new_inf, exp_inf))
-            param.copy_(torch.where(mask, new_param, param))
+            new_param = param + size * new_avg / new_inf
+            if every:
+                exp_avg.copy_(new_avg)
+                exp_inf.copy_(new_inf)
+                param.copy_(new_param)
+            else:
+                exp_avg.copy_(torch.where(mask, new_avg, exp_avg))
+                exp_inf.copy_(torch.where(mask, new_inf, exp_inf))
+                param.copy_(torch.where(mask, new_param, param))
 
     def zero_grad(self) -> None:
         for param in self.params:
@@ -114,6 +129,20 @@ class MemberCovariance:
         """``(K,)`` unbiased estimates of ``-log N(vec Z; 0, I (x) Sigma_k) / n`` from the batch
         latents ``z`` (``(K, b, d)``) of the rows ``idx`` (``(b,)``)."""
         raise NotImplementedError
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+        """One epoch's batches of row indices, shared by the members (uniform, by default)."""
+        return uniform_batches(self.n, batch_size, generator)
+
+    def batch_loss(self, z: Tensor, ladj: Tensor, idx: Tensor, n_batches: int) -> Tensor:
+        """``(K,)`` per-row training losses of one batch (latents ``z``: ``(K, b, d)``, log-dets
+        ``ladj``: ``(K, b)``), whose mean over an epoch's ``n_batches`` batches estimates each
+        member's full objective without bias."""
+        return self.minibatch_gaussian_nll(z, idx) - ladj.mean(dim=1)
+
+    def batch_weight(self, idx: Tensor, n_batches: int) -> float:
+        """The weight of a batch's loss in the epoch's mean training loss."""
+        return float(len(idx))
 
     def state(self) -> dict[str, Tensor]:
         return {}
@@ -202,11 +231,23 @@ class MemberBlocks(MemberCovariance):
 
     ``rho`` is ``(K,)`` (one value per member, shared by its blocks: grid search) or
     ``(K, B)`` (one per block); with ``learn=True`` its logits ``(K, B)`` are learned
-    (joint training: Adamax, no weight decay).
+    (joint training: Adamax, no weight decay). ``batching`` is the batch layout of
+    :class:`~flowpheno.dependence.EquicorrelatedBlocks` (``TrainConfig.batching``):
+    ``uniform`` (the paper's), ``blocks`` (whole blocks, exact Gaussian term) or
+    ``stratified`` (large blocks dealt over the batches: unbiased and bounded below); each
+    member's batch loss is the one a lone run of that layout takes
+    (:func:`flowpheno.train.objective.layout_batch_nll`).
+
+    Raises:
+        FlowphenoError: an unknown ``batching``.
     """
 
-    def __init__(self, block_ids: Tensor, rho: Tensor, learn: bool = False) -> None:
+    def __init__(self, block_ids: Tensor, rho: Tensor, learn: bool = False, batching: str = "uniform") -> None:
         _, block_ids = torch.unique(torch.as_tensor(block_ids, dtype=torch.long), return_inverse=True)
+        if batching not in EquicorrelatedBlocks.batchings:
+            raise FlowphenoError(f"batching {batching!r}: choose from {', '.join(EquicorrelatedBlocks.batchings)}")
+        self.batching = batching
+        self.layout = EquicorrelatedBlocks(block_ids)  # batch layouts and the exact rho step
         self.block_ids = block_ids
         self.n = int(block_ids.shape[0])
         self.sizes = torch.bincount(block_ids).to(torch.float32)
@@ -240,6 +281,58 @@ class MemberBlocks(MemberCovariance):
         within = (z * block_sums.index_select(1, local)).sum(dim=2) - norms  # sum_{j != i, same block} <z_i, z_j>
         total = diagonal + (off_entry.expand(members, -1).index_select(1, blocks) * within).sum(dim=1)
         return _gaussian(self.n, d, log_det, _trace(diagonal, total, self.n, b))
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+        if self.batching == "uniform":
+            return super().batches(batch_size, generator)
+        return self.layout.batches(self.batching, batch_size, generator)
+
+    def batch_loss(self, z: Tensor, ladj: Tensor, idx: Tensor, n_batches: int) -> Tensor:
+        if self.batching == "uniform":
+            return super().batch_loss(z, ladj, idx, n_batches)
+        members, b, d = z.shape
+        rho, m = self.rho, self.sizes  # (K, B) or (K, 1)
+        blocks = self.block_ids[idx]
+        rows = z.new_zeros(len(m)).index_add_(0, blocks, torch.ones_like(blocks, dtype=z.dtype))  # (B,)
+        sum_sq = z.new_zeros(members, len(m)).index_add_(1, blocks, z.square().sum(dim=2))  # (K, B)
+        squared_sum = z.new_zeros(members, len(m), d).index_add_(1, blocks, z).square().sum(dim=2)  # (K, B)
+        shrink = rho / (1 + (m - 1) * rho)
+        if self.batching == "blocks":  # EquicorrelatedBlocks.whole_blocks_gaussian_nll, per member
+            quad = ((sum_sq - shrink * squared_sum) / (1 - rho)).sum(dim=1)
+            present = (rows > 0).to(z.dtype)
+            log_det = (present * ((m - 1) * torch.log1p(-rho) + torch.log1p((m - 1) * rho))).sum(dim=1)
+            gaussian = 0.5 * (b * d * LOG_2PI + d * log_det + quad) * n_batches / self.n
+        else:  # EquicorrelatedBlocks.stratified_gaussian_nll, per member
+            pairs = squared_sum - sum_sq
+            diagonal_weight = torch.where(rows > 0, m / rows.clamp(min=1), 0.0)
+            pair_weight = torch.where(rows > 1, m * (m - 1) / (rows * (rows - 1)).clamp(min=1), 0.0)
+            per_epoch = torch.where(self.layout.dealt_blocks(n_batches), 1.0, float(n_batches))
+            quad = per_epoch * ((1 - shrink) * diagonal_weight * sum_sq - shrink * pair_weight * pairs) / (1 - rho)
+            log_det = ((m - 1) * torch.log(1 - rho) + torch.log(1 + (m - 1) * rho)).expand(members, -1).sum(dim=1)
+            gaussian = _gaussian(self.n, d, log_det, quad.sum(dim=1))
+        return gaussian - ladj.sum(dim=1) * n_batches / self.n
+
+    def batch_weight(self, idx: Tensor, n_batches: int) -> float:
+        return float(len(idx)) if self.batching == "uniform" else self.n / n_batches
+
+    @torch.no_grad()
+    def fit_rho(self, z: Tensor) -> None:
+        """Set each member's per-block ``rho`` to the exact maximiser of its latents'
+        Gaussian likelihood (:meth:`EquicorrelatedBlocks.fit_rho`, on ``[0, RHO_MAX]``): the
+        covariance step of blocks ``alternating``. ``z`` is ``(K, n, d)``; a member whose
+        latents are not all finite, and a block of one row, keep their ``rho``.
+
+        Raises:
+            FlowphenoError: a shared or learned ``rho`` (this step sets one per block).
+        """
+        if self.shared or self.logit_rho.requires_grad:
+            raise FlowphenoError("the exact rho step sets one fixed rho per block: build with (K, B) rho, learn=False")
+        repeated = self.sizes > 1
+        for k in range(z.shape[0]):
+            if bool(torch.isfinite(z[k]).all()):
+                fitted = self.layout.fit_rho(z[k]).to(self.logit_rho.dtype)
+                logits = torch.logit(fitted.clamp(1e-6, 1 - 1e-6))
+                self.logit_rho[k] = torch.where(repeated, logits, self.logit_rho[k])
 
     def state(self) -> dict[str, Tensor]:
         return {"logit_rho": self.logit_rho.detach().clone()}
@@ -369,14 +462,15 @@ class MemberTrainer:
         if self.covariance_optimiser is not None:
             self.covariance_optimiser.reset()
 
-    def _step(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """One optimiser step on the batch ``idx``; the losses ``(K,)`` and which members stepped."""
+    def _step(self, idx: Tensor, n_batches: int) -> tuple[Tensor, Tensor]:
+        """One optimiser step on the batch ``idx`` (one of the epoch's ``n_batches``); the
+        losses ``(K,)`` and which members stepped."""
         factor = self.schedule.factor(self.steps, self.epoch)
         self.optimiser.lr = self.base_lr * factor
         if self.covariance_optimiser is not None:
             self.covariance_optimiser.lr = self.covariance_base_lr * factor
         z, ladj = self.flow(self.x_train[idx])
-        loss = self.covariance.minibatch_gaussian_nll(z, idx) - ladj.mean(dim=1)
+        loss = self.covariance.batch_loss(z, ladj, idx, n_batches)
         self.optimiser.zero_grad()
         if self.covariance_optimiser is not None:
             self.covariance_optimiser.zero_grad()
@@ -395,17 +489,18 @@ class MemberTrainer:
     def run(self, epochs: int) -> None:
         """Up to ``epochs`` more epochs (fewer when every member has stopped)."""
         members = self.flow.members
-        n = self.x_train.shape[0]
         for _ in range(epochs):
             if not bool(self.active.any()):
                 return
             started = time.perf_counter()
             loss_sum = torch.zeros(members, dtype=torch.float64)
             rows = torch.zeros(members, dtype=torch.float64)
-            for idx in uniform_batches(n, self.batch_size, self.generator):
-                loss, step = self._step(idx)
-                loss_sum += torch.where(step, loss.to(torch.float64) * len(idx), 0.0)
-                rows += step.to(torch.float64) * len(idx)
+            batches = self.covariance.batches(self.batch_size, self.generator)
+            for idx in batches:
+                loss, step = self._step(idx, len(batches))
+                weight = self.covariance.batch_weight(idx, len(batches))
+                loss_sum += torch.where(step, loss.to(torch.float64) * weight, 0.0)
+                rows += step.to(torch.float64) * weight
             self.epoch += 1
             val = members_iid_nll(self.flow, self.x_val)
             self._offer(val)
