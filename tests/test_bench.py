@@ -237,13 +237,16 @@ def test_results_are_written_whole_with_command_and_versions(tmp_path: Path) -> 
     assert (tmp_path / "new" / "r.md").read_text() == "# table\n"
 
 
-def test_paper_protocol_sweeps_every_setting_as_batched_members(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _paper_crescent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, methods: str, **sizes: object
+) -> tuple[Path, BenchSizes, dict[str, dict]]:
+    """``bench synthetic --protocol paper`` on blocks crescent, 1 seed, at tiny sizes with the
+    paper's 12-setting sweep; the output folder, the sizes and the runs by method."""
     import flowpheno.bench.protocols as protocols
     from flowpheno.bench.protocols import PaperSetup
 
-    tiny = _tiny(optimisers=[(lr, wd) for lr in PaperSetup().lrs for wd in PaperSetup().weight_decays], patience=None)
+    pairs = [(lr, wd) for lr in PaperSetup().lrs for wd in PaperSetup().weight_decays]
+    tiny = _tiny(optimisers=pairs, patience=None, **sizes)
     monkeypatch.setattr(protocols, "paper_sizes", lambda quick=False: tiny)
     out = tmp_path / "paper"
     result = invoke(
@@ -254,17 +257,26 @@ def test_paper_protocol_sweeps_every_setting_as_batched_members(
         "--shapes",
         "crescent",
         "--methods",
-        "baseline,grid",
+        methods,
         "--seeds",
         "1",
         "--out",
         out,
     )
     assert result.returncode == 0, result
+    return out, tiny, {r["method"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+
+
+def test_paper_protocol_sweeps_every_setting_as_batched_members(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flowpheno.bench.protocols as protocols
+    from flowpheno.bench.protocols import PaperSetup
+
+    out, _, runs = _paper_crescent(tmp_path, monkeypatch, "baseline,grid")
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"] == "paper"
     assert "Protocol `paper`" in (out / "table1.md").read_text()
-    runs = {r["method"]: r for r in results["runs"]}
     assert runs["baseline"]["members"] == 12 and runs["grid"]["members"] == 13 * 12
     assert runs["baseline"]["flow_config"]["actnorm"] is False and runs["grid"]["flow_config"]["tail_bound"] == 8.0
     # the reported member is the one with the best validation NLL, and the grid includes the baseline's settings
@@ -286,35 +298,11 @@ def test_paper_protocol_runs_our_blocks_methods_as_separate_rows(
     """Ours under the paper's flow, sweep and schedule: ``alternating`` (exact per-block rho
     before each stage), ``alternating_strat`` (the same on stratified batches) and
     ``joint_blockbatch`` (joint on whole blocks); their own rows of the table."""
-    import flowpheno.bench.protocols as protocols
     from flowpheno.bench.protocols import PaperSetup
     from flowpheno.bench.synthetic import make_data
 
-    tiny = _tiny(
-        optimisers=[(lr, wd) for lr in PaperSetup().lrs for wd in PaperSetup().weight_decays],
-        patience=None,
-        epochs=4,
-        stages=2,
-    )
-    monkeypatch.setattr(protocols, "paper_sizes", lambda quick=False: tiny)
-    out = tmp_path / "paper"
     methods = "baseline,alternating,alternating_strat,joint_blockbatch"
-    result = invoke(
-        "bench",
-        "synthetic",
-        "--setting",
-        "blocks",
-        "--shapes",
-        "crescent",
-        "--methods",
-        methods,
-        "--seeds",
-        "1",
-        "--out",
-        out,
-    )
-    assert result.returncode == 0, result
-    runs = {r["method"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    out, tiny, runs = _paper_crescent(tmp_path, monkeypatch, methods, epochs=4, stages=2)
     assert {m: runs[m]["members"] for m in runs} == {
         "baseline": 12,
         "alternating": 12,
