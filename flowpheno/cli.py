@@ -653,16 +653,16 @@ def bench_synthetic(
     shapes: str | None = typer.Option(
         None,
         "--shapes",
-        help="comma-separated, of abs,crescent,crescentcubed,sign,sinewave [default: all five; with --quick "
-        "crescent,sinewave]",
+        help="comma-separated, of: abs, crescent, crescentcubed, sign, sinewave (default: all five; with --quick: "
+        "crescent, sinewave)",
     ),
     setting: str = typer.Option("blocks,kinship", "--setting", help="blocks, kinship or both"),
     methods: str | None = typer.Option(
         None,
         "--methods",
-        help="subset of baseline,grid,joint,joint_blockbatch,alternating,alternating_strat (blocks) / "
-        "baseline,grid,alternating,alternating_scaled (kinship; alternating_scaled with --protocol fast only) "
-        "[default: all of the protocol's]",
+        help="comma-separated, of: baseline, grid, joint, joint_blockbatch, alternating, alternating_strat (blocks); "
+        "baseline, grid, alternating, alternating_scaled (kinship; alternating_scaled with --protocol fast only) "
+        "(default: every method of the protocol)",
     ),
     seeds: int = typer.Option(10, "--seeds", min=1, help="seeds 0..N-1"),
     quick: bool = typer.Option(

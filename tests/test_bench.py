@@ -81,15 +81,37 @@ def test_bench_synthetic_rejects_a_method_the_setting_lacks(tmp_path: Path) -> N
         "bench", "synthetic", "--setting", "kinship", "--methods", "baseline,joint", "--out", str(tmp_path / "b")
     )
     assert result.returncode != 0
-    assert "--methods 'joint': choose from baseline, grid, alternating" in result.stderr
+    assert result.stderr == "error: --methods 'joint' is a method of the blocks setting; add --setting blocks\n"
     assert not (tmp_path / "b" / "runs").exists()
     fast_only = invoke(
         "bench", "synthetic", "--setting", "kinship", "--methods", "alternating_scaled", "--out", str(tmp_path / "c")
     )
     assert fast_only.returncode == 2 and fast_only.stderr.strip().splitlines() == [
-        "error: --methods 'alternating_scaled' runs with --protocol fast only; drop it or add --protocol fast"
+        "error: --methods 'alternating_scaled' (kinship) runs with --protocol fast only; drop it or add --protocol fast"
     ]
     assert not (tmp_path / "c").exists()
+    for methods in (",", " "):
+        nothing = invoke("bench", "synthetic", "--setting", "blocks", "--methods", methods, "--out", tmp_path / "d")
+        assert nothing.returncode == 2 and nothing.stderr.startswith(f"error: --methods {methods!r}: name at least one")
+    assert not (tmp_path / "d").exists()
+
+
+def test_bench_synthetic_refuses_a_users_folder_that_looks_like_an_old_one(tmp_path: Path) -> None:
+    """A folder without flowpheno's manifest is taken as an earlier bench folder only when every
+    file in it, and in its runs/, has a name the bench writes; else it is refused untouched."""
+    from conftest import snapshot
+
+    mine = tmp_path / "mine"
+    (mine / "runs").mkdir(parents=True)
+    (mine / "runs" / "experiment1.json").write_text("{}")
+    (mine / "table1.md").write_text("my notes\n")
+    before = snapshot(mine)
+    result = invoke("bench", "synthetic", "--quick", "--setting", "blocks", "--out", mine)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"error: --out {mine} is a folder flowpheno did not write (it holds runs/experiment1.json); "
+        "choose a new or empty folder"
+    ]
+    assert snapshot(mine) == before
 
 
 def test_table_pairs_each_method_with_the_baseline_on_its_own_seeds() -> None:
@@ -206,6 +228,12 @@ def test_bench_cli_full_sizes_do_not_reuse_quick_runs(tmp_path: Path, monkeypatc
     assert sine.returncode == 0, sine
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert [(r["shape"], r["method"], r["n_train"]) for r in runs] == [("sinewave", "baseline", 80)]
+    assert sorted(p.name for p in out.glob("figure_*.png")) == ["figure_blocks_sinewave.png"]  # this call's only
+    # without a baseline there is no figure, and none of an earlier call is left to pass for this one's
+    joint = invoke(*common, "--quick", "--methods", "joint", "--shapes", "sinewave")
+    assert joint.returncode == 0 and "no figure (it needs a baseline run)" in joint.stderr, joint
+    assert not list(out.glob("figure_*.png"))
+    assert "## Adjusted methods vs baseline" not in (out / "table1.md").read_text()  # nothing to pair
 
 
 def test_results_are_written_whole_with_command_and_versions(tmp_path: Path) -> None:

@@ -99,6 +99,8 @@ def run_synthetic(
     from flowpheno.bench.report import figure, table1
     from flowpheno.bench.shapes import SHAPES
 
+    if not settings:
+        raise OptionError("--setting: name blocks, kinship or both")
     for name in settings:
         if name not in synthetic.SETTINGS:
             raise OptionError(f"--setting {name!r}: choose blocks and/or kinship")
@@ -112,15 +114,31 @@ def run_synthetic(
     if methods:
         allowed = tuple(dict.fromkeys(m for s in settings for m in available[s]))
         for name in [m.strip() for m in methods.split(",")]:
-            if protocol == "paper" and name not in allowed and any(name in synthetic.METHODS[s] for s in settings):
-                raise OptionError(f"--methods {name!r} runs with --protocol fast only; drop it or add --protocol fast")
+            if name in allowed or not name:
+                continue
+            homes = [s for s in synthetic.SETTINGS if name in synthetic.METHODS[s]]  # where fast runs it
+            if protocol == "paper" and homes and not any(name in available[s] for s in homes):
+                raise OptionError(
+                    f"--methods {name!r} ({homes[0]}) runs with --protocol fast only; drop it or add --protocol fast"
+                )
+            other = [s for s in synthetic.SETTINGS if s not in settings and name in available[s]]
+            if other:
+                raise OptionError(f"--methods {name!r} is a method of the {other[0]} setting; add --setting {other[0]}")
         names = chosen_methods(methods, allowed)
         wanted = {s: [m for m in available[s] if m in names] for s in settings}
+    if not any(wanted.values()):
+        every = ", ".join(dict.fromkeys(m for s in settings for m in available[s]))
+        raise OptionError(f"--methods {methods!r}: name at least one of {every}")
     sizes = (
         paper_sizes(quick) if protocol == "paper" else synthetic.BenchSizes.quick() if quick else synthetic.BenchSizes()
     )
     seed_list = list(range(1 if quick else seeds))
-    results_folder(out, "bench synthetic", legacy=("runs", "cache", r"results\.json", r"table1\.md", r"figure_.*\.png"))
+    results_folder(
+        out,
+        "bench synthetic",
+        legacy=("runs", "cache", r"results\.json", r"table1\.md", r"figure_.*\.png"),
+        legacy_contents={"runs": r"(blocks|kinship)_[a-z]+_[a-z_]+_seed\d+_[0-9a-f]+\.json"},
+    )
     total = sum(len(wanted[s]) for s in settings) * len(shapes) * len(seed_list)
     started = time.perf_counter()
     with _bars(progress) as bars:
@@ -146,6 +164,7 @@ def run_synthetic(
         {
             "table1.md": table1(results, wall, command, protocol),
             "results.json": {
+                "command": command,
                 "sizes": synthetic.sizes_dict(sizes),
                 "protocol": protocol,
                 "protocol_version": PAPER_VERSION if protocol == "paper" else synthetic.PROTOCOL,
@@ -155,11 +174,17 @@ def run_synthetic(
             },
         },
     )
+    drawn = []
     for name in settings:
         shape = "crescent" if "crescent" in shapes else shapes[0]
         train = synthetic.make_data(name, shape, 0, sizes, out / "cache")["x"]
-        figure(name, shape, results, train, out / f"figure_{name}_{shape}.png")
-    return f"wrote {out}/table1.md, results.json and figures ({len(results)} runs, {wall / 60:.1f} min this call)"
+        if figure(name, shape, results, train, out / f"figure_{name}_{shape}.png"):
+            drawn.append(f"figure_{name}_{shape}.png")
+    for stale in out.glob("figure_*.png"):  # an earlier call's figure would not match this call's results
+        if stale.name not in drawn:
+            stale.unlink()
+    figures = f"{len(drawn)} figure{'s' if len(drawn) != 1 else ''}" if drawn else "no figure (it needs a baseline run)"
+    return f"wrote {out}/table1.md, results.json and {figures} ({len(results)} runs, {wall / 60:.1f} min this call)"
 
 
 def run_stocks(

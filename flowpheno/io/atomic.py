@@ -475,14 +475,23 @@ class StagedDirectory:
 
 
 def results_folder(
-    out: str | Path, command: str, inputs: Inputs | None = None, legacy: Iterable[str] = (), option: str = "--out"
+    out: str | Path,
+    command: str,
+    inputs: Inputs | None = None,
+    legacy: Iterable[str] = (),
+    option: str = "--out",
+    legacy_contents: dict[str, str] | None = None,
 ) -> Path:
     """Check and create a folder that a resumable command fills over several calls.
 
     Accepted: a new or empty folder, or one this command wrote (its manifest; or, written
     before manifests, the first of ``legacy`` and only names matching the ``legacy``
-    patterns, besides hidden ``.tmp`` leftovers). Nothing in it is removed. The manifest
+    patterns, besides hidden ``.tmp`` leftovers; a subfolder named in ``legacy_contents``
+    must hold only names matching its pattern). Nothing in it is removed. The manifest
     is written on first use. Returns ``out``.
+
+    Raises:
+        FlowphenoError: a folder of another command, or one flowpheno did not write.
     """
     out = Path(out)
     legacy = tuple(legacy)
@@ -495,6 +504,13 @@ def results_folder(
     if out.is_dir() and any(out.iterdir()) and manifest is None:
         names = sorted(p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp")))
         stray = [n for n in names if not any(re.fullmatch(pattern, n) for pattern in legacy)]
+        for folder, pattern in (legacy_contents or {}).items():
+            if (out / folder).is_dir():
+                stray += [
+                    f"{folder}/{p.name}"
+                    for p in sorted((out / folder).iterdir())
+                    if not re.fullmatch(pattern, p.name) and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+                ]
         if not legacy or not (out / legacy[0]).exists() or stray:
             raise FlowphenoError(
                 f"{option} {out} is a folder flowpheno did not write (it holds {_describe(stray or names)}); "
