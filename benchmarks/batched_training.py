@@ -79,7 +79,6 @@ def batched_steps_per_second(x: torch.Tensor, members: int, steps: int, batch: i
     trainer = MemberTrainer(
         flow, MemberIID(x.shape[0]), x, x[:10], lrs[:members], [1e-2] * members, batch, 0, LRSchedule(0.9, "step", 100)
     )
-    trainer.active = trainer.active.to(device)
     generator = torch.Generator().manual_seed(0)
     batches = [idx.to(device) for idx in torch.randperm(x.shape[0], generator=generator).split(batch)]
     per_epoch = len(batches)

@@ -63,21 +63,23 @@ class MemberAdamax:
         eps: float = 1e-8,
     ) -> None:
         self.params = list(params)
-        self.lr = lr.to(torch.float64).clone()
-        self.weight_decay = weight_decay.to(torch.float64).clone()
+        self.device = self.params[0].device if self.params else torch.device("cpu")  # per-member state lives there
+        self.lr = lr.to(self.device, torch.float64).clone()
+        self.weight_decay = weight_decay.to(self.device, torch.float64).clone()
         self.decay = list(decay) if decay is not None else [True] * len(self.params)
         self.betas, self.eps = betas, eps
         self.reset()
 
     def reset(self) -> None:
         """Forget the moments and step counts (a fresh optimiser)."""
-        self.steps = torch.zeros(len(self.lr), dtype=torch.float64)
+        self.steps = torch.zeros(len(self.lr), dtype=torch.float64, device=self.device)
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_inf = [torch.zeros_like(p) for p in self.params]
 
     @torch.no_grad()
     def step(self, active: Tensor) -> None:
         beta1, beta2 = self.betas
+        active = active.to(self.device)
         self.steps += active.to(torch.float64)
         # lr / (1 - beta1^t), computed in double as torch does with Python floats, then one rounding
         step_size = -(self.lr / (1 - torch.pow(beta1, self.steps.clamp_min(1))))
@@ -383,7 +385,7 @@ class MembersOutcome:
 def members_iid_nll(flow: BatchedSplineFlow, x: Tensor, rows: int = 2048) -> Tensor:
     """``(K,)`` iid NLL of the rows ``x`` under each member (nats per row): the validation
     and test metric, ``-(1/m) sum_v [log N(z_v; 0, I_d) + log |det J_g(x_v)|]``."""
-    total = torch.zeros(flow.members, dtype=torch.float64)
+    total = torch.zeros(flow.members, dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[0], rows):
         z, ladj = flow(x[start : start + rows])
         log_normal = -0.5 * (z.square().sum(dim=2) + z.shape[2] * LOG_2PI)
@@ -430,15 +432,20 @@ class MemberTrainer:
         self.x_train, self.x_val = x_train, x_val
         self.batch_size, self.patience, self.callback = batch_size, patience, callback
         self.schedule = schedule or LRSchedule()
-        self.base_lr = torch.tensor(lr, dtype=torch.float64)
+        device = x_train.device  # the flow's and the data's; the per-member bookkeeping lives there too
+        self.base_lr = torch.tensor(lr, dtype=torch.float64, device=device)
         self.flow_params = list(flow.parameters())
         self.covariance_params = covariance.parameters()
-        self.optimiser = MemberAdamax(self.flow_params, self.base_lr, torch.tensor(weight_decay, dtype=torch.float64))
+        self.optimiser = MemberAdamax(
+            self.flow_params, self.base_lr, torch.tensor(weight_decay, dtype=torch.float64, device=device)
+        )
         self.covariance_base_lr = (
-            self.base_lr if covariance_lr is None else torch.full((members,), covariance_lr, dtype=torch.float64)
+            self.base_lr
+            if covariance_lr is None
+            else torch.full((members,), covariance_lr, dtype=torch.float64, device=device)
         )
         self.covariance_optimiser = (
-            MemberAdamax(self.covariance_params, self.covariance_base_lr, torch.zeros(members, dtype=torch.float64))
+            MemberAdamax(self.covariance_params, self.covariance_base_lr, torch.zeros_like(self.covariance_base_lr))
             if self.covariance_params
             else None
         )
@@ -447,13 +454,13 @@ class MemberTrainer:
         self.epoch = 0
         self.started = time.perf_counter()
         self.history: list[dict[str, Any]] = []
-        self.best_value = torch.full((members,), math.inf, dtype=torch.float64)
+        self.best_value = torch.full((members,), math.inf, dtype=torch.float64, device=device)
         self.best_epoch: list[int | None] = [None] * members
         self.best_flow = {name: p.detach().clone() for name, p in flow.named_parameters()}
         self.best_covariance = covariance.state()
-        self.since_best = torch.zeros(members, dtype=torch.long)
-        self.active = torch.ones(members, dtype=torch.bool)
-        self.epochs_trained = torch.zeros(members, dtype=torch.long)
+        self.since_best = torch.zeros(members, dtype=torch.long, device=device)
+        self.active = torch.ones(members, dtype=torch.bool, device=device)
+        self.epochs_trained = torch.zeros(members, dtype=torch.long, device=device)
         self.diverged: list[str | None] = [None] * members
 
     def reset_optimiser(self) -> None:
@@ -493,8 +500,8 @@ class MemberTrainer:
             if not bool(self.active.any()):
                 return
             started = time.perf_counter()
-            loss_sum = torch.zeros(members, dtype=torch.float64)
-            rows = torch.zeros(members, dtype=torch.float64)
+            loss_sum = torch.zeros(members, dtype=torch.float64, device=self.active.device)
+            rows = torch.zeros_like(loss_sum)
             batches = self.covariance.batches(self.batch_size, self.generator)
             for idx in batches:
                 loss, step = self._step(idx, len(batches))
