@@ -14,6 +14,7 @@ from conftest import invoke, run_cli
 from flowpheno.bench.shapes import SHAPES, iid_sample, pareto_block_sizes, sparse_spd_correlation, true_log_density
 from flowpheno.bench.synthetic import BenchSizes
 from flowpheno.dependence import IIDCovariance
+from flowpheno.errors import FlowphenoError
 from flowpheno.flows import spline_coupling_flow
 from flowpheno.train import TrainConfig, fit_schedule
 
@@ -351,6 +352,31 @@ def test_paper_protocol_runs_our_blocks_methods_as_separate_rows(
     assert f"| blocks | alternating | crescent | 1 | rho MAE {stages} |" in table  # what validation chose
 
 
+def test_blocks_diagnosis_rebuilds_the_truth_of_each_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`benchmarks/blocks_diagnosis.py` reads a paper-protocol results.json: the block truth it
+    rebuilds from the recorded sizes gives the rho error the run itself recorded, and the
+    grid's validation curve bottoms out at the value the grid chose."""
+    import sys
+
+    from conftest import ROOT
+
+    out, _, runs = _paper_crescent(tmp_path, monkeypatch, "baseline,grid,alternating", epochs=4, stages=2)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import blocks_diagnosis
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    found = blocks_diagnosis.diagnose(*blocks_diagnosis.load_runs(out, "crescent", 0))
+    rows = {row["method"]: row for row in found["rows"]}
+    assert rows["baseline"]["vs_baseline"] == 0.0
+    assert rows["grid"]["vs_baseline"] == pytest.approx(runs["grid"]["test_nll"] - runs["baseline"]["test_nll"])
+    assert rows["alternating"]["rho_mae"] == pytest.approx(runs["alternating"]["rho_mae_repeated"], abs=1e-9)
+    best = min(found["grid_curve"], key=lambda point: point["val_nll"])
+    assert best["rho"] == rows["grid"]["rho"] and best["val_nll"] == runs["grid"]["val_nll"]
+    with pytest.raises(FlowphenoError, match="has no blocks sinewave baseline run of seed 0"):
+        blocks_diagnosis.load_runs(out, "sinewave", 0)
+
+
 @pytest.mark.slow
 def test_hs1940_benchmark_never_empties_a_folder_it_did_not_write(tmp_path: Path) -> None:
     """`benchmarks/hs1940_workflow.py --workdir` replaces an earlier run's files only: a user's
@@ -396,6 +422,16 @@ def test_benchmark_scripts_refuse_bad_options_before_any_work(tmp_path: Path) ->
 
     cases = [
         ("batched_training.py", ["--steps", "-1"], "'--steps': Input should be greater than or equal to 1"),
+        (
+            "blocks_diagnosis.py",
+            ["--results", "x", "--shapes", "moon"],
+            "'--shapes': 'moon': choose from abs, crescent, crescentcubed, sign, sinewave",
+        ),
+        (
+            "blocks_diagnosis.py",
+            ["--results", "x", "--seeds", "0,a"],
+            "'--seeds': 'a': each seed is a whole number >= 0",
+        ),
         ("batched_training.py", ["--device", "tpu"], "'--device': 'tpu': choose cpu, cuda or cuda:N"),
         ("batched_training.py", ["--members", "4,abc"], "'--members': 'abc': each K is a whole number >= 1"),
         ("bench_scale.py", ["--sizes", "1000,0"], "'--sizes': '0': each n is a whole number of at least 100"),
