@@ -258,9 +258,8 @@ def run_one_paper(
         ],
         "grid": [],
     }
-    if method == "grid":  # the grid value itself, not its float32 round trip
-        record["covariance"] = {"rho" if setting == "blocks" else "s2": value}
     if method == "grid":
+        record["covariance"] = {"rho" if setting == "blocks" else "s2": value}  # the value, not its float32 trip
         for v in values:  # per grid value, its best lr and weight decay
             ks = [k for k, member in enumerate(members) if member[0] == v]
             k = min(ks, key=lambda i: scores[i])
