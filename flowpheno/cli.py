@@ -678,6 +678,11 @@ def bench_synthetic(
         help="paper: the authors' setup (no ActNorm, tail bound per shape, batch 256, "
         "lr x weight decay sweep, 13-value grids, 100 epochs, batched members); fast: the earlier one",
     ),
+    stored_only: bool = typer.Option(
+        False,
+        "--stored-only",
+        help="train nothing: the table, results.json and figures of the finished runs in --out among those asked for",
+    ),
 ) -> None:
     """Table 1 of the paper: 2-D shapes with dependent training data (blocks, kinship)."""
     from flowpheno.bench.run import run_synthetic
@@ -690,7 +695,17 @@ def bench_synthetic(
         raise OptionError(f"--shapes {shapes!r}: name at least one of abs,crescent,crescentcubed,sign,sinewave")
     console.print(
         run_synthetic(
-            out, chosen_settings, chosen_shapes, methods, seeds, quick, jobs, threads, _progress, protocol=protocol
+            out,
+            chosen_settings,
+            chosen_shapes,
+            methods,
+            seeds,
+            quick,
+            jobs,
+            threads,
+            _progress,
+            protocol=protocol,
+            stored_only=stored_only,
         )
     )
 

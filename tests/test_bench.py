@@ -235,6 +235,19 @@ def test_bench_cli_full_sizes_do_not_reuse_quick_runs(tmp_path: Path, monkeypatc
     assert joint.returncode == 0 and "no figure (it needs a baseline run)" in joint.stderr, joint
     assert not list(out.glob("figure_*.png"))
     assert "## Adjusted methods vs baseline" not in (out / "table1.md").read_text()  # nothing to pair
+    # --stored-only trains nothing: the table of what is done, and how much is not
+    stored_files = sorted(p.name for p in (out / "runs").glob("*.json"))
+    partial = invoke(*common, "--methods", "baseline,grid", "--shapes", "crescent", "--seeds", "3", "--stored-only")
+    assert partial.returncode == 0 and "4 of the 6 asked for are not run yet" in partial.stderr, partial
+    assert sorted(p.name for p in (out / "runs").glob("*.json")) == stored_files
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["method"], r["seed"]) for r in results["runs"]] == [("baseline", 0), ("grid", 0)]
+    assert results["runs_asked"] == 6 and "wall time" not in (out / "table1.md").read_text()
+    none_stored = invoke(*common, "--methods", "baseline", "--shapes", "abs", "--seeds", "1", "--stored-only")
+    assert none_stored.returncode == 1 and "none of the 1 runs asked for is stored there" in none_stored.stderr
+    fresh = invoke(*common[:-1], tmp_path / "fresh", "--stored-only")
+    assert fresh.returncode == 2 and "holds no runs/ folder of finished runs" in fresh.stderr
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_results_are_written_whole_with_command_and_versions(tmp_path: Path) -> None:

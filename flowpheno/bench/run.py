@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flowpheno.bench.results import command_line, package_versions, write_results
-from flowpheno.errors import OptionError
+from flowpheno.errors import FlowphenoError, OptionError
 from flowpheno.io.atomic import StagedDirectory, results_folder, write_errors
 from flowpheno.threads import thread_limits
 
@@ -84,12 +84,15 @@ def run_synthetic(
     progress: Bars | None = None,
     argv: list[str] | None = None,
     protocol: str = "paper",
+    stored_only: bool = False,
 ) -> str:
     """Table 1 (:mod:`flowpheno.bench.synthetic`): every (setting, shape, method, seed) run,
     resumable in ``out`` (finished runs are kept and reused); writes ``table1.md``,
     ``results.json`` (exactly the runs asked for in this call) and a figure per setting.
     ``protocol``: ``paper`` (the authors' setup, :mod:`flowpheno.bench.protocols`, every
     setting of a run trained as members of one batched model) or ``fast`` (the earlier one).
+    ``stored_only``: train nothing; the table, results.json and figures of the finished runs
+    among those asked for (a long run's progress, or the part of a grid that is done).
 
     Raises:
         OptionError: an unknown setting, shape, method or protocol. FlowphenoError: ``out`` refused.
@@ -133,6 +136,8 @@ def run_synthetic(
         paper_sizes(quick) if protocol == "paper" else synthetic.BenchSizes.quick() if quick else synthetic.BenchSizes()
     )
     seed_list = list(range(1 if quick else seeds))
+    if stored_only and not (Path(out) / "runs").is_dir():
+        raise OptionError(f"--stored-only: --out {out} holds no runs/ folder of finished runs; drop --stored-only")
     results_folder(
         out,
         "bench synthetic",
@@ -155,14 +160,19 @@ def run_synthetic(
             on_plan=lambda done, _: bars.update(task, completed=done),
             threads=threads,
             protocol=protocol,
+            train=not stored_only,
         )
-    wall = time.perf_counter() - started  # results: exactly the runs asked for in this call
+    if not results:
+        raise FlowphenoError(
+            f"--out {out}: none of the {total} runs asked for is stored there; run without --stored-only to train them"
+        )
+    wall = time.perf_counter() - started  # results: exactly the runs asked for in this call (stored ones)
     command = command_line("flowpheno bench synthetic", argv, skip=3)
     slim = [{k: v for k, v in r.items() if k not in ("flow_state", "identity")} for r in results]  # sizes: once, below
     write_results(
         out,
         {
-            "table1.md": table1(results, wall, command, protocol),
+            "table1.md": table1(results, None if stored_only else wall, command, protocol),
             "results.json": {
                 "command": command,
                 "sizes": synthetic.sizes_dict(sizes),
@@ -170,6 +180,7 @@ def run_synthetic(
                 "protocol_version": PAPER_VERSION if protocol == "paper" else synthetic.PROTOCOL,
                 "versions": package_versions(),
                 "wall_seconds_this_call": wall,
+                "runs_asked": total,
                 "runs": slim,
             },
         },
@@ -184,7 +195,11 @@ def run_synthetic(
         if stale.name not in drawn:
             stale.unlink()
     figures = f"{len(drawn)} figure{'s' if len(drawn) != 1 else ''}" if drawn else "no figure (it needs a baseline run)"
-    return f"wrote {out}/table1.md, results.json and {figures} ({len(results)} runs, {wall / 60:.1f} min this call)"
+    missing = f"; {total - len(results)} of the {total} asked for are not run yet" if len(results) < total else ""
+    return (
+        f"wrote {out}/table1.md, results.json and {figures} ({len(results)} runs, {wall / 60:.1f} min this call"
+        f"{missing})"
+    )
 
 
 def run_stocks(

@@ -287,6 +287,7 @@ def run_all(
     on_plan: Callable[[int, int], None] | None = None,
     threads: int | None = None,
     protocol: str = "fast",
+    train: bool = True,
 ) -> list[dict[str, Any]]:
     """The records of every (setting, shape, method, seed) asked for, in that order: stored
     runs of the same :func:`run_identity` are reused, the others trained over ``jobs``
@@ -295,7 +296,8 @@ def run_all(
     Stored runs that were not asked for (other sizes, settings, methods) are left alone
     and are not returned. ``threads`` (default: the CPUs this process may use) is shared:
     this process uses all of them, each of the ``jobs`` workers ``threads // jobs`` (at least 1).
-    ``protocol``: ``fast`` (:func:`run_one`) or ``paper`` (:mod:`flowpheno.bench.protocols`)."""
+    ``protocol``: ``fast`` (:func:`run_one`) or ``paper`` (:mod:`flowpheno.bench.protocols`).
+    ``train=False``: nothing is trained; only the stored runs are returned (in the same order)."""
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "cache"
@@ -320,6 +322,8 @@ def run_all(
             todo.append((setting, shape, method, seed, sizes, cache_dir, protocol))
     if on_plan:
         on_plan(len(records), len(asked))
+    if not train:
+        return [records[key] for key in asked if key in records]
 
     def store(record: dict[str, Any]) -> None:
         setting, shape, method, seed = record["setting"], record["shape"], record["method"], record["seed"]
