@@ -178,7 +178,9 @@ def _markdown(findings: list[dict[str, Any]], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _figure(findings: list[dict[str, Any]], path: Path) -> None:
+def _figure(findings: list[dict[str, Any]], path: Path) -> bool:
+    """Learned vs true rho per method and the grid's curve, a row per shape and seed; False
+    (nothing drawn) when no run learned a per-block rho and none is a grid."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,8 +188,12 @@ def _figure(findings: list[dict[str, Any]], path: Path) -> None:
 
     from flowpheno.io.atomic import atomic_path
 
+    findings = [item for item in findings if item["learned"] or item["grid_curve"]]  # rows with something to draw
+    if not findings:
+        return False
     methods = sorted({m for item in findings for m in item["learned"]}, key=PER_BLOCK.index)
-    columns = len(methods) + 1
+    curves = any(item["grid_curve"] for item in findings)
+    columns = len(methods) + int(curves)
     fig, axes = plt.subplots(len(findings), columns, figsize=(3.2 * columns, 3.0 * len(findings)), squeeze=False)
     for row_axes, item in zip(axes, findings, strict=True):
         truth, size = np.asarray(item["rho_true"]), np.asarray(item["block_size"])
@@ -204,6 +210,8 @@ def _figure(findings: list[dict[str, Any]], path: Path) -> None:
             axis.set_xlabel("true rho")
             axis.set_ylabel("learned rho")
             axis.set_title(f"{item['shape']} seed {item['seed']}: {method}", fontsize=9)
+        if not curves:
+            continue
         axis = row_axes[-1]
         if item["grid_curve"]:
             curve = item["grid_curve"]
@@ -218,6 +226,7 @@ def _figure(findings: list[dict[str, Any]], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+    return True
 
 
 def main(
@@ -242,8 +251,12 @@ def main(
             "blocks_diagnosis.md": _markdown(findings, command),
         },
     )
-    _figure(findings, out / "blocks_diagnosis.png")
-    print(f"wrote {out}/blocks_diagnosis.md, .json and .png ({len(findings)} shape x seed)")
+    figure = out / "blocks_diagnosis.png"
+    if _figure(findings, figure):
+        print(f"wrote {out}/blocks_diagnosis.md, .json and .png")
+    else:
+        figure.unlink(missing_ok=True)  # an earlier call's figure would not match these tables
+        print(f"wrote {out}/blocks_diagnosis.md and .json (no figure: no per-block rho or grid run)")
 
 
 if __name__ == "__main__":
