@@ -6,12 +6,15 @@ and the same batch order, each with its own learning rate, weight decay and cova
 best-validation state. Every member's trajectory is the one a lone run would take with
 its settings: the loss is the sum of the members' losses (so each gradient is its
 member's own), and :class:`MemberAdamax` applies torch's Adamax update elementwise with
-each member's own ``lr``, weight decay and step count. The batched, one-member and
-``K``-member runs agree to the last bit (``tests/test_batched.py``).
+each member's own ``lr``, weight decay and step count. A member trained in a batch and
+the same member trained alone agree to 1e-6 (to the last bit on some CPUs; where a member's
+slice meets the SIMD lanes decides the last bit elsewhere; ``tests/test_batched.py``).
 
 Gaussian terms (:class:`MemberIID`, :class:`MemberKinship`, :class:`MemberBlocks`) are the
 unbiased mini-batch estimate of Proposition 2.2 of the paper (``trace_estimate`` in
-``flowpheno.dependence.base``), computed for all members in one pass.
+``flowpheno.dependence.base``), computed for all members in one pass; blocks members can
+also take whole-block or stratified batches (``MemberBlocks(batching=...)``), as a lone
+``EquicorrelatedBlocks`` run does. The per-member state lives on the flow's device.
 """
 
 from __future__ import annotations
