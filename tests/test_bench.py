@@ -88,7 +88,8 @@ def test_bench_synthetic_rejects_a_method_the_setting_lacks(tmp_path: Path) -> N
         "bench", "synthetic", "--setting", "kinship", "--methods", "alternating_scaled", "--out", str(tmp_path / "c")
     )
     assert fast_only.returncode == 2 and fast_only.stderr.strip().splitlines() == [
-        "error: --methods 'alternating_scaled' (kinship) runs with --protocol fast only; drop it or add --protocol fast"
+        "error: --methods 'alternating_scaled' is a kinship method of --protocol fast only; "
+        "drop it or add --protocol fast"
     ]
     assert not (tmp_path / "c").exists()
     for methods in (",", " "):
@@ -232,19 +233,27 @@ def test_bench_cli_full_sizes_do_not_reuse_quick_runs(tmp_path: Path, monkeypatc
     assert sorted(p.name for p in out.glob("figure_*.png")) == ["figure_blocks_sinewave.png"]  # this call's only
     # without a baseline there is no figure, and none of an earlier call is left to pass for this one's
     joint = invoke(*common, "--quick", "--methods", "joint", "--shapes", "sinewave")
-    assert joint.returncode == 0 and "no figure (it needs a baseline run)" in joint.stderr, joint
+    assert joint.returncode == 0 and "no figure (it needs a seed-0 baseline run)" in joint.stderr, joint
     assert not list(out.glob("figure_*.png"))
     assert "## Adjusted methods vs baseline" not in (out / "table1.md").read_text()  # nothing to pair
     # --stored-only trains nothing: the table of what is done, and how much is not
     stored_files = sorted(p.name for p in (out / "runs").glob("*.json"))
     partial = invoke(*common, "--methods", "baseline,grid", "--shapes", "crescent", "--seeds", "3", "--stored-only")
-    assert partial.returncode == 0 and "4 of the 6 asked for are not run yet" in partial.stderr, partial
+    assert partial.returncode == 0 and "4 of the 6 asked for not run yet" in partial.stderr, partial
     assert sorted(p.name for p in (out / "runs").glob("*.json")) == stored_files
     results = json.loads((out / "results.json").read_text())
     assert [(r["method"], r["seed"]) for r in results["runs"]] == [("baseline", 0), ("grid", 0)]
     assert results["runs_asked"] == 6 and "wall time" not in (out / "table1.md").read_text()
-    none_stored = invoke(*common, "--methods", "baseline", "--shapes", "abs", "--seeds", "1", "--stored-only")
-    assert none_stored.returncode == 1 and "none of the 1 runs asked for is stored there" in none_stored.stderr
+    # a shape named twice counts once; the figure is of a shape whose seed-0 baseline is stored
+    twice = invoke(
+        *common, "--methods", "baseline", "--shapes", "abs,crescent,crescent", "--seeds", "1", "--stored-only"
+    )
+    assert twice.returncode == 0 and "1 of the 2 asked for not run yet" in twice.stderr, twice
+    assert sorted(p.name for p in out.glob("figure_*.png")) == ["figure_blocks_crescent.png"]
+    (tmp_path / "emptyruns" / "runs").mkdir(parents=True)
+    none_stored = invoke(*common[:-1], tmp_path / "emptyruns", "--methods", "baseline", "--seeds", "1", "--stored-only")
+    assert none_stored.returncode == 1 and "none of the 5 runs asked for is stored there" in none_stored.stderr
+    assert [p.name for p in (tmp_path / "emptyruns").iterdir()] == ["runs"]  # refused: nothing written
     fresh = invoke(*common[:-1], tmp_path / "fresh", "--stored-only")
     assert fresh.returncode == 2 and "holds no runs/ folder of finished runs" in fresh.stderr
     assert not (tmp_path / "fresh").exists()

@@ -102,6 +102,7 @@ def run_synthetic(
     from flowpheno.bench.report import figure, table1
     from flowpheno.bench.shapes import SHAPES
 
+    settings, shapes = list(dict.fromkeys(settings)), list(dict.fromkeys(shapes))  # each once, in order
     if not settings:
         raise OptionError("--setting: name blocks, kinship or both")
     for name in settings:
@@ -121,8 +122,10 @@ def run_synthetic(
                 continue
             homes = [s for s in synthetic.SETTINGS if name in synthetic.METHODS[s]]  # where fast runs it
             if protocol == "paper" and homes and not any(name in available[s] for s in homes):
+                also = "" if homes[0] in settings else f" --setting {homes[0]}"
                 raise OptionError(
-                    f"--methods {name!r} ({homes[0]}) runs with --protocol fast only; drop it or add --protocol fast"
+                    f"--methods {name!r} is a {homes[0]} method of --protocol fast only; "
+                    f"drop it or add --protocol fast{also}"
                 )
             other = [s for s in synthetic.SETTINGS if s not in settings and name in available[s]]
             if other:
@@ -136,15 +139,24 @@ def run_synthetic(
         paper_sizes(quick) if protocol == "paper" else synthetic.BenchSizes.quick() if quick else synthetic.BenchSizes()
     )
     seed_list = list(range(1 if quick else seeds))
-    if stored_only and not (Path(out) / "runs").is_dir():
-        raise OptionError(f"--stored-only: --out {out} holds no runs/ folder of finished runs; drop --stored-only")
+    total = sum(len(wanted[s]) for s in settings) * len(shapes) * len(seed_list)
+    if stored_only and (Path(out).is_dir() or not Path(out).exists()):  # (a file: results_folder says so)
+        if not (Path(out) / "runs").is_dir():
+            raise OptionError(f"--stored-only: --out {out} holds no runs/ folder of finished runs; drop --stored-only")
+        stored = synthetic.run_all(
+            Path(out), settings, shapes, wanted, seed_list, sizes, protocol=protocol, train=False
+        )
+        if not stored:
+            raise FlowphenoError(
+                f"--out {out}: none of the {total} runs asked for is stored there; "
+                "run without --stored-only to train them"
+            )
     results_folder(
         out,
         "bench synthetic",
         legacy=("runs", "cache", r"results\.json", r"table1\.md", r"figure_.*\.png"),
         legacy_contents={"runs": r"(blocks|kinship)_[a-z]+_[a-z_]+_seed\d+_[0-9a-f]+\.json"},
     )
-    total = sum(len(wanted[s]) for s in settings) * len(shapes) * len(seed_list)
     started = time.perf_counter()
     with _bars(progress) as bars:
         task = bars.add_task("runs (setting x shape x method x seed)", total=total)
@@ -161,10 +173,6 @@ def run_synthetic(
             threads=threads,
             protocol=protocol,
             train=not stored_only,
-        )
-    if not results:
-        raise FlowphenoError(
-            f"--out {out}: none of the {total} runs asked for is stored there; run without --stored-only to train them"
         )
     wall = time.perf_counter() - started  # results: exactly the runs asked for in this call (stored ones)
     command = command_line("flowpheno bench synthetic", argv, skip=3)
@@ -186,20 +194,27 @@ def run_synthetic(
         },
     )
     drawn = []
-    for name in settings:
-        shape = "crescent" if "crescent" in shapes else shapes[0]
+    for name in settings:  # crescent when its seed-0 baseline is here, else the first shape that has one
+        drawable = {
+            r["shape"] for r in results if r["setting"] == name and r["method"] == "baseline" and r["seed"] == 0
+        }
+        shape = next((s for s in sorted(shapes, key=lambda s: s != "crescent") if s in drawable), None)
+        if shape is None:
+            continue
         train = synthetic.make_data(name, shape, 0, sizes, out / "cache")["x"]
         if figure(name, shape, results, train, out / f"figure_{name}_{shape}.png"):
             drawn.append(f"figure_{name}_{shape}.png")
     for stale in out.glob("figure_*.png"):  # an earlier call's figure would not match this call's results
         if stale.name not in drawn:
             stale.unlink()
-    figures = f"{len(drawn)} figure{'s' if len(drawn) != 1 else ''}" if drawn else "no figure (it needs a baseline run)"
-    missing = f"; {total - len(results)} of the {total} asked for are not run yet" if len(results) < total else ""
-    return (
-        f"wrote {out}/table1.md, results.json and {figures} ({len(results)} runs, {wall / 60:.1f} min this call"
-        f"{missing})"
+    figures = (
+        f"{len(drawn)} figure{'s' if len(drawn) != 1 else ''}"
+        if drawn
+        else "no figure (it needs a seed-0 baseline run)"
     )
+    missing = f"; {total - len(results)} of the {total} asked for not run yet" if len(results) < total else ""
+    runs = f"{len(results)} run{'s' if len(results) != 1 else ''}"
+    return f"wrote {out}/table1.md, results.json and {figures} ({runs}, {wall / 60:.1f} min this call{missing})"
 
 
 def run_stocks(

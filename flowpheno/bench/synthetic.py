@@ -299,9 +299,10 @@ def run_all(
     ``protocol``: ``fast`` (:func:`run_one`) or ``paper`` (:mod:`flowpheno.bench.protocols`).
     ``train=False``: nothing is trained; only the stored runs are returned (in the same order)."""
     runs_dir = out / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "cache"
-    cache_dir.mkdir(exist_ok=True)
+    if train:  # a call that only reads the stored runs creates nothing
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        cache_dir.mkdir(exist_ok=True)
     asked = [
         (setting, shape, method, seed)
         for setting in settings
