@@ -140,6 +140,7 @@ def run_synthetic(
     )
     seed_list = list(range(1 if quick else seeds))
     total = sum(len(wanted[s]) for s in settings) * len(shapes) * len(seed_list)
+    stored: list[dict] = []
     if stored_only and (Path(out).is_dir() or not Path(out).exists()):  # (a file: results_folder says so)
         if not (Path(out) / "runs").is_dir():
             raise OptionError(f"--stored-only: --out {out} holds no runs/ folder of finished runs; drop --stored-only")
@@ -158,22 +159,24 @@ def run_synthetic(
         legacy_contents={"runs": r"(blocks|kinship)_[a-z]+_[a-z_]+_seed\d+_[0-9a-f]+\.json"},
     )
     started = time.perf_counter()
-    with _bars(progress) as bars:
-        task = bars.add_task("runs (setting x shape x method x seed)", total=total)
-        results = synthetic.run_all(
-            out,
-            settings,
-            shapes,
-            wanted,
-            seed_list,
-            sizes,
-            jobs,
-            on_result=lambda record: bars.update(task, advance=1),
-            on_plan=lambda done, _: bars.update(task, completed=done),
-            threads=threads,
-            protocol=protocol,
-            train=not stored_only,
-        )
+    if stored_only:
+        results = stored  # read once, above, before the folder was accepted
+    else:
+        with _bars(progress) as bars:
+            task = bars.add_task("runs (setting x shape x method x seed)", total=total)
+            results = synthetic.run_all(
+                out,
+                settings,
+                shapes,
+                wanted,
+                seed_list,
+                sizes,
+                jobs,
+                on_result=lambda record: bars.update(task, advance=1),
+                on_plan=lambda done, _: bars.update(task, completed=done),
+                threads=threads,
+                protocol=protocol,
+            )
     wall = time.perf_counter() - started  # results: exactly the runs asked for in this call (stored ones)
     command = command_line("flowpheno bench synthetic", argv, skip=3)
     slim = [{k: v for k, v in r.items() if k not in ("flow_state", "identity")} for r in results]  # sizes: once, below

@@ -275,7 +275,7 @@ class MemberBlocks(MemberCovariance):
         rho, sizes = self.rho, self.sizes  # (K, B) or (K, 1): a shared rho broadcasts over the blocks
         denominator = (1 - rho) * (1 + (sizes - 1) * rho)  # (K, B)
         diagonal_entry, off_entry = (1 + (sizes - 2) * rho) / denominator, -rho / denominator
-        log_det = ((sizes - 1) * torch.log(1 - rho) + torch.log(1 + (sizes - 1) * rho)).sum(dim=1)
+        log_det = self._block_log_dets(rho).sum(dim=1)
         blocks = self.block_ids[idx]
         norms = z.square().sum(dim=2)  # (K, b)
         diagonal = (diagonal_entry.expand(members, -1).index_select(1, blocks) * norms).sum(dim=1)
@@ -286,6 +286,12 @@ class MemberBlocks(MemberCovariance):
         within = (z * block_sums.index_select(1, local)).sum(dim=2) - norms  # sum_{j != i, same block} <z_i, z_j>
         total = diagonal + (off_entry.expand(members, -1).index_select(1, blocks) * within).sum(dim=1)
         return _gaussian(self.n, d, log_det, _trace(diagonal, total, self.n, b))
+
+    def _block_log_dets(self, rho: Tensor) -> Tensor:
+        """``(K, B)`` log-determinants of the blocks' correlation matrices, from ``rho``
+        (``(K, B)``, or ``(K, 1)`` shared)."""
+        m = self.sizes
+        return (m - 1) * torch.log(1 - rho) + torch.log(1 + (m - 1) * rho)
 
     def batches(self, batch_size: int, generator: torch.Generator) -> list[Tensor]:
         if self.batching == "uniform":
@@ -313,7 +319,7 @@ class MemberBlocks(MemberCovariance):
             pair_weight = torch.where(rows > 1, m * (m - 1) / (rows * (rows - 1)).clamp(min=1), 0.0)
             per_epoch = torch.where(self.layout.dealt_blocks(n_batches), 1.0, float(n_batches))
             quad = per_epoch * ((1 - shrink) * diagonal_weight * sum_sq - shrink * pair_weight * pairs) / (1 - rho)
-            log_det = ((m - 1) * torch.log(1 - rho) + torch.log(1 + (m - 1) * rho)).expand(members, -1).sum(dim=1)
+            log_det = self._block_log_dets(rho).sum(dim=1)
             gaussian = _gaussian(self.n, d, log_det, quad.sum(dim=1))
         return gaussian - ladj.sum(dim=1) * n_batches / self.n
 
